@@ -1,0 +1,213 @@
+//! The catalog: what an operator sells. A product maps to store SKUs and grants entitlements; a
+//! consumable credits an amount of a currency; time-boxed products carry a duration or an end date.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    duration::IsoDuration,
+    ids::{Currency, EntitlementId, ProductId},
+    time::Timestamp,
+};
+
+/// The four kinds of product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProductKind {
+    /// Bought once, kept (a course seat).
+    NonConsumable,
+    /// Bought to be used up: credits `amount` units of a currency to the customer's balance.
+    Consumable,
+    /// Auto-renewing: access until the store's `expires_at`.
+    Subscription,
+    /// Access for a fixed time (`access_duration` or `expires_at`), never renewed by the store.
+    NonRenewing,
+}
+
+impl ProductKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductKind::NonConsumable => "non_consumable",
+            ProductKind::Consumable => "consumable",
+            ProductKind::Subscription => "subscription",
+            ProductKind::NonRenewing => "non_renewing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "non_consumable" => ProductKind::NonConsumable,
+            "consumable" => ProductKind::Consumable,
+            "subscription" => ProductKind::Subscription,
+            "non_renewing" => ProductKind::NonRenewing,
+            _ => return None,
+        })
+    }
+}
+
+/// The store-side ids of a product.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSkus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub play_store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub play_base_plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_price: Option<String>,
+}
+
+/// An entitlement a product grants, with the attributes a downstream needs (for Open edX: `course_id`
+/// and `mode`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementSpec {
+    pub id: EntitlementId,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// What one purchase of a consumable credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumableSpec {
+    pub currency: Currency,
+    pub amount: i64,
+}
+
+/// A product of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: ProductId,
+    pub kind: ProductKind,
+    pub store_skus: StoreSkus,
+    pub entitlements: Vec<EntitlementSpec>,
+    pub consumable: Option<ConsumableSpec>,
+    pub access_duration: Option<IsoDuration>,
+    pub expires_at: Option<Timestamp>,
+    pub active: bool,
+}
+
+/// A rule of the catalog that a product breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProductError {
+    #[error("a consumable product needs `consumable: {{currency, amount}}`")]
+    ConsumableMissing,
+    #[error("only a consumable product may have `consumable`")]
+    ConsumableNotAllowed,
+    #[error("`consumable.amount` must be a positive whole number")]
+    AmountNotPositive,
+    #[error(
+        "a subscription's period comes from the store: `access_duration` and `expires_at` are not allowed"
+    )]
+    SubscriptionTimeBox,
+    #[error("a non_renewing product needs `access_duration` or `expires_at`")]
+    NonRenewingWithoutEnd,
+    #[error("give `access_duration` or `expires_at`, not both")]
+    BothEnds,
+    #[error("a {0} product must grant at least one entitlement")]
+    NoEntitlements(&'static str),
+    #[error("entitlement {0} is listed twice")]
+    DuplicateEntitlement(String),
+}
+
+impl Product {
+    /// Checks the rules that tie kind, consumable and time box together.
+    pub fn validate(&self) -> Result<(), ProductError> {
+        match (self.kind, &self.consumable) {
+            (ProductKind::Consumable, None) => return Err(ProductError::ConsumableMissing),
+            (ProductKind::Consumable, Some(c)) if c.amount <= 0 => {
+                return Err(ProductError::AmountNotPositive);
+            }
+            (ProductKind::Consumable, Some(_)) => {}
+            (_, Some(_)) => return Err(ProductError::ConsumableNotAllowed),
+            (_, None) => {}
+        }
+        if self.access_duration.is_some() && self.expires_at.is_some() {
+            return Err(ProductError::BothEnds);
+        }
+        match self.kind {
+            ProductKind::Subscription
+                if self.access_duration.is_some() || self.expires_at.is_some() =>
+            {
+                return Err(ProductError::SubscriptionTimeBox);
+            }
+            ProductKind::NonRenewing
+                if self.access_duration.is_none() && self.expires_at.is_none() =>
+            {
+                return Err(ProductError::NonRenewingWithoutEnd);
+            }
+            _ => {}
+        }
+        if self.kind != ProductKind::Consumable && self.entitlements.is_empty() {
+            return Err(ProductError::NoEntitlements(self.kind.as_str()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &self.entitlements {
+            if !seen.insert(&e.id) {
+                return Err(ProductError::DuplicateEntitlement(e.id.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// When access bought at `purchased_at` ends, for products whose end the catalog sets.
+    pub fn catalog_expiry(&self, purchased_at: Timestamp) -> Option<Timestamp> {
+        match (self.access_duration, self.expires_at) {
+            (Some(d), _) => Some(d.after(purchased_at)),
+            (None, Some(at)) => Some(at),
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn course(id: &str) -> Product {
+        Product {
+            id: ProductId::parse(id).unwrap(),
+            kind: ProductKind::NonConsumable,
+            store_skus: StoreSkus::default(),
+            entitlements: vec![EntitlementSpec {
+                id: EntitlementId::parse(format!("ent-{id}")).unwrap(),
+                attributes: BTreeMap::new(),
+            }],
+            consumable: None,
+            access_duration: None,
+            expires_at: None,
+            active: true,
+        }
+    }
+
+    #[test]
+    fn rules_hold() {
+        let mut p = course("cs101");
+        assert_eq!(p.validate(), Ok(()));
+        p.kind = ProductKind::Consumable;
+        assert_eq!(p.validate(), Err(ProductError::ConsumableMissing));
+        p.consumable = Some(ConsumableSpec {
+            currency: Currency::parse("COINS").unwrap(),
+            amount: 0,
+        });
+        assert_eq!(p.validate(), Err(ProductError::AmountNotPositive));
+        p.kind = ProductKind::NonRenewing;
+        assert_eq!(p.validate(), Err(ProductError::ConsumableNotAllowed));
+        p.consumable = None;
+        assert_eq!(p.validate(), Err(ProductError::NonRenewingWithoutEnd));
+        p.access_duration = Some("P30D".parse().unwrap());
+        assert_eq!(p.validate(), Ok(()));
+        p.kind = ProductKind::Subscription;
+        assert_eq!(p.validate(), Err(ProductError::SubscriptionTimeBox));
+        p.access_duration = None;
+        p.entitlements.clear();
+        assert_eq!(
+            p.validate(),
+            Err(ProductError::NoEntitlements("subscription"))
+        );
+    }
+}

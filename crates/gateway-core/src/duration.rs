@@ -1,0 +1,185 @@
+//! ISO 8601 durations (`P30D`, `P1M`, `P1Y2M`, `PT12H`) for products that give access for a fixed time.
+//! Years and months are calendar steps (one month after 31 January is the last day of February), the way
+//! the stores count subscription periods.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::{Date, Month, OffsetDateTime};
+
+use crate::time::Timestamp;
+
+/// A parsed ISO 8601 duration. Only non-negative whole numbers are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IsoDuration {
+    pub years: u32,
+    pub months: u32,
+    pub weeks: u32,
+    pub days: u32,
+    pub hours: u32,
+    pub minutes: u32,
+    pub seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an ISO 8601 duration such as P30D, P1M, P1Y or PT12H")]
+pub struct DurationError(pub String);
+
+impl FromStr for IsoDuration {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, DurationError> {
+        let err = || DurationError(s.to_owned());
+        let rest = s.strip_prefix('P').ok_or_else(err)?;
+        let mut out = IsoDuration::default();
+        let mut in_time = false;
+        let mut number = String::new();
+        let mut any = false;
+        let mut time_units = 0;
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => number.push(c),
+                'T' if !in_time && number.is_empty() => in_time = true,
+                unit => {
+                    let n: u32 = number.parse().map_err(|_| err())?;
+                    number.clear();
+                    any = true;
+                    if in_time {
+                        time_units += 1;
+                    }
+                    let slot = match (in_time, unit) {
+                        (false, 'Y') => &mut out.years,
+                        (false, 'M') => &mut out.months,
+                        (false, 'W') => &mut out.weeks,
+                        (false, 'D') => &mut out.days,
+                        (true, 'H') => &mut out.hours,
+                        (true, 'M') => &mut out.minutes,
+                        (true, 'S') => &mut out.seconds,
+                        _ => return Err(err()),
+                    };
+                    *slot = n;
+                }
+            }
+        }
+        if !number.is_empty()
+            || !any
+            || (in_time && time_units == 0)
+            || out == IsoDuration::default()
+        {
+            return Err(err());
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for IsoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("P")?;
+        for (n, u) in [
+            (self.years, 'Y'),
+            (self.months, 'M'),
+            (self.weeks, 'W'),
+            (self.days, 'D'),
+        ] {
+            if n > 0 {
+                write!(f, "{n}{u}")?;
+            }
+        }
+        if self.hours + self.minutes + self.seconds > 0 {
+            f.write_str("T")?;
+            for (n, u) in [(self.hours, 'H'), (self.minutes, 'M'), (self.seconds, 'S')] {
+                if n > 0 {
+                    write!(f, "{n}{u}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for IsoDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IsoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl IsoDuration {
+    /// The instant this long after `from`, stepping calendar months first, then fixed units.
+    pub fn after(&self, from: Timestamp) -> Timestamp {
+        let start = from.to_datetime();
+        let total_months = i64::from(self.years) * 12 + i64::from(self.months);
+        let dt = add_months(start, total_months);
+        let fixed_secs = i64::from(self.weeks) * 7 * 86_400
+            + i64::from(self.days) * 86_400
+            + i64::from(self.hours) * 3600
+            + i64::from(self.minutes) * 60
+            + i64::from(self.seconds);
+        let moved = Timestamp::from_datetime(dt);
+        moved.plus_millis(fixed_secs.saturating_mul(1000))
+    }
+}
+
+fn add_months(dt: OffsetDateTime, months: i64) -> OffsetDateTime {
+    if months == 0 {
+        return dt;
+    }
+    let index = i64::from(dt.year()) * 12 + i64::from(dt.month() as u8) - 1 + months;
+    let year = i32::try_from(index.div_euclid(12)).unwrap_or(i32::MAX);
+    let month = Month::try_from((index.rem_euclid(12) + 1) as u8).unwrap_or(Month::December);
+    let last_day = time::util::days_in_month(month, year);
+    let day = dt.day().min(last_day);
+    match Date::from_calendar_date(year, month, day) {
+        Ok(date) => dt.replace_date(date),
+        Err(_) => dt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints() {
+        for s in ["P30D", "P1M", "P1Y2M", "PT12H", "P1W", "P1DT2H3M4S"] {
+            let d: IsoDuration = s.parse().unwrap();
+            assert_eq!(d.to_string(), s);
+        }
+        for bad in ["", "P", "30D", "PT", "P1H", "P-1D", "P1.5D", "P0D", "P1DT"] {
+            assert!(
+                bad.parse::<IsoDuration>().is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn months_are_calendar_steps() {
+        let d: IsoDuration = "P1M".parse().unwrap();
+        assert_eq!(
+            d.after(at("2026-01-31T08:00:00Z")),
+            at("2026-02-28T08:00:00Z")
+        );
+        let y: IsoDuration = "P1Y".parse().unwrap();
+        assert_eq!(
+            y.after(at("2028-02-29T00:00:00Z")),
+            at("2029-02-28T00:00:00Z")
+        );
+        let days: IsoDuration = "P30D".parse().unwrap();
+        assert_eq!(
+            days.after(at("2026-11-01T00:00:00Z")),
+            at("2026-12-01T00:00:00Z")
+        );
+    }
+}
