@@ -217,8 +217,19 @@ struct Candidate {
 }
 
 impl Candidate {
-    /// Lower sorts first: access before no access, the later end first, then a stable id.
-    fn rank(&self) -> (u8, std::cmp::Reverse<i64>, Option<&str>) {
+    /// Lower sorts first: access before no access, the later end first, then a stable id. Manual grants
+    /// have no purchase id: the earliest grant, then the product, break their ties, so the choice never
+    /// depends on the order the facts were loaded in (invariant 4).
+    #[allow(clippy::type_complexity)]
+    fn rank(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<i64>,
+        Option<&str>,
+        Option<Timestamp>,
+        Option<&ProductId>,
+    ) {
         let class = match self.status {
             EntitlementStatus::Active => 0,
             EntitlementStatus::GracePeriod => 1,
@@ -229,7 +240,13 @@ impl Candidate {
             EntitlementStatus::Expired => 6,
         };
         let end = self.expires_at.map_or(i64::MAX, Timestamp::millis);
-        (class, std::cmp::Reverse(end), self.purchase_id.as_deref())
+        (
+            class,
+            std::cmp::Reverse(end),
+            self.purchase_id.as_deref(),
+            self.granted_at,
+            self.product_id.as_ref(),
+        )
     }
 
     fn into_view(self, id: EntitlementId) -> EntitlementView {

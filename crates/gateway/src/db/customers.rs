@@ -1,0 +1,350 @@
+//! Customers and what is recorded about them: the customer row (version, audit head), purchases and
+//! their store events, manual facts, and the derived entitlement and purchase views. The decision
+//! pipeline reads facts and recorded state here and writes the new state back, all on the caller's
+//! transaction.
+
+use std::collections::BTreeMap;
+
+use gateway_core::{
+    AppId, AppUserId, CustomerFacts, CustomerState, ManualFact, PurchaseFacts, StoreEvent,
+    Timestamp,
+    decide::{EntitlementView, PurchaseView},
+    ids::Store,
+};
+use sqlx::{AnyConnection, Row};
+
+use super::{Db, DbError, DbResult, json_col, ledger};
+
+/// The customer row as a decision holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRow {
+    pub version: i64,
+    pub audit_seq: i64,
+    pub audit_head: String,
+}
+
+/// Creates the customer if needed and takes its write lock for the rest of the transaction: the
+/// upsert is a write, so on PostgreSQL it locks the row until commit and on SQLite it takes the
+/// database's write lock before anything is read (no read-then-upgrade deadlock).
+pub async fn lock(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    id: &AppUserId,
+    now: Timestamp,
+) -> DbResult<CustomerRow> {
+    let row = sqlx::query(
+        "INSERT INTO customers (app_id, id, version, audit_seq, audit_head, created_at, updated_at) \
+         VALUES ($1, $2, 0, 0, $3, $4, $4) \
+         ON CONFLICT (app_id, id) DO UPDATE SET version = customers.version \
+         RETURNING version, audit_seq, audit_head",
+    )
+    .bind(app.as_str())
+    .bind(id.as_str())
+    .bind(gateway_core::audit::GENESIS)
+    .bind(now.millis())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(CustomerRow {
+        version: row.try_get("version")?,
+        audit_seq: row.try_get("audit_seq")?,
+        audit_head: row.try_get("audit_head")?,
+    })
+}
+
+/// Writes the customer row after a decision.
+pub async fn save_row(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    id: &AppUserId,
+    row: &CustomerRow,
+    next_change_at: Option<Timestamp>,
+    now: Timestamp,
+) -> DbResult<()> {
+    sqlx::query(
+        "UPDATE customers SET version = $1, audit_seq = $2, audit_head = $3, next_change_at = $4, \
+         updated_at = $5 WHERE app_id = $6 AND id = $7",
+    )
+    .bind(row.version)
+    .bind(row.audit_seq)
+    .bind(&row.audit_head)
+    .bind(next_change_at.map(Timestamp::millis))
+    .bind(now.millis())
+    .bind(app.as_str())
+    .bind(id.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The customer's version, or `None` when the gateway has never recorded anything about them.
+pub async fn version(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM customers WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(id.as_str())
+            .fetch_optional(db.reader())
+            .await?,
+    )
+}
+
+/// Adds a manual fact; false when its id was recorded before (a replay).
+pub async fn insert_manual_fact(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    customer: &AppUserId,
+    fact: &ManualFact,
+    actor: &str,
+) -> DbResult<bool> {
+    let done = sqlx::query(
+        "INSERT INTO manual_facts (app_id, id, customer_id, at, body, reason, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app_id, id) DO NOTHING",
+    )
+    .bind(app.as_str())
+    .bind(&fact.id)
+    .bind(customer.as_str())
+    .bind(fact.at.millis())
+    .bind(serde_json::to_string(&fact.action)?)
+    .bind(&fact.reason)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Adds a store event to a purchase; false when its dedupe key was recorded before.
+pub async fn insert_store_event(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    purchase_id: &str,
+    event: &StoreEvent,
+    inbound_id: Option<&str>,
+    now: Timestamp,
+) -> DbResult<bool> {
+    let done = sqlx::query(
+        "INSERT INTO store_events (app_id, dedupe_key, purchase_id, occurred_at, kind, body, inbound_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, dedupe_key) DO NOTHING",
+    )
+    .bind(app.as_str())
+    .bind(&event.dedupe_key)
+    .bind(purchase_id)
+    .bind(event.occurred_at.millis())
+    .bind(event.kind.name())
+    .bind(serde_json::to_string(&event.kind)?)
+    .bind(inbound_id)
+    .bind(now.millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Every fact about a customer: their purchases with their store events, and their manual facts.
+pub async fn load_facts(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    id: &AppUserId,
+) -> DbResult<CustomerFacts> {
+    let rows = sqlx::query(
+        "SELECT p.id, p.store, p.product_id, p.store_transaction_id, p.environment, \
+                e.dedupe_key, e.occurred_at, e.body \
+         FROM purchases p LEFT JOIN store_events e ON e.purchase_id = p.id \
+         WHERE p.app_id = $1 AND p.customer_id = $2 ORDER BY p.id, e.occurred_at, e.dedupe_key",
+    )
+    .bind(app.as_str())
+    .bind(id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut purchases: Vec<PurchaseFacts> = Vec::new();
+    for row in &rows {
+        let pid: String = row.try_get("id")?;
+        if purchases.last().is_none_or(|p| p.id != pid) {
+            let store: String = row.try_get("store")?;
+            purchases.push(PurchaseFacts {
+                id: pid,
+                store: Store::parse(&store)
+                    .ok_or_else(|| DbError::Corrupt(format!("store {store:?}")))?,
+                product_id: super::parsed_col(row, "product_id")?,
+                store_transaction_id: row.try_get("store_transaction_id")?,
+                environment: row.try_get("environment")?,
+                events: Vec::new(),
+            });
+        }
+        let key: Option<String> = row.try_get("dedupe_key")?;
+        if let (Some(key), Some(p)) = (key, purchases.last_mut()) {
+            p.events.push(StoreEvent {
+                dedupe_key: key,
+                occurred_at: Timestamp::from_millis(row.try_get("occurred_at")?),
+                kind: json_col(row, "body")?,
+            });
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT id, at, body, reason FROM manual_facts WHERE app_id = $1 AND customer_id = $2 ORDER BY at, id",
+    )
+    .bind(app.as_str())
+    .bind(id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let manual = rows
+        .iter()
+        .map(|row| {
+            Ok(ManualFact {
+                id: row.try_get("id")?,
+                at: Timestamp::from_millis(row.try_get("at")?),
+                action: json_col(row, "body")?,
+                reason: row.try_get("reason")?,
+            })
+        })
+        .collect::<DbResult<Vec<_>>>()?;
+    Ok(CustomerFacts { purchases, manual })
+}
+
+/// The state last recorded for a customer: purchase and entitlement views, and the net ledger
+/// position of every derived source.
+pub async fn load_state(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    id: &AppUserId,
+) -> DbResult<CustomerState> {
+    let mut state = CustomerState::default();
+    let rows = sqlx::query(
+        "SELECT view FROM purchases WHERE app_id = $1 AND customer_id = $2 AND view IS NOT NULL",
+    )
+    .bind(app.as_str())
+    .bind(id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let v: PurchaseView = json_col(row, "view")?;
+        state.purchases.insert(v.id.clone(), v);
+    }
+    let rows = sqlx::query("SELECT view FROM entitlements WHERE app_id = $1 AND customer_id = $2")
+        .bind(app.as_str())
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in &rows {
+        let v: EntitlementView = json_col(row, "view")?;
+        state.entitlements.insert(v.id.clone(), v);
+    }
+    state.ledger = ledger::derived_positions(conn, app, id).await?;
+    Ok(state)
+}
+
+/// Writes the purchase and entitlement views that changed between `before` and `after`.
+pub async fn save_state(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    id: &AppUserId,
+    before: &CustomerState,
+    after: &CustomerState,
+    now: Timestamp,
+) -> DbResult<()> {
+    for (pid, view) in &after.purchases {
+        if before.purchases.get(pid) == Some(view) {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE purchases SET status = $1, expires_at = $2, view = $3, updated_at = $4 WHERE id = $5 AND app_id = $6",
+        )
+        .bind(view.status.as_str())
+        .bind(view.expires_at.map(Timestamp::millis))
+        .bind(serde_json::to_string(view)?)
+        .bind(now.millis())
+        .bind(pid)
+        .bind(app.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (eid, view) in &after.entitlements {
+        if before.entitlements.get(eid) == Some(view) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO entitlements (app_id, customer_id, id, status, expires_at, view, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (app_id, customer_id, id) DO UPDATE SET status = excluded.status, \
+             expires_at = excluded.expires_at, view = excluded.view, updated_at = excluded.updated_at",
+        )
+        .bind(app.as_str())
+        .bind(id.as_str())
+        .bind(eid.as_str())
+        .bind(view.status.as_str())
+        .bind(view.expires_at.map(Timestamp::millis))
+        .bind(serde_json::to_string(view)?)
+        .bind(now.millis())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A purchase lineage: finds it by its store id or creates it for `customer`. Returns its id and the
+/// customer it belongs to.
+pub async fn ensure_purchase(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    customer: &AppUserId,
+    facts: &PurchaseFacts,
+    now: Timestamp,
+) -> DbResult<(String, String)> {
+    sqlx::query(
+        "INSERT INTO purchases (id, app_id, customer_id, store, store_transaction_id, product_id, environment, \
+         status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8) \
+         ON CONFLICT (app_id, store, store_transaction_id) DO NOTHING",
+    )
+    .bind(&facts.id)
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(facts.store.as_str())
+    .bind(&facts.store_transaction_id)
+    .bind(facts.product_id.as_str())
+    .bind(facts.environment.as_deref())
+    .bind(now.millis())
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query("SELECT id, customer_id FROM purchases WHERE app_id = $1 AND store = $2 AND store_transaction_id = $3")
+        .bind(app.as_str())
+        .bind(facts.store.as_str())
+        .bind(&facts.store_transaction_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((row.try_get("id")?, row.try_get("customer_id")?))
+}
+
+/// What a snapshot is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    pub version: i64,
+    pub purchases: Vec<PurchaseView>,
+    pub entitlements: Vec<EntitlementView>,
+    pub balances: BTreeMap<gateway_core::Currency, i64>,
+}
+
+/// Reads a customer's recorded state in one consistent read; `None` for a customer never seen.
+pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<Recorded>> {
+    let mut tx = db.reader().begin().await?;
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM customers WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let state = load_state(&mut tx, app, id).await?;
+    let balances = ledger::balances(&mut tx, app, id).await?;
+    tx.commit().await?;
+    let mut purchases: Vec<PurchaseView> = state.purchases.into_values().collect();
+    purchases.sort_by(|a, b| {
+        b.purchased_at
+            .cmp(&a.purchased_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(Some(Recorded {
+        version,
+        purchases,
+        entitlements: state.entitlements.into_values().collect(),
+        balances,
+    }))
+}

@@ -1,0 +1,66 @@
+//! `orders`: the server-side start of a purchase, which issues the tokens that tie a store purchase back
+//! to the customer (`appAccountToken` for Apple, `obfuscatedAccountId` for Play).
+
+use gateway_core::{AppId, AppUserId, ProductId, Timestamp};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::{Db, DbResult, json_col};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: String,
+    pub app_id: AppId,
+    pub customer_id: AppUserId,
+    pub app_account_token: String,
+    pub obfuscated_account_id: String,
+    pub items: Vec<ProductId>,
+    pub country: Option<String>,
+    pub status: String,
+    pub created_at: Timestamp,
+}
+
+pub async fn insert(db: &Db, order: &Order) -> DbResult<()> {
+    sqlx::query(
+        "INSERT INTO orders (id, app_id, customer_id, app_account_token, obfuscated_account_id, items, country, \
+         status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&order.id)
+    .bind(order.app_id.as_str())
+    .bind(order.customer_id.as_str())
+    .bind(&order.app_account_token)
+    .bind(&order.obfuscated_account_id)
+    .bind(serde_json::to_string(&order.items)?)
+    .bind(order.country.as_deref())
+    .bind(&order.status)
+    .bind(order.created_at.millis())
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// The order that issued `token`, in any app.
+pub async fn by_app_account_token(db: &Db, app: &AppId, token: &str) -> DbResult<Option<Order>> {
+    let row = sqlx::query(
+        "SELECT id, app_id, customer_id, app_account_token, obfuscated_account_id, items, country, status, created_at \
+         FROM orders WHERE app_id = $1 AND app_account_token = $2",
+    )
+    .bind(app.as_str())
+    .bind(token.to_ascii_lowercase())
+    .fetch_optional(db.reader())
+    .await?;
+    row.map(|r| {
+        Ok(Order {
+            id: r.try_get("id")?,
+            app_id: super::parsed_col(&r, "app_id")?,
+            customer_id: super::parsed_col(&r, "customer_id")?,
+            app_account_token: r.try_get("app_account_token")?,
+            obfuscated_account_id: r.try_get("obfuscated_account_id")?,
+            items: json_col(&r, "items")?,
+            country: r.try_get("country")?,
+            status: r.try_get("status")?,
+            created_at: Timestamp::from_millis(r.try_get("created_at")?),
+        })
+    })
+    .transpose()
+}

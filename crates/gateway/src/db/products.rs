@@ -1,0 +1,214 @@
+//! The catalog tables: `products` (the definition as JSON plus the columns queries need),
+//! `product_skus` (one store SKU names one product of an app) and `product_entitlements`.
+
+use std::collections::BTreeMap;
+
+use gateway_core::{AppId, EntitlementId, Product, ProductId, Timestamp, decide::Catalog};
+use sqlx::AnyConnection;
+
+use super::{Db, DbError, DbResult, json_col};
+
+/// Why a product could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveProductError {
+    #[error("the {store} SKU {sku:?} already belongs to product {owner}")]
+    SkuTaken {
+        store: &'static str,
+        sku: String,
+        owner: String,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for SaveProductError {
+    fn from(e: sqlx::Error) -> Self {
+        SaveProductError::Db(e.into())
+    }
+}
+
+/// The store SKUs that name `p`. A Play subscription is named by product and base plan together
+/// (`premium:monthly`), so that two base plans of one Play product can be two products here.
+fn skus(p: &Product) -> Vec<(&'static str, String)> {
+    let s = &p.store_skus;
+    let play = s.play_store.as_ref().map(|sku| match &s.play_base_plan {
+        Some(plan) => format!("{sku}:{plan}"),
+        None => sku.clone(),
+    });
+    [
+        ("app_store", s.app_store.clone()),
+        ("play_store", play),
+        ("stripe", s.stripe_price.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(store, sku)| sku.map(|sku| (store, sku)))
+    .collect()
+}
+
+/// Inserts or replaces a product, with its SKU and entitlement indexes, on `conn` (inside the caller's
+/// transaction). Returns true when the product is new.
+pub async fn upsert(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    product: &Product,
+    now: Timestamp,
+) -> Result<bool, SaveProductError> {
+    for (store, sku) in skus(product) {
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT product_id FROM product_skus WHERE app_id = $1 AND store = $2 AND sku = $3",
+        )
+        .bind(app.as_str())
+        .bind(store)
+        .bind(&sku)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(owner) = owner.filter(|o| o != product.id.as_str()) {
+            return Err(SaveProductError::SkuTaken { store, sku, owner });
+        }
+    }
+    let definition = serde_json::to_string(product).map_err(DbError::from)?;
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO products (app_id, id, kind, definition, active, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+         ON CONFLICT (app_id, id) DO UPDATE SET kind = excluded.kind, definition = excluded.definition, \
+         active = excluded.active, updated_at = excluded.updated_at \
+         RETURNING created_at",
+    )
+    .bind(app.as_str())
+    .bind(product.id.as_str())
+    .bind(product.kind.as_str())
+    .bind(definition)
+    .bind(i64::from(product.active))
+    .bind(now.millis())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let is_new = created == Some(now.millis());
+
+    for table in ["product_skus", "product_entitlements"] {
+        let sql = match table {
+            "product_skus" => "DELETE FROM product_skus WHERE app_id = $1 AND product_id = $2",
+            _ => "DELETE FROM product_entitlements WHERE app_id = $1 AND product_id = $2",
+        };
+        sqlx::query(sql)
+            .bind(app.as_str())
+            .bind(product.id.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (store, sku) in skus(product) {
+        sqlx::query(
+            "INSERT INTO product_skus (app_id, store, sku, product_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(app.as_str())
+        .bind(store)
+        .bind(sku)
+        .bind(product.id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    for e in &product.entitlements {
+        sqlx::query(
+            "INSERT INTO product_entitlements (app_id, entitlement_id, product_id) VALUES ($1, $2, $3)",
+        )
+        .bind(app.as_str())
+        .bind(e.id.as_str())
+        .bind(product.id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(is_new)
+}
+
+pub async fn get(db: &Db, app: &AppId, id: &ProductId) -> DbResult<Option<Product>> {
+    let row = sqlx::query("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
+        .bind(app.as_str())
+        .bind(id.as_str())
+        .fetch_optional(db.reader())
+        .await?;
+    row.as_ref().map(|r| json_col(r, "definition")).transpose()
+}
+
+/// All products of an app, ordered by id; only active ones when `active_only`.
+pub async fn list(db: &Db, app: &AppId, active_only: bool) -> DbResult<Vec<Product>> {
+    let rows = sqlx::query(
+        "SELECT definition FROM products WHERE app_id = $1 AND (active = 1 OR $2 = 0) ORDER BY id",
+    )
+    .bind(app.as_str())
+    .bind(i64::from(active_only))
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter().map(|r| json_col(r, "definition")).collect()
+}
+
+/// Marks a product inactive; its history stays. False when there is no such product.
+pub async fn deactivate(db: &Db, app: &AppId, id: &ProductId, now: Timestamp) -> DbResult<bool> {
+    let mut tx = db.writer().begin().await?;
+    let row = sqlx::query("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
+        .bind(app.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else { return Ok(false) };
+    let mut product: Product = json_col(&row, "definition")?;
+    product.active = false;
+    sqlx::query("UPDATE products SET active = 0, definition = $1, updated_at = $2 WHERE app_id = $3 AND id = $4")
+        .bind(serde_json::to_string(&product)?)
+        .bind(now.millis())
+        .bind(app.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The products a decision needs: those named, and those that grant any of `entitlements`.
+pub async fn catalog_subset(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    products: &[ProductId],
+    entitlements: &[EntitlementId],
+) -> DbResult<Catalog> {
+    let mut ids: Vec<String> = products.iter().map(|p| p.as_str().to_owned()).collect();
+    for e in entitlements {
+        let granting: Vec<String> = sqlx::query_scalar(
+            "SELECT product_id FROM product_entitlements WHERE app_id = $1 AND entitlement_id = $2",
+        )
+        .bind(app.as_str())
+        .bind(e.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        ids.extend(granting);
+    }
+    ids.sort();
+    ids.dedup();
+    let mut catalog = BTreeMap::new();
+    for id in ids {
+        let row = sqlx::query("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(&id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            let p: Product = json_col(&row, "definition")?;
+            catalog.insert(p.id.clone(), p);
+        }
+    }
+    Ok(catalog)
+}
+
+/// True when some product of the app grants `entitlement`.
+pub async fn entitlement_known(
+    db: &Db,
+    app: &AppId,
+    entitlement: &EntitlementId,
+) -> DbResult<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM product_entitlements WHERE app_id = $1 AND entitlement_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(entitlement.as_str())
+    .fetch_one(db.reader())
+    .await?;
+    Ok(n > 0)
+}

@@ -1,0 +1,136 @@
+//! `/v1/apps/{app}/products`: the catalog.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+};
+use serde_json::json;
+
+use super::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, ApiJson, ApiResult, with_type},
+    parse_app, parse_product,
+};
+use crate::{
+    model::Scope,
+    service::{apps, catalog},
+};
+
+const READ: &[Scope] = &[Scope::Catalog, Scope::Read];
+const WRITE: &[Scope] = &[Scope::Catalog];
+
+/// Lists the products of an app.
+#[utoipa::path(get, path = "/v1/apps/{app}/products", tag = "catalog", params(("app" = String, Path)), responses((status = 200, description = "`{products: [...]}`", body = serde_json::Value)))]
+pub async fn list_products(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse_app(&app)?;
+    caller.require(&app, READ)?;
+    apps::get(&s.db, &app).await?;
+    let products = crate::db::products::list(&s.db, &app, false).await?;
+    Ok(ApiJson(json!({ "products": products })))
+}
+
+/// Creates or replaces a product.
+#[utoipa::path(put, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)),
+    request_body(content = serde_json::Value, description = "`{kind, store_skus: {app_store?, play_store?, play_base_plan?, stripe_price?}, entitlements: [{id, attributes}], consumable?: {currency, amount}, access_duration?, expires_at?, active}`"),
+    responses((status = 201, description = "Created", body = serde_json::Value), (status = 200, description = "Replaced", body = serde_json::Value), (status = 409, description = "`sku_taken`")))]
+pub async fn put_product(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((app, product)): Path<(String, String)>,
+    ApiJson(body): ApiJson<catalog::ProductBody>,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse_app(&app)?;
+    let id = parse_product(&product)?;
+    caller.require(&app, WRITE)?;
+    apps::get(&s.db, &app).await?;
+    let (product, is_new) = catalog::put(&s.db, &app, body.into_product(id), s.clock.now()).await?;
+    let status = if is_new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, ApiJson(product)))
+}
+
+/// Reads a product.
+#[utoipa::path(get, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, description = "`product_not_found`")))]
+pub async fn get_product(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((app, product)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse_app(&app)?;
+    let id = parse_product(&product)?;
+    caller.require(&app, READ)?;
+    apps::get(&s.db, &app).await?;
+    Ok(ApiJson(catalog::get(&s.db, &app, &id).await?))
+}
+
+/// Deactivates a product: it is no longer offered; purchases of it keep their access and history.
+#[utoipa::path(delete, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, description = "The product, inactive", body = serde_json::Value)))]
+pub async fn delete_product(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((app, product)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse_app(&app)?;
+    let id = parse_product(&product)?;
+    caller.require(&app, WRITE)?;
+    apps::get(&s.db, &app).await?;
+    Ok(ApiJson(
+        catalog::deactivate(&s.db, &app, &id, s.clock.now()).await?,
+    ))
+}
+
+/// Imports products from CSV, all or nothing; every bad row is reported with its line number.
+#[utoipa::path(post, path = "/v1/apps/{app}/products/import", tag = "catalog", params(("app" = String, Path)),
+    request_body(content = String, content_type = "text/csv", description = "Columns: product_id, kind, active, app_store, play_store, play_base_plan, stripe_price, entitlements, consumable_currency, consumable_amount, access_duration, expires_at"),
+    responses((status = 200, description = "`{imported: N}`", body = serde_json::Value), (status = 400, description = "`invalid_csv` with `details: [{line, message}]`")))]
+pub async fn import_products(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse_app(&app)?;
+    caller.require(&app, WRITE)?;
+    apps::get(&s.db, &app).await?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("text/csv") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the catalog as `Content-Type: text/csv`.",
+        ));
+    }
+    let n = catalog::import_csv(&s.db, &app, &body, s.clock.now(), &|_| {}).await?;
+    tracing::info!(app = %app, products = n, "catalog imported");
+    Ok(ApiJson(json!({ "imported": n })))
+}
+
+/// Exports the catalog as CSV, in the import format.
+#[utoipa::path(get, path = "/v1/apps/{app}/products/export", tag = "catalog", params(("app" = String, Path)), responses((status = 200, content_type = "text/csv", body = String)))]
+pub async fn export_products(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse_app(&app)?;
+    caller.require(&app, READ)?;
+    apps::get(&s.db, &app).await?;
+    Ok(with_type(
+        catalog::export_csv(&s.db, &app).await?,
+        "text/csv; charset=utf-8",
+    ))
+}

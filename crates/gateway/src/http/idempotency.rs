@@ -1,0 +1,135 @@
+//! `Idempotency-Key` on writes: the first answer to a request is kept under (caller, key) and replayed
+//! to every repeat; a repeat with another body is refused; a key whose first request is still running
+//! is refused until it finishes. Answers of the gateway's own failures (5xx) are not kept, so a retry
+//! runs again.
+
+use axum::{
+    body::{Body, to_bytes},
+    extract::{Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    AppState,
+    auth::bearer,
+    error::{ApiError, too_large},
+};
+use crate::{
+    db::idempotency::{self, Claim},
+    service::keys::hash_key,
+};
+
+/// The largest body kept; the request limit is the same.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Longest key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let is_write = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let key = req.headers().get("idempotency-key").cloned();
+    let (Some(key), true) = (key, is_write) else {
+        return next.run(req).await;
+    };
+    let key = match key.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_KEY_LEN
+                && k.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            k.to_owned()
+        }
+        _ => {
+            return ApiError::bad_request(
+                "invalid_idempotency_key",
+                "`Idempotency-Key` must be 1 to 255 printable ASCII characters.",
+            )
+            .into_response();
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let Some(token) = bearer(&parts) else {
+        // No caller to scope the key to: let authentication answer.
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    let owner = hash_key(token);
+    let bytes = match to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return too_large().into_response(),
+    };
+    let mut h = Sha256::new();
+    h.update(parts.method.as_str());
+    h.update([0]);
+    h.update(parts.uri.path());
+    h.update([0]);
+    h.update(&bytes);
+    let request_hash = hex::encode(h.finalize());
+    let now = state.clock.now().millis();
+
+    match idempotency::claim(&state.db, &owner, &key, &request_hash, now).await {
+        Ok(Claim::Claimed) => {}
+        Ok(Claim::InFlight { .. }) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "A request with this Idempotency-Key is still running; retry when it has finished.",
+            )
+            .into_response();
+        }
+        Ok(Claim::Done {
+            request_hash: first,
+            status,
+            response,
+        }) => {
+            if first != request_hash {
+                return ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", "This Idempotency-Key was used for another request; use a new key for a new request.").into_response();
+            }
+            let mut res = Response::new(Body::from(response));
+            *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            res.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return res;
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+
+    let res = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let status = res.status();
+    if status.is_server_error() || status == StatusCode::UNAUTHORIZED {
+        if let Err(e) = idempotency::release(&state.db, &owner, &key).await {
+            tracing::error!(error = %e, "could not release an idempotency key");
+        }
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let bytes = match to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "could not buffer a response");
+            let _ = idempotency::release(&state.db, &owner, &key).await;
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "The gateway failed to answer; try again.",
+            )
+            .into_response();
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if let Err(e) = idempotency::complete(&state.db, &owner, &key, status.as_u16(), &text).await {
+        tracing::error!(error = %e, "could not store an idempotent answer");
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}

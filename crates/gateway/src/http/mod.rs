@@ -1,0 +1,183 @@
+//! The HTTP API (`/v1`), health and metrics, and the OpenAPI document describing it. Handlers are thin:
+//! extract, call one `service` function, map the result.
+
+pub mod apps;
+pub mod auth;
+pub mod catalog;
+pub mod customers;
+pub mod error;
+pub mod idempotency;
+pub mod ops;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, middleware};
+use gateway_core::{AppId, AppUserId, Clock, EntitlementId, ProductId};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::{
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use self::error::ApiError;
+use crate::{config::Config, db::Db};
+
+/// How long one request may run before it is answered 408: long enough for a store call with retries,
+/// short enough that a stuck request does not hold a connection for ever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: PrometheusHandle,
+    /// SHA-256 of the bootstrap admin key, when one is configured.
+    pub bootstrap_hash: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Purchase Gateway",
+        description = "Verifies App Store, Google Play and Stripe purchases, grants access, and keeps it in step with refunds, renewals and expirations. Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+    tags(
+        (name = "apps", description = "Apps (tenants) and their keys"),
+        (name = "catalog", description = "Products, their store SKUs and entitlements"),
+        (name = "customers", description = "Customer snapshots, orders, manual grants and balances"),
+        (name = "service", description = "Health, readiness, metrics")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("sk_... or pk_... key"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API router with its OpenAPI document.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(apps::create_app))
+        .routes(routes!(apps::get_app, apps::patch_app))
+        .routes(routes!(apps::create_key, apps::list_keys))
+        .routes(routes!(apps::revoke_key))
+        .routes(routes!(catalog::list_products))
+        .routes(routes!(
+            catalog::put_product,
+            catalog::get_product,
+            catalog::delete_product
+        ))
+        .routes(routes!(catalog::import_products))
+        .routes(routes!(catalog::export_products))
+        .routes(routes!(customers::get_customer))
+        .routes(routes!(customers::offerings))
+        .routes(routes!(customers::timeline))
+        .routes(routes!(customers::create_order))
+        .routes(routes!(customers::grant))
+        .routes(routes!(customers::revoke))
+        .routes(routes!(customers::spend))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .split_for_parts()
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = api();
+    let doc = Arc::new(doc);
+    api.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc.as_ref().clone()) }
+        }),
+    )
+    .fallback(|| async {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no such route.",
+        )
+    })
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        idempotency::layer,
+    ))
+    .layer(middleware::from_fn(ops::track))
+    .layer(middleware::from_fn(error::shape_errors))
+    .layer(RequestBodyLimitLayer::new(idempotency::BODY_LIMIT))
+    .layer(TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+    ))
+    .layer(TraceLayer::new_for_http())
+    .layer(PropagateRequestIdLayer::x_request_id())
+    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    .with_state(state)
+}
+
+/// Parses a path segment, or answers 400 naming it.
+pub fn parse_app(raw: &str) -> Result<AppId, ApiError> {
+    AppId::parse(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_app_id",
+            format!("The app id in the path is not valid: {e}."),
+        )
+    })
+}
+
+pub fn parse_user(raw: &str) -> Result<AppUserId, ApiError> {
+    AppUserId::parse(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_app_user_id",
+            format!("The app_user_id in the path is not valid: {e}."),
+        )
+    })
+}
+
+pub fn parse_product(raw: &str) -> Result<ProductId, ApiError> {
+    ProductId::parse(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_product_id",
+            format!("The product id is not valid: {e}."),
+        )
+    })
+}
+
+pub fn parse_entitlement(raw: &str) -> Result<EntitlementId, ApiError> {
+    EntitlementId::parse(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_entitlement_id",
+            format!("The entitlement id is not valid: {e}."),
+        )
+    })
+}

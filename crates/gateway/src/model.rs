@@ -1,0 +1,202 @@
+//! Domain records the service keeps that are not part of the pure core: apps and their settings, keys.
+//! Secrets live in [`Secret`], whose `Debug` never prints the value, and which the API never echoes.
+
+use std::fmt;
+
+use gateway_core::AppId;
+use serde::{Deserialize, Serialize};
+
+/// A credential. Serialized for storage only; `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// App Store settings of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppStoreConfig {
+    pub bundle_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_apple_id: Option<i64>,
+    #[serde(default = "production")]
+    pub environment: AppleEnvironment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_pem: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_certificates_pem: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_secret: Option<Secret>,
+}
+
+fn production() -> AppleEnvironment {
+    AppleEnvironment::Production
+}
+
+/// Apple's environment names, as Apple spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppleEnvironment {
+    Production,
+    Sandbox,
+}
+
+/// Google Play settings of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayStoreConfig {
+    pub package_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_json: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubsub_audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_token: Option<Secret>,
+}
+
+/// Stripe settings of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<Secret>,
+    pub webhook_secret: Secret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+}
+
+/// RevenueCat settings of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevenueCatConfig {
+    pub webhook_authorization: Secret,
+}
+
+/// How customers prove who they are to publishable-key calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerAuthConfig {
+    pub mode: CustomerAuthMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomerAuthMode {
+    Key,
+    Jwt,
+}
+
+/// What happens when a customer restores a store purchase that another customer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferPolicy {
+    /// The purchase moves to the customer who restored it (the stores' own behaviour).
+    #[default]
+    Transfer,
+    /// The purchase stays with its first customer.
+    Keep,
+}
+
+/// Everything configurable about an app, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_store: Option<AppStoreConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub play_store: Option<PlayStoreConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<StripeConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revenuecat: Option<RevenueCatConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_auth: Option<CustomerAuthConfig>,
+    #[serde(default)]
+    pub embargoed_countries: Vec<String>,
+    #[serde(default)]
+    pub transfer_policy: TransferPolicy,
+    /// The key of the HMAC that turns an app user id into Play's `obfuscatedAccountId`: stable per
+    /// customer, not reversible, not guessable from the user id.
+    pub account_salt: Secret,
+}
+
+/// An app (tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub id: AppId,
+    pub name: String,
+    pub settings: AppSettings,
+    pub created_at: gateway_core::Timestamp,
+    pub updated_at: gateway_core::Timestamp,
+}
+
+/// The kind of an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    Secret,
+    Publishable,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Secret => "secret",
+            KeyKind::Publishable => "publishable",
+        }
+    }
+}
+
+/// What a secret key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Admin,
+    Catalog,
+    Customers,
+    Purchases,
+    Refunds,
+    Read,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub app_id: Option<AppId>,
+    pub kind: KeyKind,
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiKey {
+    pub fn is_admin(&self) -> bool {
+        self.kind == KeyKind::Secret && self.scopes.contains(&Scope::Admin)
+    }
+}

@@ -1,0 +1,308 @@
+//! Apps (tenants): creation, settings, and the public view that never shows a secret.
+
+use gateway_core::{AppId, Timestamp};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ServiceError, ServiceResult};
+use crate::{
+    db::{Db, apps},
+    model::{
+        App, AppSettings, AppStoreConfig, CustomerAuthConfig, CustomerAuthMode, PlayStoreConfig,
+        RevenueCatConfig, Secret, StripeConfig, TransferPolicy,
+    },
+};
+
+/// The body of `POST /v1/apps`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub app_store: Option<AppStoreConfig>,
+    #[serde(default)]
+    pub play_store: Option<PlayStoreConfig>,
+    #[serde(default)]
+    pub stripe: Option<StripeConfig>,
+    #[serde(default)]
+    pub revenuecat: Option<RevenueCatConfig>,
+    #[serde(default)]
+    pub customer_auth: Option<CustomerAuthConfig>,
+    #[serde(default)]
+    pub embargoed_countries: Vec<String>,
+    #[serde(default)]
+    pub transfer_policy: TransferPolicy,
+}
+
+/// The body of `PATCH /v1/apps/{app}`: a field that is present replaces the stored one (`null`
+/// removes a store); a secret that is not restated is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPatch {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "some")]
+    pub app_store: Option<Option<AppStoreConfig>>,
+    #[serde(default, deserialize_with = "some")]
+    pub play_store: Option<Option<PlayStoreConfig>>,
+    #[serde(default, deserialize_with = "some")]
+    pub stripe: Option<Option<StripeConfig>>,
+    #[serde(default, deserialize_with = "some")]
+    pub revenuecat: Option<Option<RevenueCatConfig>>,
+    #[serde(default, deserialize_with = "some")]
+    pub customer_auth: Option<Option<CustomerAuthConfig>>,
+    pub embargoed_countries: Option<Vec<String>>,
+    pub transfer_policy: Option<TransferPolicy>,
+}
+
+/// Tells a present `null` (`Some(None)`) from an absent field (`None`).
+fn some<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::bad_request(code, message)
+}
+
+fn check_url(field: &str, value: Option<&str>) -> ServiceResult<()> {
+    if let Some(v) = value {
+        let ok = url::Url::parse(v)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(invalid(
+                "invalid_url",
+                format!("`{field}` must be an http or https URL; got {v:?}."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks settings that serde's types do not already hold.
+fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(invalid(
+            "invalid_name",
+            "`name` must be 1 to 200 characters.",
+        ));
+    }
+    for c in &s.embargoed_countries {
+        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+            return Err(invalid(
+                "invalid_country",
+                format!(
+                    "`embargoed_countries` holds ISO 3166 alpha-2 codes such as \"CU\"; got {c:?}."
+                ),
+            ));
+        }
+    }
+    if let Some(a) = &s.app_store {
+        if a.bundle_id.trim().is_empty() {
+            return Err(invalid(
+                "invalid_app_store",
+                "`app_store.bundle_id` must not be empty.",
+            ));
+        }
+        check_url("app_store.api_base_url", a.api_base_url.as_deref())?;
+        if let Some(pem) = &a.private_key_pem {
+            if !pem.expose().contains("BEGIN PRIVATE KEY") {
+                return Err(invalid(
+                    "invalid_app_store",
+                    "`app_store.private_key_pem` must be the PKCS#8 PEM of the .p8 key Apple issued.",
+                ));
+            }
+        }
+        for cert in a.root_certificates_pem.iter().flatten() {
+            if !cert.contains("BEGIN CERTIFICATE") {
+                return Err(invalid(
+                    "invalid_app_store",
+                    "`app_store.root_certificates_pem` must hold PEM certificates.",
+                ));
+            }
+        }
+    }
+    if let Some(p) = &s.play_store {
+        if p.package_name.trim().is_empty() {
+            return Err(invalid(
+                "invalid_play_store",
+                "`play_store.package_name` must not be empty.",
+            ));
+        }
+        check_url("play_store.api_base_url", p.api_base_url.as_deref())?;
+        if let Some(sa) = &p.service_account_json {
+            let parsed: Result<Value, _> = serde_json::from_str(sa.expose());
+            if !parsed
+                .is_ok_and(|v| v.get("private_key").is_some() && v.get("client_email").is_some())
+            {
+                return Err(invalid(
+                    "invalid_play_store",
+                    "`play_store.service_account_json` must be a Google service account key file (JSON with client_email and private_key).",
+                ));
+            }
+        }
+    }
+    if let Some(st) = &s.stripe {
+        check_url("stripe.api_base_url", st.api_base_url.as_deref())?;
+        if st.webhook_secret.expose().is_empty() {
+            return Err(invalid(
+                "invalid_stripe",
+                "`stripe.webhook_secret` must not be empty.",
+            ));
+        }
+    }
+    if let Some(ca) = &s.customer_auth {
+        check_url("customer_auth.jwks_url", ca.jwks_url.as_deref())?;
+        if ca.mode == CustomerAuthMode::Jwt && ca.jwks_url.is_none() {
+            return Err(invalid(
+                "invalid_customer_auth",
+                "`customer_auth.mode: jwt` needs `jwks_url`.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn new_salt() -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    Secret::new(hex::encode(bytes))
+}
+
+pub async fn create(db: &Db, body: NewApp, now: Timestamp) -> ServiceResult<App> {
+    let id =
+        AppId::parse(&body.id).map_err(|e| invalid("invalid_app_id", format!("`id`: {e}.")))?;
+    let settings = AppSettings {
+        app_store: body.app_store,
+        play_store: body.play_store,
+        stripe: body.stripe,
+        revenuecat: body.revenuecat,
+        customer_auth: body.customer_auth,
+        embargoed_countries: body.embargoed_countries,
+        transfer_policy: body.transfer_policy,
+        account_salt: new_salt(),
+    };
+    validate(&body.name, &settings)?;
+    let app = App {
+        id,
+        name: body.name.trim().to_owned(),
+        settings,
+        created_at: now,
+        updated_at: now,
+    };
+    match apps::insert(db, &app).await {
+        Ok(()) => Ok(app),
+        Err(apps::InsertAppError::Exists) => Err(ServiceError::conflict(
+            "app_exists",
+            format!("An app with id {:?} exists already.", app.id.as_str()),
+        )),
+        Err(apps::InsertAppError::Db(e)) => Err(e.into()),
+    }
+}
+
+pub async fn get(db: &Db, id: &AppId) -> ServiceResult<App> {
+    apps::get(db, id).await?.ok_or_else(|| {
+        ServiceError::not_found(
+            "app_not_found",
+            format!("There is no app {:?}.", id.as_str()),
+        )
+    })
+}
+
+fn keep<T>(new: &mut Option<T>, old: Option<&T>)
+where
+    T: Clone,
+{
+    if new.is_none() {
+        *new = old.cloned();
+    }
+}
+
+pub async fn update(db: &Db, id: &AppId, patch: AppPatch, now: Timestamp) -> ServiceResult<App> {
+    let mut app = get(db, id).await?;
+    let old = app.settings.clone();
+    if let Some(name) = patch.name {
+        app.name = name.trim().to_owned();
+    }
+    if let Some(mut v) = patch.app_store {
+        if let (Some(new), Some(old)) = (v.as_mut(), old.app_store.as_ref()) {
+            keep(&mut new.private_key_pem, old.private_key_pem.as_ref());
+            keep(&mut new.shared_secret, old.shared_secret.as_ref());
+        }
+        app.settings.app_store = v;
+    }
+    if let Some(mut v) = patch.play_store {
+        if let (Some(new), Some(old)) = (v.as_mut(), old.play_store.as_ref()) {
+            keep(
+                &mut new.service_account_json,
+                old.service_account_json.as_ref(),
+            );
+            keep(&mut new.push_token, old.push_token.as_ref());
+        }
+        app.settings.play_store = v;
+    }
+    if let Some(mut v) = patch.stripe {
+        if let (Some(new), Some(old)) = (v.as_mut(), old.stripe.as_ref()) {
+            keep(&mut new.secret_key, old.secret_key.as_ref());
+        }
+        app.settings.stripe = v;
+    }
+    if let Some(v) = patch.revenuecat {
+        app.settings.revenuecat = v;
+    }
+    if let Some(v) = patch.customer_auth {
+        app.settings.customer_auth = v;
+    }
+    if let Some(v) = patch.embargoed_countries {
+        app.settings.embargoed_countries = v;
+    }
+    if let Some(v) = patch.transfer_policy {
+        app.settings.transfer_policy = v;
+    }
+    validate(&app.name, &app.settings)?;
+    app.updated_at = now;
+    apps::update(db, &app).await?;
+    Ok(app)
+}
+
+/// Fields that hold secrets: the public view says whether each is set, never what it is.
+const SECRET_FIELDS: [&str; 7] = [
+    "private_key_pem",
+    "shared_secret",
+    "service_account_json",
+    "push_token",
+    "secret_key",
+    "webhook_secret",
+    "webhook_authorization",
+];
+
+/// The app as the API shows it.
+pub fn public_view(app: &App) -> Value {
+    let mut settings = serde_json::to_value(&app.settings).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = settings.as_object_mut() {
+        obj.remove("account_salt");
+        for section in obj.values_mut() {
+            if let Some(fields) = section.as_object_mut() {
+                for secret in SECRET_FIELDS {
+                    if fields.remove(secret).is_some() {
+                        fields.insert(format!("{secret}_set"), Value::Bool(true));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = json!({
+        "id": app.id,
+        "name": app.name,
+        "created_at": app.created_at,
+        "updated_at": app.updated_at,
+    });
+    if let (Some(out), Some(settings)) = (out.as_object_mut(), settings.as_object()) {
+        for (k, v) in settings {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,404 @@
+//! Customers: the snapshot, offerings, timeline, orders, manual grants and revokes, and spending a
+//! consumable balance.
+
+use std::collections::BTreeMap;
+
+use gateway_core::{
+    AppId, AppUserId, Currency, EntitlementId, ManualAction, ManualFact, Product, ProductId,
+    ProductKind, Timestamp,
+    decide::{EntitlementView, PurchaseView},
+    ledger::LedgerSource,
+};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{ServiceError, ServiceResult, decision};
+use crate::{
+    db::{self, Db, audit, customers, ledger, orders, outbox, products},
+    model::App,
+};
+
+/// A customer as the API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub app_user_id: AppUserId,
+    pub version: i64,
+    pub entitlements: Vec<EntitlementView>,
+    pub purchases: Vec<PurchaseView>,
+    pub balances: BTreeMap<Currency, i64>,
+}
+
+/// The customer's snapshot at `now`. A customer never seen has version 0 and nothing. When the clock
+/// has passed a recorded expiry, the customer is re-evaluated first, so a read never shows access that
+/// has ended.
+pub async fn snapshot(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    now: Timestamp,
+) -> ServiceResult<Snapshot> {
+    if decision::due(db, app, id, now).await? {
+        decision::reevaluate(db, app, id, now).await?;
+    }
+    let rec = customers::recorded(db, app, id).await?.unwrap_or_default();
+    Ok(Snapshot {
+        app_user_id: id.clone(),
+        version: rec.version,
+        entitlements: rec.entitlements,
+        purchases: rec.purchases,
+        balances: rec.balances,
+    })
+}
+
+/// The active products this customer may buy now: all but those whose every entitlement they hold.
+pub async fn offerings(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    now: Timestamp,
+) -> ServiceResult<Vec<Product>> {
+    let snap = snapshot(db, app, id, now).await?;
+    let held: Vec<&EntitlementId> = snap
+        .entitlements
+        .iter()
+        .filter(|e| e.status.has_access())
+        .map(|e| &e.id)
+        .collect();
+    let all = products::list(db, app, true).await?;
+    Ok(all
+        .into_iter()
+        .filter(|p| {
+            p.kind == ProductKind::Consumable
+                || !p.entitlements.iter().all(|e| held.contains(&&e.id))
+        })
+        .collect())
+}
+
+/// The customer's audit trail, newest first.
+pub async fn timeline(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    before: Option<i64>,
+    limit: i64,
+) -> ServiceResult<Vec<audit::AuditRow>> {
+    if !(1..=500).contains(&limit) {
+        return Err(ServiceError::bad_request(
+            "invalid_limit",
+            "`limit` must be between 1 and 500.",
+        ));
+    }
+    Ok(audit::timeline(db, app, id, before, limit).await?)
+}
+
+/// Play's `obfuscatedAccountId` for a customer: HMAC-SHA256 of the user id under the app's salt, hex
+/// (64 characters, Play's limit). Stable per customer, not reversible.
+pub fn obfuscated_account_id(app: &App, id: &AppUserId) -> String {
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(app.settings.account_salt.expose().as_bytes())
+            .expect("HMAC takes a key of any length");
+    mac.update(id.as_str().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Starts an order: checks the products and the embargo, and issues the tokens that tie the store
+/// purchase back to this customer.
+pub async fn create_order(
+    db: &Db,
+    app: &App,
+    id: &AppUserId,
+    product_ids: Vec<ProductId>,
+    country: Option<String>,
+    now: Timestamp,
+) -> ServiceResult<orders::Order> {
+    if product_ids.is_empty() {
+        return Err(ServiceError::bad_request(
+            "invalid_order",
+            "`product_ids` must name at least one product.",
+        ));
+    }
+    let country = country.map(|c| c.trim().to_ascii_uppercase());
+    if let Some(c) = &country {
+        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+            return Err(ServiceError::bad_request(
+                "invalid_country",
+                format!("`country` must be an ISO 3166 alpha-2 code such as \"US\"; got {c:?}."),
+            ));
+        }
+        if app.settings.embargoed_countries.contains(c) {
+            return Err(ServiceError::forbidden(
+                "embargoed",
+                format!("Purchases from {c} are not allowed by this app."),
+            ));
+        }
+    }
+    for pid in &product_ids {
+        let product = products::get(db, &app.id, pid).await?.ok_or_else(|| {
+            ServiceError::not_found(
+                "product_not_found",
+                format!("There is no product {:?} in this app.", pid.as_str()),
+            )
+        })?;
+        if !product.active {
+            return Err(ServiceError::conflict(
+                "product_inactive",
+                format!("Product {pid} is not for sale."),
+            ));
+        }
+    }
+    let order = orders::Order {
+        id: db::new_id("ord"),
+        app_id: app.id.clone(),
+        customer_id: id.clone(),
+        app_account_token: uuid::Uuid::new_v4().to_string(),
+        obfuscated_account_id: obfuscated_account_id(app, id),
+        items: product_ids,
+        country,
+        status: "open".into(),
+        created_at: now,
+    };
+    orders::insert(db, &order).await?;
+    Ok(order)
+}
+
+/// What a manual grant names.
+#[derive(Debug, Clone)]
+pub enum GrantTarget {
+    Entitlement(EntitlementId),
+    Product(ProductId),
+}
+
+/// Grants by hand, with a reason kept in the audit log.
+pub async fn grant(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    target: GrantTarget,
+    reason: &str,
+    expires_at: Option<Timestamp>,
+    actor: &str,
+    now: Timestamp,
+) -> ServiceResult<Snapshot> {
+    let reason = super::reason(reason)?;
+    if expires_at.is_some_and(|e| e <= now) {
+        return Err(ServiceError::bad_request(
+            "invalid_expires_at",
+            "`expires_at` must be in the future.",
+        ));
+    }
+    let action = match target {
+        GrantTarget::Product(pid) => {
+            if products::get(db, app, &pid).await?.is_none() {
+                return Err(ServiceError::not_found(
+                    "product_not_found",
+                    format!("There is no product {:?} in this app.", pid.as_str()),
+                ));
+            }
+            ManualAction::GrantProduct {
+                product_id: pid,
+                expires_at,
+            }
+        }
+        GrantTarget::Entitlement(eid) => {
+            if !products::entitlement_known(db, app, &eid).await? {
+                return Err(ServiceError::not_found(
+                    "entitlement_not_found",
+                    format!(
+                        "No product of this app grants entitlement {:?}.",
+                        eid.as_str()
+                    ),
+                ));
+            }
+            ManualAction::GrantEntitlement {
+                entitlement_id: eid,
+                expires_at,
+            }
+        }
+    };
+    let fact = ManualFact {
+        id: db::new_id("man"),
+        at: now,
+        action,
+        reason: reason.clone(),
+    };
+    let input = decision::Input {
+        source: "api.grant",
+        dedupe_key: fact.id.clone(),
+        raw: serde_json::to_string(&fact).unwrap_or_default(),
+        cause: format!("Granted by hand: {reason}"),
+        actor: actor.to_owned(),
+        manual: vec![fact],
+        purchases: Vec::new(),
+    };
+    decision::apply(db, app, id, input, now).await?;
+    snapshot(db, app, id, now).await
+}
+
+/// Revokes an entitlement by hand, whatever granted it, until a later grant or purchase.
+pub async fn revoke(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    eid: EntitlementId,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> ServiceResult<Snapshot> {
+    let reason = super::reason(reason)?;
+    let current = snapshot(db, app, id, now).await?;
+    let holds = current.entitlements.iter().any(|e| {
+        e.id == eid
+            && (e.status.has_access() || e.status == gateway_core::EntitlementStatus::Pending)
+    });
+    if !holds {
+        return Err(ServiceError::not_found(
+            "entitlement_not_found",
+            format!(
+                "This customer does not hold entitlement {:?}.",
+                eid.as_str()
+            ),
+        ));
+    }
+    let fact = ManualFact {
+        id: db::new_id("man"),
+        at: now,
+        action: ManualAction::Revoke {
+            entitlement_id: eid,
+        },
+        reason: reason.clone(),
+    };
+    let input = decision::Input {
+        source: "api.revoke",
+        dedupe_key: fact.id.clone(),
+        raw: serde_json::to_string(&fact).unwrap_or_default(),
+        cause: format!("Revoked by hand: {reason}"),
+        actor: actor.to_owned(),
+        manual: vec![fact],
+        purchases: Vec::new(),
+    };
+    decision::apply(db, app, id, input, now).await?;
+    snapshot(db, app, id, now).await
+}
+
+/// The answer to a spend.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spent {
+    pub transaction_id: String,
+    pub currency: Currency,
+    pub amount: i64,
+    pub balance: i64,
+    pub version: i64,
+}
+
+/// Spends `amount` of `currency` once per `idem_key`: the debit, its audit row, the
+/// `balance.changed` event and the new version commit together; a repeat returns the first answer.
+#[allow(clippy::too_many_arguments)]
+pub async fn spend(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    currency: Currency,
+    amount: i64,
+    reason: &str,
+    idem_key: &str,
+    actor: &str,
+    now: Timestamp,
+) -> ServiceResult<Spent> {
+    let reason = super::reason(reason)?;
+    if amount <= 0 || amount > i64::MAX / 4 {
+        return Err(ServiceError::bad_request(
+            "invalid_amount",
+            "`amount` must be a positive whole number.",
+        ));
+    }
+    let mut tx = db.writer().begin().await?;
+    let mut row = customers::lock(&mut tx, app, id, now).await?;
+    let balances = ledger::balances(&mut tx, app, id).await?;
+    if let Some((txn, cur, spent)) = ledger::spend_by_key(&mut tx, app, id, idem_key).await? {
+        tx.rollback().await?;
+        let balance = balances.get(&cur).copied().unwrap_or(0);
+        return Ok(Spent {
+            transaction_id: txn,
+            currency: cur,
+            amount: -spent,
+            balance,
+            version: row.version,
+        });
+    }
+    let previous = balances.get(&currency).copied().unwrap_or(0);
+    if previous < amount {
+        tx.rollback().await?;
+        return Err(ServiceError::conflict(
+            "insufficient_balance",
+            format!("The {currency} balance is {previous}; {amount} cannot be spent."),
+        ));
+    }
+    let source = LedgerSource::Spend(idem_key.to_owned());
+    let txn = ledger::record(
+        &mut tx,
+        app,
+        id,
+        &currency,
+        &source,
+        -amount,
+        Some(&reason),
+        now,
+    )
+    .await?;
+    let balance = previous - amount;
+    row.version += 1;
+    let effect = gateway_core::Effect::BalanceChanged {
+        currency: currency.clone(),
+        previous,
+        balance,
+    };
+    let payload = decision::outbound_payload(app, id, "balance.changed", &effect, now);
+    outbox::insert(
+        &mut tx,
+        app,
+        id,
+        row.audit_seq + 1,
+        "balance.changed",
+        &payload,
+        now,
+    )
+    .await?;
+    let detail = json!({"actor": actor, "transaction_id": txn, "currency": currency, "amount": amount,
+        "previous": previous, "balance": balance, "idempotency_key": idem_key, "version": row.version});
+    audit::append(
+        &mut tx,
+        app,
+        id,
+        &mut row,
+        now,
+        "api.spend",
+        &format!("Spent {amount} {currency}: {reason}"),
+        &detail,
+    )
+    .await?;
+    let next: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    customers::save_row(
+        &mut tx,
+        app,
+        id,
+        &row,
+        next.flatten().map(Timestamp::from_millis),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("gateway_spends_total").increment(1);
+    Ok(Spent {
+        transaction_id: txn,
+        currency,
+        amount,
+        balance,
+        version: row.version,
+    })
+}

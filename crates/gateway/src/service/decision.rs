@@ -1,0 +1,324 @@
+//! One transaction per decision (DESIGN.md invariant 2). An input's raw record, its new facts, the
+//! recorded state, the ledger entries, the audit row and the outbox rows commit together or not at all:
+//!
+//! 1. lock the customer (the first statement is a write, so writers for one customer queue here);
+//! 2. keep the raw input, deduped by its key;
+//! 3. add the new facts (a fact seen before is a no-op);
+//! 4. derive the new state from all facts, diff it against what was recorded;
+//! 5. write the new state, the effects and one audit row; bump the version if anything changed.
+
+use gateway_core::{
+    AppId, AppUserId, CustomerState, Effect, EntitlementId, ManualAction, ManualFact, ProductId,
+    PurchaseFacts, Timestamp,
+    decide::{Catalog, derive, diff},
+};
+use serde_json::json;
+use sqlx::AnyConnection;
+
+use super::{ServiceError, ServiceResult};
+use crate::db::{self, Db, audit, customers, ledger, outbox, products};
+
+/// An input to decide on.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Where it came from: `api.grant`, `api.revoke`, `app_store`, `clock`, ...
+    pub source: &'static str,
+    /// Dedupe key of the raw input within its source.
+    pub dedupe_key: String,
+    /// The raw payload, kept as received.
+    pub raw: String,
+    /// A sentence for the timeline.
+    pub cause: String,
+    /// Who acted (an API key id, a store).
+    pub actor: String,
+    pub manual: Vec<ManualFact>,
+    pub purchases: Vec<PurchaseFacts>,
+}
+
+/// What a decision did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Nothing new: the input or every fact in it was seen before.
+    pub duplicate: bool,
+    pub effects: Vec<Effect>,
+    pub version: i64,
+    pub state: CustomerState,
+}
+
+/// Decides on `input` for `customer` in one transaction.
+pub async fn apply(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    input: Input,
+    now: Timestamp,
+) -> ServiceResult<Outcome> {
+    let mut tx = db.writer().begin().await?;
+    let mut row = customers::lock(&mut tx, app, customer, now).await?;
+
+    let inbound_id = db::new_id("inb");
+    let fresh_input = sqlx::query(
+        "INSERT INTO inbound (id, app_id, source, dedupe_key, customer_id, raw, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app_id, source, dedupe_key) DO NOTHING",
+    )
+    .bind(&inbound_id)
+    .bind(app.as_str())
+    .bind(input.source)
+    .bind(&input.dedupe_key)
+    .bind(customer.as_str())
+    .bind(&input.raw)
+    .bind(now.millis())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+
+    let mut new_facts = Vec::new();
+    if fresh_input {
+        for fact in &input.manual {
+            if customers::insert_manual_fact(&mut tx, app, customer, fact, &input.actor).await? {
+                new_facts.push(json!({"manual": fact}));
+            }
+        }
+        for p in &input.purchases {
+            let (purchase_id, owner) =
+                customers::ensure_purchase(&mut tx, app, customer, p, now).await?;
+            if owner != customer.as_str() {
+                return Err(ServiceError::conflict(
+                    "purchase_of_another_customer",
+                    "This store purchase belongs to another customer.",
+                ));
+            }
+            for e in &p.events {
+                if customers::insert_store_event(
+                    &mut tx,
+                    app,
+                    &purchase_id,
+                    e,
+                    Some(&inbound_id),
+                    now,
+                )
+                .await?
+                {
+                    new_facts.push(json!({"purchase_id": purchase_id, "event": e}));
+                }
+            }
+        }
+    }
+    let reevaluate = input.source == "clock";
+    if new_facts.is_empty() && !reevaluate {
+        // A replay: nothing is written, not even the customer row.
+        tx.rollback().await?;
+        let state = CustomerState::default();
+        return Ok(Outcome {
+            duplicate: true,
+            effects: Vec::new(),
+            version: row.version,
+            state,
+        });
+    }
+
+    let (before, after, effects) = decide_locked(&mut tx, app, customer, now).await?;
+    if reevaluate && effects.is_empty() && before == after {
+        tx.rollback().await?;
+        return Ok(Outcome {
+            duplicate: true,
+            effects,
+            version: row.version,
+            state: after,
+        });
+    }
+    customers::save_state(&mut tx, app, customer, &before, &after, now).await?;
+    let changed = before != after || !effects.is_empty();
+    if changed {
+        row.version += 1;
+    }
+    record_effects(&mut tx, app, customer, &mut row, &effects, now).await?;
+    let detail = json!({
+        "source": input.source,
+        "actor": input.actor,
+        "inbound_id": inbound_id,
+        "facts": new_facts,
+        "effects": effects,
+        "version": row.version,
+    });
+    audit::append(
+        &mut tx,
+        app,
+        customer,
+        &mut row,
+        now,
+        input.source,
+        &input.cause,
+        &detail,
+    )
+    .await?;
+    for e in &effects {
+        if let Effect::BalanceNegative { currency, balance } = e {
+            let detail = json!({"currency": currency, "balance": balance});
+            let cause = format!("A clawback left the {currency} balance at {balance}.");
+            audit::append(
+                &mut tx,
+                app,
+                customer,
+                &mut row,
+                now,
+                "balance.negative",
+                &cause,
+                &detail,
+            )
+            .await?;
+        }
+    }
+    customers::save_row(
+        &mut tx,
+        app,
+        customer,
+        &row,
+        after.next_change_after(now),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("gateway_decisions_total", "source" => input.source).increment(1);
+    Ok(Outcome {
+        duplicate: false,
+        effects,
+        version: row.version,
+        state: after,
+    })
+}
+
+/// Derives the customer's state from every recorded fact and diffs it against the recorded state.
+async fn decide_locked(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    customer: &AppUserId,
+    now: Timestamp,
+) -> ServiceResult<(CustomerState, CustomerState, Vec<Effect>)> {
+    let facts = customers::load_facts(conn, app, customer).await?;
+    let mut product_ids: Vec<ProductId> = facts
+        .purchases
+        .iter()
+        .map(|p| p.product_id.clone())
+        .collect();
+    let mut entitlement_ids: Vec<EntitlementId> = Vec::new();
+    for m in &facts.manual {
+        match &m.action {
+            ManualAction::GrantProduct { product_id, .. } => product_ids.push(product_id.clone()),
+            ManualAction::GrantEntitlement { entitlement_id, .. }
+            | ManualAction::Revoke { entitlement_id } => {
+                entitlement_ids.push(entitlement_id.clone());
+            }
+        }
+    }
+    let catalog: Catalog =
+        products::catalog_subset(conn, app, &product_ids, &entitlement_ids).await?;
+    let before = customers::load_state(conn, app, customer).await?;
+    let balances = ledger::balances(conn, app, customer).await?;
+    let after = derive(&facts, &catalog, now);
+    let effects = diff(&before, &after, &balances);
+    Ok((before, after, effects))
+}
+
+/// Writes ledger entries and outbox rows for `effects`.
+async fn record_effects(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    customer: &AppUserId,
+    row: &mut customers::CustomerRow,
+    effects: &[Effect],
+    now: Timestamp,
+) -> ServiceResult<()> {
+    for e in effects {
+        if let Effect::LedgerEntry {
+            source,
+            currency,
+            amount,
+        } = e
+        {
+            let reason = if *amount > 0 { "credit" } else { "clawback" };
+            ledger::record(
+                conn,
+                app,
+                customer,
+                currency,
+                source,
+                *amount,
+                Some(reason),
+                now,
+            )
+            .await?;
+        }
+    }
+    for e in effects {
+        if let Some(event_type) = e.outbound_event() {
+            let payload = outbound_payload(app, customer, event_type, e, now);
+            // The audit sequence the event will sit next to orders a customer's events.
+            outbox::insert(
+                conn,
+                app,
+                customer,
+                row.audit_seq + 1,
+                event_type,
+                &payload,
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// An outbound event body, shaped as Standard Webhooks suggests: `type`, `timestamp`, `data`.
+pub fn outbound_payload(
+    app: &AppId,
+    customer: &AppUserId,
+    event_type: &str,
+    effect: &Effect,
+    now: Timestamp,
+) -> serde_json::Value {
+    let mut data = serde_json::to_value(effect).unwrap_or_default();
+    if let Some(obj) = data.as_object_mut() {
+        obj.remove("type");
+        obj.insert("app_id".into(), json!(app));
+        obj.insert("app_user_id".into(), json!(customer));
+    }
+    json!({"type": event_type, "timestamp": now, "data": data})
+}
+
+/// Re-derives a customer whose recorded state the clock may have overtaken (an `expires_at` passed),
+/// writing the expiry effects. Changes nothing when nothing is due.
+pub async fn reevaluate(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    now: Timestamp,
+) -> ServiceResult<Outcome> {
+    let input = Input {
+        source: "clock",
+        dedupe_key: format!("clock:{}:{}", customer, now.millis()),
+        raw: json!({"now": now}).to_string(),
+        cause: "Time passed an expiry date.".into(),
+        actor: "clock".into(),
+        manual: Vec::new(),
+        purchases: Vec::new(),
+    };
+    apply(db, app, customer, input, now).await
+}
+
+/// True when the recorded state of a customer may be stale because the clock passed its next change.
+pub async fn due(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    now: Timestamp,
+) -> ServiceResult<bool> {
+    let next: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(customer.as_str())
+            .fetch_optional(db.reader())
+            .await?;
+    Ok(next.flatten().is_some_and(|t| t <= now.millis()))
+}

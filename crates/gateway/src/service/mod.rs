@@ -1,0 +1,97 @@
+//! Use cases: each public function is one thing a caller can ask of the gateway, built from storage
+//! (`db`), the pure core and, later, the store clients. Handlers call exactly one of these.
+
+pub mod apps;
+pub mod catalog;
+pub mod customers;
+pub mod decision;
+pub mod keys;
+
+use crate::db::DbError;
+
+/// The HTTP status class of a caller's mistake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    Unprocessable,
+}
+
+/// What a use case can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The caller's mistake: nothing was changed.
+    #[error("{message}")]
+    Client {
+        kind: Kind,
+        code: &'static str,
+        message: String,
+        details: Option<serde_json::Value>,
+    },
+    /// The gateway's own fault.
+    #[error(transparent)]
+    Internal(#[from] DbError),
+}
+
+impl ServiceError {
+    pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Client {
+            kind,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::BadRequest, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::Conflict, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::Forbidden, code, message)
+    }
+
+    pub fn with_details(mut self, value: serde_json::Value) -> Self {
+        if let ServiceError::Client { details, .. } = &mut self {
+            *details = Some(value);
+        }
+        self
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        ServiceError::Internal(e.into())
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Checks a free-text reason an operator must give.
+pub fn reason(value: &str) -> ServiceResult<String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(ServiceError::bad_request(
+            "reason_required",
+            "Give a `reason`: it is kept in the customer's audit log.",
+        ));
+    }
+    if trimmed.chars().count() > 1000 {
+        return Err(ServiceError::bad_request(
+            "reason_too_long",
+            "A `reason` may be at most 1000 characters.",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
