@@ -86,6 +86,9 @@ pub struct PurchaseView {
     pub expires_at: Option<Timestamp>,
     pub environment: Option<String>,
     pub auto_renew: Option<bool>,
+    /// The end of a billing grace period that keeps access open past `expires_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_until: Option<Timestamp>,
 }
 
 /// An entitlement as the snapshot shows it, with what grants it.
@@ -118,7 +121,12 @@ impl CustomerState {
             .values()
             .filter(|e| e.status.has_access() || e.status == EntitlementStatus::Pending)
             .filter_map(|e| e.expires_at)
-            .chain(self.purchases.values().filter_map(|p| p.expires_at))
+            .chain(
+                self.purchases
+                    .values()
+                    .flat_map(|p| [p.expires_at, p.grace_until])
+                    .flatten(),
+            )
             .filter(|t| *t > now)
             .min()
     }
@@ -220,7 +228,6 @@ impl Candidate {
     /// Lower sorts first: access before no access, the later end first, then a stable id. Manual grants
     /// have no purchase id: the earliest grant, then the product, break their ties, so the choice never
     /// depends on the order the facts were loaded in (invariant 4).
-    #[allow(clippy::type_complexity)]
     fn rank(
         &self,
     ) -> (
@@ -311,6 +318,7 @@ pub fn derive(facts: &CustomerFacts, catalog: &Catalog, now: Timestamp) -> Custo
                 expires_at: s.expires_at,
                 environment: p.environment.clone(),
                 auto_renew: s.auto_renew,
+                grace_until: s.grace_until,
             },
         );
         let Some(product) = product else { continue };

@@ -154,10 +154,11 @@ pub fn fold(events: &[StoreEvent], product: Option<&Product>, now: Timestamp) ->
         }
     }
 
-    if let (Some(p), Some(purchased_at)) = (product, state.purchased_at) {
-        if p.kind != ProductKind::Subscription && state.expires_at.is_none() {
-            state.expires_at = p.catalog_expiry(purchased_at);
-        }
+    if let (Some(p), Some(purchased_at)) = (product, state.purchased_at)
+        && p.kind != ProductKind::Subscription
+        && state.expires_at.is_none()
+    {
+        state.expires_at = p.catalog_expiry(purchased_at);
     }
 
     state.status = if revoked {
@@ -174,7 +175,7 @@ pub fn fold(events: &[StoreEvent], product: Option<&Product>, now: Timestamp) ->
         PurchaseStatus::Expired
     } else {
         match state.expires_at {
-            Some(end) if end <= now && !state.grace_until.is_some_and(|g| g > now) => {
+            Some(end) if end <= now && state.grace_until.is_none_or(|g| g <= now) => {
                 PurchaseStatus::Expired
             }
             _ => PurchaseStatus::Active,
@@ -313,7 +314,7 @@ mod tests {
     fn pending_then_purchased_is_active_in_any_order() {
         let p = ev("pe", 5, EventKind::Pending);
         assert_eq!(
-            fold(&[p.clone()], None, Timestamp::from_millis(1)).status,
+            fold(std::slice::from_ref(&p), None, Timestamp::from_millis(1)).status,
             PurchaseStatus::Pending
         );
         assert_eq!(

@@ -253,6 +253,7 @@ fn purchase_view(
         expires_at,
         environment: Some("Production".to_owned()),
         auto_renew: None,
+        grace_until: None,
     }
 }
 
@@ -734,13 +735,25 @@ fn a_grace_period_keeps_access_open() {
     assert_eq!(view.status, EntitlementStatus::GracePeriod);
     assert!(view.status.has_access());
     assert_eq!(view.status.as_str(), "grace_period");
+    // Access does not change, so nothing goes out: the purchase shows the grace period's end and the
+    // entitlement its new status.
     assert_eq!(
         effects,
-        vec![Effect::EntitlementUpdated {
-            entitlement: view.clone(),
-            previous: Some(EntitlementStatus::Active),
-        }]
+        vec![
+            Effect::PurchaseUpdated {
+                purchase: PurchaseView {
+                    grace_until: Some(day(36)),
+                    ..purchase_view(&c, "s1", PLUS, PurchaseStatus::Active, Some(day(30)))
+                },
+                previous: Some(PurchaseStatus::Active),
+            },
+            Effect::EntitlementUpdated {
+                entitlement: view.clone(),
+                previous: Some(EntitlementStatus::Active),
+            },
+        ]
     );
+    assert!(effects.iter().all(|e| e.outbound_event().is_none()));
     assert_eq!(c.purchase("s1").status, PurchaseStatus::Active);
     // The end of the grace period is when the clock alone takes access away: the expiry job must
     // come back then.
@@ -1109,4 +1122,122 @@ fn a_pending_consumable_credits_nothing_until_paid() {
         vec!["purchase.updated", "ledger.entry", "balance.changed"]
     );
     assert_eq!(c.balances[&coins()], 100);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Edges of the rules above.
+
+#[test]
+fn a_revoke_at_the_very_instant_of_a_grant_holds() {
+    let mut c = Customer::new();
+    c.manual(
+        "m1",
+        day(1),
+        ManualAction::GrantEntitlement {
+            entitlement_id: eid("bonus"),
+            expires_at: None,
+        },
+        day(1),
+    );
+    c.manual(
+        "m2",
+        day(1),
+        ManualAction::Revoke {
+            entitlement_id: eid("bonus"),
+        },
+        day(1),
+    );
+    assert_eq!(c.entitlement("bonus").status, EntitlementStatus::Revoked);
+
+    // A purchase paid in the same millisecond as a revoke is revoked too; one paid a millisecond
+    // later is not.
+    c.manual(
+        "m3",
+        day(2),
+        ManualAction::Revoke {
+            entitlement_id: eid(COURSE_KEY),
+        },
+        day(2),
+    );
+    c.store("p1", COURSE, "tx1", day(2), bought(None), day(2));
+    assert_eq!(c.entitlement(COURSE_KEY).status, EntitlementStatus::Revoked);
+    let effects = c.store(
+        "p2",
+        COURSE,
+        "tx2",
+        day(2).plus_millis(1),
+        bought(None),
+        day(3),
+    );
+    assert_eq!(
+        names(&effects),
+        vec!["purchase.updated", "entitlement.granted"]
+    );
+}
+
+#[test]
+fn coins_stay_credited_when_the_store_says_the_purchase_expired() {
+    let mut c = Customer::new();
+    c.store("p1", COINS_100, "tx1", day(0), bought(None), day(0));
+    let effects = c.store("p1", COINS_100, "exp1", day(1), EventKind::Expired, day(1));
+    assert_eq!(names(&effects), vec!["purchase.updated"]);
+    assert_eq!(c.purchase("p1").status, PurchaseStatus::Expired);
+    assert_eq!(c.balances[&coins()], 100);
+    // A store revocation (voided purchase), unlike an expiry, claws the coins back.
+    let effects = c.store("p1", COINS_100, "void1", day(2), EventKind::Revoked, day(2));
+    assert!(effects.contains(&Effect::LedgerEntry {
+        source: LedgerSource::Purchase("p1".into()),
+        currency: coins(),
+        amount: -100,
+    }));
+    assert_eq!(c.balances[&coins()], 0);
+}
+
+#[test]
+fn a_renewal_after_a_refunded_period_grants_again() {
+    let mut c = Customer::new();
+    subscribed(&mut c);
+    let effects = c.store("s1", PLUS, "refund1", day(10), EventKind::Refunded, day(10));
+    assert_eq!(
+        names(&effects),
+        vec!["purchase.refunded", "entitlement.revoked"]
+    );
+    let effects = c.store(
+        "s1",
+        PLUS,
+        "sub-tx2",
+        day(30),
+        EventKind::Renewed {
+            expires_at: day(60),
+        },
+        day(30),
+    );
+    assert_eq!(
+        names(&effects),
+        vec!["purchase.updated", "entitlement.granted"]
+    );
+    assert_eq!(c.purchase("s1").status, PurchaseStatus::Active);
+}
+
+#[test]
+fn refunding_one_of_two_purchases_of_a_course_keeps_access() {
+    let mut c = Customer::new();
+    c.store("p1", COURSE, "tx1", day(0), bought(None), day(0));
+    c.store("p2", COURSE, "tx2", day(1), bought(None), day(1));
+    assert_eq!(c.entitlement(COURSE_KEY).purchase_id.as_deref(), Some("p1"));
+
+    let effects = c.store("p1", COURSE, "refund1", day(2), EventKind::Refunded, day(2));
+    // The entitlement is now held by the other purchase: nothing goes out but the refund.
+    assert_eq!(
+        effects,
+        vec![
+            Effect::PurchaseRefunded {
+                purchase: purchase_view(&c, "p1", COURSE, PurchaseStatus::Refunded, None),
+            },
+            Effect::EntitlementUpdated {
+                entitlement: course_view(EntitlementStatus::Active, "p2", day(1)),
+                previous: Some(EntitlementStatus::Active),
+            },
+        ]
+    );
 }

@@ -659,6 +659,25 @@ fn check(case: Case) -> Result<(), TestCaseError> {
             .collect::<Vec<_>>()
     );
 
+    // The expiry job sleeps until `next_change_after`: before it, the clock alone changes nothing.
+    let horizon = expected.next_change_after(now).unwrap_or(slot_time(1000));
+    prop_assert!(horizon > now);
+    for t in [
+        now.plus_millis(1),
+        Timestamp::from_millis(now.millis() + (horizon.millis() - now.millis()) / 2),
+        horizon.plus_millis(-1),
+    ] {
+        if t > now && t < horizon {
+            prop_assert_eq!(
+                &derive(&canonical(s, &all), &catalog, t),
+                &expected,
+                "the state changed at {:?}, before next_change_after {:?}",
+                t,
+                horizon
+            );
+        }
+    }
+
     // With a clock that moves forward while facts arrive, the end is the same state, and the
     // downstream was kept in step all along (checked at every step by `run`).
     let start = now.plus_millis(-case.clock_span * SLOT);
@@ -681,7 +700,8 @@ fn check(case: Case) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(Config {
-        cases: 256,
+        // PROPTEST_CASES=100000 for a longer search.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         ..Config::default()
     })]

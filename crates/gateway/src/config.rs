@@ -85,12 +85,12 @@ impl Config {
                 redact_url(&self.database_url)
             ))
         })?;
-        if let Some(key) = &self.bootstrap_admin_key {
-            if key.expose().len() < MIN_BOOTSTRAP_KEY_LEN {
-                return Err(ConfigError(format!(
-                    "`bootstrap_admin_key` (GATEWAY_BOOTSTRAP_ADMIN_KEY) must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
-                )));
-            }
+        if let Some(key) = &self.bootstrap_admin_key
+            && key.expose().len() < MIN_BOOTSTRAP_KEY_LEN
+        {
+            return Err(ConfigError(format!(
+                "`bootstrap_admin_key` (GATEWAY_BOOTSTRAP_ADMIN_KEY) must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
+            )));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             ConfigError(format!(

@@ -54,6 +54,7 @@ CREATE TABLE customers (
     version         BIGINT NOT NULL,
     audit_seq       BIGINT NOT NULL,
     audit_head      TEXT NOT NULL,
+    event_seq       BIGINT NOT NULL,
     next_change_at  BIGINT,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL,
@@ -161,7 +162,7 @@ CREATE TABLE outbox (
     id           TEXT PRIMARY KEY,
     app_id       TEXT NOT NULL,
     customer_id  TEXT NOT NULL,
-    customer_seq BIGINT NOT NULL,
+    customer_seq BIGINT NOT NULL, -- the customer's event counter: delivery order
     event_type   TEXT NOT NULL,
     payload      TEXT NOT NULL,
     created_at   BIGINT NOT NULL

@@ -21,17 +21,31 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// What a new audit row says.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub at: Timestamp,
+    /// The input's source (`api.grant`, `app_store`, ...) or the event (`balance.negative`).
+    pub kind: &'a str,
+    /// A sentence for the timeline.
+    pub cause: &'a str,
+    pub detail: &'a serde_json::Value,
+}
+
 /// Appends a row to the customer's chain and advances `row` (seq and head) to it.
 pub async fn append(
     conn: &mut AnyConnection,
     app: &AppId,
     customer: &AppUserId,
     row: &mut CustomerRow,
-    at: Timestamp,
-    kind: &str,
-    cause: &str,
-    detail: &serde_json::Value,
+    entry: Entry<'_>,
 ) -> DbResult<()> {
+    let Entry {
+        at,
+        kind,
+        cause,
+        detail,
+    } = entry;
     let seq = row.audit_seq + 1;
     let detail_json = serde_json::to_string(detail)?;
     let content = AuditContent {

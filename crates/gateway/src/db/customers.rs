@@ -21,6 +21,8 @@ pub struct CustomerRow {
     pub version: i64,
     pub audit_seq: i64,
     pub audit_head: String,
+    /// The customer's outbox counter: each event takes the next number, which is its delivery order.
+    pub event_seq: i64,
 }
 
 /// Creates the customer if needed and takes its write lock for the rest of the transaction: the
@@ -33,10 +35,10 @@ pub async fn lock(
     now: Timestamp,
 ) -> DbResult<CustomerRow> {
     let row = sqlx::query(
-        "INSERT INTO customers (app_id, id, version, audit_seq, audit_head, created_at, updated_at) \
-         VALUES ($1, $2, 0, 0, $3, $4, $4) \
+        "INSERT INTO customers (app_id, id, version, audit_seq, audit_head, event_seq, created_at, updated_at) \
+         VALUES ($1, $2, 0, 0, $3, 0, $4, $4) \
          ON CONFLICT (app_id, id) DO UPDATE SET version = customers.version \
-         RETURNING version, audit_seq, audit_head",
+         RETURNING version, audit_seq, audit_head, event_seq",
     )
     .bind(app.as_str())
     .bind(id.as_str())
@@ -48,6 +50,7 @@ pub async fn lock(
         version: row.try_get("version")?,
         audit_seq: row.try_get("audit_seq")?,
         audit_head: row.try_get("audit_head")?,
+        event_seq: row.try_get("event_seq")?,
     })
 }
 
@@ -62,7 +65,7 @@ pub async fn save_row(
 ) -> DbResult<()> {
     sqlx::query(
         "UPDATE customers SET version = $1, audit_seq = $2, audit_head = $3, next_change_at = $4, \
-         updated_at = $5 WHERE app_id = $6 AND id = $7",
+         updated_at = $5, event_seq = $8 WHERE app_id = $6 AND id = $7",
     )
     .bind(row.version)
     .bind(row.audit_seq)
@@ -71,6 +74,7 @@ pub async fn save_row(
     .bind(now.millis())
     .bind(app.as_str())
     .bind(id.as_str())
+    .bind(row.event_seq)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -174,16 +174,15 @@ impl Db {
 fn prepare_sqlite_url(url: &str) -> DbResult<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(parent) = Path::new(path)
+    if path != ":memory:"
+        && let Some(parent) = Path::new(path)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|source| DbError::Folder {
-                path: parent.display().to_string(),
-                source,
-            })?;
-        }
+    {
+        std::fs::create_dir_all(parent).map_err(|source| DbError::Folder {
+            path: parent.display().to_string(),
+            source,
+        })?;
     }
     let query = if query.contains("mode=") {
         query.to_owned()

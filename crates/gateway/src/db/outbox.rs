@@ -5,19 +5,20 @@ use gateway_core::{AppId, AppUserId, Timestamp};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
-use super::{Db, DbResult, new_id};
+use super::{Db, DbResult, customers::CustomerRow, new_id};
 
 /// Adds an event; its id is the stable `webhook-id` every delivery attempt will carry.
 pub async fn insert(
     conn: &mut AnyConnection,
     app: &AppId,
     customer: &AppUserId,
-    customer_seq: i64,
+    row: &mut CustomerRow,
     event_type: &str,
     payload: &serde_json::Value,
     now: Timestamp,
 ) -> DbResult<String> {
     let id = new_id("evt");
+    row.event_seq += 1;
     sqlx::query(
         "INSERT INTO outbox (id, app_id, customer_id, customer_seq, event_type, payload, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -25,7 +26,7 @@ pub async fn insert(
     .bind(&id)
     .bind(app.as_str())
     .bind(customer.as_str())
-    .bind(customer_seq)
+    .bind(row.event_seq)
     .bind(event_type)
     .bind(serde_json::to_string(payload)?)
     .bind(now.millis())

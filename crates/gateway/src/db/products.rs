@@ -66,13 +66,18 @@ pub async fn upsert(
             return Err(SaveProductError::SkuTaken { store, sku, owner });
         }
     }
+    let existing: Option<i64> =
+        sqlx::query_scalar("SELECT created_at FROM products WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(product.id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     let definition = serde_json::to_string(product).map_err(DbError::from)?;
-    let created: Option<i64> = sqlx::query_scalar(
+    sqlx::query(
         "INSERT INTO products (app_id, id, kind, definition, active, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6) \
          ON CONFLICT (app_id, id) DO UPDATE SET kind = excluded.kind, definition = excluded.definition, \
-         active = excluded.active, updated_at = excluded.updated_at \
-         RETURNING created_at",
+         active = excluded.active, updated_at = excluded.updated_at",
     )
     .bind(app.as_str())
     .bind(product.id.as_str())
@@ -80,9 +85,9 @@ pub async fn upsert(
     .bind(definition)
     .bind(i64::from(product.active))
     .bind(now.millis())
-    .fetch_optional(&mut *conn)
+    .execute(&mut *conn)
     .await?;
-    let is_new = created == Some(now.millis());
+    let is_new = existing.is_none();
 
     for table in ["product_skus", "product_entitlements"] {
         let sql = match table {

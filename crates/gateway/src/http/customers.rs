@@ -164,17 +164,12 @@ pub async fn grant(
             ));
         }
     };
-    let snap = customers::grant(
-        &s.db,
-        &app,
-        &user,
+    let grant = customers::Grant {
         target,
-        &body.reason,
-        body.expires_at,
-        caller.id(),
-        s.clock.now(),
-    )
-    .await?;
+        reason: body.reason,
+        expires_at: body.expires_at,
+    };
+    let snap = customers::grant(&s.db, &app, &user, grant, caller.id(), s.clock.now()).await?;
     Ok((StatusCode::CREATED, ApiJson(snapshot_json(snap))))
 }
 

@@ -11,11 +11,10 @@ pub mod ops;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, middleware};
+use axum::{Router, extract::DefaultBodyLimit, middleware};
 use gateway_core::{AppId, AppUserId, Clock, EntitlementId, ProductId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::{
-    limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -128,13 +127,15 @@ pub fn router(state: AppState) -> Router {
             "There is no such route.",
         )
     })
+    // The first layer is the innermost. The body limit is enforced where bodies are read (extractors
+    // and the idempotency layer), so its 413 speaks the error shape.
+    .layer(DefaultBodyLimit::max(idempotency::BODY_LIMIT))
     .layer(middleware::from_fn_with_state(
         state.clone(),
         idempotency::layer,
     ))
     .layer(middleware::from_fn(ops::track))
     .layer(middleware::from_fn(error::shape_errors))
-    .layer(RequestBodyLimitLayer::new(idempotency::BODY_LIMIT))
     .layer(TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,

@@ -107,13 +107,13 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
             ));
         }
         check_url("app_store.api_base_url", a.api_base_url.as_deref())?;
-        if let Some(pem) = &a.private_key_pem {
-            if !pem.expose().contains("BEGIN PRIVATE KEY") {
-                return Err(invalid(
-                    "invalid_app_store",
-                    "`app_store.private_key_pem` must be the PKCS#8 PEM of the .p8 key Apple issued.",
-                ));
-            }
+        if let Some(pem) = &a.private_key_pem
+            && !pem.expose().contains("BEGIN PRIVATE KEY")
+        {
+            return Err(invalid(
+                "invalid_app_store",
+                "`app_store.private_key_pem` must be the PKCS#8 PEM of the .p8 key Apple issued.",
+            ));
         }
         for cert in a.root_certificates_pem.iter().flatten() {
             if !cert.contains("BEGIN CERTIFICATE") {

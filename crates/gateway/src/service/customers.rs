@@ -169,18 +169,29 @@ pub enum GrantTarget {
     Product(ProductId),
 }
 
+/// A manual grant as asked for.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub target: GrantTarget,
+    pub reason: String,
+    pub expires_at: Option<Timestamp>,
+}
+
 /// Grants by hand, with a reason kept in the audit log.
 pub async fn grant(
     db: &Db,
     app: &AppId,
     id: &AppUserId,
-    target: GrantTarget,
-    reason: &str,
-    expires_at: Option<Timestamp>,
+    grant: Grant,
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
-    let reason = super::reason(reason)?;
+    let Grant {
+        target,
+        reason,
+        expires_at,
+    } = grant;
+    let reason = super::reason(&reason)?;
     if expires_at.is_some_and(|e| e <= now) {
         return Err(ServiceError::bad_request(
             "invalid_expires_at",
@@ -354,29 +365,17 @@ pub async fn spend(
         balance,
     };
     let payload = decision::outbound_payload(app, id, "balance.changed", &effect, now);
-    outbox::insert(
-        &mut tx,
-        app,
-        id,
-        row.audit_seq + 1,
-        "balance.changed",
-        &payload,
-        now,
-    )
-    .await?;
+    outbox::insert(&mut tx, app, id, &mut row, "balance.changed", &payload, now).await?;
     let detail = json!({"actor": actor, "transaction_id": txn, "currency": currency, "amount": amount,
         "previous": previous, "balance": balance, "idempotency_key": idem_key, "version": row.version});
-    audit::append(
-        &mut tx,
-        app,
-        id,
-        &mut row,
-        now,
-        "api.spend",
-        &format!("Spent {amount} {currency}: {reason}"),
-        &detail,
-    )
-    .await?;
+    let cause = format!("Spent {amount} {currency}: {reason}");
+    let entry = audit::Entry {
+        at: now,
+        kind: "api.spend",
+        cause: &cause,
+        detail: &detail,
+    };
+    audit::append(&mut tx, app, id, &mut row, entry).await?;
     let next: Option<Option<i64>> =
         sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
             .bind(app.as_str())

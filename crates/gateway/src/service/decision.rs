@@ -142,32 +142,24 @@ pub async fn apply(
         "effects": effects,
         "version": row.version,
     });
-    audit::append(
-        &mut tx,
-        app,
-        customer,
-        &mut row,
-        now,
-        input.source,
-        &input.cause,
-        &detail,
-    )
-    .await?;
+    let entry = audit::Entry {
+        at: now,
+        kind: input.source,
+        cause: &input.cause,
+        detail: &detail,
+    };
+    audit::append(&mut tx, app, customer, &mut row, entry).await?;
     for e in &effects {
         if let Effect::BalanceNegative { currency, balance } = e {
             let detail = json!({"currency": currency, "balance": balance});
             let cause = format!("A clawback left the {currency} balance at {balance}.");
-            audit::append(
-                &mut tx,
-                app,
-                customer,
-                &mut row,
-                now,
-                "balance.negative",
-                &cause,
-                &detail,
-            )
-            .await?;
+            let entry = audit::Entry {
+                at: now,
+                kind: "balance.negative",
+                cause: &cause,
+                detail: &detail,
+            };
+            audit::append(&mut tx, app, customer, &mut row, entry).await?;
         }
     }
     customers::save_row(
@@ -254,17 +246,7 @@ async fn record_effects(
     for e in effects {
         if let Some(event_type) = e.outbound_event() {
             let payload = outbound_payload(app, customer, event_type, e, now);
-            // The audit sequence the event will sit next to orders a customer's events.
-            outbox::insert(
-                conn,
-                app,
-                customer,
-                row.audit_seq + 1,
-                event_type,
-                &payload,
-                now,
-            )
-            .await?;
+            outbox::insert(conn, app, customer, row, event_type, &payload, now).await?;
         }
     }
     Ok(())

@@ -1,0 +1,440 @@
+//! Customers: snapshot, offerings, timeline, orders, manual grants and revokes, spending.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{both, helpers::*};
+
+fn entitlement<'a>(snap: &'a Value, id: &str) -> &'a Value {
+    snap["entitlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {snap}"))
+}
+
+both!(
+    an_unknown_customer_has_an_empty_snapshot,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let snap = app.get("/v1/apps/acme/customers/newbie").await.expect(200);
+        assert_eq!(
+            snap,
+            json!({"app_user_id": "newbie", "version": 0, "entitlements": [], "purchases": [], "balances": {}, "entitlement_token": null})
+        );
+        assert_eq!(app.count("customers").await, 0, "a read writes nothing");
+        app.get("/v1/apps/acme/customers/bad%20user")
+            .await
+            .error(400, "invalid_app_user_id");
+        let offers = app
+            .get("/v1/apps/acme/customers/newbie/offerings")
+            .await
+            .expect(200);
+        assert_eq!(offers["products"].as_array().unwrap().len(), 4);
+    }
+);
+
+both!(
+    manual_grant_and_revoke_are_recorded_with_their_reason,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let c = "/v1/apps/acme/customers/learner-1";
+        let snap = app
+            .post(
+                &format!("{c}/grants"),
+                json!({"product_id": "cs101", "reason": "scholarship"}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(snap["version"], 1);
+        let e = entitlement(&snap, "course-v1:Acme+CS101+2026");
+        assert_eq!(e["status"], "active");
+        assert_eq!(e["attributes"]["course_id"], "course-v1:Acme+CS101+2026");
+        assert_eq!(e["store"], "manual");
+        assert_eq!(e["product_id"], "cs101");
+
+        // The course is held, so it is no longer offered.
+        let offers = app.get(&format!("{c}/offerings")).await.expect(200);
+        assert!(
+            offers["products"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["id"] != "cs101")
+        );
+
+        let snap = app
+            .delete(
+                &format!("{c}/grants/course-v1:Acme+CS101+2026"),
+                Some(json!({"reason": "chargeback on the web"})),
+            )
+            .await
+            .expect(200);
+        assert_eq!(snap["version"], 2);
+        assert_eq!(
+            entitlement(&snap, "course-v1:Acme+CS101+2026")["status"],
+            "revoked"
+        );
+        app.delete(
+            &format!("{c}/grants/course-v1:Acme+CS101+2026"),
+            Some(json!({"reason": "again"})),
+        )
+        .await
+        .error(404, "entitlement_not_found");
+
+        let timeline = app.get(&format!("{c}/timeline")).await.expect(200);
+        let events = timeline["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0]["kind"], "api.revoke", "newest first");
+        assert!(
+            events[0]["cause"]
+                .as_str()
+                .unwrap()
+                .contains("chargeback on the web")
+        );
+        assert_eq!(events[1]["kind"], "api.grant");
+        assert!(
+            events[1]["detail"]["effects"]
+                .to_string()
+                .contains("entitlement_granted")
+        );
+        let page = app
+            .get(&format!("{c}/timeline?limit=1&before=2"))
+            .await
+            .expect(200);
+        assert_eq!(page["events"][0]["kind"], "api.grant");
+        app.get(&format!("{c}/timeline?limit=0"))
+            .await
+            .error(400, "invalid_limit");
+
+        let outbox = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"learner-1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let types: Vec<&str> = outbox.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, vec!["entitlement.granted", "entitlement.revoked"]);
+        assert_eq!(
+            outbox[0].payload["data"]["entitlement"]["attributes"]["mode"],
+            "verified"
+        );
+
+        // A grant after the revoke gives access again.
+        app.clock.advance_millis(1000);
+        let snap = app
+            .post(
+                &format!("{c}/grants"),
+                json!({"entitlement_id": "course-v1:Acme+CS101+2026", "reason": "appeal won"}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(
+            entitlement(&snap, "course-v1:Acme+CS101+2026")["status"],
+            "active"
+        );
+    }
+);
+
+both!(bad_grants_change_nothing, |app: TestApp| async move {
+    app.seed_catalog("acme").await;
+    let c = "/v1/apps/acme/customers/u1";
+    let before = app.counts().await;
+    app.post(
+        &format!("{c}/grants"),
+        json!({"product_id": "cs101", "reason": "  "}),
+    )
+    .await
+    .error(400, "reason_required");
+    app.post(
+        &format!("{c}/grants"),
+        json!({"product_id": "nope", "reason": "x"}),
+    )
+    .await
+    .error(404, "product_not_found");
+    app.post(
+        &format!("{c}/grants"),
+        json!({"entitlement_id": "nope", "reason": "x"}),
+    )
+    .await
+    .error(404, "entitlement_not_found");
+    app.post(
+        &format!("{c}/grants"),
+        json!({"entitlement_id": "pass", "product_id": "pass30", "reason": "x"}),
+    )
+    .await
+    .error(400, "invalid_grant");
+    app.post(
+        &format!("{c}/grants"),
+        json!({"entitlement_id": "pass", "reason": "x", "expires_at": "2020-01-01T00:00:00Z"}),
+    )
+    .await
+    .error(400, "invalid_expires_at");
+    app.post(
+        &format!("{c}/grants"),
+        json!({"entitlement_id": "pass", "reason": "x", "expires_at": "soon"}),
+    )
+    .await
+    .error(400, "invalid_body");
+    app.delete(&format!("{c}/grants/pass"), Some(json!({"reason": "x"})))
+        .await
+        .error(404, "entitlement_not_found");
+    let reader = app.key("acme", "secret", &["read"]).await;
+    app.request(
+        Method::POST,
+        &format!("{c}/grants"),
+        Some(&reader),
+        Some(json!({"entitlement_id": "pass", "reason": "x"})),
+        &[],
+    )
+    .await
+    .error(403, "forbidden");
+    let mut after = app.counts().await;
+    for (t, n) in after.iter_mut() {
+        if t == "api_keys" {
+            *n -= 1;
+        }
+    }
+    assert_eq!(before, after);
+});
+
+both!(
+    time_boxed_access_expires_by_the_clock,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let c = "/v1/apps/acme/customers/u1";
+        let snap = app
+            .post(
+                &format!("{c}/grants"),
+                json!({"product_id": "pass30", "reason": "trial"}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(
+            entitlement(&snap, "pass")["expires_at"],
+            "2026-12-22T10:00:00Z"
+        );
+        app.clock.advance_millis(29 * 86_400_000);
+        assert_eq!(
+            entitlement(&app.get(c).await.expect(200), "pass")["status"],
+            "active"
+        );
+        app.clock.advance_millis(86_400_000);
+        let snap = app.get(c).await.expect(200);
+        assert_eq!(entitlement(&snap, "pass")["status"], "expired");
+        assert_eq!(snap["version"], 2);
+        let outbox = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"u1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outbox.last().unwrap().event_type, "entitlement.expired");
+        // A second read writes nothing more.
+        let again = app.get(c).await.expect(200);
+        assert_eq!(again["version"], 2);
+    }
+);
+
+both!(
+    consumable_balances_are_spent_once_per_key,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let c = "/v1/apps/acme/customers/u1";
+        let snap = app
+            .post(
+                &format!("{c}/grants"),
+                json!({"product_id": "coins100", "reason": "welcome"}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(snap["balances"]["COINS"], 100);
+        let spend = |key: &'static str, amount: i64| {
+            let app = &app;
+            async move {
+                app.request(
+                    Method::POST,
+                    &format!("{c}/balances/COINS/spend"),
+                    Some(ADMIN_KEY),
+                    Some(json!({"amount": amount, "reason": "unlock lesson"})),
+                    &[("idempotency-key", key)],
+                )
+                .await
+            }
+        };
+        let first = spend("spend-1", 30).await.expect(200);
+        assert_eq!(first["balance"], 70);
+        let replay = spend("spend-1", 30).await.expect(200);
+        assert_eq!(replay, first);
+        assert_eq!(
+            app.get(c).await.expect(200)["balances"]["COINS"],
+            70,
+            "a replay spends nothing"
+        );
+        spend("spend-1", 31)
+            .await
+            .error(409, "idempotency_key_reused");
+        spend("spend-2", 71)
+            .await
+            .error(409, "insufficient_balance");
+        spend("spend-3", 0).await.error(400, "invalid_amount");
+        app.post(
+            &format!("{c}/balances/COINS/spend"),
+            json!({"amount": 1, "reason": "x"}),
+        )
+        .await
+        .error(400, "idempotency_key_required");
+        app.request(
+            Method::POST,
+            &format!("{c}/balances/coins/spend"),
+            Some(ADMIN_KEY),
+            Some(json!({"amount": 1, "reason": "x"})),
+            &[("idempotency-key", "k9")],
+        )
+        .await
+        .error(400, "invalid_currency");
+        let snap = app.get(c).await.expect(200);
+        assert_eq!(snap["balances"]["COINS"], 70);
+        assert_eq!(snap["version"], 2);
+
+        // Double entry: every ledger transaction's legs sum to zero.
+        let unbalanced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id HAVING SUM(amount) <> 0) t")
+        .fetch_one(app.db.reader()).await.unwrap();
+        assert_eq!(unbalanced, 0);
+        assert_eq!(app.count("ledger_entries").await, 4);
+        let types: Vec<String> = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"u1".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+        assert_eq!(types, vec!["balance.changed", "balance.changed"]);
+    }
+);
+
+both!(
+    concurrent_spends_never_overdraw,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let c = "/v1/apps/acme/customers/u1";
+        app.post(
+            &format!("{c}/grants"),
+            json!({"product_id": "coins100", "reason": "welcome"}),
+        )
+        .await
+        .expect(201);
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let (client, url) = (
+                app.client.clone(),
+                format!("{}{c}/balances/COINS/spend", app.addr),
+            );
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(ADMIN_KEY)
+                    .header("idempotency-key", format!("k{i}"))
+                    .json(&json!({"amount": 30, "reason": "race"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                200 => ok += 1,
+                409 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        assert_eq!(ok, 3);
+        assert_eq!(app.get(c).await.expect(200)["balances"]["COINS"], 10);
+    }
+);
+
+both!(
+    orders_issue_tokens_and_respect_the_embargo,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        app.patch(
+            "/v1/apps/acme",
+            json!({"embargoed_countries": ["CU", "IR"]}),
+        )
+        .await
+        .expect(200);
+        let pk = app.key("acme", "publishable", &[]).await;
+        let path = "/v1/apps/acme/customers/u1/orders";
+        let order = app
+            .request(
+                Method::POST,
+                path,
+                Some(&pk),
+                Some(json!({"product_ids": ["cs101"], "country": "us"})),
+                &[],
+            )
+            .await
+            .expect(201);
+        let token = order["app_account_token"].as_str().unwrap();
+        assert!(uuid::Uuid::parse_str(token).is_ok());
+        let obf = order["obfuscated_account_id"].as_str().unwrap();
+        assert_eq!(obf.len(), 64);
+        assert!(!obf.contains("u1"));
+        let second = app
+            .post(path, json!({"product_ids": ["pass30"]}))
+            .await
+            .expect(201);
+        assert_ne!(second["app_account_token"], order["app_account_token"]);
+        assert_eq!(
+            second["obfuscated_account_id"], order["obfuscated_account_id"],
+            "stable per customer"
+        );
+        let other = app
+            .post(
+                "/v1/apps/acme/customers/u2/orders",
+                json!({"product_ids": ["cs101"]}),
+            )
+            .await
+            .expect(201);
+        assert_ne!(
+            other["obfuscated_account_id"],
+            order["obfuscated_account_id"]
+        );
+
+        let before = app.count("orders").await;
+        app.post(path, json!({"product_ids": ["cs101"], "country": "CU"}))
+            .await
+            .error(403, "embargoed");
+        app.post(path, json!({"product_ids": ["nope"]}))
+            .await
+            .error(404, "product_not_found");
+        app.post(path, json!({"product_ids": []}))
+            .await
+            .error(400, "invalid_order");
+        app.post(path, json!({"product_ids": ["cs101"], "country": "USA"}))
+            .await
+            .error(400, "invalid_country");
+        app.delete("/v1/apps/acme/products/cs101", None)
+            .await
+            .expect(200);
+        app.post(path, json!({"product_ids": ["cs101"]}))
+            .await
+            .error(409, "product_inactive");
+        assert_eq!(app.count("orders").await, before);
+        let found =
+            gateway::db::orders::by_app_account_token(&app.db, &"acme".parse().unwrap(), token)
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(found.customer_id.as_str(), "u1");
+    }
+);

@@ -1,0 +1,11 @@
+//! One integration binary: every test starts the real server on a real socket, on SQLite and on
+//! PostgreSQL (skipped, and said so, when no PostgreSQL answers).
+
+mod helpers;
+
+mod apps;
+mod catalog;
+mod cli;
+mod customers;
+mod decisions;
+mod service;
