@@ -5,12 +5,14 @@
 //! - [`db`]: storage on SQLite or PostgreSQL; all SQL lives there.
 //! - [`service`]: use cases, one function per thing a caller can ask.
 //! - [`http`]: the router, extractors and one module per resource.
+//! - [`jobs`]: background work (expiry), claimed in the database.
 //! - [`model`]: apps, keys and secrets.
 //! - [`telemetry`]: logs and metrics.
 
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod jobs;
 pub mod model;
 pub mod service;
 pub mod telemetry;
@@ -23,31 +25,61 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, db::Db, http::AppState};
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("the HTTP client cannot start: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Connects to the configured database, applies migrations, and assembles the shared state.
-pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, db::DbError> {
+pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
     let bootstrap_hash = config
         .bootstrap_admin_key
         .as_ref()
         .map(|k| service::keys::hash_key(k.expose()));
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()?;
     Ok(AppState {
         db,
         config: Arc::new(config),
         clock,
         metrics: telemetry::metrics(),
         bootstrap_hash,
+        jwks: Arc::new(service::customer_auth::JwksCache::new(http)),
     })
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then finishes the requests in flight.
+/// Serves the API on `listener`, and runs the background jobs, until `shutdown` is cancelled; then
+/// finishes the requests in flight.
 pub async fn run(
     state: AppState,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let expiry = {
+        let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            jobs::run_loop("expiry", EXPIRY_TICK, token, || {
+                jobs::expiry::step(&db, &clock)
+            })
+            .await;
+        })
+    };
     let router = http::router(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = expiry.await;
+    served
 }
+
+/// How often the expiry job looks for customers whose access has ended: the longest an
+/// `entitlement.expired` event waits after its `expires_at` when no one reads the customer.
+const EXPIRY_TICK: std::time::Duration = std::time::Duration::from_secs(5);

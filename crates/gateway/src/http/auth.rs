@@ -46,6 +46,31 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The header a customer's JWT travels in, next to the app's publishable key.
+pub const CUSTOMER_TOKEN_HEADER: &str = "x-customer-token";
+
+/// For a publishable key acting for `customer`: when the app authenticates customers with JWTs, the
+/// request's customer token must be valid and be that customer's. Secret keys act for any customer.
+pub async fn customer_access(
+    state: &AppState,
+    caller: &Caller,
+    app: &crate::model::App,
+    customer: &gateway_core::AppUserId,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    if caller.0.kind != KeyKind::Publishable {
+        return Ok(());
+    }
+    let token = headers
+        .get(CUSTOMER_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok());
+    state
+        .jwks
+        .verify(app, customer, token)
+        .await
+        .map_err(ApiError::from)
+}
+
 impl Caller {
     pub fn id(&self) -> &str {
         &self.0.id

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    auth::Caller,
+    auth::{Caller, customer_access},
     error::{ApiError, ApiJson, ApiResult},
     parse_app, parse_entitlement, parse_product, parse_user,
 };
@@ -43,10 +43,12 @@ pub async fn get_customer(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let (app, user) = (parse_app(&app)?, parse_user(&user)?);
     caller.require_or_publishable(&app, READ)?;
-    apps::get(&s.db, &app).await?;
+    let found = apps::get(&s.db, &app).await?;
+    customer_access(&s, &caller, &found, &user, &headers).await?;
     Ok(ApiJson(snapshot_json(
         customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
     )))
@@ -58,10 +60,12 @@ pub async fn offerings(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let (app, user) = (parse_app(&app)?, parse_user(&user)?);
     caller.require_or_publishable(&app, READ)?;
-    apps::get(&s.db, &app).await?;
+    let found = apps::get(&s.db, &app).await?;
+    customer_access(&s, &caller, &found, &user, &headers).await?;
     let products = customers::offerings(&s.db, &app, &user, s.clock.now()).await?;
     Ok(ApiJson(json!({ "products": products })))
 }
@@ -105,11 +109,13 @@ pub async fn create_order(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> ApiResult<impl IntoResponse> {
     let (app, user) = (parse_app(&app)?, parse_user(&user)?);
     caller.require_or_publishable(&app, &[Scope::Customers, Scope::Purchases])?;
     let app = apps::get(&s.db, &app).await?;
+    customer_access(&s, &caller, &app, &user, &headers).await?;
     let ids = body
         .product_ids
         .iter()

@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// SHA-256 of the bootstrap admin key, when one is configured.
     pub bootstrap_hash: Option<String>,
+    /// Customer JWT keys of the apps that use them.
+    pub jwks: Arc<crate::service::customer_auth::JwksCache>,
 }
 
 #[derive(OpenApi)]

@@ -120,7 +120,17 @@ pub async fn apply(
 
     let (before, after, effects) = decide_locked(&mut tx, app, customer, now).await?;
     if reevaluate && effects.is_empty() && before == after {
-        tx.rollback().await?;
+        // Nothing was due after all; move the customer's next check on so no job comes back for it.
+        customers::save_row(
+            &mut tx,
+            app,
+            customer,
+            &row,
+            after.next_change_after(now),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
         return Ok(Outcome {
             duplicate: true,
             effects,

@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod catalog;
+pub mod customer_auth;
 pub mod customers;
 pub mod decision;
 pub mod keys;

@@ -438,3 +438,182 @@ both!(
         assert_eq!(found.customer_id.as_str(), "u1");
     }
 );
+
+/// A stand-in identity provider: a P-256 key, its JWKS served on loopback, and tokens it signs.
+struct IdentityProvider {
+    jwks_url: String,
+    pem: String,
+}
+
+impl IdentityProvider {
+    async fn start() -> Self {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let raw = key.public_key_raw();
+        assert_eq!(raw.len(), 65, "an uncompressed P-256 point");
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..]),
+        }]});
+        let router = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        IdentityProvider {
+            jwks_url,
+            pem: key.serialize_pem(),
+        }
+    }
+
+    fn token(&self, claims: Value) -> String {
+        Self::sign(&self.pem, claims)
+    }
+
+    fn sign(pem: &str, claims: Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+both!(
+    customer_jwts_hold_publishable_keys_to_their_customer,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let idp = IdentityProvider::start().await;
+        app.patch("/v1/apps/acme", json!({"customer_auth": {"mode": "jwt", "jwks_url": idp.jwks_url, "issuer": "https://id.acme.edu", "audience": "acme-app"}})).await.expect(200);
+        let pk = app.key("acme", "publishable", &[]).await;
+        let exp = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600) as i64;
+        let claims = |sub: &str| json!({"sub": sub, "iss": "https://id.acme.edu", "aud": "acme-app", "exp": exp});
+        let get = |token: Option<String>| {
+            let (app, pk) = (&app, pk.clone());
+            async move {
+                let mut req = app
+                    .client
+                    .get(format!("{}/v1/apps/acme/customers/u1", app.addr))
+                    .bearer_auth(pk);
+                if let Some(t) = token {
+                    req = req.header("x-customer-token", t);
+                }
+                let res = req.send().await.unwrap();
+                let status = res.status().as_u16();
+                let body: Value = res.json().await.unwrap();
+                (status, body)
+            }
+        };
+        let (status, body) = get(None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            (401, "customer_token_required")
+        );
+        let (status, body) = get(Some(idp.token(claims("u1")))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["app_user_id"], "u1");
+        let (status, body) = get(Some(idp.token(claims("u2")))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            (403, "customer_mismatch")
+        );
+        let mut expired = claims("u1");
+        expired["exp"] = json!(1_000_000);
+        let (status, body) = get(Some(idp.token(expired))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            (401, "invalid_customer_token")
+        );
+        let mut other_issuer = claims("u1");
+        other_issuer["iss"] = json!("https://evil.example");
+        let (status, _) = get(Some(idp.token(other_issuer))).await;
+        assert_eq!(status, 401);
+        let forger = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let (status, body) = get(Some(IdentityProvider::sign(&forger, claims("u1")))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            (401, "invalid_customer_token")
+        );
+        let (status, _) = get(Some("not.a.jwt".into())).await;
+        assert_eq!(status, 401);
+        // Orders are held to the same rule; a secret key acts for any customer.
+        app.request(
+            Method::POST,
+            "/v1/apps/acme/customers/u1/orders",
+            Some(&pk),
+            Some(json!({"product_ids": ["cs101"]})),
+            &[],
+        )
+        .await
+        .error(401, "customer_token_required");
+        let token = idp.token(claims("u1"));
+        app.request(
+            Method::POST,
+            "/v1/apps/acme/customers/u1/orders",
+            Some(&pk),
+            Some(json!({"product_ids": ["cs101"]})),
+            &[("x-customer-token", token.as_str())],
+        )
+        .await
+        .expect(201);
+        app.get("/v1/apps/acme/customers/u1").await.expect(200);
+    }
+);
+
+both!(
+    the_expiry_job_emits_expiry_without_a_read,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        app.post(
+            "/v1/apps/acme/customers/u1/grants",
+            json!({"product_id": "pass30", "reason": "trial"}),
+        )
+        .await
+        .expect(201);
+        app.post(
+            "/v1/apps/acme/customers/u2/grants",
+            json!({"entitlement_id": "pass", "reason": "forever"}),
+        )
+        .await
+        .expect(201);
+        let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
+        assert_eq!(
+            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::Outcome::Partial(0),
+            "nothing is due yet"
+        );
+        app.clock.advance_millis(31 * 86_400_000);
+        assert_eq!(
+            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::Outcome::Partial(1)
+        );
+        let outbox = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"u1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outbox.last().unwrap().event_type, "entitlement.expired");
+        assert_eq!(
+            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::Outcome::Partial(0),
+            "done once"
+        );
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["entitlements"][0]["status"], "expired");
+        assert_eq!(snap["version"], 2);
+    }
+);

@@ -1,0 +1,75 @@
+//! Background jobs. Each has one shape: while not cancelled, run one bounded batch; the outcome picks
+//! the next sleep (a full batch: none; an empty one: idle; an error: back off); sleep cancellably. The
+//! step function is public and returns its outcome, so tests drive it directly. Work is claimed in the
+//! database, never in process memory, so any number of instances can run the same job.
+
+pub mod expiry;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// What one step of a job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did `n` items, a full batch: there may be more at once.
+    Full(usize),
+    /// It did `n` items, fewer than a batch: idle until the next tick.
+    Partial(usize),
+    /// It failed; try again after a back-off.
+    Failed,
+}
+
+/// Runs `step` until `shutdown`, sleeping as the outcome says.
+pub async fn run_loop<F, Fut>(
+    name: &'static str,
+    idle: Duration,
+    shutdown: CancellationToken,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let mut failures: u32 = 0;
+    while !shutdown.is_cancelled() {
+        let pause = match step().await {
+            Outcome::Full(_) => {
+                failures = 0;
+                Duration::ZERO
+            }
+            Outcome::Partial(_) => {
+                failures = 0;
+                idle
+            }
+            Outcome::Failed => {
+                failures = failures.saturating_add(1);
+                let backoff = backoff(failures);
+                tracing::warn!(
+                    job = name,
+                    failures,
+                    backoff_ms = backoff.as_millis() as u64,
+                    "job step failed; backing off"
+                );
+                backoff
+            }
+        };
+        if pause.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Exponential back-off from 1 s, capped at 5 min, with about 20% jitter so instances do not retry in
+/// step.
+pub fn backoff(failures: u32) -> Duration {
+    let base = 1000u64
+        .saturating_mul(1u64 << failures.min(9).saturating_sub(1))
+        .min(300_000);
+    let jitter = rand::random_range(0..=base / 5);
+    Duration::from_millis(base - base / 10 + jitter)
+}
