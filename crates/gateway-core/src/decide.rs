@@ -498,6 +498,13 @@ pub fn diff(
         let had = old.is_some_and(|e| e.status.has_access());
         let has = new.is_some_and(|e| e.status.has_access());
         let effect = match (old, new) {
+            // Nothing grants it any more (the catalog changed what a product grants): a holder loses it.
+            (Some(o), None) if had => Effect::EntitlementRevoked {
+                entitlement: EntitlementView {
+                    status: EntitlementStatus::Revoked,
+                    ..o.clone()
+                },
+            },
             (_, None) => continue,
             (_, Some(n)) if !had && has => Effect::EntitlementGranted {
                 entitlement: n.clone(),

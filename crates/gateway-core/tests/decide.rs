@@ -1241,3 +1241,58 @@ fn refunding_one_of_two_purchases_of_a_course_keeps_access() {
         ]
     );
 }
+
+#[test]
+fn an_entitlement_the_catalog_no_longer_grants_is_revoked_once() {
+    use gateway_core::decide::{derive, diff};
+    let course = gateway_core::Product {
+        id: "cs101".parse().unwrap(),
+        kind: gateway_core::ProductKind::NonConsumable,
+        store_skus: Default::default(),
+        entitlements: vec![gateway_core::EntitlementSpec {
+            id: "old".parse().unwrap(),
+            attributes: Default::default(),
+        }],
+        consumable: None,
+        access_duration: None,
+        expires_at: None,
+        active: true,
+    };
+    let facts = gateway_core::CustomerFacts {
+        purchases: vec![gateway_core::PurchaseFacts {
+            id: "p1".into(),
+            store: gateway_core::Store::AppStore,
+            product_id: "cs101".parse().unwrap(),
+            store_transaction_id: "t1".into(),
+            environment: None,
+            events: vec![gateway_core::StoreEvent {
+                dedupe_key: "k".into(),
+                occurred_at: gateway_core::Timestamp::from_millis(10),
+                kind: gateway_core::EventKind::Purchased {
+                    expires_at: None,
+                    quantity: 1,
+                },
+            }],
+        }],
+        manual: vec![],
+    };
+    let now = gateway_core::Timestamp::from_millis(20);
+    let mut catalog = std::collections::BTreeMap::new();
+    catalog.insert(course.id.clone(), course.clone());
+    let before = derive(&facts, &catalog, now);
+    let mut renamed = course;
+    renamed.entitlements[0].id = "new".parse().unwrap();
+    catalog.insert(renamed.id.clone(), renamed);
+    let after = derive(&facts, &catalog, now);
+    let effects = diff(&before, &after, &Default::default());
+    let names: Vec<&str> = effects.iter().map(|e| e.audit_name()).collect();
+    assert_eq!(names, vec!["entitlement.granted", "entitlement.revoked"]);
+    match &effects[1] {
+        gateway_core::Effect::EntitlementRevoked { entitlement } => {
+            assert_eq!(entitlement.id.as_str(), "old");
+            assert_eq!(entitlement.status, gateway_core::EntitlementStatus::Revoked);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(diff(&after, &after, &Default::default()).is_empty());
+}

@@ -109,12 +109,14 @@ CREATE TABLE manual_facts (
     id           TEXT NOT NULL,
     customer_id  TEXT NOT NULL,
     at           BIGINT NOT NULL,
+    product_id   TEXT,
     body         TEXT NOT NULL,
     reason       TEXT NOT NULL,
     actor        TEXT NOT NULL,
     PRIMARY KEY (app_id, id)
 );
 CREATE INDEX manual_facts_customer ON manual_facts (app_id, customer_id);
+CREATE INDEX manual_facts_product ON manual_facts (app_id, product_id);
 
 CREATE TABLE entitlements (
     app_id       TEXT NOT NULL,
@@ -191,3 +193,6 @@ CREATE TABLE idempotency_keys (
     created_at    BIGINT NOT NULL,
     PRIMARY KEY (key_id, idem_key)
 );
+
+CREATE INDEX purchases_product ON purchases (app_id, product_id);
+CREATE INDEX entitlements_id ON entitlements (app_id, id);

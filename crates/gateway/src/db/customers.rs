@@ -100,8 +100,8 @@ pub async fn insert_manual_fact(
     actor: &str,
 ) -> DbResult<bool> {
     let done = sqlx::query(
-        "INSERT INTO manual_facts (app_id, id, customer_id, at, body, reason, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app_id, id) DO NOTHING",
+        "INSERT INTO manual_facts (app_id, id, customer_id, at, body, reason, actor, product_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, id) DO NOTHING",
     )
     .bind(app.as_str())
     .bind(&fact.id)
@@ -110,6 +110,12 @@ pub async fn insert_manual_fact(
     .bind(serde_json::to_string(&fact.action)?)
     .bind(&fact.reason)
     .bind(actor)
+    .bind(match &fact.action {
+        gateway_core::ManualAction::GrantProduct { product_id, .. } => {
+            Some(product_id.as_str().to_owned())
+        }
+        _ => None,
+    })
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -259,6 +265,19 @@ pub async fn save_state(
         .execute(&mut *conn)
         .await?;
     }
+    // An entitlement nothing grants any more leaves the snapshot (its revoke was an effect).
+    for eid in before
+        .entitlements
+        .keys()
+        .filter(|e| !after.entitlements.contains_key(*e))
+    {
+        sqlx::query("DELETE FROM entitlements WHERE app_id = $1 AND customer_id = $2 AND id = $3")
+            .bind(app.as_str())
+            .bind(id.as_str())
+            .bind(eid.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
     for (eid, view) in &after.entitlements {
         if before.entitlements.get(eid) == Some(view) {
             continue;
@@ -313,6 +332,43 @@ pub async fn ensure_purchase(
         .fetch_one(&mut *conn)
         .await?;
     Ok((row.try_get("id")?, row.try_get("customer_id")?))
+}
+
+/// Marks for re-evaluation now every customer whose state `product` can change: holders of its
+/// purchases or manual grants, and holders of any of `entitlements`. The expiry job re-derives them.
+pub async fn mark_product_holders_due(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    product: &gateway_core::ProductId,
+    entitlements: &[gateway_core::EntitlementId],
+    now: Timestamp,
+) -> DbResult<()> {
+    const DUE: &str = "UPDATE customers SET next_change_at = $3 WHERE app_id = $1 \
+         AND (next_change_at IS NULL OR next_change_at > $3) AND id IN ";
+    for sql in [
+        format!("{DUE}(SELECT customer_id FROM purchases WHERE app_id = $1 AND product_id = $2)"),
+        format!(
+            "{DUE}(SELECT customer_id FROM manual_facts WHERE app_id = $1 AND product_id = $2)"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app.as_str())
+            .bind(product.as_str())
+            .bind(now.millis())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for e in entitlements {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DUE}(SELECT customer_id FROM entitlements WHERE app_id = $1 AND id = $2)"
+        )))
+        .bind(app.as_str())
+        .bind(e.as_str())
+        .bind(now.millis())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// What a snapshot is built from.

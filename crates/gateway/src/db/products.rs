@@ -45,6 +45,15 @@ fn skus(p: &Product) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// True when two definitions of a product grant differently (not just sell differently).
+fn grants_differ(a: &Product, b: &Product) -> bool {
+    a.kind != b.kind
+        || a.entitlements != b.entitlements
+        || a.consumable != b.consumable
+        || a.access_duration != b.access_duration
+        || a.expires_at != b.expires_at
+}
+
 /// Inserts or replaces a product, with its SKU and entitlement indexes, on `conn` (inside the caller's
 /// transaction). Returns true when the product is new.
 pub async fn upsert(
@@ -66,12 +75,17 @@ pub async fn upsert(
             return Err(SaveProductError::SkuTaken { store, sku, owner });
         }
     }
-    let existing: Option<i64> =
-        sqlx::query_scalar("SELECT created_at FROM products WHERE app_id = $1 AND id = $2")
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
             .bind(app.as_str())
             .bind(product.id.as_str())
             .fetch_optional(&mut *conn)
             .await?;
+    let previous: Option<Product> = existing
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(DbError::from)?;
     let definition = serde_json::to_string(product).map_err(DbError::from)?;
     sqlx::query(
         "INSERT INTO products (app_id, id, kind, definition, active, created_at, updated_at) \
@@ -87,7 +101,17 @@ pub async fn upsert(
     .bind(now.millis())
     .execute(&mut *conn)
     .await?;
-    let is_new = existing.is_none();
+    let is_new = previous.is_none();
+    // What a product grants decides its holders' state: a change re-derives them (see the expiry job).
+    if let Some(old) = previous.filter(|old| grants_differ(old, product)) {
+        let ids: Vec<_> = old
+            .entitlements
+            .iter()
+            .chain(&product.entitlements)
+            .map(|e| e.id.clone())
+            .collect();
+        super::customers::mark_product_holders_due(conn, app, &product.id, &ids, now).await?;
+    }
 
     for table in ["product_skus", "product_entitlements"] {
         let sql = match table {

@@ -226,3 +226,49 @@ ok1,non_consumable,,e5,,,\n";
         .error(415, "unsupported_media_type");
     }
 );
+
+both!(
+    changing_what_a_product_grants_moves_its_holders,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        app.post(
+            "/v1/apps/acme/customers/u1/grants",
+            json!({"product_id": "pass30", "reason": "trial"}),
+        )
+        .await
+        .expect(201);
+        app.put("/v1/apps/acme/products/pass30", json!({"kind": "non_renewing", "access_duration": "P30D", "entitlements": [{"id": "pass-v2"}]})).await.expect(200);
+        // The change marked the holder due; the expiry job re-derives them.
+        let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
+        assert_eq!(
+            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::Outcome::Partial(1)
+        );
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        let ids: Vec<&str> = snap["entitlements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["pass-v2"]);
+        let types: Vec<String> = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"u1".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+        assert_eq!(
+            types,
+            vec![
+                "entitlement.granted",
+                "entitlement.revoked",
+                "entitlement.granted"
+            ]
+        );
+    }
+);
