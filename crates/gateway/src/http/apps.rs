@@ -9,10 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    AppState,
+    Access, AppState, app_for,
     auth::Caller,
     error::{ApiJson, ApiResult},
-    parse_app,
 };
 use crate::{
     db,
@@ -41,18 +40,15 @@ pub async fn get_app(
     caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require(
-        &app,
-        &[
-            Scope::Catalog,
-            Scope::Customers,
-            Scope::Purchases,
-            Scope::Refunds,
-            Scope::Read,
-        ],
-    )?;
-    Ok(ApiJson(apps::public_view(&apps::get(&s.db, &app).await?)))
+    const ANY: &[Scope] = &[
+        Scope::Catalog,
+        Scope::Customers,
+        Scope::Purchases,
+        Scope::Refunds,
+        Scope::Read,
+    ];
+    let app = app_for(&s, &caller, &app, Access::Scopes(ANY)).await?;
+    Ok(ApiJson(apps::public_view(&app)))
 }
 
 /// Changes an app's settings (admin key). A field present replaces the stored one; a secret not restated
@@ -64,8 +60,7 @@ pub async fn patch_app(
     Path(app): Path<String>,
     ApiJson(body): ApiJson<apps::AppPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require_admin()?;
+    let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     Ok(ApiJson(apps::public_view(
         &apps::update(&s.db, &app, body, s.clock.now()).await?,
     )))
@@ -89,9 +84,7 @@ pub async fn create_key(
     Path(app): Path<String>,
     ApiJson(body): ApiJson<NewKeyBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require_admin()?;
-    apps::get(&s.db, &app).await?;
+    let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     let new = keys::create(&s.db, Some(&app), body.kind, body.scopes, s.clock.now()).await?;
     tracing::info!(app = %app, key_id = %new.key.id, "key created");
     Ok((
@@ -109,9 +102,7 @@ pub async fn list_keys(
     caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require_admin()?;
-    apps::get(&s.db, &app).await?;
+    let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     Ok(ApiJson(
         json!({"keys": db::keys::list_for_app(&s.db, &app).await?}),
     ))
@@ -124,8 +115,7 @@ pub async fn revoke_key(
     caller: Caller,
     Path((app, key_id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require_admin()?;
+    let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     if db::keys::revoke(&s.db, &app, &key_id, s.clock.now()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -9,15 +9,12 @@ use axum::{
 use serde_json::json;
 
 use super::{
-    AppState,
+    Access, AppState, app_for,
     auth::Caller,
     error::{ApiError, ApiJson, ApiResult, with_type},
-    parse_app, parse_product,
+    parse_product,
 };
-use crate::{
-    model::Scope,
-    service::{apps, catalog},
-};
+use crate::{model::Scope, service::catalog};
 
 const READ: &[Scope] = &[Scope::Catalog, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Catalog];
@@ -29,9 +26,7 @@ pub async fn list_products(
     caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require(&app, READ)?;
-    apps::get(&s.db, &app).await?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let products = crate::db::products::list(&s.db, &app, false).await?;
     Ok(ApiJson(json!({ "products": products })))
 }
@@ -46,10 +41,8 @@ pub async fn put_product(
     Path((app, product)): Path<(String, String)>,
     ApiJson(body): ApiJson<catalog::ProductBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let id = parse_product(&product)?;
-    caller.require(&app, WRITE)?;
-    apps::get(&s.db, &app).await?;
     let (product, is_new) = catalog::put(&s.db, &app, body.into_product(id), s.clock.now()).await?;
     let status = if is_new {
         StatusCode::CREATED
@@ -66,10 +59,8 @@ pub async fn get_product(
     caller: Caller,
     Path((app, product)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let id = parse_product(&product)?;
-    caller.require(&app, READ)?;
-    apps::get(&s.db, &app).await?;
     Ok(ApiJson(catalog::get(&s.db, &app, &id).await?))
 }
 
@@ -80,10 +71,8 @@ pub async fn delete_product(
     caller: Caller,
     Path((app, product)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let id = parse_product(&product)?;
-    caller.require(&app, WRITE)?;
-    apps::get(&s.db, &app).await?;
     Ok(ApiJson(
         catalog::deactivate(&s.db, &app, &id, s.clock.now()).await?,
     ))
@@ -100,9 +89,7 @@ pub async fn import_products(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require(&app, WRITE)?;
-    apps::get(&s.db, &app).await?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -126,9 +113,7 @@ pub async fn export_products(
     caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse_app(&app)?;
-    caller.require(&app, READ)?;
-    apps::get(&s.db, &app).await?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     Ok(with_type(
         catalog::export_csv(&s.db, &app).await?,
         "text/csv; charset=utf-8",

@@ -11,15 +11,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    AppState,
+    Access, AppState, app_for,
     auth::{Caller, customer_access},
     error::{ApiError, ApiJson, ApiResult},
-    parse_app, parse_entitlement, parse_product, parse_user,
+    parse_entitlement, parse_product, parse_user,
 };
-use crate::{
-    model::Scope,
-    service::{apps, customers},
-};
+use crate::{model::Scope, service::customers};
 
 const READ: &[Scope] = &[Scope::Customers, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Customers];
@@ -45,10 +42,10 @@ pub async fn get_customer(
     Path((app, user)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user) = (parse_app(&app)?, parse_user(&user)?);
-    caller.require_or_publishable(&app, READ)?;
-    let found = apps::get(&s.db, &app).await?;
+    let user = parse_user(&user)?;
+    let found = app_for(&s, &caller, &app, Access::ScopesOrPublishable(READ)).await?;
     customer_access(&s, &caller, &found, &user, &headers).await?;
+    let app = found.id.clone();
     Ok(ApiJson(snapshot_json(
         customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
     )))
@@ -62,10 +59,10 @@ pub async fn offerings(
     Path((app, user)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user) = (parse_app(&app)?, parse_user(&user)?);
-    caller.require_or_publishable(&app, READ)?;
-    let found = apps::get(&s.db, &app).await?;
+    let user = parse_user(&user)?;
+    let found = app_for(&s, &caller, &app, Access::ScopesOrPublishable(READ)).await?;
     customer_access(&s, &caller, &found, &user, &headers).await?;
+    let app = found.id.clone();
     let products = customers::offerings(&s.db, &app, &user, s.clock.now()).await?;
     Ok(ApiJson(json!({ "products": products })))
 }
@@ -86,9 +83,8 @@ pub async fn timeline(
     Path((app, user)): Path<(String, String)>,
     Query(q): Query<TimelineQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user) = (parse_app(&app)?, parse_user(&user)?);
-    caller.require(&app, READ)?;
-    apps::get(&s.db, &app).await?;
+    let user = parse_user(&user)?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let rows = customers::timeline(&s.db, &app, &user, q.before, q.limit.unwrap_or(100)).await?;
     Ok(ApiJson(json!({ "events": rows })))
 }
@@ -112,9 +108,14 @@ pub async fn create_order(
     headers: HeaderMap,
     ApiJson(body): ApiJson<OrderBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user) = (parse_app(&app)?, parse_user(&user)?);
-    caller.require_or_publishable(&app, &[Scope::Customers, Scope::Purchases])?;
-    let app = apps::get(&s.db, &app).await?;
+    let user = parse_user(&user)?;
+    let app = app_for(
+        &s,
+        &caller,
+        &app,
+        Access::ScopesOrPublishable(&[Scope::Customers, Scope::Purchases]),
+    )
+    .await?;
     customer_access(&s, &caller, &app, &user, &headers).await?;
     let ids = body
         .product_ids
@@ -157,9 +158,8 @@ pub async fn grant(
     Path((app, user)): Path<(String, String)>,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user) = (parse_app(&app)?, parse_user(&user)?);
-    caller.require(&app, WRITE)?;
-    apps::get(&s.db, &app).await?;
+    let user = parse_user(&user)?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let target = match (body.entitlement_id, body.product_id) {
         (Some(e), None) => customers::GrantTarget::Entitlement(parse_entitlement(&e)?),
         (None, Some(p)) => customers::GrantTarget::Product(parse_product(&p)?),
@@ -195,13 +195,8 @@ pub async fn revoke(
     Path((app, user, ent)): Path<(String, String, String)>,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user, ent) = (
-        parse_app(&app)?,
-        parse_user(&user)?,
-        parse_entitlement(&ent)?,
-    );
-    caller.require(&app, WRITE)?;
-    apps::get(&s.db, &app).await?;
+    let (user, ent) = (parse_user(&user)?, parse_entitlement(&ent)?);
+    let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let snap = customers::revoke(
         &s.db,
         &app,
@@ -234,14 +229,14 @@ pub async fn spend(
     headers: HeaderMap,
     ApiJson(body): ApiJson<SpendBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let (app, user) = (parse_app(&app)?, parse_user(&user)?);
+    let user = parse_user(&user)?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let currency = Currency::parse(currency).map_err(|e| {
         ApiError::bad_request(
             "invalid_currency",
             format!("The currency in the path is not valid: {e}."),
         )
     })?;
-    caller.require(&app, WRITE)?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -251,7 +246,6 @@ pub async fn spend(
                 "A spend needs an `Idempotency-Key` header, so that a retry never spends twice.",
             )
         })?;
-    apps::get(&s.db, &app).await?;
     let spent = customers::spend(
         &s.db,
         &app,

@@ -148,6 +148,34 @@ pub fn router(state: AppState) -> Router {
     .with_state(state)
 }
 
+/// Who may call a handler on an app.
+#[derive(Debug, Clone, Copy)]
+pub enum Access {
+    /// Admin keys only.
+    Admin,
+    /// An admin key, or a secret key of the app with one of these scopes.
+    Scopes(&'static [crate::model::Scope]),
+    /// As `Scopes`, or the app's publishable key (acting for a customer).
+    ScopesOrPublishable(&'static [crate::model::Scope]),
+}
+
+/// Parses the app of the path, checks that the caller may act on it, and loads it (404 when there is
+/// no such app). Permission is checked before existence, so a key of another app learns nothing.
+pub async fn app_for(
+    state: &AppState,
+    caller: &auth::Caller,
+    raw: &str,
+    access: Access,
+) -> Result<crate::model::App, ApiError> {
+    let id = parse_app(raw)?;
+    match access {
+        Access::Admin => caller.require_admin()?,
+        Access::Scopes(scopes) => caller.require(&id, scopes)?,
+        Access::ScopesOrPublishable(scopes) => caller.require_or_publishable(&id, scopes)?,
+    }
+    Ok(crate::service::apps::get(&state.db, &id).await?)
+}
+
 /// Parses a path segment, or answers 400 naming it.
 pub fn parse_app(raw: &str) -> Result<AppId, ApiError> {
     AppId::parse(raw).map_err(|e| {
