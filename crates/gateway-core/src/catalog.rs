@@ -14,6 +14,7 @@ use crate::{
 /// The four kinds of product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProductKind {
     /// Bought once, kept (a course seat).
     NonConsumable,
@@ -49,6 +50,7 @@ impl ProductKind {
 /// The store-side ids of a product.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoreSkus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_store: Option<String>,
@@ -64,6 +66,7 @@ pub struct StoreSkus {
 /// and `mode`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntitlementSpec {
     pub id: EntitlementId,
     #[serde(default)]
@@ -73,6 +76,7 @@ pub struct EntitlementSpec {
 /// What one purchase of a consumable credits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsumableSpec {
     pub currency: Currency,
     pub amount: i64,
@@ -80,6 +84,7 @@ pub struct ConsumableSpec {
 
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Product {
     pub id: ProductId,
     pub kind: ProductKind,

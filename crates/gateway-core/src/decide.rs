@@ -29,6 +29,7 @@ pub type Catalog = BTreeMap<ProductId, Product>;
 /// The status of an entitlement, as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EntitlementStatus {
     Active,
     GracePeriod,
@@ -76,6 +77,7 @@ impl EntitlementStatus {
 
 /// A purchase as the snapshot shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurchaseView {
     pub id: String,
     pub store: Store,
@@ -93,6 +95,7 @@ pub struct PurchaseView {
 
 /// An entitlement as the snapshot shows it, with what grants it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntitlementView {
     pub id: EntitlementId,
     pub attributes: BTreeMap<String, serde_json::Value>,

@@ -111,6 +111,21 @@ impl<'de> Deserialize<'de> for IsoDuration {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for IsoDuration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("An ISO 8601 duration such as P30D, P1M or P1Y"))
+            .examples(["P30D"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for IsoDuration {}
+
 impl IsoDuration {
     /// The instant this long after `from`, stepping calendar months first, then fixed units.
     pub fn after(&self, from: Timestamp) -> Timestamp {

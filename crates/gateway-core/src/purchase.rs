@@ -14,6 +14,7 @@ use crate::{
 /// The lifecycle state of a purchase, as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PurchaseStatus {
     Pending,
     Active,

@@ -21,6 +21,21 @@ impl Secret {
     }
 }
 
+impl utoipa::PartialSchema for Secret {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .write_only(true)
+            .description(Some(
+                "A credential: accepted, stored, never shown back (answers say `<name>_set: true`)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -28,7 +43,7 @@ impl fmt::Debug for Secret {
 }
 
 /// App Store settings of an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppStoreConfig {
     pub bundle_id: String,
@@ -55,14 +70,14 @@ fn production() -> AppleEnvironment {
 }
 
 /// Apple's environment names, as Apple spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum AppleEnvironment {
     Production,
     Sandbox,
 }
 
 /// Google Play settings of an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlayStoreConfig {
     pub package_name: String,
@@ -77,7 +92,7 @@ pub struct PlayStoreConfig {
 }
 
 /// Stripe settings of an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StripeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,14 +103,14 @@ pub struct StripeConfig {
 }
 
 /// RevenueCat settings of an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevenueCatConfig {
     pub webhook_authorization: Secret,
 }
 
 /// How customers prove who they are to publishable-key calls.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerAuthConfig {
     pub mode: CustomerAuthMode,
@@ -107,7 +122,7 @@ pub struct CustomerAuthConfig {
     pub audience: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomerAuthMode {
     Key,
@@ -115,7 +130,7 @@ pub enum CustomerAuthMode {
 }
 
 /// What happens when a customer restores a store purchase that another customer holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferPolicy {
     /// The purchase moves to the customer who restored it (the stores' own behaviour).
@@ -158,7 +173,7 @@ pub struct App {
 }
 
 /// The kind of an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyKind {
     Secret,
@@ -175,7 +190,19 @@ impl KeyKind {
 }
 
 /// What a secret key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Admin,

@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Row};
 use super::{Db, DbResult, customers::CustomerRow};
 
 /// One row of a customer's timeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     pub seq: i64,
     pub at: Timestamp,

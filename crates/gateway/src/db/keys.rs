@@ -8,7 +8,7 @@ use super::{Db, DbError, DbResult, json_col};
 use crate::model::{ApiKey, KeyKind, Scope};
 
 /// A key row as listed (never with the key itself).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub kind: KeyKind,

@@ -5,27 +5,30 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Access, AppState, app_for,
     auth::Caller,
-    error::{ApiJson, ApiResult},
+    error::{ApiError, ApiJson, ApiResult, ErrorBody},
 };
 use crate::{
-    db,
+    db::{self, keys::KeyInfo},
     model::{KeyKind, Scope},
-    service::{apps, keys},
+    service::{
+        apps::{self, AppPatch, AppView, NewApp},
+        keys,
+    },
 };
 
 /// Creates an app (admin key).
-#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body(content = serde_json::Value, description = "`{id, name, app_store?, play_store?, stripe?, revenuecat?, customer_auth?, embargoed_countries?, transfer_policy?}`"),
-    responses((status = 201, description = "The app; secrets are shown as `<name>_set: true`", body = serde_json::Value), (status = 409, description = "`app_exists`")))]
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = NewApp,
+    responses((status = 201, description = "The app; secrets are shown as `<name>_set: true`", body = AppView),
+              (status = 409, description = "`app_exists`", body = ErrorBody), (status = "4XX", description = "Refused", body = ErrorBody)))]
 pub async fn create_app(
     State(s): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<apps::NewApp>,
+    ApiJson(body): ApiJson<NewApp>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
     let app = apps::create(&s.db, body, s.clock.now()).await?;
@@ -34,7 +37,8 @@ pub async fn create_app(
 }
 
 /// Reads an app.
-#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, description = "`app_not_found`")))]
+#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)),
+    responses((status = 200, body = AppView), (status = 404, description = "`app_not_found`", body = ErrorBody)))]
 pub async fn get_app(
     State(s): State<AppState>,
     caller: Caller,
@@ -51,14 +55,15 @@ pub async fn get_app(
     Ok(ApiJson(apps::public_view(&app)))
 }
 
-/// Changes an app's settings (admin key). A field present replaces the stored one; a secret not restated
-/// is kept.
-#[utoipa::path(patch, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), request_body = serde_json::Value, responses((status = 200, body = serde_json::Value)))]
+/// Changes an app's settings (admin key). A field present replaces the stored one (`null` removes a
+/// store); a secret not restated is kept.
+#[utoipa::path(patch, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), request_body = AppPatch,
+    responses((status = 200, body = AppView), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn patch_app(
     State(s): State<AppState>,
     caller: Caller,
     Path(app): Path<String>,
-    ApiJson(body): ApiJson<apps::AppPatch>,
+    ApiJson(body): ApiJson<AppPatch>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     Ok(ApiJson(apps::public_view(
@@ -66,18 +71,34 @@ pub async fn patch_app(
     )))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/apps/{app}/keys`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyBody {
     kind: KeyKind,
+    /// For secret keys: one or more of catalog, customers, purchases, refunds, read.
     #[serde(default)]
     scopes: Vec<Scope>,
 }
 
+/// A new key: the only time the key itself is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewKeyAnswer {
+    id: String,
+    key: String,
+    kind: KeyKind,
+    scopes: Vec<Scope>,
+}
+
+/// An app's keys.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    keys: Vec<KeyInfo>,
+}
+
 /// Creates a key of an app (admin key). The key is in this answer only.
-#[utoipa::path(post, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = String, Path)),
-    request_body(content = serde_json::Value, description = "`{kind: \"publishable\" | \"secret\", scopes: [\"catalog\", \"customers\", \"purchases\", \"refunds\", \"read\"]}`"),
-    responses((status = 201, description = "`{id, key, kind, scopes}`", body = serde_json::Value)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = String, Path)), request_body = NewKeyBody,
+    responses((status = 201, body = NewKeyAnswer), (status = 400, description = "`invalid_scope`", body = ErrorBody)))]
 pub async fn create_key(
     State(s): State<AppState>,
     caller: Caller,
@@ -87,29 +108,31 @@ pub async fn create_key(
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     let new = keys::create(&s.db, Some(&app), body.kind, body.scopes, s.clock.now()).await?;
     tracing::info!(app = %app, key_id = %new.key.id, "key created");
-    Ok((
-        StatusCode::CREATED,
-        ApiJson(
-            json!({"id": new.key.id, "key": new.secret, "kind": new.key.kind, "scopes": new.key.scopes}),
-        ),
-    ))
+    let answer = NewKeyAnswer {
+        id: new.key.id,
+        key: new.secret,
+        kind: new.key.kind,
+        scopes: new.key.scopes,
+    };
+    Ok((StatusCode::CREATED, ApiJson(answer)))
 }
 
 /// Lists an app's keys (never the keys themselves).
-#[utoipa::path(get, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = String, Path)), responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = String, Path)), responses((status = 200, body = KeyList)))]
 pub async fn list_keys(
     State(s): State<AppState>,
     caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
-    Ok(ApiJson(
-        json!({"keys": db::keys::list_for_app(&s.db, &app).await?}),
-    ))
+    Ok(ApiJson(KeyList {
+        keys: db::keys::list_for_app(&s.db, &app).await?,
+    }))
 }
 
 /// Revokes a key of an app at once.
-#[utoipa::path(delete, path = "/v1/apps/{app}/keys/{key_id}", tag = "apps", params(("app" = String, Path), ("key_id" = String, Path)), responses((status = 204), (status = 404, description = "`key_not_found`")))]
+#[utoipa::path(delete, path = "/v1/apps/{app}/keys/{key_id}", tag = "apps", params(("app" = String, Path), ("key_id" = String, Path)),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "`key_not_found`", body = ErrorBody)))]
 pub async fn revoke_key(
     State(s): State<AppState>,
     caller: Caller,
@@ -117,9 +140,10 @@ pub async fn revoke_key(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     if db::keys::revoke(&s.db, &app, &key_id, s.clock.now()).await? {
+        tracing::info!(app = %app, key_id = %key_id, "key revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(super::error::ApiError::new(
+        Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "key_not_found",
             "This app has no live key with that id.",

@@ -6,21 +6,36 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
 };
-use serde_json::json;
+use gateway_core::Product;
 
 use super::{
     Access, AppState, app_for,
     auth::Caller,
-    error::{ApiError, ApiJson, ApiResult, with_type},
+    error::{ApiError, ApiJson, ApiResult, ErrorBody, with_type},
     parse_product,
 };
-use crate::{model::Scope, service::catalog};
+use crate::{
+    model::Scope,
+    service::catalog::{self, ProductBody},
+};
+
+/// A list of products.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProductList {
+    pub products: Vec<Product>,
+}
+
+/// The answer to an import.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Imported {
+    pub imported: usize,
+}
 
 const READ: &[Scope] = &[Scope::Catalog, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Catalog];
 
 /// Lists the products of an app.
-#[utoipa::path(get, path = "/v1/apps/{app}/products", tag = "catalog", params(("app" = String, Path)), responses((status = 200, description = "`{products: [...]}`", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/products", tag = "catalog", params(("app" = String, Path)), responses((status = 200, body = ProductList), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn list_products(
     State(s): State<AppState>,
     caller: Caller,
@@ -28,18 +43,17 @@ pub async fn list_products(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let products = crate::db::products::list(&s.db, &app, false).await?;
-    Ok(ApiJson(json!({ "products": products })))
+    Ok(ApiJson(ProductList { products }))
 }
 
 /// Creates or replaces a product.
-#[utoipa::path(put, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)),
-    request_body(content = serde_json::Value, description = "`{kind, store_skus: {app_store?, play_store?, play_base_plan?, stripe_price?}, entitlements: [{id, attributes}], consumable?: {currency, amount}, access_duration?, expires_at?, active}`"),
-    responses((status = 201, description = "Created", body = serde_json::Value), (status = 200, description = "Replaced", body = serde_json::Value), (status = 409, description = "`sku_taken`")))]
+#[utoipa::path(put, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), request_body = ProductBody,
+    responses((status = 201, description = "Created", body = Product), (status = 200, description = "Replaced", body = Product), (status = 409, description = "`sku_taken`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn put_product(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, product)): Path<(String, String)>,
-    ApiJson(body): ApiJson<catalog::ProductBody>,
+    ApiJson(body): ApiJson<ProductBody>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let id = parse_product(&product)?;
@@ -53,7 +67,7 @@ pub async fn put_product(
 }
 
 /// Reads a product.
-#[utoipa::path(get, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, description = "`product_not_found`")))]
+#[utoipa::path(get, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, body = Product), (status = 404, description = "`product_not_found`", body = ErrorBody)))]
 pub async fn get_product(
     State(s): State<AppState>,
     caller: Caller,
@@ -65,7 +79,7 @@ pub async fn get_product(
 }
 
 /// Deactivates a product: it is no longer offered; purchases of it keep their access and history.
-#[utoipa::path(delete, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, description = "The product, inactive", body = serde_json::Value)))]
+#[utoipa::path(delete, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, description = "The product, inactive", body = Product), (status = 404, description = "`product_not_found`", body = ErrorBody)))]
 pub async fn delete_product(
     State(s): State<AppState>,
     caller: Caller,
@@ -80,8 +94,8 @@ pub async fn delete_product(
 
 /// Imports products from CSV, all or nothing; every bad row is reported with its line number.
 #[utoipa::path(post, path = "/v1/apps/{app}/products/import", tag = "catalog", params(("app" = String, Path)),
-    request_body(content = String, content_type = "text/csv", description = "Columns: product_id, kind, active, app_store, play_store, play_base_plan, stripe_price, entitlements, consumable_currency, consumable_amount, access_duration, expires_at"),
-    responses((status = 200, description = "`{imported: N}`", body = serde_json::Value), (status = 400, description = "`invalid_csv` with `details: [{line, message}]`")))]
+    request_body(content = String, content_type = "text/csv", description = "Columns: product_id, kind, active, app_store, play_store, play_base_plan, stripe_price, entitlements (ids separated by `;`, or a JSON list of `{id, attributes}`), consumable_currency, consumable_amount, access_duration, expires_at"),
+    responses((status = 200, body = Imported), (status = 400, description = "`invalid_csv`, with `details: [{line, message}]` naming every bad row", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn import_products(
     State(s): State<AppState>,
     caller: Caller,
@@ -103,7 +117,7 @@ pub async fn import_products(
     }
     let n = catalog::import_csv(&s.db, &app, &body, s.clock.now(), &|_| {}).await?;
     tracing::info!(app = %app, products = n, "catalog imported");
-    Ok(ApiJson(json!({ "imported": n })))
+    Ok(ApiJson(Imported { imported: n }))
 }
 
 /// Exports the catalog as CSV, in the import format.

@@ -6,36 +6,47 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
 };
-use gateway_core::{Currency, Timestamp};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use gateway_core::{Currency, ProductId, Timestamp};
+use serde::{Deserialize, Serialize};
 
 use super::{
     Access, AppState, app_for,
     auth::{Caller, customer_access},
-    error::{ApiError, ApiJson, ApiResult},
+    catalog::ProductList,
+    error::{ApiError, ApiJson, ApiResult, ErrorBody},
     parse_entitlement, parse_product, parse_user,
 };
-use crate::{model::Scope, service::customers};
+use crate::{
+    db::audit::AuditRow,
+    model::Scope,
+    service::customers::{self, Snapshot, Spent},
+};
+
+/// A customer's timeline, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Timeline {
+    pub events: Vec<AuditRow>,
+}
+
+/// A started order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderAnswer {
+    pub order_id: String,
+    /// Pass to StoreKit as `appAccountToken`.
+    pub app_account_token: String,
+    /// Pass to Play Billing as `obfuscatedAccountId`: stable per customer, not reversible.
+    pub obfuscated_account_id: String,
+    pub items: Vec<ProductId>,
+    pub country: Option<String>,
+    pub created_at: Timestamp,
+}
 
 const READ: &[Scope] = &[Scope::Customers, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Customers];
 
-fn snapshot_json(s: customers::Snapshot) -> Value {
-    json!({
-        "app_user_id": s.app_user_id,
-        "version": s.version,
-        "entitlements": s.entitlements,
-        "purchases": s.purchases,
-        "balances": s.balances,
-        // Signed entitlement tokens come with the fulfilment work; until then the field is null.
-        "entitlement_token": null,
-    })
-}
-
 /// The customer snapshot.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)),
-    responses((status = 200, description = "`{app_user_id, version, entitlements, purchases, balances, entitlement_token}`; a customer never seen has version 0", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
+    responses((status = 200, description = "The snapshot; a customer never seen has version 0", body = Snapshot), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn get_customer(
     State(s): State<AppState>,
     caller: Caller,
@@ -46,13 +57,12 @@ pub async fn get_customer(
     let found = app_for(&s, &caller, &app, Access::ScopesOrPublishable(READ)).await?;
     customer_access(&s, &caller, &found, &user, &headers).await?;
     let app = found.id.clone();
-    Ok(ApiJson(snapshot_json(
-        customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
-    )))
+    let snap = customers::snapshot(&s.db, &app, &user, s.clock.now()).await?;
+    Ok(ApiJson(snap))
 }
 
 /// The active products this customer may buy now, with their store SKUs.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/offerings", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), responses((status = 200, description = "`{products: [...]}`", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/offerings", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), responses((status = 200, body = ProductList), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn offerings(
     State(s): State<AppState>,
     caller: Caller,
@@ -64,19 +74,21 @@ pub async fn offerings(
     customer_access(&s, &caller, &found, &user, &headers).await?;
     let app = found.id.clone();
     let products = customers::offerings(&s.db, &app, &user, s.clock.now()).await?;
-    Ok(ApiJson(json!({ "products": products })))
+    Ok(ApiJson(ProductList { products }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TimelineQuery {
+    /// At most this many rows (1 to 500; 100 by default).
     limit: Option<i64>,
+    /// Only rows before this `seq`: the last `seq` of the previous page.
     before: Option<i64>,
 }
 
 /// The customer's audit trail, newest first; page with `before` = the last `seq` seen.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/timeline", tag = "customers",
-    params(("app" = String, Path), ("app_user_id" = String, Path), ("limit" = Option<i64>, Query), ("before" = Option<i64>, Query)),
-    responses((status = 200, description = "`{events: [{seq, at, kind, cause, detail, hash}]}`", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/timeline", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), TimelineQuery),
+    responses((status = 200, body = Timeline), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn timeline(
     State(s): State<AppState>,
     caller: Caller,
@@ -86,10 +98,10 @@ pub async fn timeline(
     let user = parse_user(&user)?;
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let rows = customers::timeline(&s.db, &app, &user, q.before, q.limit.unwrap_or(100)).await?;
-    Ok(ApiJson(json!({ "events": rows })))
+    Ok(ApiJson(Timeline { events: rows }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderBody {
     product_ids: Vec<String>,
@@ -98,9 +110,8 @@ pub struct OrderBody {
 }
 
 /// Starts an order and issues `app_account_token` (Apple) and `obfuscated_account_id` (Play).
-#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/orders", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)),
-    request_body(content = serde_json::Value, description = "`{product_ids, country?}`"),
-    responses((status = 201, description = "`{order_id, app_account_token, obfuscated_account_id, items}`", body = serde_json::Value), (status = 403, description = "`embargoed`")))]
+#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/orders", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), request_body = OrderBody,
+    responses((status = 201, body = OrderAnswer), (status = 403, description = "`embargoed`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn create_order(
     State(s): State<AppState>,
     caller: Caller,
@@ -126,18 +137,18 @@ pub async fn create_order(
         customers::create_order(&s.db, &app, &user, ids, body.country, s.clock.now()).await?;
     Ok((
         StatusCode::CREATED,
-        ApiJson(json!({
-            "order_id": order.id,
-            "app_account_token": order.app_account_token,
-            "obfuscated_account_id": order.obfuscated_account_id,
-            "items": order.items,
-            "country": order.country,
-            "created_at": order.created_at,
-        })),
+        ApiJson(OrderAnswer {
+            order_id: order.id,
+            app_account_token: order.app_account_token,
+            obfuscated_account_id: order.obfuscated_account_id,
+            items: order.items,
+            country: order.country,
+            created_at: order.created_at,
+        }),
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantBody {
     #[serde(default)]
@@ -150,8 +161,8 @@ pub struct GrantBody {
 }
 
 /// Grants an entitlement or a product by hand, with a reason.
-#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/grants", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)),
-    request_body(content = serde_json::Value, description = "`{entitlement_id or product_id, reason, expires_at?}`"), responses((status = 201, description = "The snapshot after the grant", body = serde_json::Value)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/grants", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), request_body = GrantBody,
+    responses((status = 201, description = "The snapshot after the grant", body = Snapshot), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn grant(
     State(s): State<AppState>,
     caller: Caller,
@@ -176,10 +187,10 @@ pub async fn grant(
         expires_at: body.expires_at,
     };
     let snap = customers::grant(&s.db, &app, &user, grant, caller.id(), s.clock.now()).await?;
-    Ok((StatusCode::CREATED, ApiJson(snapshot_json(snap))))
+    Ok((StatusCode::CREATED, ApiJson(snap)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     reason: String,
@@ -187,8 +198,8 @@ pub struct ReasonBody {
 
 /// Revokes an entitlement by hand, with a reason.
 #[utoipa::path(delete, path = "/v1/apps/{app}/customers/{app_user_id}/grants/{entitlement_id}", tag = "customers",
-    params(("app" = String, Path), ("app_user_id" = String, Path), ("entitlement_id" = String, Path)),
-    request_body(content = serde_json::Value, description = "`{reason}`"), responses((status = 200, description = "The snapshot after the revoke", body = serde_json::Value), (status = 404, description = "`entitlement_not_found`")))]
+    params(("app" = String, Path), ("app_user_id" = String, Path), ("entitlement_id" = String, Path)), request_body = ReasonBody,
+    responses((status = 200, description = "The snapshot after the revoke", body = Snapshot), (status = 404, description = "`entitlement_not_found`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn revoke(
     State(s): State<AppState>,
     caller: Caller,
@@ -207,10 +218,10 @@ pub async fn revoke(
         s.clock.now(),
     )
     .await?;
-    Ok(ApiJson(snapshot_json(snap)))
+    Ok(ApiJson(snap))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpendBody {
     amount: i64,
@@ -219,9 +230,9 @@ pub struct SpendBody {
 
 /// Spends from a consumable balance; needs `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/balances/{currency}/spend", tag = "customers",
-    params(("app" = String, Path), ("app_user_id" = String, Path), ("currency" = String, Path), ("Idempotency-Key" = String, Header)),
-    request_body(content = serde_json::Value, description = "`{amount, reason}`"),
-    responses((status = 200, description = "`{transaction_id, currency, amount, balance, version}`", body = serde_json::Value), (status = 409, description = "`insufficient_balance`")))]
+    params(("app" = String, Path), ("app_user_id" = String, Path), ("currency" = String, Path), ("Idempotency-Key" = String, Header, description = "Required: a retry with the same key spends nothing more")),
+    request_body = SpendBody,
+    responses((status = 200, body = Spent), (status = 409, description = "`insufficient_balance`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn spend(
     State(s): State<AppState>,
     caller: Caller,

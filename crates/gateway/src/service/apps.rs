@@ -3,7 +3,7 @@
 use gateway_core::{AppId, Timestamp};
 use rand::RngCore;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{ServiceError, ServiceResult};
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The body of `POST /v1/apps`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApp {
     pub id: String,
@@ -38,7 +38,7 @@ pub struct NewApp {
 
 /// The body of `PATCH /v1/apps/{app}`: a field that is present replaces the stored one (`null`
 /// removes a store); a secret that is not restated is kept.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppPatch {
     pub name: Option<String>,
@@ -278,31 +278,59 @@ const SECRET_FIELDS: [&str; 7] = [
     "webhook_authorization",
 ];
 
-/// The app as the API shows it.
-pub fn public_view(app: &App) -> Value {
-    let mut settings = serde_json::to_value(&app.settings).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = settings.as_object_mut() {
-        obj.remove("account_salt");
-        for section in obj.values_mut() {
-            if let Some(fields) = section.as_object_mut() {
-                for secret in SECRET_FIELDS {
-                    if fields.remove(secret).is_some() {
-                        fields.insert(format!("{secret}_set"), Value::Bool(true));
-                    }
-                }
+/// An app as the API shows it: each store section as configured, but every secret replaced by
+/// `<name>_set: true`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AppView {
+    pub id: AppId,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub app_store: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub play_store: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub stripe: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub revenuecat: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_auth: Option<CustomerAuthConfig>,
+    pub embargoed_countries: Vec<String>,
+    pub transfer_policy: TransferPolicy,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A settings section with its secrets replaced by `<name>_set: true`.
+fn redacted<T: serde::Serialize>(section: &Option<T>) -> Option<Value> {
+    let mut value = serde_json::to_value(section.as_ref()?).ok()?;
+    if let Some(fields) = value.as_object_mut() {
+        for secret in SECRET_FIELDS {
+            if fields.remove(secret).is_some() {
+                fields.insert(format!("{secret}_set"), Value::Bool(true));
             }
         }
     }
-    let mut out = json!({
-        "id": app.id,
-        "name": app.name,
-        "created_at": app.created_at,
-        "updated_at": app.updated_at,
-    });
-    if let (Some(out), Some(settings)) = (out.as_object_mut(), settings.as_object()) {
-        for (k, v) in settings {
-            out.insert(k.clone(), v.clone());
-        }
+    Some(value)
+}
+
+/// The app as the API shows it.
+pub fn public_view(app: &App) -> AppView {
+    let s = &app.settings;
+    AppView {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        app_store: redacted(&s.app_store),
+        play_store: redacted(&s.play_store),
+        stripe: redacted(&s.stripe),
+        revenuecat: redacted(&s.revenuecat),
+        customer_auth: s.customer_auth.clone(),
+        embargoed_countries: s.embargoed_countries.clone(),
+        transfer_policy: s.transfer_policy,
+        created_at: app.created_at,
+        updated_at: app.updated_at,
     }
-    out
 }

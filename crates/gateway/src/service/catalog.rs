@@ -14,7 +14,7 @@ use super::{ServiceError, ServiceResult};
 use crate::db::{Db, products};
 
 /// The body of `PUT /v1/apps/{app}/products/{product_id}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
     pub kind: ProductKind,
@@ -120,7 +120,7 @@ pub const CSV_COLUMNS: [&str; 12] = [
 ];
 
 /// One refused row of an import.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RowError {
     pub line: u64,
     pub message: String,

@@ -20,13 +20,18 @@ use crate::{
 };
 
 /// A customer as the API shows them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub app_user_id: AppUserId,
+    /// Grows with every change of the snapshot.
     pub version: i64,
     pub entitlements: Vec<EntitlementView>,
     pub purchases: Vec<PurchaseView>,
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub balances: BTreeMap<Currency, i64>,
+    /// A JWS of the active entitlements, verifiable with `/.well-known/jwks.json`. Signed entitlement
+    /// tokens come with the fulfilment work; until then this is null.
+    pub entitlement_token: Option<String>,
 }
 
 /// The customer's snapshot at `now`. A customer never seen has version 0 and nothing. When the clock
@@ -48,6 +53,7 @@ pub async fn snapshot(
         entitlements: rec.entitlements,
         purchases: rec.purchases,
         balances: rec.balances,
+        entitlement_token: None,
     })
 }
 
@@ -293,7 +299,7 @@ pub async fn revoke(
 }
 
 /// The answer to a spend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Spent {
     pub transaction_id: String,
     pub currency: Currency,

@@ -33,6 +33,32 @@ both!(service_endpoints_answer, |app: TestApp| async move {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is described");
     }
+    for schema in [
+        "Snapshot",
+        "Product",
+        "ErrorBody",
+        "NewApp",
+        "AppView",
+        "Spent",
+        "EntitlementView",
+        "Timeline",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} is described"
+        );
+    }
+    let snapshot = &doc["components"]["schemas"]["Snapshot"]["properties"];
+    for field in [
+        "app_user_id",
+        "version",
+        "entitlements",
+        "purchases",
+        "balances",
+        "entitlement_token",
+    ] {
+        assert!(snapshot[field].is_object(), "Snapshot.{field} is described");
+    }
     app.get("/v1/apps/nope").await;
     let metrics = app
         .request(Method::GET, "/metrics", None, None, &[])
