@@ -82,6 +82,34 @@ pub struct ConsumableSpec {
     pub amount: i64,
 }
 
+/// The largest amount one consumable purchase may credit: far above any real pack, and small enough
+/// that no sum of credits can overflow a 64-bit balance.
+pub const MAX_CONSUMABLE_AMOUNT: i64 = 1_000_000_000_000;
+
+/// What a purchase was sold with, fixed when the purchase is first recorded: a later edit of the
+/// catalog changes what is sold from then on, never what was already bought (its credit or its end).
+/// What a product grants (its entitlements) is not part of it: renaming an entitlement moves holders.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Terms {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumable: Option<ConsumableSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_duration: Option<IsoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Terms {
+    /// When access bought at `purchased_at` ends, for terms that set an end.
+    pub fn expiry(&self, purchased_at: Timestamp) -> Option<Timestamp> {
+        match (self.access_duration, self.expires_at) {
+            (Some(d), _) => Some(d.after(purchased_at)),
+            (None, Some(at)) => Some(at),
+            (None, None) => None,
+        }
+    }
+}
+
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -105,6 +133,8 @@ pub enum ProductError {
     ConsumableNotAllowed,
     #[error("`consumable.amount` must be a positive whole number")]
     AmountNotPositive,
+    #[error("`consumable.amount` may be at most {MAX_CONSUMABLE_AMOUNT}")]
+    AmountTooLarge,
     #[error(
         "a subscription's period comes from the store: `access_duration` and `expires_at` are not allowed"
     )]
@@ -126,6 +156,9 @@ impl Product {
             (ProductKind::Consumable, None) => return Err(ProductError::ConsumableMissing),
             (ProductKind::Consumable, Some(c)) if c.amount <= 0 => {
                 return Err(ProductError::AmountNotPositive);
+            }
+            (ProductKind::Consumable, Some(c)) if c.amount > MAX_CONSUMABLE_AMOUNT => {
+                return Err(ProductError::AmountTooLarge);
             }
             (ProductKind::Consumable, Some(_)) => {}
             (_, Some(_)) => return Err(ProductError::ConsumableNotAllowed),
@@ -161,10 +194,15 @@ impl Product {
 
     /// When access bought at `purchased_at` ends, for products whose end the catalog sets.
     pub fn catalog_expiry(&self, purchased_at: Timestamp) -> Option<Timestamp> {
-        match (self.access_duration, self.expires_at) {
-            (Some(d), _) => Some(d.after(purchased_at)),
-            (None, Some(at)) => Some(at),
-            (None, None) => None,
+        self.terms().expiry(purchased_at)
+    }
+
+    /// What a purchase of this product is sold with now.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            consumable: self.consumable.clone(),
+            access_duration: self.access_duration,
+            expires_at: self.expires_at,
         }
     }
 }

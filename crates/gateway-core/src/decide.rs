@@ -12,7 +12,7 @@ use crate::{
     facts::{ManualAction, ManualFact},
     ids::{Currency, EntitlementId, ProductId, Store},
     ledger::LedgerSource,
-    purchase::{PurchaseFacts, PurchaseStatus, fold},
+    purchase::{PurchaseFacts, PurchaseStatus, fold_with_terms},
     time::Timestamp,
 };
 
@@ -308,7 +308,8 @@ pub fn derive(facts: &CustomerFacts, catalog: &Catalog, now: Timestamp) -> Custo
 
     for p in &facts.purchases {
         let product = catalog.get(&p.product_id);
-        let s = fold(&p.events, product, now);
+        let terms = p.terms.clone().or_else(|| product.map(Product::terms));
+        let s = fold_with_terms(&p.events, product.map(|p| p.kind), terms.as_ref(), now);
         state.purchases.insert(
             p.id.clone(),
             PurchaseView {
@@ -325,7 +326,7 @@ pub fn derive(facts: &CustomerFacts, catalog: &Catalog, now: Timestamp) -> Custo
             },
         );
         let Some(product) = product else { continue };
-        if let Some(c) = &product.consumable {
+        if let Some(c) = terms.as_ref().and_then(|t| t.consumable.as_ref()) {
             let credited =
                 if s.status == PurchaseStatus::Active || s.status == PurchaseStatus::Expired {
                     c.amount.saturating_mul(i64::from(s.quantity))
@@ -382,17 +383,19 @@ pub fn derive(facts: &CustomerFacts, catalog: &Catalog, now: Timestamp) -> Custo
                 ManualAction::GrantProduct {
                     product_id,
                     expires_at,
+                    terms,
                 } => {
                     let Some(product) = catalog.get(product_id) else {
                         continue;
                     };
-                    if let Some(c) = &product.consumable {
+                    let terms = terms.clone().unwrap_or_else(|| product.terms());
+                    if let Some(c) = &terms.consumable {
                         state.ledger.insert(
                             (LedgerSource::Grant(m.id.clone()), c.currency.clone()),
                             c.amount,
                         );
                     }
-                    let end = expires_at.or_else(|| product.catalog_expiry(m.at));
+                    let end = expires_at.or_else(|| terms.expiry(m.at));
                     (
                         product.entitlements.iter().map(|e| e.id.clone()).collect(),
                         Some(product),
@@ -540,11 +543,17 @@ pub fn diff(
     let keys: BTreeSet<&(LedgerSource, Currency)> =
         before.ledger.keys().chain(after.ledger.keys()).collect();
     for key in keys {
-        let delta = after.ledger.get(key).copied().unwrap_or(0)
-            - before.ledger.get(key).copied().unwrap_or(0);
+        // Saturating: amounts are capped far below overflow, but a corrupt row must not panic.
+        let delta = after
+            .ledger
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.ledger.get(key).copied().unwrap_or(0));
         if delta != 0 {
             let (source, currency) = key.clone();
-            *moved.entry(currency.clone()).or_default() += delta;
+            let total = moved.entry(currency.clone()).or_default();
+            *total = total.saturating_add(delta);
             effects.push(Effect::LedgerEntry {
                 source,
                 currency,
@@ -557,7 +566,7 @@ pub fn diff(
             continue;
         }
         let previous = balances.get(&currency).copied().unwrap_or(0);
-        let balance = previous + delta;
+        let balance = previous.saturating_add(delta);
         effects.push(Effect::BalanceChanged {
             currency: currency.clone(),
             previous,

@@ -21,8 +21,12 @@ pub struct IsoDuration {
     pub seconds: u32,
 }
 
+/// The longest duration accepted: a hundred years is longer than any access sold, and keeps every
+/// end date far inside the calendar's range.
+pub const MAX_DAYS: u64 = 36_525;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an ISO 8601 duration such as P30D, P1M, P1Y or PT12H")]
+#[error("{0:?} is not an ISO 8601 duration of at most 100 years, such as P30D, P1M, P1Y or PT12H")]
 pub struct DurationError(pub String);
 
 impl FromStr for IsoDuration {
@@ -65,6 +69,7 @@ impl FromStr for IsoDuration {
             || !any
             || (in_time && time_units == 0)
             || out == IsoDuration::default()
+            || out.approx_days() > MAX_DAYS
         {
             return Err(err());
         }
@@ -127,6 +132,17 @@ impl utoipa::PartialSchema for IsoDuration {
 impl utoipa::ToSchema for IsoDuration {}
 
 impl IsoDuration {
+    /// The length in days, rounding months and years up, for bounds checks.
+    pub fn approx_days(&self) -> u64 {
+        let secs =
+            u64::from(self.hours) * 3600 + u64::from(self.minutes) * 60 + u64::from(self.seconds);
+        u64::from(self.years) * 366
+            + u64::from(self.months) * 31
+            + u64::from(self.weeks) * 7
+            + u64::from(self.days)
+            + secs.div_ceil(86_400)
+    }
+
     /// The instant this long after `from`, stepping calendar months first, then fixed units.
     pub fn after(&self, from: Timestamp) -> Timestamp {
         let start = from.to_datetime();
@@ -171,7 +187,21 @@ mod tests {
             let d: IsoDuration = s.parse().unwrap();
             assert_eq!(d.to_string(), s);
         }
-        for bad in ["", "P", "30D", "PT", "P1H", "P-1D", "P1.5D", "P0D", "P1DT"] {
+        for bad in [
+            "P101Y",
+            "P8000Y",
+            "P4000000D",
+            "PT4000000000S",
+            "",
+            "P",
+            "30D",
+            "PT",
+            "P1H",
+            "P-1D",
+            "P1.5D",
+            "P0D",
+            "P1DT",
+        ] {
             assert!(
                 bad.parse::<IsoDuration>().is_err(),
                 "{bad} should be refused"

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    catalog::Terms,
     ids::{EntitlementId, ProductId},
     time::Timestamp,
 };
@@ -113,6 +114,9 @@ pub enum ManualAction {
         product_id: ProductId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<Timestamp>,
+        /// The product's terms when granted (its credit, its time box); `None`: the current ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        terms: Option<Terms>,
     },
     /// Take an entitlement away, whatever granted it, until a later grant or purchase.
     Revoke { entitlement_id: EntitlementId },

@@ -150,6 +150,13 @@ impl fmt::Display for Currency {
     }
 }
 
+impl FromStr for Currency {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::parse(s)
+    }
+}
+
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Self::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)

@@ -21,7 +21,7 @@ pub mod ledger;
 pub mod purchase;
 pub mod time;
 
-pub use catalog::{ConsumableSpec, EntitlementSpec, Product, ProductKind, StoreSkus};
+pub use catalog::{ConsumableSpec, EntitlementSpec, Product, ProductKind, StoreSkus, Terms};
 pub use decide::{CustomerFacts, CustomerState, Effect, EntitlementStatus, EntitlementView};
 pub use facts::{EventKind, ManualAction, ManualFact, StoreEvent};
 pub use ids::{AppId, AppUserId, Currency, EntitlementId, IdError, ProductId, Store};

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    catalog::{Product, ProductKind},
+    catalog::{Product, ProductKind, Terms},
     facts::{EventKind, StoreEvent},
     ids::{ProductId, Store},
     time::Timestamp,
@@ -59,6 +59,9 @@ pub struct PurchaseFacts {
     /// The store's id for the lineage (Apple `originalTransactionId`, Play `purchaseToken`, ...).
     pub store_transaction_id: String,
     pub environment: Option<String>,
+    /// What it was sold with, fixed at first record; `None` means "the catalog's current terms".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<Terms>,
     pub events: Vec<StoreEvent>,
 }
 
@@ -96,11 +99,27 @@ pub fn ordered(events: &[StoreEvent]) -> Vec<&StoreEvent> {
     sorted
 }
 
-/// Folds the facts of one purchase of `product` into its state at `now`.
+/// The largest quantity one purchase counts: stores sell at most a handful at once; the cap keeps a
+/// forged or broken quantity from overflowing a balance.
+pub const MAX_QUANTITY: u32 = 1_000;
+
+/// Folds the facts of one purchase of `product` into its state at `now`, with the product's current
+/// terms.
 ///
 /// `product` may be `None` when the catalog no longer knows the product; the store's own dates are
 /// then all there is.
 pub fn fold(events: &[StoreEvent], product: Option<&Product>, now: Timestamp) -> PurchaseState {
+    let terms = product.map(Product::terms);
+    fold_with_terms(events, product.map(|p| p.kind), terms.as_ref(), now)
+}
+
+/// Folds the facts of one purchase of a product of `kind` sold with `terms` into its state at `now`.
+pub fn fold_with_terms(
+    events: &[StoreEvent],
+    kind: Option<ProductKind>,
+    terms: Option<&Terms>,
+    now: Timestamp,
+) -> PurchaseState {
     let mut bought = false;
     let mut pending = false;
     let mut refunded = false;
@@ -128,7 +147,7 @@ pub fn fold(events: &[StoreEvent], product: Option<&Product>, now: Timestamp) ->
                 state.purchased_at = Some(state.purchased_at.map_or(at, |p| p.min(at)));
                 state.paid_since = Some(state.paid_since.map_or(at, |p| p.max(at)));
                 state.expires_at = max_opt(state.expires_at, *expires_at);
-                state.quantity = (*quantity).max(1);
+                state.quantity = (*quantity).clamp(1, MAX_QUANTITY);
             }
             EventKind::Renewed { expires_at } => {
                 bought = true;
@@ -155,11 +174,11 @@ pub fn fold(events: &[StoreEvent], product: Option<&Product>, now: Timestamp) ->
         }
     }
 
-    if let (Some(p), Some(purchased_at)) = (product, state.purchased_at)
-        && p.kind != ProductKind::Subscription
+    if let (Some(terms), Some(purchased_at)) = (terms, state.purchased_at)
+        && kind != Some(ProductKind::Subscription)
         && state.expires_at.is_none()
     {
-        state.expires_at = p.catalog_expiry(purchased_at);
+        state.expires_at = terms.expiry(purchased_at);
     }
 
     state.status = if revoked {

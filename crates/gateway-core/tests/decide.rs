@@ -145,6 +145,7 @@ impl Customer {
                 product_id: pid(product),
                 store_transaction_id: format!("tx-{purchase}"),
                 environment: Some("Production".to_owned()),
+                terms: None,
                 events: vec![event],
             }),
         }
@@ -599,6 +600,7 @@ fn a_manual_grant_of_a_consumable_credits_its_currency() {
         ManualAction::GrantProduct {
             product_id: pid(COINS_100),
             expires_at: None,
+            terms: None,
         },
         day(0),
     );
@@ -882,6 +884,7 @@ fn a_manual_grant_then_a_manual_revoke_ends_revoked() {
         ManualAction::GrantProduct {
             product_id: pid(COURSE),
             expires_at: None,
+            terms: None,
         },
         day(1),
     );
@@ -1044,6 +1047,7 @@ fn manual_grants_of_one_entitlement_show_the_same_one_whatever_their_order() {
             action: ManualAction::GrantProduct {
                 product_id: pid(COURSE),
                 expires_at: None,
+                terms: None,
             },
             reason: "goodwill".into(),
         },
@@ -1265,6 +1269,7 @@ fn an_entitlement_the_catalog_no_longer_grants_is_revoked_once() {
             product_id: "cs101".parse().unwrap(),
             store_transaction_id: "t1".into(),
             environment: None,
+            terms: None,
             events: vec![gateway_core::StoreEvent {
                 dedupe_key: "k".into(),
                 occurred_at: gateway_core::Timestamp::from_millis(10),
@@ -1295,4 +1300,55 @@ fn an_entitlement_the_catalog_no_longer_grants_is_revoked_once() {
         other => panic!("{other:?}"),
     }
     assert!(diff(&after, &after, &Default::default()).is_empty());
+}
+
+#[test]
+fn a_purchase_keeps_the_terms_it_was_sold_with() {
+    use gateway_core::decide::derive;
+    let coins = gateway_core::Product {
+        id: "coins".parse().unwrap(),
+        kind: gateway_core::ProductKind::Consumable,
+        store_skus: Default::default(),
+        entitlements: vec![],
+        consumable: Some(gateway_core::ConsumableSpec {
+            currency: "GEMS".parse().unwrap(),
+            amount: 100,
+        }),
+        access_duration: None,
+        expires_at: None,
+        active: true,
+    };
+    let sold_with = coins.terms();
+    let facts = gateway_core::CustomerFacts {
+        purchases: vec![gateway_core::PurchaseFacts {
+            id: "p1".into(),
+            store: gateway_core::Store::AppStore,
+            product_id: "coins".parse().unwrap(),
+            store_transaction_id: "t1".into(),
+            environment: None,
+            terms: Some(sold_with),
+            events: vec![gateway_core::StoreEvent {
+                dedupe_key: "k".into(),
+                occurred_at: gateway_core::Timestamp::from_millis(10),
+                kind: gateway_core::EventKind::Purchased {
+                    expires_at: None,
+                    quantity: 4_000_000_000,
+                },
+            }],
+        }],
+        manual: vec![],
+    };
+    let mut repriced = coins;
+    repriced.consumable = Some(gateway_core::ConsumableSpec {
+        currency: "GEMS".parse().unwrap(),
+        amount: 1000,
+    });
+    let catalog = std::collections::BTreeMap::from([(repriced.id.clone(), repriced)]);
+    let state = derive(&facts, &catalog, gateway_core::Timestamp::from_millis(20));
+    let credited: Vec<i64> = state.ledger.values().copied().collect();
+    // 100 per unit as sold, and the quantity capped at MAX_QUANTITY.
+    assert_eq!(
+        credited,
+        vec![100 * i64::from(gateway_core::purchase::MAX_QUANTITY)]
+    );
 }

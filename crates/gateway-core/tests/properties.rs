@@ -181,6 +181,7 @@ fn manual_action() -> impl Strategy<Value = ManualAction> {
             ManualAction::GrantProduct {
                 product_id,
                 expires_at,
+                terms: None,
             }
         }),
         entitlement.prop_map(|entitlement_id| ManualAction::Revoke { entitlement_id }),
@@ -292,6 +293,7 @@ fn push(facts: &mut CustomerFacts, scenario: &Scenario, fact: &Fact) {
                         product_id: spec.product.clone(),
                         store_transaction_id: format!("store-{id}"),
                         environment: None,
+                        terms: None,
                         events: vec![event.clone()],
                     });
                 }

@@ -82,6 +82,7 @@ CREATE TABLE purchases (
     store_transaction_id  TEXT NOT NULL,
     product_id            TEXT NOT NULL,
     environment           TEXT,
+    terms                 TEXT,
     status                TEXT NOT NULL,
     expires_at            BIGINT,
     view                  TEXT,

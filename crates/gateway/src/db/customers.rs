@@ -154,7 +154,7 @@ pub async fn load_facts(
     id: &AppUserId,
 ) -> DbResult<CustomerFacts> {
     let rows = sqlx::query(
-        "SELECT p.id, p.store, p.product_id, p.store_transaction_id, p.environment, \
+        "SELECT p.id, p.store, p.product_id, p.store_transaction_id, p.environment, p.terms, \
                 e.dedupe_key, e.occurred_at, e.body \
          FROM purchases p LEFT JOIN store_events e ON e.purchase_id = p.id \
          WHERE p.app_id = $1 AND p.customer_id = $2 ORDER BY p.id, e.occurred_at, e.dedupe_key",
@@ -175,6 +175,10 @@ pub async fn load_facts(
                 product_id: super::parsed_col(row, "product_id")?,
                 store_transaction_id: row.try_get("store_transaction_id")?,
                 environment: row.try_get("environment")?,
+                terms: row
+                    .try_get::<Option<String>, _>("terms")?
+                    .map(|t| serde_json::from_str(&t))
+                    .transpose()?,
                 events: Vec::new(),
             });
         }
@@ -312,7 +316,7 @@ pub async fn ensure_purchase(
 ) -> DbResult<(String, String)> {
     sqlx::query(
         "INSERT INTO purchases (id, app_id, customer_id, store, store_transaction_id, product_id, environment, \
-         status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8) \
+         status, created_at, updated_at, terms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $9) \
          ON CONFLICT (app_id, store, store_transaction_id) DO NOTHING",
     )
     .bind(&facts.id)
@@ -323,6 +327,7 @@ pub async fn ensure_purchase(
     .bind(facts.product_id.as_str())
     .bind(facts.environment.as_deref())
     .bind(now.millis())
+    .bind(facts.terms.as_ref().map(serde_json::to_string).transpose()?)
     .execute(&mut *conn)
     .await?;
     let row = sqlx::query("SELECT id, customer_id FROM purchases WHERE app_id = $1 AND store = $2 AND store_transaction_id = $3")

@@ -49,7 +49,6 @@ fn skus(p: &Product) -> Vec<(&'static str, String)> {
 fn grants_differ(a: &Product, b: &Product) -> bool {
     a.kind != b.kind
         || a.entitlements != b.entitlements
-        || a.consumable != b.consumable
         || a.access_duration != b.access_duration
         || a.expires_at != b.expires_at
 }

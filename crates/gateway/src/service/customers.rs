@@ -206,15 +206,17 @@ pub async fn grant(
     }
     let action = match target {
         GrantTarget::Product(pid) => {
-            if products::get(db, app, &pid).await?.is_none() {
+            let Some(product) = products::get(db, app, &pid).await? else {
                 return Err(ServiceError::not_found(
                     "product_not_found",
                     format!("There is no product {:?} in this app.", pid.as_str()),
                 ));
-            }
+            };
             ManualAction::GrantProduct {
                 product_id: pid,
                 expires_at,
+                // What was granted stays what it was, whatever the catalog says later.
+                terms: Some(product.terms()),
             }
         }
         GrantTarget::Entitlement(eid) => {

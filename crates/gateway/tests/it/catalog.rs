@@ -272,3 +272,27 @@ both!(
         );
     }
 );
+
+both!(
+    repricing_a_consumable_changes_no_balance,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        app.post(
+            "/v1/apps/acme/customers/u1/grants",
+            json!({"product_id": "coins100", "reason": "gift"}),
+        )
+        .await
+        .expect(201);
+        app.put("/v1/apps/acme/products/coins100", json!({"kind": "consumable", "store_skus": {"app_store": "edu.acme.coins100"}, "consumable": {"currency": "COINS", "amount": 1000}})).await.expect(200);
+        app.put("/v1/apps/acme/products/pass30", json!({"kind": "non_renewing", "access_duration": "P60D", "entitlements": [{"id": "pass"}]})).await.expect(200);
+        let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
+        gateway::jobs::expiry::step(&app.db, &clock).await;
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(
+            snap["balances"]["COINS"], 100,
+            "what was granted stays what it was"
+        );
+        app.put("/v1/apps/acme/products/big", json!({"kind": "consumable", "consumable": {"currency": "COINS", "amount": 9_223_372_036_854_775_807_i64}})).await.error(400, "invalid_product");
+        app.put("/v1/apps/acme/products/long", json!({"kind": "non_renewing", "access_duration": "P8000Y", "entitlements": [{"id": "x"}]})).await.error(400, "invalid_body");
+    }
+);

@@ -18,6 +18,7 @@ fn purchase(product: &str, lineage: &str, events: Vec<StoreEvent>) -> PurchaseFa
         product_id: product.parse().unwrap(),
         store_transaction_id: lineage.into(),
         environment: Some("Sandbox".into()),
+        terms: None,
         events,
     }
 }
