@@ -41,6 +41,24 @@ pub struct Config {
     pub log_level: String,
 }
 
+/// The settings, as file keys; `GATEWAY_` plus the upper-cased key is the environment variable.
+pub const KEYS: [&str; 5] = [
+    "listen",
+    "database_url",
+    "bootstrap_admin_key",
+    "log_format",
+    "log_level",
+];
+
+/// `GATEWAY_*` environment variables that are not settings (a typo, or a platform's own), to warn of.
+pub fn ignored_env() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("GATEWAY_"))
+        .filter(|k| !KEYS.iter().any(|key| env_name(key) == *k))
+        .collect()
+}
+
 /// A configuration that cannot start the gateway, with a sentence naming the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -63,7 +81,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("GATEWAY_"));
+        // Only the gateway's own settings: platforms add variables of their own under any prefix
+        // (Kubernetes adds GATEWAY_SERVICE_HOST for a service named "gateway"). The rest are
+        // reported by `ignored_env` so that a typo is still seen.
+        figment = figment.merge(Env::prefixed("GATEWAY_").only(&KEYS));
         let config: Config = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             if key.is_empty() {

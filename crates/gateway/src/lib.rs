@@ -65,8 +65,9 @@ pub async fn run(
     let expiry = {
         let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
         tokio::spawn(async move {
-            jobs::run_loop("expiry", EXPIRY_TICK, token, || {
-                jobs::expiry::step(&db, &clock)
+            jobs::run_loop("expiry", EXPIRY_TICK, token, move || {
+                let (db, clock) = (db.clone(), clock.clone());
+                async move { jobs::expiry::step(&db, &clock).await }
             })
             .await;
         })

@@ -51,6 +51,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// List every key (never the keys themselves): admin keys and every app's.
+    List,
+    /// Revoke a key at once, by its id (`key_...`), admin keys included.
+    Revoke { id: String },
     /// Create a key and print it as the last line of output (it is shown only once).
     Create {
         /// An admin key: every call, every app.
@@ -98,12 +102,54 @@ async fn main() {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     gateway::telemetry::init_logs(&config);
+    for name in gateway::config::ignored_env() {
+        tracing::warn!(variable = %name, "ignoring an environment variable that is not a setting");
+    }
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let db = connect(&config).await?;
             println!("migrations applied to {}", redact_url(&config.database_url));
             db.close().await;
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::List,
+        } => {
+            let db = connect(&config).await?;
+            for (app, k) in gateway::db::keys::list_all(&db).await? {
+                let state = k
+                    .revoked_at
+                    .map_or_else(|| "live".to_owned(), |t| format!("revoked {t}"));
+                let scopes: Vec<String> = k
+                    .scopes
+                    .iter()
+                    .map(|s| format!("{s:?}").to_lowercase())
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\t{}\t{}...\t{}",
+                    k.id,
+                    app.as_deref().unwrap_or("(all apps)"),
+                    k.kind.as_str(),
+                    scopes.join(","),
+                    k.prefix,
+                    state
+                );
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { id },
+        } => {
+            let db = connect(&config).await?;
+            let now = gateway_core::Clock::now(&SystemClock);
+            let done = gateway::db::keys::revoke_any(&db, &id, now).await?;
+            db.close().await;
+            if !done {
+                bail!("there is no live key {id:?}");
+            }
+            println!("revoked {id}");
             Ok(())
         }
         Command::Keys {

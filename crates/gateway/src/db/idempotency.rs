@@ -5,6 +5,26 @@ use sqlx::Row;
 
 use super::{Db, DbResult};
 
+/// How long a request may hold its key before a retry may take it over: twice the request timeout,
+/// so a request still running is never overtaken.
+pub const IN_FLIGHT_LEASE_MS: i64 = 120_000;
+
+/// How long answers are kept for replay. Clients retry within minutes; a day is generous.
+pub const KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Forgets answers older than [`KEEP_MS`], at most `limit` of them; returns how many.
+pub async fn purge(db: &Db, now_ms: i64, limit: i64) -> DbResult<u64> {
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE (key_id, idem_key) IN \
+         (SELECT key_id, idem_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+    )
+    .bind(now_ms - KEEP_MS)
+    .bind(limit)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// What the table knows of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -39,6 +59,22 @@ pub async fn claim(
     .execute(db.writer())
     .await?;
     if inserted.rows_affected() == 1 {
+        return Ok(Claim::Claimed);
+    }
+    // A claim whose request never finished (the client went away, the process stopped) expires.
+    let stale = now_ms - IN_FLIGHT_LEASE_MS;
+    let taken = sqlx::query(
+        "UPDATE idempotency_keys SET request_hash = $1, created_at = $2 \
+         WHERE key_id = $3 AND idem_key = $4 AND status IS NULL AND created_at < $5",
+    )
+    .bind(request_hash)
+    .bind(now_ms)
+    .bind(key_id)
+    .bind(idem_key)
+    .bind(stale)
+    .execute(db.writer())
+    .await?;
+    if taken.rows_affected() == 1 {
         return Ok(Claim::Claimed);
     }
     let row = sqlx::query("SELECT request_hash, status, response FROM idempotency_keys WHERE key_id = $1 AND idem_key = $2")

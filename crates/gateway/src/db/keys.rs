@@ -95,6 +95,47 @@ pub async fn list_for_app(db: &Db, app: &AppId) -> DbResult<Vec<KeyInfo>> {
         .collect()
 }
 
+/// Every key (admin keys and every app's), never with the key itself.
+pub async fn list_all(db: &Db) -> DbResult<Vec<(Option<String>, KeyInfo)>> {
+    let rows = sqlx::query(
+        "SELECT id, app_id, kind, scopes, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+    )
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let kind: String = row.try_get("kind")?;
+            let revoked: Option<i64> = row.try_get("revoked_at")?;
+            Ok((
+                row.try_get("app_id")?,
+                KeyInfo {
+                    id: row.try_get("id")?,
+                    kind: if kind == "publishable" {
+                        KeyKind::Publishable
+                    } else {
+                        KeyKind::Secret
+                    },
+                    scopes: json_col(row, "scopes")?,
+                    prefix: row.try_get("prefix")?,
+                    created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                    revoked_at: revoked.map(Timestamp::from_millis),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Revokes any key by id (admin keys included); false when there is no such live key.
+pub async fn revoke_any(db: &Db, id: &str, now: Timestamp) -> DbResult<bool> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now.millis())
+            .bind(id)
+            .execute(db.writer())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Revokes a key of an app; false when there is no such live key.
 pub async fn revoke(db: &Db, app: &AppId, id: &str, now: Timestamp) -> DbResult<bool> {
     let done = sqlx::query(

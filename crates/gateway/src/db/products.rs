@@ -45,47 +45,31 @@ fn skus(p: &Product) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// True when two definitions of a product grant differently (not just sell differently).
+/// True when two definitions of a product grant differently. Terms (credits, time boxes) are not
+/// compared: a purchase keeps the terms it was sold with.
 fn grants_differ(a: &Product, b: &Product) -> bool {
-    a.kind != b.kind
-        || a.entitlements != b.entitlements
-        || a.access_duration != b.access_duration
-        || a.expires_at != b.expires_at
+    a.kind != b.kind || a.entitlements != b.entitlements
 }
 
 /// Inserts or replaces a product, with its SKU and entitlement indexes, on `conn` (inside the caller's
 /// transaction). Returns true when the product is new.
+///
+/// The product row is written first: on PostgreSQL its lock orders concurrent writers of one product.
+/// SKUs are claimed with `ON CONFLICT DO NOTHING`, so a SKU raced for by two products is refused
+/// cleanly (`SkuTaken`) instead of failing the transaction.
 pub async fn upsert(
     conn: &mut AnyConnection,
     app: &AppId,
     product: &Product,
     now: Timestamp,
 ) -> Result<bool, SaveProductError> {
-    for (store, sku) in skus(product) {
-        let owner: Option<String> = sqlx::query_scalar(
-            "SELECT product_id FROM product_skus WHERE app_id = $1 AND store = $2 AND sku = $3",
-        )
-        .bind(app.as_str())
-        .bind(store)
-        .bind(&sku)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(owner) = owner.filter(|o| o != product.id.as_str()) {
-            return Err(SaveProductError::SkuTaken { store, sku, owner });
-        }
-    }
+    let definition = serde_json::to_string(product).map_err(DbError::from)?;
     let existing: Option<String> =
         sqlx::query_scalar("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
             .bind(app.as_str())
             .bind(product.id.as_str())
             .fetch_optional(&mut *conn)
             .await?;
-    let previous: Option<Product> = existing
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(DbError::from)?;
-    let definition = serde_json::to_string(product).map_err(DbError::from)?;
     sqlx::query(
         "INSERT INTO products (app_id, id, kind, definition, active, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6) \
@@ -100,9 +84,61 @@ pub async fn upsert(
     .bind(now.millis())
     .execute(&mut *conn)
     .await?;
-    let is_new = previous.is_none();
+    let previous: Option<Product> = existing
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(DbError::from)?;
+
+    for sql in [
+        "DELETE FROM product_skus WHERE app_id = $1 AND product_id = $2",
+        "DELETE FROM product_entitlements WHERE app_id = $1 AND product_id = $2",
+    ] {
+        sqlx::query(sql)
+            .bind(app.as_str())
+            .bind(product.id.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (store, sku) in skus(product) {
+        let claimed = sqlx::query(
+            "INSERT INTO product_skus (app_id, store, sku, product_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (app_id, store, sku) DO NOTHING",
+        )
+        .bind(app.as_str())
+        .bind(store)
+        .bind(&sku)
+        .bind(product.id.as_str())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT product_id FROM product_skus WHERE app_id = $1 AND store = $2 AND sku = $3",
+            )
+            .bind(app.as_str())
+            .bind(store)
+            .bind(&sku)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let owner = owner.unwrap_or_else(|| "another product".to_owned());
+            return Err(SaveProductError::SkuTaken { store, sku, owner });
+        }
+    }
+    for e in &product.entitlements {
+        sqlx::query(
+            "INSERT INTO product_entitlements (app_id, entitlement_id, product_id) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(app.as_str())
+        .bind(e.id.as_str())
+        .bind(product.id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
     // What a product grants decides its holders' state: a change re-derives them (see the expiry job).
-    if let Some(old) = previous.filter(|old| grants_differ(old, product)) {
+    if let Some(old) = previous.as_ref().filter(|old| grants_differ(old, product)) {
         let ids: Vec<_> = old
             .entitlements
             .iter()
@@ -111,40 +147,7 @@ pub async fn upsert(
             .collect();
         super::customers::mark_product_holders_due(conn, app, &product.id, &ids, now).await?;
     }
-
-    for table in ["product_skus", "product_entitlements"] {
-        let sql = match table {
-            "product_skus" => "DELETE FROM product_skus WHERE app_id = $1 AND product_id = $2",
-            _ => "DELETE FROM product_entitlements WHERE app_id = $1 AND product_id = $2",
-        };
-        sqlx::query(sql)
-            .bind(app.as_str())
-            .bind(product.id.as_str())
-            .execute(&mut *conn)
-            .await?;
-    }
-    for (store, sku) in skus(product) {
-        sqlx::query(
-            "INSERT INTO product_skus (app_id, store, sku, product_id) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(app.as_str())
-        .bind(store)
-        .bind(sku)
-        .bind(product.id.as_str())
-        .execute(&mut *conn)
-        .await?;
-    }
-    for e in &product.entitlements {
-        sqlx::query(
-            "INSERT INTO product_entitlements (app_id, entitlement_id, product_id) VALUES ($1, $2, $3)",
-        )
-        .bind(app.as_str())
-        .bind(e.id.as_str())
-        .bind(product.id.as_str())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(is_new)
+    Ok(previous.is_none())
 }
 
 pub async fn get(db: &Db, app: &AppId, id: &ProductId) -> DbResult<Option<Product>> {

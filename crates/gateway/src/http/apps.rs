@@ -150,3 +150,72 @@ pub async fn revoke_key(
         ))
     }
 }
+
+/// Every app.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppList {
+    apps: Vec<AppView>,
+}
+
+/// Lists every app (admin key).
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", responses((status = 200, body = AppList), (status = 403, description = "Not an admin key", body = ErrorBody)))]
+pub async fn list_apps(State(s): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
+    let apps = db::apps::list(&s.db)
+        .await?
+        .iter()
+        .map(apps::public_view)
+        .collect();
+    Ok(ApiJson(AppList { apps }))
+}
+
+/// A key of any app, or an admin key (`app_id` null).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AnyKey {
+    app_id: Option<String>,
+    #[serde(flatten)]
+    key: KeyInfo,
+}
+
+/// Every key.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AllKeys {
+    keys: Vec<AnyKey>,
+}
+
+/// Lists every key, admin keys included (admin key); never the keys themselves.
+#[utoipa::path(get, path = "/v1/keys", tag = "apps", responses((status = 200, body = AllKeys), (status = 403, description = "Not an admin key", body = ErrorBody)))]
+pub async fn list_all_keys(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
+    let keys = db::keys::list_all(&s.db)
+        .await?
+        .into_iter()
+        .map(|(app_id, key)| AnyKey { app_id, key })
+        .collect();
+    Ok(ApiJson(AllKeys { keys }))
+}
+
+/// Revokes any key at once, admin keys included (admin key). The bootstrap key is configuration, not
+/// a stored key: remove it from the configuration instead.
+#[utoipa::path(delete, path = "/v1/keys/{key_id}", tag = "apps", params(("key_id" = String, Path)),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "`key_not_found`", body = ErrorBody)))]
+pub async fn revoke_any_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
+    if db::keys::revoke_any(&s.db, &key_id, s.clock.now()).await? {
+        tracing::info!(key_id = %key_id, "key revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "There is no live key with that id.",
+        ))
+    }
+}

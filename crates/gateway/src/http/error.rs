@@ -4,8 +4,8 @@
 
 use axum::{
     Json,
-    body::Body,
-    extract::{FromRequest, Request, rejection::JsonRejection},
+    body::{Body, Bytes},
+    extract::{FromRequest, Request},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -128,9 +128,83 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime_type::Essence>().ok())
+            .is_some_and(|m| m.is_json());
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as JSON with `Content-Type: application/json`.",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::bad_request("invalid_body", "The body could not be read.")
+            }
+        })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "malformed_json",
+                format!("The body is not valid JSON: {e}."),
+            )
+        })?;
+        if has_nul(&value) {
+            return Err(ApiError::bad_request(
+                "invalid_character",
+                "Text in the body may not contain the NUL character (\\u0000).",
+            ));
+        }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("The body does not fit this call: {e}."),
+            )
+        })
+    }
+}
+
+/// True when any string (or key) in `v` holds a NUL, which PostgreSQL cannot store and no field needs.
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Content types, as far as choosing a body parser needs them.
+mod mime_type {
+    /// The `type/subtype` of a content type, lower-cased, without parameters.
+    pub struct Essence(String);
+
+    impl std::str::FromStr for Essence {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let essence = s
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence.contains('/') {
+                Ok(Essence(essence))
+            } else {
+                Err(())
+            }
+        }
+    }
+
+    impl Essence {
+        /// `application/json` or any `+json` type.
+        pub fn is_json(&self) -> bool {
+            self.0 == "application/json" || self.0.ends_with("+json")
         }
     }
 }
@@ -138,28 +212,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         Json(self.0).into_response()
-    }
-}
-
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the body as JSON with `Content-Type: application/json`.",
-        ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
-            "malformed_json",
-            format!("The body is not valid JSON: {}.", e.body_text()),
-        ),
-        JsonRejection::JsonDataError(e) => ApiError::bad_request(
-            "invalid_body",
-            format!("The body does not fit this call: {}.", e.body_text()),
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            too_large()
-        }
-        other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }
 
@@ -210,6 +262,18 @@ pub async fn shape_errors(req: Request, next: Next) -> Response {
         shaped.headers_mut().insert(header::ALLOW, allow.clone());
     }
     shaped
+}
+
+/// The answer to a request whose handler panicked.
+pub fn panic_answer(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    metrics::counter!("gateway_panics_total").increment(1);
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "The gateway failed to answer; the request changed nothing. Try again.",
+    )
+    .into_response()
 }
 
 /// A plain body response of a content type.

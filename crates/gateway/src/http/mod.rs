@@ -15,6 +15,7 @@ use axum::{Router, extract::DefaultBodyLimit, middleware};
 use gateway_core::{AppId, AppUserId, Clock, EntitlementId, ProductId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -81,7 +82,9 @@ impl utoipa::Modify for BearerAuth {
 /// The API router with its OpenAPI document.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(apps::create_app))
+        .routes(routes!(apps::create_app, apps::list_apps))
+        .routes(routes!(apps::list_all_keys))
+        .routes(routes!(apps::revoke_any_key))
         .routes(routes!(apps::get_app, apps::patch_app))
         .routes(routes!(apps::create_key, apps::list_keys))
         .routes(routes!(apps::revoke_key))
@@ -138,6 +141,8 @@ pub fn router(state: AppState) -> Router {
     ))
     .layer(middleware::from_fn(ops::track))
     .layer(middleware::from_fn(error::shape_errors))
+    // A panic is a bug; the caller still gets the error shape, and the process lives on.
+    .layer(CatchPanicLayer::custom(error::panic_answer))
     .layer(TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,

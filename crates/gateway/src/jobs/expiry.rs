@@ -1,42 +1,64 @@
 //! Expiry: time is an input of the core, so an `expires_at` passing changes nothing by itself. This job
 //! re-evaluates the customers whose recorded next change (`customers.next_change_at`) has come, which
 //! writes the expiry effects (`entitlement.expired` and the rest) without waiting for a read.
+//!
+//! Claims are leases in the database: a step moves each claimed customer's `next_change_at` one
+//! [`LEASE`] ahead before working on it, so several instances never take the same customer at once
+//! (PostgreSQL adds `FOR UPDATE SKIP LOCKED`), a customer that fails is retried after the lease instead
+//! of blocking the batch, and a crashed instance's claims come back by themselves.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use gateway_core::{AppId, AppUserId, Clock};
 use sqlx::Row;
 
 use super::Outcome;
-use crate::{db::Db, service::decision};
+use crate::{
+    db::{Db, Dialect},
+    service::decision,
+};
 
 /// Customers re-evaluated per step: small enough that one step holds no lock for long.
 pub const BATCH: i64 = 100;
 
-/// Re-evaluates up to [`BATCH`] customers that are due.
+/// How long a claim holds: far longer than re-evaluating a batch takes.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// Claims up to [`BATCH`] due customers and re-evaluates them.
 pub async fn step(db: &Db, clock: &Arc<dyn Clock>) -> Outcome {
     let now = clock.now();
-    let rows = sqlx::query(
-        "SELECT app_id, id FROM customers WHERE next_change_at IS NOT NULL AND next_change_at <= $1 \
-         ORDER BY next_change_at LIMIT $2",
-    )
-    .bind(now.millis())
-    .bind(BATCH)
-    .fetch_all(db.reader())
-    .await;
+    let lease_until = now.plus_millis(LEASE.as_millis() as i64);
+    let sql = match db.dialect {
+        Dialect::Postgres => {
+            "UPDATE customers SET next_change_at = $1 WHERE (app_id, id) IN (SELECT app_id, id FROM customers \
+             WHERE next_change_at <= $2 ORDER BY next_change_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING app_id, id"
+        }
+        Dialect::Sqlite => {
+            "UPDATE customers SET next_change_at = $1 WHERE (app_id, id) IN (SELECT app_id, id FROM customers \
+             WHERE next_change_at <= $2 ORDER BY next_change_at LIMIT $3) RETURNING app_id, id"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(lease_until.millis())
+        .bind(now.millis())
+        .bind(BATCH)
+        .fetch_all(db.writer())
+        .await;
     let rows = match rows {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "expiry: could not list due customers");
+            tracing::error!(error = %e, "expiry: could not claim due customers");
             return Outcome::Failed;
         }
     };
     let mut done = 0;
     for row in &rows {
-        let ids: Result<(String, String), _> =
-            (|| Ok::<_, sqlx::Error>((row.try_get("app_id")?, row.try_get("id")?)))();
-        let Ok((app, customer)) = ids else {
-            return Outcome::Failed;
+        let (Ok(app), Ok(customer)) = (
+            row.try_get::<String, _>("app_id"),
+            row.try_get::<String, _>("id"),
+        ) else {
+            continue;
         };
         let (Ok(app), Ok(customer)) = (AppId::parse(app), AppUserId::parse(customer)) else {
             continue;
@@ -48,9 +70,9 @@ pub async fn step(db: &Db, clock: &Arc<dyn Clock>) -> Outcome {
                     tracing::info!(app = %app, customer = %customer, effects = out.effects.len(), "expiry re-evaluated");
                 }
             }
+            // The lease stands: this customer is tried again after it; the rest of the batch goes on.
             Err(e) => {
-                tracing::error!(app = %app, customer = %customer, error = %e, "expiry: re-evaluation failed");
-                return Outcome::Failed;
+                tracing::error!(app = %app, customer = %customer, error = %e, "expiry: re-evaluation failed")
             }
         }
     }

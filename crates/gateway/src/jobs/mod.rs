@@ -20,7 +20,8 @@ pub enum Outcome {
     Failed,
 }
 
-/// Runs `step` until `shutdown`, sleeping as the outcome says.
+/// Runs `step` until `shutdown`, sleeping as the outcome says. Each step runs in a task of its own, so
+/// a panicking step counts as a failed one and the loop goes on.
 pub async fn run_loop<F, Fut>(
     name: &'static str,
     idle: Duration,
@@ -28,11 +29,16 @@ pub async fn run_loop<F, Fut>(
     mut step: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Outcome>,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
 {
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
-        let pause = match step().await {
+        let outcome = tokio::spawn(step()).await.unwrap_or_else(|_| {
+            tracing::error!(job = name, "job step panicked");
+            metrics::counter!("gateway_panics_total").increment(1);
+            Outcome::Failed
+        });
+        let pause = match outcome {
             Outcome::Full(_) => {
                 failures = 0;
                 Duration::ZERO

@@ -207,8 +207,27 @@ fn parse_row(header: &HashMap<String, usize>, rec: &csv::StringRecord) -> Result
     Ok(product)
 }
 
+/// The line (1-based) that byte `offset` of `data` is on. The reader's own line count does not count
+/// `\r\n` and blank lines the way an editor does; counting `\n` does.
+fn line_at(data: &[u8], offset: u64) -> u64 {
+    let mut end = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    // A record's position may point at the line break before it (after `\r`, or at a blank line).
+    while end < data.len() && matches!(data[end], b'\r' | b'\n') {
+        end += 1;
+    }
+    1 + data[..end].iter().filter(|b| **b == b'\n').count() as u64
+}
+
 /// Parses a whole CSV file into products, or every reason it cannot be imported.
 pub fn parse_csv(data: &[u8]) -> Result<Vec<(u64, Product)>, Vec<RowError>> {
+    if let Some(at) = data.iter().position(|b| *b == 0) {
+        return Err(vec![RowError {
+            line: line_at(data, at as u64),
+            message: "the file holds a NUL byte; it is not a text CSV file".into(),
+        }]);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .trim(csv::Trim::Headers)
@@ -227,6 +246,17 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<(u64, Product)>, Vec<RowError>> {
         }
     };
     let mut errors = Vec::new();
+    if let Ok(names) = reader.headers() {
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if !seen.insert(name) {
+                errors.push(RowError {
+                    line: 1,
+                    message: format!("the column {name:?} is named twice"),
+                });
+            }
+        }
+    }
     for name in header.keys() {
         if !CSV_COLUMNS.contains(&name.as_str()) {
             errors.push(RowError {
@@ -257,7 +287,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<(u64, Product)>, Vec<RowError>> {
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
+                let line = e.position().map_or(0, |p| line_at(data, p.byte()));
                 errors.push(RowError {
                     line,
                     message: format!("unreadable row: {e}"),
@@ -265,7 +295,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<(u64, Product)>, Vec<RowError>> {
                 continue;
             }
         };
-        let line = rec.position().map_or(0, |p| p.line());
+        let line = rec.position().map_or(0, |p| line_at(data, p.byte()));
         match parse_row(&header, &rec) {
             Ok(p) => {
                 if let Some(first) = seen.insert(p.id.to_string(), line) {

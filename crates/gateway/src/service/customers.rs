@@ -336,6 +336,12 @@ pub async fn spend(
     let balances = ledger::balances(&mut tx, app, id).await?;
     if let Some((txn, cur, spent)) = ledger::spend_by_key(&mut tx, app, id, idem_key).await? {
         tx.rollback().await?;
+        if cur != currency || -spent != amount {
+            return Err(ServiceError::conflict(
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for another spend of this customer; use a new key for a new spend.",
+            ));
+        }
         let balance = balances.get(&cur).copied().unwrap_or(0);
         return Ok(Spent {
             transaction_id: txn,

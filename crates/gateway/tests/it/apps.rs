@@ -336,3 +336,46 @@ both!(state_survives_a_restart, |app: TestApp| async move {
         4
     );
 });
+
+both!(
+    admin_keys_are_listed_and_revoked,
+    |app: TestApp| async move {
+        app.create_app("acme").await;
+        let admin = gateway::service::keys::create(
+            &app.db,
+            None,
+            gateway::model::KeyKind::Secret,
+            vec![gateway::model::Scope::Admin],
+            t0(),
+        )
+        .await
+        .unwrap();
+        app.key("acme", "secret", &["read"]).await;
+        let all = app.get("/v1/keys").await.expect(200);
+        let keys = all["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(
+            keys.iter()
+                .any(|k| k["app_id"].is_null() && k["id"] == admin.key.id.as_str())
+        );
+        assert!(!all.to_string().contains(&admin.secret));
+        let listed = app
+            .request(Method::GET, "/v1/apps", Some(&admin.secret), None, &[])
+            .await
+            .expect(200);
+        assert_eq!(listed["apps"][0]["id"], "acme");
+        app.delete(&format!("/v1/keys/{}", admin.key.id), None)
+            .await
+            .expect(204);
+        app.request(Method::GET, "/v1/apps", Some(&admin.secret), None, &[])
+            .await
+            .error(401, "unauthorized");
+        app.delete(&format!("/v1/keys/{}", admin.key.id), None)
+            .await
+            .error(404, "key_not_found");
+        let reader = app.key("acme", "secret", &["read"]).await;
+        app.request(Method::GET, "/v1/keys", Some(&reader), None, &[])
+            .await
+            .error(403, "forbidden");
+    }
+);

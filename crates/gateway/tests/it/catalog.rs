@@ -296,3 +296,59 @@ both!(
         app.put("/v1/apps/acme/products/long", json!({"kind": "non_renewing", "access_duration": "P8000Y", "entitlements": [{"id": "x"}]})).await.error(400, "invalid_body");
     }
 );
+
+both!(
+    csv_line_numbers_count_as_an_editor_does,
+    |app: TestApp| async move {
+        app.create_app("acme").await;
+        let import = |csv: &'static str| {
+            let app = &app;
+            async move {
+                app.send_raw(
+                    Method::POST,
+                    "/v1/apps/acme/products/import",
+                    "text/csv",
+                    csv.as_bytes().to_vec(),
+                )
+                .await
+            }
+        };
+        let lines = |body: serde_json::Value| -> Vec<u64> {
+            body["error"]["details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["line"].as_u64().unwrap())
+                .collect()
+        };
+        // Windows line endings.
+        let body = import(
+            "product_id,kind,entitlements\r\np1,nope,e\r\np2,non_consumable,e\r\np3,bad,e\r\n",
+        )
+        .await
+        .error(400, "invalid_csv");
+        assert_eq!(lines(body), vec![2, 4]);
+        // A blank line, then a quoted cell over two lines.
+        let body = import(
+            "product_id,kind,entitlements\np1,non_consumable,e1\n\np2,nope,\"a\nb\"\np3,wrong,e3\n",
+        )
+        .await
+        .error(400, "invalid_csv");
+        assert_eq!(lines(body), vec![4, 6]);
+        let body = import("product_id,kind,kind\np1,non_consumable,consumable\n")
+            .await
+            .error(400, "invalid_csv");
+        assert!(
+            body["error"]["details"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("twice"),
+            "{body}"
+        );
+        import("product_id,kind,entitlements\np1,non_consumable,e\u{0}\n")
+            .await
+            .error(400, "invalid_csv");
+        assert_eq!(app.count("products").await, 0);
+        app.put("/v1/apps/acme/products/p1", json!({"kind": "non_consumable", "entitlements": [{"id": "e", "attributes": {"note": "a\u{0}b"}}]})).await.error(400, "invalid_character");
+    }
+);

@@ -177,3 +177,20 @@ fn a_sqlite_file_and_its_folder_are_created() {
     );
     assert!(path.is_file());
 }
+
+#[test]
+fn unrelated_gateway_variables_do_not_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/x.db", dir.path().display());
+    let out = gateway(&url)
+        .env("GATEWAY_SERVICE_HOST", "10.0.0.1")
+        .env("GATEWAY_PORT", "tcp://10.0.0.1:80")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
