@@ -72,14 +72,27 @@ pub async fn run(
             .await;
         })
     };
+    let housekeeping = {
+        let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            jobs::run_loop("housekeeping", HOUSEKEEPING_TICK, token, move || {
+                let (db, clock) = (db.clone(), clock.clone());
+                async move { jobs::housekeeping::step(&db, clock.as_ref()).await }
+            })
+            .await;
+        })
+    };
     let router = http::router(state);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
-    let _ = expiry.await;
+    let _ = tokio::join!(expiry, housekeeping);
     served
 }
+
+/// How often old idempotent answers are forgotten.
+const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How often the expiry job looks for customers whose access has ended: the longest an
 /// `entitlement.expired` event waits after its `expires_at` when no one reads the customer.

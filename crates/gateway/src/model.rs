@@ -97,7 +97,9 @@ pub struct PlayStoreConfig {
 pub struct StripeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key: Option<Secret>,
-    pub webhook_secret: Secret,
+    /// Required; on PATCH, omitting it keeps the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
 }
@@ -106,7 +108,9 @@ pub struct StripeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevenueCatConfig {
-    pub webhook_authorization: Secret,
+    /// Required; on PATCH, omitting it keeps the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_authorization: Option<Secret>,
 }
 
 /// How customers prove who they are to publishable-key calls.

@@ -91,6 +91,17 @@ pub async fn version(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<i6
     )
 }
 
+/// True when a manual fact with this id is recorded.
+pub async fn manual_fact_exists(db: &Db, app: &AppId, id: &str) -> DbResult<bool> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM manual_facts WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(id)
+            .fetch_one(db.reader())
+            .await?;
+    Ok(n > 0)
+}
+
 /// Adds a manual fact; false when its id was recorded before (a replay).
 pub async fn insert_manual_fact(
     conn: &mut AnyConnection,
@@ -388,6 +399,12 @@ pub struct Recorded {
 /// Reads a customer's recorded state in one consistent read; `None` for a customer never seen.
 pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<Recorded>> {
     let mut tx = db.reader().begin().await?;
+    if db.dialect == super::Dialect::Postgres {
+        // Version, views and balances from one snapshot, not three (SQLite's reads already are).
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+    }
     let version: Option<i64> =
         sqlx::query_scalar("SELECT version FROM customers WHERE app_id = $1 AND id = $2")
             .bind(app.as_str())

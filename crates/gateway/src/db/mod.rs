@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod audit;
+pub mod changes;
 pub mod customers;
 pub mod idempotency;
 pub mod keys;
@@ -106,6 +107,7 @@ pub struct Db {
     pub dialect: Dialect,
     read: AnyPool,
     write: AnyPool,
+    changes: std::sync::Arc<changes::Changes>,
 }
 
 impl Db {
@@ -122,6 +124,7 @@ impl Db {
                     dialect,
                     read,
                     write,
+                    changes: Default::default(),
                 })
             }
             Dialect::Postgres => {
@@ -134,6 +137,7 @@ impl Db {
                     dialect,
                     read: pool.clone(),
                     write: pool,
+                    changes: Default::default(),
                 })
             }
         }
@@ -157,6 +161,11 @@ impl Db {
     /// The pool for writes and read-modify-write transactions.
     pub fn writer(&self) -> &AnyPool {
         &self.write
+    }
+
+    /// Change signals for long polls: writers publish after commit, waiters subscribe.
+    pub fn changes(&self) -> &changes::Changes {
+        &self.changes
     }
 
     /// True when the database answers.

@@ -57,7 +57,8 @@ pub async fn put_product(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let id = parse_product(&product)?;
-    let (product, is_new) = catalog::put(&s.db, &app, body.into_product(id), s.clock.now()).await?;
+    let (product, is_new) =
+        catalog::put(&s.db, &app, body.into_product(id)?, s.clock.now()).await?;
     let status = if is_new {
         StatusCode::CREATED
     } else {

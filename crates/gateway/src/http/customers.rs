@@ -2,7 +2,7 @@
 //! revokes, spending.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
 };
@@ -13,7 +13,7 @@ use super::{
     Access, AppState, app_for,
     auth::{Caller, customer_access},
     catalog::ProductList,
-    error::{ApiError, ApiJson, ApiResult, ErrorBody},
+    error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody},
     parse_entitlement, parse_product, parse_user,
 };
 use crate::{
@@ -41,23 +41,58 @@ pub struct OrderAnswer {
     pub created_at: Timestamp,
 }
 
+/// A long poll: hold the answer until the snapshot's version passes `after_version`, for at most
+/// `wait` seconds.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PollQuery {
+    /// Seconds to hold the answer (at most 50) when `after_version` is given.
+    wait: Option<u64>,
+    /// The version the caller has; the answer comes as soon as the snapshot is newer.
+    after_version: Option<i64>,
+}
+
+/// The request's `Idempotency-Key`, if any.
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 const READ: &[Scope] = &[Scope::Customers, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Customers];
 
 /// The customer snapshot.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), PollQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
     responses((status = 200, description = "The snapshot; a customer never seen has version 0", body = Snapshot), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
 pub async fn get_customer(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user)): Path<(String, String)>,
+    ApiQuery(poll): ApiQuery<PollQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
     let found = app_for(&s, &caller, &app, Access::ScopesOrPublishable(READ)).await?;
     customer_access(&s, &caller, &found, &user, &headers).await?;
     let app = found.id.clone();
-    let snap = customers::snapshot(&s.db, &app, &user, s.clock.now()).await?;
+    let snap = match (poll.wait, poll.after_version) {
+        (Some(wait), Some(after)) => {
+            if wait > customers::MAX_WAIT.as_secs() {
+                return Err(ApiError::bad_request(
+                    "invalid_wait",
+                    format!(
+                        "`wait` is at most {} seconds.",
+                        customers::MAX_WAIT.as_secs()
+                    ),
+                ));
+            }
+            let wait = std::time::Duration::from_secs(wait);
+            customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref()).await?
+        }
+        _ => customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
+    };
     Ok(ApiJson(snap))
 }
 
@@ -93,7 +128,7 @@ pub async fn timeline(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user)): Path<(String, String)>,
-    Query(q): Query<TimelineQuery>,
+    ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
@@ -167,6 +202,7 @@ pub async fn grant(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
@@ -185,6 +221,7 @@ pub async fn grant(
         target,
         reason: body.reason,
         expires_at: body.expires_at,
+        idempotency_key: idempotency_key(&headers),
     };
     let snap = customers::grant(&s.db, &app, &user, grant, caller.id(), s.clock.now()).await?;
     Ok((StatusCode::CREATED, ApiJson(snap)))
@@ -204,20 +241,17 @@ pub async fn revoke(
     State(s): State<AppState>,
     caller: Caller,
     Path((app, user, ent)): Path<(String, String, String)>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> ApiResult<impl IntoResponse> {
     let (user, ent) = (parse_user(&user)?, parse_entitlement(&ent)?);
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
-    let snap = customers::revoke(
-        &s.db,
-        &app,
-        &user,
-        ent,
-        &body.reason,
-        caller.id(),
-        s.clock.now(),
-    )
-    .await?;
+    let revoke = customers::Revoke {
+        entitlement_id: ent,
+        reason: body.reason,
+        idempotency_key: idempotency_key(&headers),
+    };
+    let snap = customers::revoke(&s.db, &app, &user, revoke, caller.id(), s.clock.now()).await?;
     Ok(ApiJson(snap))
 }
 

@@ -169,6 +169,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `Query` whose rejections speak the error shape and name the parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "The query string does not fit this call: {}.",
+                    e.body_text()
+                ),
+            )),
+        }
+    }
+}
+
 /// True when any string (or key) in `v` holds a NUL, which PostgreSQL cannot store and no field needs.
 fn has_nul(v: &serde_json::Value) -> bool {
     match v {

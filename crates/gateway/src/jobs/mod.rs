@@ -4,6 +4,7 @@
 //! database, never in process memory, so any number of instances can run the same job.
 
 pub mod expiry;
+pub mod housekeeping;
 
 use std::time::Duration;
 
@@ -78,4 +79,46 @@ pub fn backoff(failures: u32) -> Duration {
         .min(300_000);
     let jitter = rand::random_range(0..=base / 5);
     Duration::from_millis(base - base / 10 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_step_does_not_end_the_loop() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let token = CancellationToken::new();
+        let (c, t) = (calls.clone(), token.clone());
+        run_loop("test", Duration::from_millis(1), token, move || {
+            let (c, t) = (c.clone(), t.clone());
+            async move {
+                match c.fetch_add(1, Ordering::SeqCst) {
+                    0 => panic!("a bug in a step"),
+                    _ => {
+                        t.cancel();
+                        Outcome::Partial(0)
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the loop ran again after the panic"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_millis(1200));
+        assert!(backoff(3) >= Duration::from_millis(3600));
+        assert!(backoff(30) <= Duration::from_secs(360));
+    }
 }

@@ -146,12 +146,27 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
     }
     if let Some(st) = &s.stripe {
         check_url("stripe.api_base_url", st.api_base_url.as_deref())?;
-        if st.webhook_secret.expose().is_empty() {
+        if st
+            .webhook_secret
+            .as_ref()
+            .is_none_or(|s| s.expose().is_empty())
+        {
             return Err(invalid(
                 "invalid_stripe",
-                "`stripe.webhook_secret` must not be empty.",
+                "`stripe.webhook_secret` is required: the endpoint's signing secret (`whsec_...`).",
             ));
         }
+    }
+    if let Some(rc) = &s.revenuecat
+        && rc
+            .webhook_authorization
+            .as_ref()
+            .is_none_or(|s| s.expose().is_empty())
+    {
+        return Err(invalid(
+            "invalid_revenuecat",
+            "`revenuecat.webhook_authorization` is required: the Authorization header RevenueCat sends.",
+        ));
     }
     if let Some(ca) = &s.customer_auth {
         check_url("customer_auth.jwks_url", ca.jwks_url.as_deref())?;
@@ -246,10 +261,17 @@ pub async fn update(db: &Db, id: &AppId, patch: AppPatch, now: Timestamp) -> Ser
     if let Some(mut v) = patch.stripe {
         if let (Some(new), Some(old)) = (v.as_mut(), old.stripe.as_ref()) {
             keep(&mut new.secret_key, old.secret_key.as_ref());
+            keep(&mut new.webhook_secret, old.webhook_secret.as_ref());
         }
         app.settings.stripe = v;
     }
-    if let Some(v) = patch.revenuecat {
+    if let Some(mut v) = patch.revenuecat {
+        if let (Some(new), Some(old)) = (v.as_mut(), old.revenuecat.as_ref()) {
+            keep(
+                &mut new.webhook_authorization,
+                old.webhook_authorization.as_ref(),
+            );
+        }
         app.settings.revenuecat = v;
     }
     if let Some(v) = patch.customer_auth {

@@ -17,6 +17,9 @@ use crate::db::{Db, products};
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
+    /// Optional; when given it must be the id of the path (so a product read can be written back).
+    #[serde(default)]
+    pub id: Option<ProductId>,
     pub kind: ProductKind,
     #[serde(default)]
     pub store_skus: StoreSkus,
@@ -37,8 +40,15 @@ fn yes() -> bool {
 }
 
 impl ProductBody {
-    pub fn into_product(self, id: ProductId) -> Product {
-        Product {
+    /// The product this body describes under `id`, or why the two disagree.
+    pub fn into_product(self, id: ProductId) -> ServiceResult<Product> {
+        if self.id.as_ref().is_some_and(|body| *body != id) {
+            return Err(ServiceError::bad_request(
+                "id_mismatch",
+                "The body's `id` is not the product id of the path.",
+            ));
+        }
+        Ok(Product {
             id,
             kind: self.kind,
             store_skus: self.store_skus,
@@ -47,7 +57,7 @@ impl ProductBody {
             access_duration: self.access_duration,
             expires_at: self.expires_at,
             active: self.active,
-        }
+        })
     }
 }
 

@@ -12,6 +12,7 @@ use gateway_core::{
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::json;
+use sha2::Digest;
 
 use super::{ServiceError, ServiceResult, decision};
 use crate::{
@@ -125,6 +126,12 @@ pub async fn create_order(
         ));
     }
     let country = country.map(|c| c.trim().to_ascii_uppercase());
+    if country.is_none() && !app.settings.embargoed_countries.is_empty() {
+        return Err(ServiceError::bad_request(
+            "country_required",
+            "This app refuses purchases from some countries: give the buyer's `country` (ISO 3166 alpha-2).",
+        ));
+    }
     if let Some(c) = &country {
         if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
             return Err(ServiceError::bad_request(
@@ -181,6 +188,28 @@ pub struct Grant {
     pub target: GrantTarget,
     pub reason: String,
     pub expires_at: Option<Timestamp>,
+    /// The request's `Idempotency-Key`: a retry with it records nothing new.
+    pub idempotency_key: Option<String>,
+}
+
+/// A manual revoke as asked for.
+#[derive(Debug, Clone)]
+pub struct Revoke {
+    pub entitlement_id: EntitlementId,
+    pub reason: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// The id of a manual fact: derived from the caller and its `Idempotency-Key` when there is one, so
+/// that a retry of a request whose answer was lost is the same fact (a no-op), never a second grant.
+fn manual_fact_id(actor: &str, idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let digest = sha2::Sha256::digest(format!("{actor}\0{key}").as_bytes());
+            format!("man_{}", &hex::encode(digest)[..32])
+        }
+        None => db::new_id("man"),
+    }
 }
 
 /// Grants by hand, with a reason kept in the audit log.
@@ -196,6 +225,7 @@ pub async fn grant(
         target,
         reason,
         expires_at,
+        idempotency_key,
     } = grant;
     let reason = super::reason(&reason)?;
     if expires_at.is_some_and(|e| e <= now) {
@@ -236,7 +266,7 @@ pub async fn grant(
         }
     };
     let fact = ManualFact {
-        id: db::new_id("man"),
+        id: manual_fact_id(actor, idempotency_key.as_deref()),
         at: now,
         action,
         reason: reason.clone(),
@@ -259,12 +289,21 @@ pub async fn revoke(
     db: &Db,
     app: &AppId,
     id: &AppUserId,
-    eid: EntitlementId,
-    reason: &str,
+    revoke: Revoke,
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
-    let reason = super::reason(reason)?;
+    let Revoke {
+        entitlement_id: eid,
+        reason,
+        idempotency_key,
+    } = revoke;
+    let reason = super::reason(&reason)?;
+    let fact_id = manual_fact_id(actor, idempotency_key.as_deref());
+    if customers::manual_fact_exists(db, app, &fact_id).await? {
+        // A retry of a revoke that was recorded: answer as the first time did.
+        return snapshot(db, app, id, now).await;
+    }
     let current = snapshot(db, app, id, now).await?;
     let holds = current.entitlements.iter().any(|e| {
         e.id == eid
@@ -280,7 +319,7 @@ pub async fn revoke(
         ));
     }
     let fact = ManualFact {
-        id: db::new_id("man"),
+        id: fact_id,
         at: now,
         action: ManualAction::Revoke {
             entitlement_id: eid,
@@ -406,6 +445,7 @@ pub async fn spend(
     )
     .await?;
     tx.commit().await?;
+    db.changes().publish(app, id);
     metrics::counter!("gateway_spends_total").increment(1);
     Ok(Spent {
         transaction_id: txn,
@@ -414,4 +454,40 @@ pub async fn spend(
         balance,
         version: row.version,
     })
+}
+
+/// How often a long poll re-reads the database: the longest a change committed by another instance
+/// waits to be seen. Changes of this instance wake the poll at once.
+const CROSS_INSTANCE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest a long poll may hold: under the request timeout, so a poll always answers 200.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
+
+/// The snapshot once its version passes `after_version`, or as it is when `wait` runs out.
+pub async fn snapshot_after(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    after_version: i64,
+    wait: std::time::Duration,
+    clock: &dyn gateway_core::Clock,
+) -> ServiceResult<Snapshot> {
+    let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+    loop {
+        let signal = db.changes().subscribe(app, id);
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        // Registered before the read, so a commit between the read and the wait still wakes us.
+        notified.as_mut().enable();
+        let snap = snapshot(db, app, id, clock.now()).await?;
+        let now = tokio::time::Instant::now();
+        if snap.version > after_version || now >= deadline {
+            return Ok(snap);
+        }
+        let pause = (deadline - now).min(CROSS_INSTANCE_POLL);
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }

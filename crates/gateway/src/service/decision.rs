@@ -182,6 +182,9 @@ pub async fn apply(
     )
     .await?;
     tx.commit().await?;
+    if changed {
+        db.changes().publish(app, customer);
+    }
     metrics::counter!("gateway_decisions_total", "source" => input.source).increment(1);
     Ok(Outcome {
         duplicate: false,

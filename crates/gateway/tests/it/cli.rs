@@ -39,6 +39,51 @@ async fn cli_story(backend: Backend) {
     let key = stdout.lines().last().unwrap().trim().to_owned();
     assert!(key.starts_with("sk_") && key.len() > 40, "{stdout}");
 
+    let out = gateway(&db.url).args(["keys", "list"]).output().unwrap();
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let id = listing.split_whitespace().next().unwrap().to_owned();
+    assert!(
+        id.starts_with("key_") && listing.contains("(all apps)") && !listing.contains(&key),
+        "{listing}"
+    );
+    let out = gateway(&db.url)
+        .args(["keys", "create", "--admin"])
+        .output()
+        .unwrap();
+    let spare = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = gateway(&db.url).args(["keys", "list"]).output().unwrap();
+    let spare_id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = gateway(&db.url)
+        .args(["keys", "revoke", &spare_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gateway(&db.url)
+        .args(["keys", "revoke", &spare_id])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a revoked key cannot be revoked again"
+    );
     let db = std::sync::Arc::new(db);
     let app = spawn_on(backend, db.clone()).await;
     app.request(
@@ -50,6 +95,9 @@ async fn cli_story(backend: Backend) {
     )
     .await
     .expect(201);
+    app.request(Method::GET, "/v1/apps", Some(&spare), None, &[])
+        .await
+        .error(401, "unauthorized");
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("catalog.csv");

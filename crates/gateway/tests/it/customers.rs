@@ -390,7 +390,7 @@ both!(
         assert_eq!(obf.len(), 64);
         assert!(!obf.contains("u1"));
         let second = app
-            .post(path, json!({"product_ids": ["pass30"]}))
+            .post(path, json!({"product_ids": ["pass30"], "country": "FR"}))
             .await
             .expect(201);
         assert_ne!(second["app_account_token"], order["app_account_token"]);
@@ -401,7 +401,7 @@ both!(
         let other = app
             .post(
                 "/v1/apps/acme/customers/u2/orders",
-                json!({"product_ids": ["cs101"]}),
+                json!({"product_ids": ["cs101"], "country": "DE"}),
             )
             .await
             .expect(201);
@@ -411,13 +411,16 @@ both!(
         );
 
         let before = app.count("orders").await;
+        app.post(path, json!({"product_ids": ["cs101"]}))
+            .await
+            .error(400, "country_required");
         app.post(path, json!({"product_ids": ["cs101"], "country": "CU"}))
             .await
             .error(403, "embargoed");
-        app.post(path, json!({"product_ids": ["nope"]}))
+        app.post(path, json!({"product_ids": ["nope"], "country": "US"}))
             .await
             .error(404, "product_not_found");
-        app.post(path, json!({"product_ids": []}))
+        app.post(path, json!({"product_ids": [], "country": "US"}))
             .await
             .error(400, "invalid_order");
         app.post(path, json!({"product_ids": ["cs101"], "country": "USA"}))
@@ -426,7 +429,7 @@ both!(
         app.delete("/v1/apps/acme/products/cs101", None)
             .await
             .expect(200);
-        app.post(path, json!({"product_ids": ["cs101"]}))
+        app.post(path, json!({"product_ids": ["cs101"], "country": "US"}))
             .await
             .error(409, "product_inactive");
         assert_eq!(app.count("orders").await, before);

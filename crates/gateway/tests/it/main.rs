@@ -8,4 +8,5 @@ mod catalog;
 mod cli;
 mod customers;
 mod decisions;
+mod robustness;
 mod service;
