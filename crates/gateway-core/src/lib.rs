@@ -9,8 +9,10 @@
 //! - [`purchase`]: a purchase's state as a fold over its facts, in the store's own time order.
 //! - [`decide`]: a customer's derived state, and effects as the difference of two states.
 //! - [`ledger`]: double-entry rules for consumable balances.
+//! - [`apple`]: Apple-signed data (JWS with an x5c chain) and its payloads.
 //! - [`audit`]: the hash chain that makes tampering with the audit log visible.
 
+pub mod apple;
 pub mod audit;
 pub mod catalog;
 pub mod decide;
