@@ -1,0 +1,237 @@
+//! Apple-shaped signed data: a three-certificate chain (P-256, like Apple's signing leaf) and compact
+//! JWS with the `x5c` header Apple writes: standard base64 DER of leaf, intermediate and root.
+
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair},
+};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Apple's marker extension on signing (leaf) certificates.
+const LEAF_OID: &[u64] = &[1, 2, 840, 113_635, 100, 6, 11, 1];
+/// Apple's marker extension on WWDR intermediate certificates.
+const INTERMEDIATE_OID: &[u64] = &[1, 2, 840, 113_635, 100, 6, 2, 1];
+/// DER NULL, the content Apple's marker extensions carry.
+const DER_NULL: [u8; 2] = [0x05, 0x00];
+
+/// Why a chain could not be made or a payload signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("the signing key was refused: {0}")]
+    Key(String),
+    #[error("signing failed")]
+    Sign,
+}
+
+/// How to shape a simulated chain; the defaults give one that verifies like Apple's.
+#[derive(Debug, Clone)]
+pub struct ChainOptions {
+    pub leaf_marker: bool,
+    pub intermediate_marker: bool,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            leaf_marker: true,
+            intermediate_marker: true,
+            not_before: now - Duration::days(365),
+            not_after: now + Duration::days(3650),
+        }
+    }
+}
+
+/// A simulated Apple signing chain and its leaf key.
+pub struct AppleChain {
+    root_pem: String,
+    x5c: [String; 3],
+    leaf_key: EcdsaKeyPair,
+}
+
+impl std::fmt::Debug for AppleChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppleChain").finish_non_exhaustive()
+    }
+}
+
+fn params(cn: &str, options: &ChainOptions) -> Result<CertificateParams, rcgen::Error> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Purchase Gateway Store Simulator");
+    p.not_before = options.not_before;
+    p.not_after = options.not_after;
+    Ok(p)
+}
+
+impl AppleChain {
+    /// A new chain that verifies as Apple's does, valid from a year ago for ten years.
+    pub fn generate() -> Result<Self, SimError> {
+        Self::generate_with(&ChainOptions::default())
+    }
+
+    /// A new chain shaped by `options` (for negative tests: no marker OIDs, expired, ...).
+    pub fn generate_with(options: &ChainOptions) -> Result<Self, SimError> {
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut root_params = params("Simulated Apple Root CA", options)?;
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = root_params.self_signed(&root_key)?;
+        let root_issuer = Issuer::new(root_params, root_key);
+
+        let inter_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut inter_params = params("Simulated Apple Worldwide Developer Relations CA", options)?;
+        inter_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        inter_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        if options.intermediate_marker {
+            inter_params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    INTERMEDIATE_OID,
+                    DER_NULL.to_vec(),
+                ));
+        }
+        let inter = inter_params.signed_by(&inter_key, &root_issuer)?;
+        let inter_issuer = Issuer::new(inter_params, inter_key);
+
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut leaf_params = params(
+            "Simulated Prod ECC Mac App Store and iTunes Store Receipt Signing",
+            options,
+        )?;
+        leaf_params.is_ca = IsCa::ExplicitNoCa;
+        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if options.leaf_marker {
+            leaf_params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    LEAF_OID,
+                    DER_NULL.to_vec(),
+                ));
+        }
+        let leaf = leaf_params.signed_by(&leaf_key, &inter_issuer)?;
+
+        let signing =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &leaf_key.serialize_der())
+                .map_err(|e| SimError::Key(e.to_string()))?;
+        Ok(Self {
+            root_pem: root.pem(),
+            x5c: [
+                STANDARD.encode(leaf.der()),
+                STANDARD.encode(inter.der()),
+                STANDARD.encode(root.der()),
+            ],
+            leaf_key: signing,
+        })
+    }
+
+    /// The root to pin (an app's `root_certificates_pem`).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Signs `payload` as the App Store does: compact JWS, ES256, `x5c` = [leaf, intermediate, root].
+    pub fn sign(&self, payload: &serde_json::Value) -> Result<String, SimError> {
+        let header = serde_json::json!({"alg": "ES256", "x5c": self.x5c});
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(payload.to_string())
+        );
+        let signature = self
+            .leaf_key
+            .sign(&SystemRandom::new(), signing_input.as_bytes())
+            .map_err(|_| SimError::Sign)?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.as_ref())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gateway_core::{
+        Timestamp,
+        apple::{AppleEnvironment, SignedDataVerifier, TrustedRoots, VerifyError},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    fn verifier(chain: &AppleChain) -> SignedDataVerifier {
+        SignedDataVerifier::new(
+            TrustedRoots::from_pems(&[chain.root_pem()]).unwrap(),
+            "edu.acme.app",
+            AppleEnvironment::Sandbox,
+            None,
+        )
+    }
+
+    fn transaction(signed_date: i64) -> serde_json::Value {
+        json!({"transactionId": "2000000001", "originalTransactionId": "2000000001", "bundleId": "edu.acme.app",
+               "productId": "edu.acme.cs101", "type": "Non-Consumable", "purchaseDate": signed_date,
+               "signedDate": signed_date, "environment": "Sandbox", "inAppOwnershipType": "PURCHASED"})
+    }
+
+    #[test]
+    fn signed_data_verifies_as_apple_signed_data_does() {
+        let chain = AppleChain::generate().unwrap();
+        let now = Timestamp::from_datetime(OffsetDateTime::now_utc());
+        let jws = chain.sign(&transaction(now.millis())).unwrap();
+        let t = verifier(&chain).verify_transaction(&jws, now).unwrap();
+        assert_eq!(t.transaction_id.as_deref(), Some("2000000001"));
+        // Another simulator's chain is not trusted.
+        let other = AppleChain::generate().unwrap();
+        assert_eq!(
+            verifier(&other).verify_transaction(&jws, now).unwrap_err(),
+            VerifyError::UntrustedChain
+        );
+    }
+
+    #[test]
+    fn chains_without_markers_or_out_of_date_are_refused() {
+        let now = Timestamp::from_datetime(OffsetDateTime::now_utc());
+        let no_leaf = AppleChain::generate_with(&ChainOptions {
+            leaf_marker: false,
+            ..Default::default()
+        })
+        .unwrap();
+        let jws = no_leaf.sign(&transaction(now.millis())).unwrap();
+        assert!(matches!(
+            verifier(&no_leaf).verify_transaction(&jws, now),
+            Err(VerifyError::MissingAppleOid(_))
+        ));
+        let no_inter = AppleChain::generate_with(&ChainOptions {
+            intermediate_marker: false,
+            ..Default::default()
+        })
+        .unwrap();
+        let jws = no_inter.sign(&transaction(now.millis())).unwrap();
+        assert!(matches!(
+            verifier(&no_inter).verify_transaction(&jws, now),
+            Err(VerifyError::MissingAppleOid(_))
+        ));
+        let chain = AppleChain::generate().unwrap();
+        let long_ago = now.millis() - 3 * 365 * 86_400_000;
+        let jws = chain.sign(&transaction(long_ago)).unwrap();
+        assert_eq!(
+            verifier(&chain).verify_transaction(&jws, now).unwrap_err(),
+            VerifyError::UntrustedChain,
+            "signed before the chain was valid"
+        );
+    }
+}
