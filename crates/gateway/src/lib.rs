@@ -7,6 +7,7 @@
 //! - [`http`]: the router, extractors and one module per resource.
 //! - [`jobs`]: background work (expiry), claimed in the database.
 //! - [`model`]: apps, keys and secrets.
+//! - [`stores`]: store adapters (the App Store).
 //! - [`telemetry`]: logs and metrics.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod jobs;
 pub mod model;
 pub mod service;
+pub mod stores;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -52,6 +54,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         metrics: telemetry::metrics(),
         bootstrap_hash,
         jwks: Arc::new(service::customer_auth::JwksCache::new(http)),
+        apple: Arc::new(stores::apple::Verifiers::default()),
     })
 }
 

@@ -387,6 +387,23 @@ pub async fn mark_product_holders_due(
     Ok(())
 }
 
+/// The customer a store purchase lineage belongs to, if it is recorded.
+pub async fn purchase_owner(
+    db: &Db,
+    app: &AppId,
+    store: Store,
+    lineage: &str,
+) -> DbResult<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT customer_id FROM purchases WHERE app_id = $1 AND store = $2 AND store_transaction_id = $3",
+    )
+    .bind(app.as_str())
+    .bind(store.as_str())
+    .bind(lineage)
+    .fetch_optional(db.reader())
+    .await?)
+}
+
 /// What a snapshot is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Recorded {

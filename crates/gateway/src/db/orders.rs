@@ -39,6 +39,33 @@ pub async fn insert(db: &Db, order: &Order) -> DbResult<()> {
     Ok(())
 }
 
+/// An order of an app by its id.
+pub async fn by_id(db: &Db, app: &AppId, id: &str) -> DbResult<Option<Order>> {
+    let row = sqlx::query(
+        "SELECT id, app_id, customer_id, app_account_token, obfuscated_account_id, items, country, status, created_at \
+         FROM orders WHERE app_id = $1 AND id = $2",
+    )
+    .bind(app.as_str())
+    .bind(id)
+    .fetch_optional(db.reader())
+    .await?;
+    row.map(|r| from_row(&r)).transpose()
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> DbResult<Order> {
+    Ok(Order {
+        id: r.try_get("id")?,
+        app_id: super::parsed_col(r, "app_id")?,
+        customer_id: super::parsed_col(r, "customer_id")?,
+        app_account_token: r.try_get("app_account_token")?,
+        obfuscated_account_id: r.try_get("obfuscated_account_id")?,
+        items: json_col(r, "items")?,
+        country: r.try_get("country")?,
+        status: r.try_get("status")?,
+        created_at: Timestamp::from_millis(r.try_get("created_at")?),
+    })
+}
+
 /// The order that issued `token`, in any app.
 pub async fn by_app_account_token(db: &Db, app: &AppId, token: &str) -> DbResult<Option<Order>> {
     let row = sqlx::query(

@@ -228,6 +228,20 @@ pub async fn catalog_subset(
     Ok(catalog)
 }
 
+/// The product a store SKU names, if any.
+pub async fn by_sku(db: &Db, app: &AppId, store: &str, sku: &str) -> DbResult<Option<Product>> {
+    let row = sqlx::query(
+        "SELECT p.definition FROM product_skus s JOIN products p ON p.app_id = s.app_id AND p.id = s.product_id \
+         WHERE s.app_id = $1 AND s.store = $2 AND s.sku = $3",
+    )
+    .bind(app.as_str())
+    .bind(store)
+    .bind(sku)
+    .fetch_optional(db.reader())
+    .await?;
+    row.as_ref().map(|r| json_col(r, "definition")).transpose()
+}
+
 /// True when some product of the app grants `entitlement`.
 pub async fn entitlement_known(
     db: &Db,

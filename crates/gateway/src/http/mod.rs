@@ -8,6 +8,7 @@ pub mod customers;
 pub mod error;
 pub mod idempotency;
 pub mod ops;
+pub mod purchases;
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub bootstrap_hash: Option<String>,
     /// Customer JWT keys of the apps that use them.
     pub jwks: Arc<crate::service::customer_auth::JwksCache>,
+    /// App Store verifiers by app, with their chain caches.
+    pub apple: Arc<crate::stores::apple::Verifiers>,
 }
 
 #[derive(OpenApi)]
@@ -103,6 +106,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(customers::grant))
         .routes(routes!(customers::revoke))
         .routes(routes!(customers::spend))
+        .routes(routes!(purchases::submit))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod app_store;
 mod apps;
 mod catalog;
 mod cli;

@@ -1,0 +1,102 @@
+//! `POST /v1/apps/{app}/purchases`: an app submits what the store gave it.
+
+use axum::{
+    extract::{Path, State},
+    http::HeaderMap,
+    response::IntoResponse,
+};
+use gateway_core::ids::Store;
+use serde::Deserialize;
+
+use super::{
+    Access, AppState, app_for,
+    auth::{Caller, customer_access},
+    error::{ApiError, ApiJson, ApiResult, ErrorBody},
+    parse_user,
+};
+use crate::{
+    model::Scope,
+    service::purchases::{self, Submission, Submitted},
+};
+
+/// The body of a purchase submission.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseBody {
+    app_user_id: String,
+    /// `app_store`, `play_store` or `stripe`.
+    store: String,
+    #[serde(default)]
+    order_id: Option<String>,
+    /// StoreKit 2: the transaction's `jwsRepresentation`.
+    #[serde(default)]
+    signed_transaction: Option<String>,
+    #[serde(default)]
+    transaction_id: Option<String>,
+    #[serde(default)]
+    receipt_data: Option<String>,
+    #[serde(default)]
+    product_id: Option<String>,
+    #[serde(default)]
+    purchase_token: Option<String>,
+    #[serde(default)]
+    checkout_session_id: Option<String>,
+}
+
+/// Submits a store purchase: verified with the store, mapped to the catalog, decided.
+#[utoipa::path(post, path = "/v1/apps/{app}/purchases", tag = "customers", params(("app" = String, Path)), request_body = PurchaseBody,
+    responses((status = 200, description = "The decision and the customer after it", body = Submitted),
+              (status = 422, description = "The store's signature or data was refused (`invalid_signature`, `untrusted_certificate_chain`, `wrong_app`, `wrong_environment`, `unknown_product`, ...)", body = ErrorBody),
+              (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+pub async fn submit(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PurchaseBody>,
+) -> ApiResult<impl IntoResponse> {
+    let user = parse_user(&body.app_user_id)?;
+    let app = app_for(
+        &s,
+        &caller,
+        &app,
+        Access::ScopesOrPublishable(&[Scope::Purchases]),
+    )
+    .await?;
+    customer_access(&s, &caller, &app, &user, &headers).await?;
+    let store = Store::parse(&body.store)
+        .filter(|s| *s != Store::Manual)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_store",
+                "`store` is app_store, play_store or stripe.",
+            )
+        })?;
+    let product_id = body
+        .product_id
+        .as_deref()
+        .map(super::parse_product)
+        .transpose()?;
+    let submission = Submission {
+        store,
+        order_id: body.order_id,
+        product_id,
+        signed_transaction: body.signed_transaction,
+        transaction_id: body.transaction_id,
+        receipt_data: body.receipt_data,
+        purchase_token: body.purchase_token,
+        checkout_session_id: body.checkout_session_id,
+    };
+    let answer = purchases::submit(
+        &s.db,
+        &s.apple,
+        &app,
+        &user,
+        submission,
+        caller.id(),
+        s.clock.now(),
+    )
+    .await?;
+    tracing::info!(app = %app.id, customer = %user, status = answer.status, "purchase submitted");
+    Ok(ApiJson(answer))
+}

@@ -1,0 +1,209 @@
+//! Submitting a purchase: the app hands over what the store gave it; the gateway verifies it with the
+//! store's own means, maps it to the catalog and the customer, and decides. A client's word changes
+//! nothing until the store said the same (invariant 1): only verified data becomes facts.
+
+use gateway_core::{AppUserId, Timestamp, apple::VerifyError, decide::PurchaseView, ids::Store};
+use serde::Serialize;
+
+use super::{Kind, ServiceError, ServiceResult, customers, decision};
+use crate::db::customers as recorded;
+use crate::{
+    db::{self, Db, orders, products},
+    model::App,
+    stores::apple::{self, Verifiers},
+};
+
+/// What an app submits.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub store: Store,
+    /// The order this purchase completes, if the app started one.
+    pub order_id: Option<String>,
+    /// The product the app believes it sold; checked against what the store signed.
+    pub product_id: Option<gateway_core::ProductId>,
+    pub signed_transaction: Option<String>,
+    pub transaction_id: Option<String>,
+    pub receipt_data: Option<String>,
+    /// Google Play and Stripe inputs: refused for the App Store.
+    pub purchase_token: Option<String>,
+    pub checkout_session_id: Option<String>,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Submitted {
+    /// `granted`, `pending` or `rejected`.
+    pub status: &'static str,
+    /// Why a purchase was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the app should finish the StoreKit transaction now: the decision is recorded durably.
+    pub finish_transaction: bool,
+    pub purchase: PurchaseView,
+    pub customer: customers::Snapshot,
+}
+
+impl From<VerifyError> for ServiceError {
+    fn from(e: VerifyError) -> Self {
+        ServiceError::new(
+            Kind::Unprocessable,
+            e.code(),
+            format!("The signed transaction was refused: {e}."),
+        )
+    }
+}
+
+/// Verifies and decides on a submitted store purchase for `customer`.
+pub async fn submit(
+    db: &Db,
+    verifiers: &Verifiers,
+    app: &App,
+    customer: &AppUserId,
+    submission: Submission,
+    actor: &str,
+    now: Timestamp,
+) -> ServiceResult<Submitted> {
+    if submission.store != Store::AppStore {
+        return Err(ServiceError::bad_request(
+            "store_not_supported",
+            format!(
+                "Purchases from {} are not taken yet; `app_store` is.",
+                submission.store.as_str()
+            ),
+        ));
+    }
+    if submission.purchase_token.is_some() || submission.checkout_session_id.is_some() {
+        return Err(ServiceError::bad_request(
+            "field_not_for_store",
+            "`purchase_token` and `checkout_session_id` belong to Google Play and Stripe, not the App Store.",
+        ));
+    }
+    if let Some(order_id) = &submission.order_id {
+        let order = orders::by_id(db, &app.id, order_id).await?.ok_or_else(|| {
+            ServiceError::not_found(
+                "order_not_found",
+                format!("There is no order {order_id:?} in this app."),
+            )
+        })?;
+        if order.customer_id != *customer {
+            return Err(ServiceError::conflict(
+                "order_of_another_customer",
+                "This order was started by another customer.",
+            ));
+        }
+    }
+    let Some(jws) = submission.signed_transaction else {
+        let what = if submission.transaction_id.is_some() {
+            "`transaction_id` lookups"
+        } else if submission.receipt_data.is_some() {
+            "legacy `receipt_data`"
+        } else {
+            ""
+        };
+        return Err(if what.is_empty() {
+            ServiceError::bad_request(
+                "signed_transaction_required",
+                "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation).",
+            )
+        } else {
+            ServiceError::bad_request(
+                "input_not_supported",
+                format!("{what} are not taken yet; send the StoreKit 2 `signed_transaction`."),
+            )
+        });
+    };
+    let verifier = verifiers.for_app(app)?;
+    let t = verifier.verify_transaction(&jws, now)?;
+
+    let sku = t.product_id.clone().unwrap_or_default();
+    let product = products::by_sku(db, &app.id, "app_store", &sku)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::new(
+                Kind::Unprocessable,
+                "unknown_product",
+                format!("No product of this app has the App Store product id {sku:?}."),
+            )
+        })?;
+    if let Some(expected) = &submission.product_id
+        && *expected != product.id
+    {
+        return Err(ServiceError::conflict(
+            "product_mismatch",
+            format!(
+                "The store signed a purchase of {}, not of {expected}.",
+                product.id
+            ),
+        ));
+    }
+    if let Some(token) = t.app_account_token.as_deref()
+        && let Some(order) = orders::by_app_account_token(db, &app.id, token).await?
+        && order.customer_id != *customer
+    {
+        return Err(ServiceError::conflict(
+            "transaction_of_another_customer",
+            "This transaction's appAccountToken was issued to another customer.",
+        ));
+    }
+    let facts = apple::transaction_facts(&t, db::new_id("pur"), &product)?;
+    let lineage = facts.store_transaction_id.clone();
+    if let Some(owner) = recorded::purchase_owner(db, &app.id, Store::AppStore, &lineage).await?
+        && owner != customer.as_str()
+    {
+        return Err(ServiceError::conflict(
+            "purchase_of_another_customer",
+            "This store purchase belongs to another customer of this app.",
+        ));
+    }
+    let transaction_id = t.transaction_id.clone().unwrap_or_default();
+    let input = decision::Input {
+        source: "app_store.client",
+        dedupe_key: format!(
+            "transaction:{transaction_id}:{}",
+            t.signed_date.unwrap_or_default()
+        ),
+        raw: jws,
+        cause: format!("The app submitted App Store transaction {transaction_id} ({sku})."),
+        actor: actor.to_owned(),
+        manual: Vec::new(),
+        purchases: vec![facts],
+    };
+    decision::apply(db, &app.id, customer, input, now).await?;
+
+    let snapshot = customers::snapshot(db, &app.id, customer, now).await?;
+    let purchase = snapshot
+        .purchases
+        .iter()
+        .find(|p| p.store == Store::AppStore && p.store_transaction_id == lineage)
+        .cloned()
+        .ok_or_else(|| {
+            ServiceError::Internal(db::DbError::Corrupt(format!(
+                "purchase {lineage} was not recorded"
+            )))
+        })?;
+    use gateway_core::PurchaseStatus as S;
+    let (status, reason) = match purchase.status {
+        S::Active => ("granted", None),
+        S::Pending => ("pending", None),
+        S::Refunded => (
+            "rejected",
+            Some("The store refunded this purchase.".to_owned()),
+        ),
+        S::Revoked => (
+            "rejected",
+            Some("The store revoked this purchase.".to_owned()),
+        ),
+        S::Expired => ("rejected", Some("This purchase has expired.".to_owned())),
+        S::Rejected => (
+            "rejected",
+            Some("The gateway refused this purchase.".to_owned()),
+        ),
+    };
+    Ok(Submitted {
+        status,
+        reason,
+        finish_transaction: status != "pending",
+        purchase,
+        customer: snapshot,
+    })
+}

@@ -1,0 +1,260 @@
+//! App Store purchases submitted by an app, signed by the simulator exactly as Apple signs them.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use store_sim::apple::AppleChain;
+
+use crate::{both, helpers::*};
+
+struct Store {
+    chain: AppleChain,
+}
+
+impl Store {
+    /// An app whose App Store settings pin the simulator's root, with the standard catalog.
+    async fn open(app: &TestApp) -> Store {
+        app.seed_catalog("acme").await;
+        let chain = AppleChain::generate().unwrap();
+        app.patch("/v1/apps/acme", json!({"app_store": {"bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()]}})).await.expect(200);
+        Store { chain }
+    }
+
+    fn transaction(&self, id: &str, sku: &str, purchased: i64, extra: Value) -> String {
+        let mut t = json!({
+            "transactionId": id, "originalTransactionId": id, "bundleId": "edu.acme.app", "productId": sku,
+            "purchaseDate": purchased, "originalPurchaseDate": purchased, "signedDate": purchased,
+            "environment": "Sandbox", "inAppOwnershipType": "PURCHASED", "type": "Non-Consumable", "quantity": 1,
+            "transactionReason": "PURCHASE", "storefront": "USA", "price": 9990, "currency": "USD"
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        self.chain.sign(&t).unwrap()
+    }
+}
+
+async fn submit(app: &TestApp, user: &str, jws: &str) -> Answer {
+    app.request(
+        Method::POST,
+        "/v1/apps/acme/purchases",
+        Some(ADMIN_KEY),
+        Some(json!({"app_user_id": user, "store": "app_store", "signed_transaction": jws})),
+        &[],
+    )
+    .await
+}
+
+both!(
+    a_verified_purchase_grants_and_a_duplicate_changes_nothing,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let jws = store.transaction("1000", "edu.acme.cs101", t0().millis(), json!({}));
+        let first = submit(&app, "learner-1", &jws).await.expect(200);
+        assert_eq!(first["status"], "granted");
+        assert_eq!(first["finish_transaction"], true);
+        assert_eq!(first["purchase"]["store_transaction_id"], "1000");
+        assert_eq!(first["purchase"]["environment"], "Sandbox");
+        let ent = &first["customer"]["entitlements"][0];
+        assert_eq!(
+            (
+                ent["id"].as_str(),
+                ent["status"].as_str(),
+                ent["store"].as_str()
+            ),
+            (
+                Some("course-v1:Acme+CS101+2026"),
+                Some("active"),
+                Some("app_store")
+            )
+        );
+        let counts = app.counts().await;
+        let again = submit(&app, "learner-1", &jws).await.expect(200);
+        assert_eq!(again["customer"]["version"], first["customer"]["version"]);
+        assert_eq!(app.counts().await, counts, "a duplicate writes nothing");
+        let outbox = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"learner-1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            outbox
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+            vec!["entitlement.granted"]
+        );
+        // One store transaction never gives access to two customers at once.
+        submit(&app, "learner-2", &jws)
+            .await
+            .error(409, "purchase_of_another_customer");
+    }
+);
+
+both!(
+    a_refund_that_arrives_first_still_wins,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let bought = t0().millis();
+        let refunded = store.transaction("2000", "edu.acme.cs101", bought, json!({"revocationDate": bought + 3_600_000, "revocationReason": 0, "revocationType": "REFUND_FULL", "signedDate": bought + 3_600_000}));
+        let answer = submit(&app, "u1", &refunded).await.expect(200);
+        assert_eq!(answer["status"], "rejected");
+        assert_eq!(answer["customer"]["entitlements"][0]["status"], "refunded");
+        let plain = store.transaction("2000", "edu.acme.cs101", bought, json!({}));
+        let answer = submit(&app, "u1", &plain).await.expect(200);
+        assert_eq!(
+            answer["status"], "rejected",
+            "the earlier-signed purchase does not undo the refund"
+        );
+    }
+);
+
+both!(
+    consumables_and_renewals_follow_the_signed_data,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let coins = store.transaction(
+            "3000",
+            "edu.acme.coins100",
+            t,
+            json!({"type": "Consumable", "quantity": 2}),
+        );
+        assert_eq!(
+            submit(&app, "u1", &coins).await.expect(200)["customer"]["balances"]["COINS"],
+            200
+        );
+        let month = 30 * 86_400_000_i64;
+        let sub = store.transaction(
+            "4000",
+            "edu.acme.premium",
+            t,
+            json!({"type": "Auto-Renewable Subscription", "expiresDate": t + month}),
+        );
+        let first = submit(&app, "u1", &sub).await.expect(200);
+        let premium = |snap: &Value| {
+            snap["entitlements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["id"] == "premium")
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            premium(&first["customer"])["expires_at"],
+            gateway_core::Timestamp::from_millis(t + month).to_rfc3339()
+        );
+        let renewal = store.transaction("4001", "edu.acme.premium", t + month, json!({"originalTransactionId": "4000", "type": "Auto-Renewable Subscription", "expiresDate": t + 2 * month, "transactionReason": "RENEWAL"}));
+        let renewed = submit(&app, "u1", &renewal).await.expect(200);
+        assert_eq!(
+            premium(&renewed["customer"])["expires_at"],
+            gateway_core::Timestamp::from_millis(t + 2 * month).to_rfc3339()
+        );
+        assert_eq!(
+            renewed["customer"]["purchases"].as_array().unwrap().len(),
+            2,
+            "the renewal joined its lineage"
+        );
+    }
+);
+
+both!(
+    what_apple_did_not_sign_is_refused_and_changes_nothing,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let good = store.transaction("5000", "edu.acme.cs101", t, json!({}));
+        let before = app.counts().await;
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        payload["price"] = json!(0);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(payload.to_string()),
+            parts[2]
+        );
+        let stranger = AppleChain::generate().unwrap();
+        let untrusted = stranger.sign(&json!({"transactionId": "5001", "bundleId": "edu.acme.app", "productId": "edu.acme.cs101", "purchaseDate": t, "signedDate": t, "environment": "Sandbox"})).unwrap();
+        let cases = [
+            (forged, "invalid_signature"),
+            (untrusted, "untrusted_certificate_chain"),
+            (
+                store.transaction(
+                    "5002",
+                    "edu.acme.cs101",
+                    t,
+                    json!({"bundleId": "com.other.app"}),
+                ),
+                "wrong_app",
+            ),
+            (
+                store.transaction(
+                    "5003",
+                    "edu.acme.cs101",
+                    t,
+                    json!({"environment": "Production"}),
+                ),
+                "wrong_environment",
+            ),
+            (
+                store.transaction("5004", "edu.acme.unknown", t, json!({})),
+                "unknown_product",
+            ),
+            ("garbage".to_owned(), "malformed_signed_data"),
+        ];
+        for (jws, code) in cases {
+            submit(&app, "u1", &jws).await.error(422, code);
+        }
+        app.request(
+            Method::POST,
+            "/v1/apps/acme/purchases",
+            Some(ADMIN_KEY),
+            Some(json!({"app_user_id": "u1", "store": "app_store"})),
+            &[],
+        )
+        .await
+        .error(400, "signed_transaction_required");
+        app.request(
+            Method::POST,
+            "/v1/apps/acme/purchases",
+            Some(ADMIN_KEY),
+            Some(json!({"app_user_id": "u1", "store": "itunes", "signed_transaction": good})),
+            &[],
+        )
+        .await
+        .error(400, "invalid_store");
+        assert_eq!(app.counts().await, before);
+    }
+);
+
+both!(
+    an_app_account_token_binds_the_purchase_to_its_customer,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let order = app
+            .post(
+                "/v1/apps/acme/customers/alice/orders",
+                json!({"product_ids": ["cs101"]}),
+            )
+            .await
+            .expect(201);
+        let token = order["app_account_token"].as_str().unwrap();
+        let jws = store.transaction(
+            "6000",
+            "edu.acme.cs101",
+            t0().millis(),
+            json!({"appAccountToken": token}),
+        );
+        submit(&app, "mallory", &jws)
+            .await
+            .error(409, "transaction_of_another_customer");
+        let pk = app.key("acme", "publishable", &[]).await;
+        let answer = app.request(Method::POST, "/v1/apps/acme/purchases", Some(&pk), Some(json!({"app_user_id": "alice", "store": "app_store", "signed_transaction": jws, "order_id": order["order_id"], "product_id": "cs101"})), &[]).await.expect(200);
+        assert_eq!(answer["status"], "granted");
+    }
+);
