@@ -235,3 +235,50 @@ mod tests {
         );
     }
 }
+
+/// What an App Store Server Notification V2 says, for [`AppleChain::notification`].
+#[derive(Debug, Clone, Default)]
+pub struct Notification<'a> {
+    pub notification_type: &'a str,
+    pub subtype: Option<&'a str>,
+    pub uuid: &'a str,
+    /// Unix milliseconds.
+    pub signed_date: i64,
+    pub bundle_id: &'a str,
+    pub app_apple_id: Option<i64>,
+    pub environment: &'a str,
+    pub signed_transaction: Option<String>,
+    pub signed_renewal: Option<String>,
+    /// 1 active, 2 expired, 3 billing retry, 4 grace period, 5 revoked.
+    pub status: Option<i64>,
+}
+
+impl AppleChain {
+    /// The body Apple POSTs for a notification: `{"signedPayload": "<JWS>"}`.
+    pub fn notification(&self, n: &Notification<'_>) -> Result<String, SimError> {
+        let mut data = serde_json::json!({"bundleId": n.bundle_id, "environment": n.environment, "bundleVersion": "1"});
+        if let Some(id) = n.app_apple_id {
+            data["appAppleId"] = id.into();
+        }
+        if let Some(t) = &n.signed_transaction {
+            data["signedTransactionInfo"] = t.clone().into();
+        }
+        if let Some(r) = &n.signed_renewal {
+            data["signedRenewalInfo"] = r.clone().into();
+        }
+        if let Some(s) = n.status {
+            data["status"] = s.into();
+        }
+        let mut payload = serde_json::json!({
+            "notificationType": n.notification_type,
+            "notificationUUID": n.uuid,
+            "version": "2.0",
+            "signedDate": n.signed_date,
+            "data": data,
+        });
+        if let Some(sub) = n.subtype {
+            payload["subtype"] = sub.into();
+        }
+        Ok(serde_json::json!({"signedPayload": self.sign(&payload)?}).to_string())
+    }
+}

@@ -404,6 +404,75 @@ pub async fn purchase_owner(
     .await?)
 }
 
+/// Keeps facts about a lineage no customer holds yet.
+pub async fn insert_orphan_events(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    facts: &PurchaseFacts,
+    inbound_id: &str,
+    now: Timestamp,
+) -> DbResult<usize> {
+    let mut added = 0;
+    for e in &facts.events {
+        let done = sqlx::query(
+            "INSERT INTO orphan_events (app_id, store, lineage, dedupe_key, occurred_at, body, inbound_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, dedupe_key) DO NOTHING",
+        )
+        .bind(app.as_str())
+        .bind(facts.store.as_str())
+        .bind(&facts.store_transaction_id)
+        .bind(&e.dedupe_key)
+        .bind(e.occurred_at.millis())
+        .bind(serde_json::to_string(&e.kind)?)
+        .bind(inbound_id)
+        .bind(now.millis())
+        .execute(&mut *conn)
+        .await?;
+        added += done.rows_affected() as usize;
+    }
+    Ok(added)
+}
+
+/// Moves the orphan facts of a lineage onto its purchase; returns how many joined.
+pub async fn adopt_orphans(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    store: Store,
+    lineage: &str,
+    purchase_id: &str,
+    now: Timestamp,
+) -> DbResult<usize> {
+    let rows = sqlx::query(
+        "SELECT dedupe_key, occurred_at, body, inbound_id FROM orphan_events WHERE app_id = $1 AND store = $2 AND lineage = $3",
+    )
+    .bind(app.as_str())
+    .bind(store.as_str())
+    .bind(lineage)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut adopted = 0;
+    for row in &rows {
+        let event = StoreEvent {
+            dedupe_key: row.try_get("dedupe_key")?,
+            occurred_at: Timestamp::from_millis(row.try_get("occurred_at")?),
+            kind: json_col(row, "body")?,
+        };
+        let inbound: Option<String> = row.try_get("inbound_id")?;
+        if insert_store_event(conn, app, purchase_id, &event, inbound.as_deref(), now).await? {
+            adopted += 1;
+        }
+    }
+    if !rows.is_empty() {
+        sqlx::query("DELETE FROM orphan_events WHERE app_id = $1 AND store = $2 AND lineage = $3")
+            .bind(app.as_str())
+            .bind(store.as_str())
+            .bind(lineage)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(adopted)
+}
+
 /// What a snapshot is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Recorded {

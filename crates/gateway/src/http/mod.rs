@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod customers;
 pub mod error;
 pub mod idempotency;
+pub mod notifications;
 pub mod ops;
 pub mod purchases;
 
@@ -59,6 +60,7 @@ pub struct AppState {
         (name = "apps", description = "Apps (tenants) and their keys"),
         (name = "catalog", description = "Products, their store SKUs and entitlements"),
         (name = "customers", description = "Customer snapshots, orders, manual grants and balances"),
+        (name = "notifications", description = "Store notifications, verified by each store's own means"),
         (name = "service", description = "Health, readiness, metrics")
     )
 )]
@@ -107,6 +109,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(customers::revoke))
         .routes(routes!(customers::spend))
         .routes(routes!(purchases::submit))
+        .routes(routes!(notifications::app_store))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -89,6 +89,19 @@ pub async fn apply(
                     "This store purchase belongs to another customer.",
                 ));
             }
+            let adopted = customers::adopt_orphans(
+                &mut tx,
+                app,
+                p.store,
+                &p.store_transaction_id,
+                &purchase_id,
+                now,
+            )
+            .await?;
+            if adopted > 0 {
+                new_facts
+                    .push(json!({"purchase_id": purchase_id, "adopted_earlier_facts": adopted}));
+            }
             for e in &p.events {
                 if customers::insert_store_event(
                     &mut tx,

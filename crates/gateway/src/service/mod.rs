@@ -7,6 +7,7 @@ pub mod customer_auth;
 pub mod customers;
 pub mod decision;
 pub mod keys;
+pub mod notifications;
 pub mod purchases;
 
 use crate::db::DbError;

@@ -258,3 +258,311 @@ both!(
         assert_eq!(answer["status"], "granted");
     }
 );
+
+impl Store {
+    fn notify_body(
+        &self,
+        kind: &str,
+        subtype: Option<&str>,
+        uuid: &str,
+        at: i64,
+        signed_transaction: Option<String>,
+    ) -> String {
+        self.chain
+            .notification(&store_sim::apple::Notification {
+                notification_type: kind,
+                subtype,
+                uuid,
+                signed_date: at,
+                bundle_id: "edu.acme.app",
+                environment: "Sandbox",
+                signed_transaction,
+                ..Default::default()
+            })
+            .unwrap()
+    }
+}
+
+async fn notify(app: &TestApp, body: String) -> Answer {
+    let res = app
+        .client
+        .post(format!("{}/v1/apps/acme/notifications/app_store", app.addr))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        body,
+        headers,
+    }
+}
+
+fn entitlement_status(snap: &Value, id: &str) -> String {
+    snap["entitlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .map(|e| e["status"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+both!(
+    notifications_refund_reverse_and_are_deduped,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let course = "course-v1:Acme+CS101+2026";
+        submit(
+            &app,
+            "u1",
+            &store.transaction("7000", "edu.acme.cs101", t, json!({})),
+        )
+        .await
+        .expect(200);
+        let refunded_tx = store.transaction(
+            "7000",
+            "edu.acme.cs101",
+            t,
+            json!({"revocationDate": t + 1000, "revocationReason": 0, "signedDate": t + 1000}),
+        );
+        let refund = store.notify_body("REFUND", None, "n-refund", t + 1000, Some(refunded_tx));
+        assert_eq!(
+            notify(&app, refund.clone()).await.expect(200)["status"],
+            "decided"
+        );
+        assert_eq!(
+            entitlement_status(
+                &app.get("/v1/apps/acme/customers/u1").await.expect(200),
+                course
+            ),
+            "refunded"
+        );
+        let counts = app.counts().await;
+        assert_eq!(
+            notify(&app, refund).await.expect(200)["status"],
+            "duplicate"
+        );
+        assert_eq!(app.counts().await, counts, "Apple's retry changes nothing");
+        let reversed_tx =
+            store.transaction("7000", "edu.acme.cs101", t, json!({"signedDate": t + 2000}));
+        notify(
+            &app,
+            store.notify_body(
+                "REFUND_REVERSED",
+                None,
+                "n-reversed",
+                t + 2000,
+                Some(reversed_tx),
+            ),
+        )
+        .await
+        .expect(200);
+        assert_eq!(
+            entitlement_status(
+                &app.get("/v1/apps/acme/customers/u1").await.expect(200),
+                course
+            ),
+            "active"
+        );
+        let types: Vec<String> = gateway::db::outbox::for_customer(
+            &app.db,
+            &"acme".parse().unwrap(),
+            &"u1".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+        assert_eq!(
+            types,
+            vec![
+                "entitlement.granted",
+                "purchase.refunded",
+                "entitlement.revoked",
+                "entitlement.granted"
+            ]
+        );
+    }
+);
+
+both!(
+    a_refund_notification_before_its_purchase_still_wins,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let refunded_tx = store.transaction(
+            "8000",
+            "edu.acme.cs101",
+            t,
+            json!({"revocationDate": t + 5000, "revocationReason": 1, "signedDate": t + 5000}),
+        );
+        assert_eq!(
+            notify(
+                &app,
+                store.notify_body("REFUND", None, "n-early", t + 5000, Some(refunded_tx))
+            )
+            .await
+            .expect(200)["status"],
+            "held"
+        );
+        let answer = submit(
+            &app,
+            "u1",
+            &store.transaction("8000", "edu.acme.cs101", t, json!({})),
+        )
+        .await
+        .expect(200);
+        assert_eq!(answer["status"], "rejected");
+        assert_eq!(
+            entitlement_status(&answer["customer"], "course-v1:Acme+CS101+2026"),
+            "refunded"
+        );
+        let orphans: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orphan_events")
+            .fetch_one(app.db.reader())
+            .await
+            .unwrap();
+        assert_eq!(orphans, 0, "the held facts joined their purchase");
+    }
+);
+
+both!(
+    subscription_notifications_renew_and_expire,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let month = 30 * 86_400_000_i64;
+        let order = app
+            .post(
+                "/v1/apps/acme/customers/u1/orders",
+                json!({"product_ids": ["premium"]}),
+            )
+            .await
+            .expect(201);
+        let token = order["app_account_token"].as_str().unwrap().to_owned();
+        let sub = |id: &str, from: i64, to: i64, reason: &str| {
+            store.transaction(id, "edu.acme.premium", from, json!({"originalTransactionId": "9000", "type": "Auto-Renewable Subscription", "expiresDate": to, "transactionReason": reason, "appAccountToken": token}))
+        };
+        // The purchase reaches the gateway by notification alone: the order's token names the customer.
+        assert_eq!(
+            notify(
+                &app,
+                store.notify_body(
+                    "SUBSCRIBED",
+                    Some("INITIAL_BUY"),
+                    "s1",
+                    t,
+                    Some(sub("9000", t, t + month, "PURCHASE"))
+                )
+            )
+            .await
+            .expect(200)["status"],
+            "decided"
+        );
+        assert_eq!(
+            entitlement_status(
+                &app.get("/v1/apps/acme/customers/u1").await.expect(200),
+                "premium"
+            ),
+            "active"
+        );
+        notify(
+            &app,
+            store.notify_body(
+                "DID_RENEW",
+                None,
+                "s2",
+                t + month,
+                Some(sub("9001", t + month, t + 2 * month, "RENEWAL")),
+            ),
+        )
+        .await
+        .expect(200);
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        let premium = snap["entitlements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == "premium")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            premium["expires_at"],
+            gateway_core::Timestamp::from_millis(t + 2 * month).to_rfc3339()
+        );
+        notify(
+            &app,
+            store.notify_body(
+                "EXPIRED",
+                Some("VOLUNTARY"),
+                "s3",
+                t + month + 1000,
+                Some(sub("9001", t + month, t + 2 * month, "RENEWAL")),
+            ),
+        )
+        .await
+        .expect(200);
+        assert_eq!(
+            entitlement_status(
+                &app.get("/v1/apps/acme/customers/u1").await.expect(200),
+                "premium"
+            ),
+            "expired"
+        );
+    }
+);
+
+both!(
+    test_notifications_are_recorded_and_forgeries_refused,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        assert_eq!(
+            notify(&app, store.notify_body("TEST", None, "t1", t, None))
+                .await
+                .expect(200)["status"],
+            "recorded"
+        );
+        let before = app.counts().await;
+        let stranger = AppleChain::generate().unwrap();
+        let forged = stranger
+            .notification(&store_sim::apple::Notification {
+                notification_type: "TEST",
+                uuid: "t2",
+                signed_date: t,
+                bundle_id: "edu.acme.app",
+                environment: "Sandbox",
+                ..Default::default()
+            })
+            .unwrap();
+        notify(&app, forged)
+            .await
+            .error(422, "untrusted_certificate_chain");
+        notify(&app, "{\"nope\": 1}".into())
+            .await
+            .error(400, "malformed_notification");
+        let other_bundle = store
+            .chain
+            .notification(&store_sim::apple::Notification {
+                notification_type: "TEST",
+                uuid: "t3",
+                signed_date: t,
+                bundle_id: "com.other",
+                environment: "Sandbox",
+                ..Default::default()
+            })
+            .unwrap();
+        notify(&app, other_bundle).await.error(422, "wrong_app");
+        assert_eq!(
+            app.counts().await,
+            before,
+            "refused notifications are not stored"
+        );
+    }
+);
