@@ -53,8 +53,9 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         clock,
         metrics: telemetry::metrics(),
         bootstrap_hash,
-        jwks: Arc::new(service::customer_auth::JwksCache::new(http)),
+        jwks: Arc::new(service::customer_auth::JwksCache::new(http.clone())),
         apple: Arc::new(stores::apple::Verifiers::default()),
+        apple_api: stores::apple_api::AppStoreApi::new(http.clone()),
     })
 }
 

@@ -92,6 +92,7 @@ impl From<ServiceError> for ApiError {
                     Kind::NotFound => StatusCode::NOT_FOUND,
                     Kind::Conflict => StatusCode::CONFLICT,
                     Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+                    Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 ApiError {
                     status,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub jwks: Arc<crate::service::customer_auth::JwksCache>,
     /// App Store verifiers by app, with their chain caches.
     pub apple: Arc<crate::stores::apple::Verifiers>,
+    /// The App Store Server API client.
+    pub apple_api: crate::stores::apple_api::AppStoreApi,
 }
 
 #[derive(OpenApi)]

@@ -89,7 +89,10 @@ pub async fn submit(
     };
     let answer = purchases::submit(
         &s.db,
-        &s.apple,
+        purchases::AppleStore {
+            verifiers: &s.apple,
+            api: &s.apple_api,
+        },
         &app,
         &user,
         submission,

@@ -21,6 +21,8 @@ pub enum Kind {
     NotFound,
     Conflict,
     Unprocessable,
+    /// A store the gateway depends on failed or throttled; the caller may retry.
+    Unavailable,
 }
 
 /// What a use case can answer besides success.

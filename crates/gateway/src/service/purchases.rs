@@ -10,7 +10,10 @@ use crate::db::customers as recorded;
 use crate::{
     db::{self, Db, orders, products},
     model::App,
-    stores::apple::{self, Verifiers},
+    stores::{
+        apple::{self, Verifiers},
+        apple_api::AppStoreApi,
+    },
 };
 
 /// What an app submits.
@@ -54,9 +57,16 @@ impl From<VerifyError> for ServiceError {
 }
 
 /// Verifies and decides on a submitted store purchase for `customer`.
+/// What the App Store adapter needs.
+#[derive(Debug, Clone, Copy)]
+pub struct AppleStore<'a> {
+    pub verifiers: &'a Verifiers,
+    pub api: &'a AppStoreApi,
+}
+
 pub async fn submit(
     db: &Db,
-    verifiers: &Verifiers,
+    apple_store: AppleStore<'_>,
     app: &App,
     customer: &AppUserId,
     submission: Submission,
@@ -92,27 +102,33 @@ pub async fn submit(
             ));
         }
     }
-    let Some(jws) = submission.signed_transaction else {
-        let what = if submission.transaction_id.is_some() {
-            "`transaction_id` lookups"
-        } else if submission.receipt_data.is_some() {
-            "legacy `receipt_data`"
-        } else {
-            ""
-        };
-        return Err(if what.is_empty() {
-            ServiceError::bad_request(
-                "signed_transaction_required",
-                "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation).",
-            )
-        } else {
-            ServiceError::bad_request(
+    let verifier = apple_store.verifiers.for_app(app)?;
+    let jws = match (
+        submission.signed_transaction,
+        submission.transaction_id,
+        submission.receipt_data,
+    ) {
+        (Some(jws), _, _) => jws,
+        // Only an id: the gateway asks Apple for the transaction, then verifies it as any other.
+        (None, Some(id), _) => {
+            apple_store
+                .api
+                .transaction_info(app, verifier.environment(), &id)
+                .await?
+        }
+        (None, None, Some(_)) => {
+            return Err(ServiceError::bad_request(
                 "input_not_supported",
-                format!("{what} are not taken yet; send the StoreKit 2 `signed_transaction`."),
-            )
-        });
+                "Legacy `receipt_data` is not taken yet; send the StoreKit 2 `signed_transaction` or its `transaction_id`.",
+            ));
+        }
+        (None, None, None) => {
+            return Err(ServiceError::bad_request(
+                "signed_transaction_required",
+                "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation) or its `transaction_id`.",
+            ));
+        }
     };
-    let verifier = verifiers.for_app(app)?;
     let t = verifier.verify_transaction(&jws, now)?;
 
     let sku = t.product_id.clone().unwrap_or_default();

@@ -3,3 +3,4 @@
 //! `gateway_core`, the I/O here.
 
 pub mod apple;
+pub mod apple_api;

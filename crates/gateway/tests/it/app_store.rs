@@ -566,3 +566,70 @@ both!(
         );
     }
 );
+
+both!(
+    a_transaction_id_is_looked_up_with_the_app_store_server_api,
+    |app: TestApp| async move {
+        use std::sync::Arc;
+
+        use store_sim::apple_api::{ApiKey, AppStoreServer};
+        app.seed_catalog("acme").await;
+        let chain = Arc::new(AppleChain::generate().unwrap());
+        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
+        let server = AppStoreServer::new(chain.clone(), key.clone(), "edu.acme.app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = server.router();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        app.patch("/v1/apps/acme", json!({"app_store": {
+        "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
+        "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
+    }})).await.expect(200);
+        let t = t0().millis();
+        for id in ["11000", "11001"] {
+            server.put_transaction(json!({"transactionId": id, "originalTransactionId": id, "bundleId": "edu.acme.app", "productId": "edu.acme.cs101",
+            "purchaseDate": t, "signedDate": t, "environment": "Sandbox", "type": "Non-Consumable", "inAppOwnershipType": "PURCHASED"}));
+        }
+        let by_id = |user: &'static str, id: &'static str| {
+            let app = &app;
+            async move {
+                app.request(
+                    Method::POST,
+                    "/v1/apps/acme/purchases",
+                    Some(ADMIN_KEY),
+                    Some(json!({"app_user_id": user, "store": "app_store", "transaction_id": id})),
+                    &[],
+                )
+                .await
+            }
+        };
+        assert_eq!(by_id("u1", "11000").await.expect(200)["status"], "granted");
+        // Throttled, then failing, then answering: the gateway waits as told and retries.
+        server.fail_next(vec![(429, Some("1".into())), (500, None)]);
+        let calls = server.calls();
+        assert_eq!(by_id("u2", "11001").await.expect(200)["status"], "granted");
+        assert_eq!(server.calls() - calls, 3);
+        by_id("u3", "99999")
+            .await
+            .error(404, "transaction_not_found");
+        by_id("u3", "12;DROP")
+            .await
+            .error(400, "invalid_transaction_id");
+        server.fail_next(vec![(500, None), (500, None), (500, None), (500, None)]);
+        by_id("u3", "11001").await.error(503, "store_unavailable");
+        // Credentials Apple does not know.
+        let stranger =
+            ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
+        app.patch("/v1/apps/acme", json!({"app_store": {"bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
+        "api_base_url": format!("{}", server_url(&app).await), "issuer_id": stranger.issuer_id, "key_id": stranger.key_id, "private_key_pem": stranger.private_key_pem}})).await.expect(200);
+        by_id("u4", "11000")
+            .await
+            .error(409, "store_not_configured");
+    }
+);
+
+/// The App Store API URL an app is configured with.
+async fn server_url(app: &TestApp) -> String {
+    let a = app.get("/v1/apps/acme").await.expect(200);
+    a["app_store"]["api_base_url"].as_str().unwrap().to_owned()
+}
