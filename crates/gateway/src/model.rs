@@ -63,6 +63,11 @@ pub struct AppStoreConfig {
     pub api_base_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_secret: Option<Secret>,
+    /// The legacy `verifyReceipt` endpoints; Apple's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_receipt_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_receipt_sandbox_url: Option<String>,
 }
 
 fn production() -> AppleEnvironment {

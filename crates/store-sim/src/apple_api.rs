@@ -43,6 +43,9 @@ impl ApiKey {
     }
 }
 
+/// A legacy receipt: its environment, the bundle it names, its `in_app` rows.
+type StoredReceipt = (String, String, Vec<Value>);
+
 /// The simulated server's state.
 pub struct AppStoreServer {
     chain: Arc<AppleChain>,
@@ -52,6 +55,9 @@ pub struct AppStoreServer {
     /// Answers to give before the real one, to exercise retries: (status, Retry-After header).
     faults: Mutex<Vec<(u16, Option<String>)>>,
     calls: Mutex<u64>,
+    /// Legacy receipts by their base64 text: (environment, receipt bundle id, in_app rows).
+    receipts: Mutex<HashMap<String, StoredReceipt>>,
+    shared_secret: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for AppStoreServer {
@@ -77,6 +83,8 @@ impl AppStoreServer {
             transactions: Mutex::new(HashMap::new()),
             faults: Mutex::new(Vec::new()),
             calls: Mutex::new(0),
+            receipts: Mutex::new(HashMap::new()),
+            shared_secret: Mutex::new(None),
         })
     }
 
@@ -97,6 +105,29 @@ impl AppStoreServer {
         *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
     }
 
+    /// Records a legacy receipt for `verifyReceipt`: its environment (`Production` or `Sandbox`), the
+    /// bundle it names, and its transactions in Apple's string-valued `in_app` shape.
+    pub fn put_receipt(
+        &self,
+        receipt_data: &str,
+        environment: &str,
+        bundle_id: &str,
+        in_app: Vec<Value>,
+    ) {
+        self.receipts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                receipt_data.to_owned(),
+                (environment.to_owned(), bundle_id.to_owned(), in_app),
+            );
+    }
+
+    /// The app's shared secret that `verifyReceipt` requires as `password`.
+    pub fn set_shared_secret(&self, secret: &str) {
+        *self.shared_secret.lock().unwrap_or_else(|e| e.into_inner()) = Some(secret.to_owned());
+    }
+
     /// How many requests reached the server.
     pub fn calls(&self) -> u64 {
         *self.calls.lock().unwrap_or_else(|e| e.into_inner())
@@ -106,6 +137,14 @@ impl AppStoreServer {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/inApps/v1/transactions/{id}", get(transaction_info))
+            .route(
+                "/verifyReceipt",
+                axum::routing::post(verify_receipt_production),
+            )
+            .route(
+                "/sandbox/verifyReceipt",
+                axum::routing::post(verify_receipt_sandbox),
+            )
             .with_state(self.clone())
     }
 
@@ -182,5 +221,56 @@ async fn transaction_info(
             Json(json!({"errorCode": 4040010, "errorMessage": "Transaction id not found."})),
         )
             .into_response(),
+    }
+}
+
+async fn verify_receipt_production(
+    State(s): State<Arc<AppStoreServer>>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    Json(s.verify_receipt("Production", &body))
+}
+
+async fn verify_receipt_sandbox(
+    State(s): State<Arc<AppStoreServer>>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    Json(s.verify_receipt("Sandbox", &body))
+}
+
+impl AppStoreServer {
+    /// `verifyReceipt` as Apple answers it: status codes, the 21007/21008 redirects, string values.
+    fn verify_receipt(&self, host: &str, body: &Value) -> Value {
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let Some(data) = body["receipt-data"].as_str() else {
+            return json!({"status": 21000});
+        };
+        let secret = self
+            .shared_secret
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some((env, bundle, in_app)) = self
+            .receipts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(data)
+            .cloned()
+        else {
+            return json!({"status": 21003});
+        };
+        if env != host {
+            return json!({"status": if env == "Sandbox" { 21007 } else { 21008 }});
+        }
+        if secret.is_some() && body["password"].as_str() != secret.as_deref() {
+            return json!({"status": 21004});
+        }
+        json!({
+            "status": 0,
+            "environment": env,
+            "receipt": {"receipt_type": if env == "Sandbox" { "ProductionSandbox" } else { "Production" }, "bundle_id": bundle, "in_app": in_app},
+            "latest_receipt_info": in_app,
+            "latest_receipt": data,
+        })
     }
 }

@@ -107,6 +107,14 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
             ));
         }
         check_url("app_store.api_base_url", a.api_base_url.as_deref())?;
+        check_url(
+            "app_store.verify_receipt_url",
+            a.verify_receipt_url.as_deref(),
+        )?;
+        check_url(
+            "app_store.verify_receipt_sandbox_url",
+            a.verify_receipt_sandbox_url.as_deref(),
+        )?;
         if let Some(pem) = &a.private_key_pem
             && !pem.expose().contains("BEGIN PRIVATE KEY")
         {

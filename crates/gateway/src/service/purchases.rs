@@ -4,6 +4,7 @@
 
 use gateway_core::{AppUserId, Timestamp, apple::VerifyError, decide::PurchaseView, ids::Store};
 use serde::Serialize;
+use sha2::Digest;
 
 use super::{Kind, ServiceError, ServiceResult, customers, decision};
 use crate::db::customers as recorded;
@@ -13,6 +14,7 @@ use crate::{
     stores::{
         apple::{self, Verifiers},
         apple_api::AppStoreApi,
+        apple_receipts,
     },
 };
 
@@ -103,86 +105,131 @@ pub async fn submit(
         }
     }
     let verifier = apple_store.verifiers.for_app(app)?;
-    let jws = match (
+    // What the store says: one verified transaction, or every transaction of a legacy receipt.
+    let (transactions, raw, what) = match (
         submission.signed_transaction,
         submission.transaction_id,
         submission.receipt_data,
     ) {
-        (Some(jws), _, _) => jws,
+        (Some(jws), _, _) => (
+            vec![verifier.verify_transaction(&jws, now)?],
+            jws,
+            "transaction",
+        ),
         // Only an id: the gateway asks Apple for the transaction, then verifies it as any other.
         (None, Some(id), _) => {
-            apple_store
+            let jws = apple_store
                 .api
                 .transaction_info(app, verifier.environment(), &id)
-                .await?
+                .await?;
+            (
+                vec![verifier.verify_transaction(&jws, now)?],
+                jws,
+                "transaction",
+            )
         }
-        (None, None, Some(_)) => {
-            return Err(ServiceError::bad_request(
-                "input_not_supported",
-                "Legacy `receipt_data` is not taken yet; send the StoreKit 2 `signed_transaction` or its `transaction_id`.",
-            ));
+        (None, None, Some(receipt)) => {
+            let verified = apple_receipts::verify(apple_store.api.http(), app, &receipt).await?;
+            if verified.environment != verifier.environment() {
+                return Err(ServiceError::new(
+                    Kind::Unprocessable,
+                    "wrong_environment",
+                    format!(
+                        "The receipt is from the {} environment; this app accepts {}.",
+                        verified.environment.as_str(),
+                        verifier.environment().as_str()
+                    ),
+                ));
+            }
+            (verified.transactions, receipt, "receipt")
         }
         (None, None, None) => {
             return Err(ServiceError::bad_request(
                 "signed_transaction_required",
-                "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation) or its `transaction_id`.",
+                "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation), its `transaction_id`, or a legacy `receipt_data`.",
             ));
         }
     };
-    let t = verifier.verify_transaction(&jws, now)?;
 
-    let sku = t.product_id.clone().unwrap_or_default();
-    let product = products::by_sku(db, &app.id, "app_store", &sku)
-        .await?
-        .ok_or_else(|| {
-            ServiceError::new(
+    let mut all_facts = Vec::new();
+    let mut lineage: Option<String> = None;
+    let mut label = String::new();
+    for t in &transactions {
+        let sku = t.product_id.clone().unwrap_or_default();
+        let Some(product) = products::by_sku(db, &app.id, "app_store", &sku).await? else {
+            // A receipt lists every purchase of the app; only those the catalog sells count.
+            if what == "receipt" {
+                continue;
+            }
+            return Err(ServiceError::new(
                 Kind::Unprocessable,
                 "unknown_product",
                 format!("No product of this app has the App Store product id {sku:?}."),
-            )
-        })?;
-    if let Some(expected) = &submission.product_id
-        && *expected != product.id
-    {
-        return Err(ServiceError::conflict(
-            "product_mismatch",
-            format!(
-                "The store signed a purchase of {}, not of {expected}.",
-                product.id
-            ),
-        ));
+            ));
+        };
+        if lineage.is_none()
+            && let Some(expected) = &submission.product_id
+            && *expected != product.id
+        {
+            return Err(ServiceError::conflict(
+                "product_mismatch",
+                format!(
+                    "The store signed a purchase of {}, not of {expected}.",
+                    product.id
+                ),
+            ));
+        }
+        if let Some(token) = t.app_account_token.as_deref()
+            && let Some(order) = orders::by_app_account_token(db, &app.id, token).await?
+            && order.customer_id != *customer
+        {
+            return Err(ServiceError::conflict(
+                "transaction_of_another_customer",
+                "This transaction's appAccountToken was issued to another customer.",
+            ));
+        }
+        let facts = apple::transaction_facts(t, db::new_id("pur"), &product)?;
+        if let Some(owner) =
+            recorded::purchase_owner(db, &app.id, Store::AppStore, &facts.store_transaction_id)
+                .await?
+            && owner != customer.as_str()
+        {
+            return Err(ServiceError::conflict(
+                "purchase_of_another_customer",
+                "This store purchase belongs to another customer of this app.",
+            ));
+        }
+        if lineage.is_none() {
+            lineage = Some(facts.store_transaction_id.clone());
+            label = format!("{} ({sku})", t.transaction_id.as_deref().unwrap_or("?"));
+        }
+        if !all_facts.iter().any(|f: &gateway_core::PurchaseFacts| {
+            f.store_transaction_id == facts.store_transaction_id
+        }) {
+            all_facts.push(facts);
+        } else if let Some(f) = all_facts
+            .iter_mut()
+            .find(|f| f.store_transaction_id == facts.store_transaction_id)
+        {
+            f.events.extend(facts.events);
+        }
     }
-    if let Some(token) = t.app_account_token.as_deref()
-        && let Some(order) = orders::by_app_account_token(db, &app.id, token).await?
-        && order.customer_id != *customer
-    {
-        return Err(ServiceError::conflict(
-            "transaction_of_another_customer",
-            "This transaction's appAccountToken was issued to another customer.",
+    let Some(lineage) = lineage else {
+        return Err(ServiceError::new(
+            Kind::Unprocessable,
+            "unknown_product",
+            "No transaction of the receipt is for a product of this app.",
         ));
-    }
-    let facts = apple::transaction_facts(&t, db::new_id("pur"), &product)?;
-    let lineage = facts.store_transaction_id.clone();
-    if let Some(owner) = recorded::purchase_owner(db, &app.id, Store::AppStore, &lineage).await?
-        && owner != customer.as_str()
-    {
-        return Err(ServiceError::conflict(
-            "purchase_of_another_customer",
-            "This store purchase belongs to another customer of this app.",
-        ));
-    }
-    let transaction_id = t.transaction_id.clone().unwrap_or_default();
+    };
+    let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
     let input = decision::Input {
         source: "app_store.client",
-        dedupe_key: format!(
-            "transaction:{transaction_id}:{}",
-            t.signed_date.unwrap_or_default()
-        ),
-        raw: jws,
-        cause: format!("The app submitted App Store transaction {transaction_id} ({sku})."),
+        dedupe_key: format!("{what}:{}", &digest[..32]),
+        raw,
+        cause: format!("The app submitted App Store {what} {label}."),
         actor: actor.to_owned(),
         manual: Vec::new(),
-        purchases: vec![facts],
+        purchases: all_facts,
     };
     decision::apply(db, &app.id, customer, input, now).await?;
 

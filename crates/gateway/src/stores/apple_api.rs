@@ -69,6 +69,11 @@ impl AppStoreApi {
         Self { http }
     }
 
+    /// The HTTP client, shared with the other App Store calls (legacy receipts).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// `GET /inApps/v1/transactions/{transactionId}`: the signed transaction, unverified.
     pub async fn transaction_info(
         &self,

@@ -4,3 +4,4 @@
 
 pub mod apple;
 pub mod apple_api;
+pub mod apple_receipts;

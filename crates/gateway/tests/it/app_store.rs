@@ -633,3 +633,92 @@ async fn server_url(app: &TestApp) -> String {
     let a = app.get("/v1/apps/acme").await.expect(200);
     a["app_store"]["api_base_url"].as_str().unwrap().to_owned()
 }
+
+both!(
+    legacy_receipts_are_verified_with_apple,
+    |app: TestApp| async move {
+        use std::sync::Arc;
+
+        use store_sim::apple_api::{ApiKey, AppStoreServer};
+        app.seed_catalog("acme").await;
+        let chain = Arc::new(AppleChain::generate().unwrap());
+        let server = AppStoreServer::new(
+            chain.clone(),
+            ApiKey::generate("i", "k").unwrap(),
+            "edu.acme.app",
+        );
+        server.set_shared_secret("apple-shared-secret-value");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = server.router();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let settings = |secret: &str| {
+            json!({"app_store": {"bundle_id": "edu.acme.app", "environment": "Sandbox", "shared_secret": secret,
+        "verify_receipt_url": format!("{url}/verifyReceipt"), "verify_receipt_sandbox_url": format!("{url}/sandbox/verifyReceipt")}})
+        };
+        app.patch("/v1/apps/acme", settings("apple-shared-secret-value"))
+            .await
+            .expect(200);
+        let t = t0().millis().to_string();
+        let row = |id: &str, sku: &str, extra: Value| {
+            let mut r = json!({"product_id": sku, "transaction_id": id, "original_transaction_id": id, "purchase_date_ms": t, "original_purchase_date_ms": t, "quantity": "1", "in_app_ownership_type": "PURCHASED"});
+            for (k, v) in extra.as_object().unwrap() {
+                r[k] = v.clone();
+            }
+            r
+        };
+        server.put_receipt(
+            "MIIrec1",
+            "Sandbox",
+            "edu.acme.app",
+            vec![
+                row("12000", "edu.acme.cs101", json!({})),
+                row("12001", "edu.old.thing", json!({})),
+            ],
+        );
+        server.put_receipt("MIIrec2", "Sandbox", "edu.acme.app", vec![row("12100", "edu.acme.pass", json!({"cancellation_date_ms": (t0().millis() + 1000).to_string(), "cancellation_reason": "0"}))]);
+        server.put_receipt(
+            "MIIother",
+            "Sandbox",
+            "com.other.app",
+            vec![row("12200", "edu.acme.cs101", json!({}))],
+        );
+        let send = |user: &'static str, receipt: &'static str| {
+            let app = &app;
+            async move {
+                app.request(
+                    Method::POST,
+                    "/v1/apps/acme/purchases",
+                    Some(ADMIN_KEY),
+                    Some(
+                        json!({"app_user_id": user, "store": "app_store", "receipt_data": receipt}),
+                    ),
+                    &[],
+                )
+                .await
+            }
+        };
+        let calls = server.calls();
+        let answer = send("u1", "MIIrec1").await.expect(200);
+        assert_eq!(answer["status"], "granted");
+        assert_eq!(answer["purchase"]["store_transaction_id"], "12000");
+        assert_eq!(
+            server.calls() - calls,
+            2,
+            "production first, then the sandbox on 21007"
+        );
+        send("u1", "MIIunknown")
+            .await
+            .error(422, "receipt_not_authentic");
+        send("u1", "MIIother").await.error(422, "wrong_app");
+        app.put("/v1/apps/acme/products/pass30", json!({"kind": "non_renewing", "store_skus": {"app_store": "edu.acme.pass"}, "access_duration": "P30D", "entitlements": [{"id": "pass"}]})).await.expect(200);
+        let refunded = send("u2", "MIIrec2").await.expect(200);
+        assert_eq!(refunded["status"], "rejected");
+        app.patch("/v1/apps/acme", settings("a-wrong-secret"))
+            .await
+            .expect(200);
+        send("u3", "MIIrec1")
+            .await
+            .error(409, "store_not_configured");
+    }
+);
