@@ -71,13 +71,7 @@ both!(
         let again = submit(&app, "learner-1", &jws).await.expect(200);
         assert_eq!(again["customer"]["version"], first["customer"]["version"]);
         assert_eq!(app.counts().await, counts, "a duplicate writes nothing");
-        let outbox = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"learner-1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let outbox = app.outbox("learner-1").await;
         assert_eq!(
             outbox
                 .iter()
@@ -370,16 +364,7 @@ both!(
             ),
             "active"
         );
-        let types: Vec<String> = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"u1".parse().unwrap(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
+        let types: Vec<String> = app.outbox_types("u1").await;
         assert_eq!(
             types,
             vec![
@@ -572,15 +557,11 @@ both!(
     |app: TestApp| async move {
         use std::sync::Arc;
 
-        use store_sim::apple_api::{ApiKey, AppStoreServer};
+        use store_sim::apple_api::ApiKey;
         app.seed_catalog("acme").await;
         let chain = Arc::new(AppleChain::generate().unwrap());
         let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
-        let server = AppStoreServer::new(chain.clone(), key.clone(), "edu.acme.app");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let router = server.router();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let (server, url) = serve_api(chain.clone(), key.clone()).await;
         app.patch("/v1/apps/acme", json!({"app_store": {
         "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
         "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
@@ -639,19 +620,11 @@ both!(
     |app: TestApp| async move {
         use std::sync::Arc;
 
-        use store_sim::apple_api::{ApiKey, AppStoreServer};
+        use store_sim::apple_api::ApiKey;
         app.seed_catalog("acme").await;
         let chain = Arc::new(AppleChain::generate().unwrap());
-        let server = AppStoreServer::new(
-            chain.clone(),
-            ApiKey::generate("i", "k").unwrap(),
-            "edu.acme.app",
-        );
+        let (server, url) = serve_api(chain.clone(), ApiKey::generate("i", "k").unwrap()).await;
         server.set_shared_secret("apple-shared-secret-value");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let router = server.router();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         let settings = |secret: &str| {
             json!({"app_store": {"bundle_id": "edu.acme.app", "environment": "Sandbox", "shared_secret": secret,
         "verify_receipt_url": format!("{url}/verifyReceipt"), "verify_receipt_sandbox_url": format!("{url}/sandbox/verifyReceipt")}})
@@ -722,3 +695,16 @@ both!(
             .error(409, "store_not_configured");
     }
 );
+
+/// Starts the simulator's App Store Server API (and verifyReceipt) on loopback; returns it and its URL.
+async fn serve_api(
+    chain: std::sync::Arc<AppleChain>,
+    key: store_sim::apple_api::ApiKey,
+) -> (std::sync::Arc<store_sim::apple_api::AppStoreServer>, String) {
+    let server = store_sim::apple_api::AppStoreServer::new(chain, key, "edu.acme.app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = server.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (server, url)
+}

@@ -252,16 +252,7 @@ both!(
             .map(|e| e["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, vec!["pass-v2"]);
-        let types: Vec<String> = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"u1".parse().unwrap(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
+        let types: Vec<String> = app.outbox_types("u1").await;
         assert_eq!(
             types,
             vec![

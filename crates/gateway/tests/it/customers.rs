@@ -108,13 +108,7 @@ both!(
             .await
             .error(400, "invalid_limit");
 
-        let outbox = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"learner-1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let outbox = app.outbox("learner-1").await;
         let types: Vec<&str> = outbox.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(types, vec!["entitlement.granted", "entitlement.revoked"]);
         assert_eq!(
@@ -225,13 +219,7 @@ both!(
         let snap = app.get(c).await.expect(200);
         assert_eq!(entitlement(&snap, "pass")["status"], "expired");
         assert_eq!(snap["version"], 2);
-        let outbox = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"u1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let outbox = app.outbox("u1").await;
         assert_eq!(outbox.last().unwrap().event_type, "entitlement.expired");
         // A second read writes nothing more.
         let again = app.get(c).await.expect(200);
@@ -305,16 +293,7 @@ both!(
         .fetch_one(app.db.reader()).await.unwrap();
         assert_eq!(unbalanced, 0);
         assert_eq!(app.count("ledger_entries").await, 4);
-        let types: Vec<String> = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"u1".parse().unwrap(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
+        let types: Vec<String> = app.outbox_types("u1").await;
         assert_eq!(types, vec!["balance.changed", "balance.changed"]);
     }
 );
@@ -602,13 +581,7 @@ both!(
             gateway::jobs::expiry::step(&app.db, &clock).await,
             gateway::jobs::Outcome::Partial(1)
         );
-        let outbox = gateway::db::outbox::for_customer(
-            &app.db,
-            &"acme".parse().unwrap(),
-            &"u1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let outbox = app.outbox("u1").await;
         assert_eq!(outbox.last().unwrap().event_type, "entitlement.expired");
         assert_eq!(
             gateway::jobs::expiry::step(&app.db, &clock).await,

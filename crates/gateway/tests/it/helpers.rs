@@ -352,6 +352,26 @@ impl TestApp {
         body["key"].as_str().unwrap().to_owned()
     }
 
+    /// The outbox events of a customer of app `acme`, in delivery order.
+    pub async fn outbox(&self, customer: &str) -> Vec<gateway::db::outbox::OutboxEvent> {
+        gateway::db::outbox::for_customer(
+            &self.db,
+            &"acme".parse().unwrap(),
+            &customer.parse().unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The types of [`TestApp::outbox`].
+    pub async fn outbox_types(&self, customer: &str) -> Vec<String> {
+        self.outbox(customer)
+            .await
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect()
+    }
+
     /// Counts rows of a table, for "changed nothing" checks.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))

@@ -82,13 +82,7 @@ both!(
         // No read re-evaluates here: the server's own expiry loop must (it ticks every 5 s).
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let outbox = gateway::db::outbox::for_customer(
-                &app.db,
-                &"acme".parse().unwrap(),
-                &"u1".parse().unwrap(),
-            )
-            .await
-            .unwrap();
+            let outbox = app.outbox("u1").await;
             if outbox
                 .last()
                 .is_some_and(|e| e.event_type == "entitlement.expired")
