@@ -111,6 +111,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(customers::revoke))
         .routes(routes!(customers::spend))
         .routes(routes!(purchases::submit))
+        .routes(routes!(purchases::restore))
         .routes(routes!(notifications::app_store))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

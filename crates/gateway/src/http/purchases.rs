@@ -103,3 +103,64 @@ pub async fn submit(
     tracing::info!(app = %app.id, customer = %user, status = answer.status, "purchase submitted");
     Ok(ApiJson(answer))
 }
+
+/// The body of a restore.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    /// `app_store` (Google Play comes with its adapter).
+    store: String,
+    /// StoreKit 2: the `jwsRepresentation` of each of `Transaction.currentEntitlements`.
+    #[serde(default)]
+    signed_transactions: Vec<String>,
+    /// A legacy receipt.
+    #[serde(default)]
+    receipt_data: Option<String>,
+    #[serde(default)]
+    purchase_tokens: Vec<String>,
+}
+
+/// Restores a customer's store purchases; a purchase another customer holds moves by the app's
+/// `transfer_policy`.
+#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/restore", tag = "customers",
+    params(("app" = String, Path), ("app_user_id" = String, Path)), request_body = RestoreBody,
+    responses((status = 200, description = "The customer's snapshot after the restore", body = crate::service::customers::Snapshot),
+              (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+pub async fn restore(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((app, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RestoreBody>,
+) -> ApiResult<impl IntoResponse> {
+    let user = parse_user(&user)?;
+    let app = app_for(
+        &s,
+        &caller,
+        &app,
+        Access::ScopesOrPublishable(&[Scope::Purchases]),
+    )
+    .await?;
+    customer_access(&s, &caller, &app, &user, &headers).await?;
+    if body.store != "app_store" || !body.purchase_tokens.is_empty() {
+        return Err(ApiError::bad_request(
+            "store_not_supported",
+            "Restores are taken for `app_store` (with `signed_transactions` or `receipt_data`).",
+        ));
+    }
+    let stores = purchases::AppleStore {
+        verifiers: &s.apple,
+        api: &s.apple_api,
+    };
+    let snap = purchases::restore(
+        &s.db,
+        stores,
+        &app,
+        &user,
+        (body.signed_transactions, body.receipt_data),
+        caller.id(),
+        s.clock.now(),
+    )
+    .await?;
+    Ok(ApiJson(snap))
+}

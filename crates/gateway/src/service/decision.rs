@@ -151,46 +151,24 @@ pub async fn apply(
             state: after,
         });
     }
-    customers::save_state(&mut tx, app, customer, &before, &after, now).await?;
-    let changed = before != after || !effects.is_empty();
-    if changed {
-        row.version += 1;
-    }
-    record_effects(&mut tx, app, customer, &mut row, &effects, now).await?;
     let detail = json!({
         "source": input.source,
         "actor": input.actor,
         "inbound_id": inbound_id,
         "facts": new_facts,
-        "effects": effects,
-        "version": row.version,
     });
-    let entry = audit::Entry {
-        at: now,
-        kind: input.source,
+    let settlement = Settlement {
+        source: input.source,
         cause: &input.cause,
-        detail: &detail,
+        detail,
     };
-    audit::append(&mut tx, app, customer, &mut row, entry).await?;
-    for e in &effects {
-        if let Effect::BalanceNegative { currency, balance } = e {
-            let detail = json!({"currency": currency, "balance": balance});
-            let cause = format!("A clawback left the {currency} balance at {balance}.");
-            let entry = audit::Entry {
-                at: now,
-                kind: "balance.negative",
-                cause: &cause,
-                detail: &detail,
-            };
-            audit::append(&mut tx, app, customer, &mut row, entry).await?;
-        }
-    }
-    customers::save_row(
+    let changed = settle(
         &mut tx,
         app,
         customer,
-        &row,
-        after.next_change_after(now),
+        &mut row,
+        (&before, &after, &effects),
+        settlement,
         now,
     )
     .await?;
@@ -205,6 +183,137 @@ pub async fn apply(
         version: row.version,
         state: after,
     })
+}
+
+/// Why a settled change happened, for the audit row.
+struct Settlement<'a> {
+    source: &'a str,
+    cause: &'a str,
+    /// Detail of the input; the effects and the new version are added to it.
+    detail: serde_json::Value,
+}
+
+/// Writes a decided change for one locked customer, inside the caller's transaction: the new views,
+/// the ledger and outbox rows, the audit row (and a `balance.negative` row per negative balance), the
+/// new version and the next time the clock alone changes the customer. Returns whether the snapshot
+/// changed.
+async fn settle(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    customer: &AppUserId,
+    row: &mut customers::CustomerRow,
+    (before, after, effects): (&CustomerState, &CustomerState, &[Effect]),
+    settlement: Settlement<'_>,
+    now: Timestamp,
+) -> ServiceResult<bool> {
+    customers::save_state(conn, app, customer, before, after, now).await?;
+    let changed = before != after || !effects.is_empty();
+    if changed {
+        row.version += 1;
+    }
+    record_effects(conn, app, customer, row, effects, now).await?;
+    let mut detail = settlement.detail;
+    if let Some(obj) = detail.as_object_mut() {
+        obj.insert("effects".into(), json!(effects));
+        obj.insert("version".into(), json!(row.version));
+    }
+    let entry = audit::Entry {
+        at: now,
+        kind: settlement.source,
+        cause: settlement.cause,
+        detail: &detail,
+    };
+    audit::append(conn, app, customer, row, entry).await?;
+    for e in effects {
+        if let Effect::BalanceNegative { currency, balance } = e {
+            let detail = json!({"currency": currency, "balance": balance});
+            let cause = format!("A clawback left the {currency} balance at {balance}.");
+            let entry = audit::Entry {
+                at: now,
+                kind: "balance.negative",
+                cause: &cause,
+                detail: &detail,
+            };
+            audit::append(conn, app, customer, row, entry).await?;
+        }
+    }
+    customers::save_row(conn, app, customer, row, after.next_change_after(now), now).await?;
+    Ok(changed)
+}
+
+/// Moves a store purchase lineage from one customer to another (a restore under the `transfer`
+/// policy), re-deciding both in one transaction: the one who loses it gets its revokes (and
+/// clawbacks), the one who gains it its grants. Nothing happens when `from` no longer holds it.
+pub async fn transfer(
+    db: &Db,
+    app: &AppId,
+    store: gateway_core::ids::Store,
+    lineage: &str,
+    (from, to): (&AppUserId, &AppUserId),
+    now: Timestamp,
+) -> ServiceResult<bool> {
+    let mut tx = db.writer().begin().await?;
+    // Locks in a fixed order, so two opposite transfers cannot deadlock.
+    let (first, second) = if from <= to { (from, to) } else { (to, from) };
+    let row_first = customers::lock(&mut tx, app, first, now).await?;
+    let row_second = customers::lock(&mut tx, app, second, now).await?;
+    let (mut row_from, mut row_to) = if first == from {
+        (row_first, row_second)
+    } else {
+        (row_second, row_first)
+    };
+    let moved = sqlx::query(
+        "UPDATE purchases SET customer_id = $1, updated_at = $2 \
+         WHERE app_id = $3 AND store = $4 AND store_transaction_id = $5 AND customer_id = $6",
+    )
+    .bind(to.as_str())
+    .bind(now.millis())
+    .bind(app.as_str())
+    .bind(store.as_str())
+    .bind(lineage)
+    .bind(from.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for (customer, row, cause) in [
+        (
+            from,
+            &mut row_from,
+            format!("Store purchase {lineage} moved to another customer who restored it."),
+        ),
+        (
+            to,
+            &mut row_to,
+            format!("Store purchase {lineage} restored from another customer."),
+        ),
+    ] {
+        let (before, after, effects) = decide_locked(&mut tx, app, customer, now).await?;
+        let detail = json!({"source": "transfer", "lineage": lineage, "from": from, "to": to});
+        let settlement = Settlement {
+            source: "app_store.transfer",
+            cause: &cause,
+            detail,
+        };
+        settle(
+            &mut tx,
+            app,
+            customer,
+            row,
+            (&before, &after, &effects),
+            settlement,
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    db.changes().publish(app, from);
+    db.changes().publish(app, to);
+    metrics::counter!("gateway_transfers_total").increment(1);
+    Ok(true)
 }
 
 /// Derives the customer's state from every recorded fact and diffs it against the recorded state.

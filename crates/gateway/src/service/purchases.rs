@@ -10,7 +10,7 @@ use super::{Kind, ServiceError, ServiceResult, customers, decision};
 use crate::db::customers as recorded;
 use crate::{
     db::{self, Db, orders, products},
-    model::App,
+    model::{App, TransferPolicy},
     stores::{
         apple::{self, Verifiers},
         apple_api::AppStoreApi,
@@ -269,4 +269,115 @@ pub async fn submit(
         purchase,
         customer: snapshot,
     })
+}
+
+/// The most transactions one restore may carry.
+pub const MAX_RESTORE: usize = 200;
+
+/// Restores a customer's App Store purchases (StoreKit's `Transaction.currentEntitlements`, or a legacy
+/// receipt). A purchase another customer holds moves to this one under the app's `transfer` policy (the
+/// stores' own behaviour), or stays where it is under `keep`; one store purchase never gives access to
+/// two customers at once.
+pub async fn restore(
+    db: &Db,
+    apple_store: AppleStore<'_>,
+    app: &App,
+    customer: &AppUserId,
+    (signed_transactions, receipt_data): (Vec<String>, Option<String>),
+    actor: &str,
+    now: Timestamp,
+) -> ServiceResult<customers::Snapshot> {
+    if signed_transactions.len() > MAX_RESTORE {
+        return Err(ServiceError::bad_request(
+            "too_many_transactions",
+            format!("A restore carries at most {MAX_RESTORE} transactions."),
+        ));
+    }
+    let verifier = apple_store.verifiers.for_app(app)?;
+    let mut transactions = Vec::new();
+    for jws in &signed_transactions {
+        transactions.push(verifier.verify_transaction(jws, now)?);
+    }
+    if let Some(receipt) = &receipt_data {
+        let verified = apple_receipts::verify(apple_store.api.http(), app, receipt).await?;
+        if verified.environment != verifier.environment() {
+            return Err(ServiceError::new(
+                Kind::Unprocessable,
+                "wrong_environment",
+                "The receipt is from another environment than this app's.",
+            ));
+        }
+        transactions.extend(verified.transactions);
+    }
+    if transactions.is_empty() {
+        return Err(ServiceError::bad_request(
+            "nothing_to_restore",
+            "Send `signed_transactions` or a `receipt_data` to restore.",
+        ));
+    }
+    let raw = serde_json::json!({"signed_transactions": signed_transactions, "receipt_data": receipt_data}).to_string();
+    let mut all_facts: Vec<gateway_core::PurchaseFacts> = Vec::new();
+    for t in &transactions {
+        let sku = t.product_id.clone().unwrap_or_default();
+        let Some(product) = products::by_sku(db, &app.id, "app_store", &sku).await? else {
+            continue;
+        };
+        if let Some(token) = t.app_account_token.as_deref()
+            && let Some(order) = orders::by_app_account_token(db, &app.id, token).await?
+            && order.customer_id != *customer
+        {
+            // Bought by another customer of this app, by their own order: not this customer's to restore.
+            continue;
+        }
+        let facts = apple::transaction_facts(t, db::new_id("pur"), &product)?;
+        if let Some(owner) =
+            recorded::purchase_owner(db, &app.id, Store::AppStore, &facts.store_transaction_id)
+                .await?
+            && owner != customer.as_str()
+        {
+            match app.settings.transfer_policy {
+                TransferPolicy::Keep => continue,
+                TransferPolicy::Transfer => {
+                    let from: AppUserId = owner.parse().map_err(|_| {
+                        ServiceError::Internal(db::DbError::Corrupt(format!(
+                            "customer id {owner:?}"
+                        )))
+                    })?;
+                    decision::transfer(
+                        db,
+                        &app.id,
+                        Store::AppStore,
+                        &facts.store_transaction_id,
+                        (&from, customer),
+                        now,
+                    )
+                    .await?;
+                }
+            }
+        }
+        match all_facts
+            .iter_mut()
+            .find(|f| f.store_transaction_id == facts.store_transaction_id)
+        {
+            Some(f) => f.events.extend(facts.events),
+            None => all_facts.push(facts),
+        }
+    }
+    if !all_facts.is_empty() {
+        let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
+        let input = decision::Input {
+            source: "app_store.restore",
+            dedupe_key: format!("restore:{customer}:{}", &digest[..32]),
+            raw,
+            cause: format!(
+                "The app restored {} App Store purchase(s).",
+                all_facts.len()
+            ),
+            actor: actor.to_owned(),
+            manual: Vec::new(),
+            purchases: all_facts,
+        };
+        decision::apply(db, &app.id, customer, input, now).await?;
+    }
+    customers::snapshot(db, &app.id, customer, now).await
 }

@@ -708,3 +708,89 @@ async fn serve_api(
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     (server, url)
 }
+
+both!(
+    a_restore_moves_a_purchase_by_the_transfer_policy,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let course = store.transaction("13000", "edu.acme.cs101", t, json!({}));
+        let coins = store.transaction(
+            "13001",
+            "edu.acme.coins100",
+            t,
+            json!({"type": "Consumable"}),
+        );
+        submit(&app, "old-device", &course).await.expect(200);
+        submit(&app, "old-device", &coins).await.expect(200);
+        let restore = |user: &'static str, jws: Vec<String>| {
+            let app = &app;
+            async move {
+                app.request(
+                    Method::POST,
+                    &format!("/v1/apps/acme/customers/{user}/restore"),
+                    Some(ADMIN_KEY),
+                    Some(json!({"store": "app_store", "signed_transactions": jws})),
+                    &[],
+                )
+                .await
+            }
+        };
+        let snap = restore("new-account", vec![course.clone(), coins.clone()])
+            .await
+            .expect(200);
+        assert_eq!(
+            entitlement_status(&snap, "course-v1:Acme+CS101+2026"),
+            "active"
+        );
+        assert_eq!(snap["balances"]["COINS"], 100);
+        let old = app
+            .get("/v1/apps/acme/customers/old-device")
+            .await
+            .expect(200);
+        assert_eq!(
+            old["purchases"].as_array().unwrap().len(),
+            0,
+            "never two customers at once"
+        );
+        assert_eq!(
+            old["balances"]["COINS"], 0,
+            "the credit moved with the purchase"
+        );
+        assert_eq!(
+            app.outbox_types("old-device").await,
+            vec![
+                "entitlement.granted",
+                "balance.changed",
+                "entitlement.revoked",
+                "balance.changed"
+            ]
+        );
+        // Restoring again changes nothing.
+        let again = restore("new-account", vec![course.clone()])
+            .await
+            .expect(200);
+        assert_eq!(again["version"], snap["version"]);
+
+        app.patch("/v1/apps/acme", json!({"transfer_policy": "keep"}))
+            .await
+            .expect(200);
+        let kept = restore("third", vec![course]).await.expect(200);
+        assert_eq!(kept["entitlements"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            entitlement_status(
+                &app.get("/v1/apps/acme/customers/new-account")
+                    .await
+                    .expect(200),
+                "course-v1:Acme+CS101+2026"
+            ),
+            "active"
+        );
+        restore("third", vec![])
+            .await
+            .error(400, "nothing_to_restore");
+        restore("third", vec!["garbage".into()])
+            .await
+            .error(422, "malformed_signed_data");
+    }
+);
