@@ -17,6 +17,8 @@ use gateway::{
 use gateway_core::{AppId, SystemClock};
 use tokio_util::sync::CancellationToken;
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "purchase-gateway",
@@ -33,6 +35,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole App Store story against the built-in store simulator, on a fresh database, then
+    /// keep serving: the quickest way to see the gateway work.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Serve the API (migrations run first).
     Serve,
     /// Apply database migrations and exit.
@@ -100,12 +109,17 @@ async fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Demo { listen } = cli.command {
+        // The demo needs no configuration: it makes its own.
+        return demo::run(listen).await;
+    }
     let config = Config::load(cli.config.as_deref())?;
     gateway::telemetry::init_logs(&config);
     for name in gateway::config::ignored_env() {
         tracing::warn!(variable = %name, "ignoring an environment variable that is not a setting");
     }
     match cli.command {
+        Command::Demo { .. } => Ok(()),
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let db = connect(&config).await?;

@@ -242,3 +242,40 @@ fn unrelated_gateway_variables_do_not_stop_start_up() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_demo_tells_the_whole_story_and_keeps_serving() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_purchase-gateway"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.contains("keeps serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for expected in [
+        "answer: \"granted\"",
+        "entitlement_granted",
+        "notification: \"decided\"",
+        "entitlement_revoked",
+        "entitlement_renewed",
+        "keeps serving",
+    ] {
+        assert!(
+            out.contains(expected),
+            "the demo should print {expected:?}:\n{out}"
+        );
+    }
+}
