@@ -106,6 +106,12 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
                 "`app_store.bundle_id` must not be empty.",
             ));
         }
+        if a.environment == crate::model::AppleEnvironment::Production && a.app_apple_id.is_none() {
+            return Err(invalid(
+                "invalid_app_store",
+                "A Production `app_store` needs `app_apple_id` (the app's Apple ID in App Store Connect): Apple's notifications are checked against it.",
+            ));
+        }
         check_url("app_store.api_base_url", a.api_base_url.as_deref())?;
         check_url(
             "app_store.verify_receipt_url",

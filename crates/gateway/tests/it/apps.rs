@@ -139,13 +139,13 @@ both!(
         )
         .await
         .error(400, "invalid_country");
-        app.post("/v1/apps", json!({"id": "b", "name": "x", "app_store": {"bundle_id": "a", "api_base_url": "ftp://x"}})).await.error(400, "invalid_url");
+        app.post("/v1/apps", json!({"id": "b", "name": "x", "app_store": {"bundle_id": "a", "environment": "Sandbox", "api_base_url": "ftp://x"}})).await.error(400, "invalid_url");
         app.post("/v1/apps", json!({"id": "b", "name": "x", "colour": "red"}))
             .await
             .error(400, "invalid_body");
         assert_eq!(app.count("apps").await, 1);
 
-        let patched = app.patch("/v1/apps/acme", json!({"name": "Acme Academy", "app_store": {"bundle_id": "edu.acme.app2", "environment": "Production"}, "embargoed_countries": ["CU"]})).await.expect(200);
+        let patched = app.patch("/v1/apps/acme", json!({"name": "Acme Academy", "app_store": {"bundle_id": "edu.acme.app2", "environment": "Production", "app_apple_id": 1234567890}, "embargoed_countries": ["CU"]})).await.expect(200);
         assert_eq!(patched["name"], "Acme Academy");
         assert_eq!(patched["app_store"]["bundle_id"], "edu.acme.app2");
         assert_eq!(
@@ -377,5 +377,15 @@ both!(
         app.request(Method::GET, "/v1/keys", Some(&reader), None, &[])
             .await
             .error(403, "forbidden");
+    }
+);
+
+both!(
+    a_production_app_store_needs_its_apple_id,
+    |app: TestApp| async move {
+        app.post("/v1/apps", json!({"id": "prod", "name": "Prod", "app_store": {"bundle_id": "edu.acme.app", "environment": "Production"}}))
+        .await
+        .error(400, "invalid_app_store");
+        app.post("/v1/apps", json!({"id": "prod", "name": "Prod", "app_store": {"bundle_id": "edu.acme.app", "app_apple_id": 1234567890}})).await.expect(201);
     }
 );
