@@ -80,17 +80,6 @@ pub async fn save_row(
     Ok(())
 }
 
-/// The customer's version, or `None` when the gateway has never recorded anything about them.
-pub async fn version(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT version FROM customers WHERE app_id = $1 AND id = $2")
-            .bind(app.as_str())
-            .bind(id.as_str())
-            .fetch_optional(db.reader())
-            .await?,
-    )
-}
-
 /// True when a manual fact with this id is recorded.
 pub async fn manual_fact_exists(db: &Db, app: &AppId, id: &str) -> DbResult<bool> {
     let n: i64 =

@@ -2,7 +2,7 @@
 //! is enough (there is nothing to brute-force), and a lookup is one index probe.
 
 use gateway_core::{AppId, Timestamp};
-use sqlx::Row;
+use sqlx::{Row, any::AnyRow};
 
 use super::{Db, DbError, DbResult, json_col};
 use crate::model::{ApiKey, KeyKind, Scope};
@@ -50,7 +50,6 @@ pub async fn find_by_hash(db: &Db, key_hash: &str) -> DbResult<Option<ApiKey>> {
     .fetch_optional(db.reader())
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let kind: String = row.try_get("kind")?;
     let app: Option<String> = row.try_get("app_id")?;
     Ok(Some(ApiKey {
         id: row.try_get("id")?,
@@ -58,13 +57,31 @@ pub async fn find_by_hash(db: &Db, key_hash: &str) -> DbResult<Option<ApiKey>> {
             .map(AppId::parse)
             .transpose()
             .map_err(|e| DbError::Corrupt(e.to_string()))?,
-        kind: match kind.as_str() {
-            "secret" => KeyKind::Secret,
-            "publishable" => KeyKind::Publishable,
-            other => return Err(DbError::Corrupt(format!("key kind {other:?}"))),
-        },
+        kind: kind_col(&row)?,
         scopes: json_col(&row, "scopes")?,
     }))
+}
+
+/// A listed key from its row (`id, kind, scopes, prefix, created_at, revoked_at`).
+fn key_info(row: &AnyRow) -> DbResult<KeyInfo> {
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    Ok(KeyInfo {
+        id: row.try_get("id")?,
+        kind: kind_col(row)?,
+        scopes: json_col(row, "scopes")?,
+        prefix: row.try_get("prefix")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        revoked_at: revoked.map(Timestamp::from_millis),
+    })
+}
+
+fn kind_col(row: &AnyRow) -> DbResult<KeyKind> {
+    let kind: String = row.try_get("kind")?;
+    match kind.as_str() {
+        "secret" => Ok(KeyKind::Secret),
+        "publishable" => Ok(KeyKind::Publishable),
+        other => Err(DbError::Corrupt(format!("key kind {other:?}"))),
+    }
 }
 
 pub async fn list_for_app(db: &Db, app: &AppId) -> DbResult<Vec<KeyInfo>> {
@@ -75,24 +92,7 @@ pub async fn list_for_app(db: &Db, app: &AppId) -> DbResult<Vec<KeyInfo>> {
     .bind(app.as_str())
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|row| {
-            let kind: String = row.try_get("kind")?;
-            let revoked: Option<i64> = row.try_get("revoked_at")?;
-            Ok(KeyInfo {
-                id: row.try_get("id")?,
-                kind: if kind == "publishable" {
-                    KeyKind::Publishable
-                } else {
-                    KeyKind::Secret
-                },
-                scopes: json_col(row, "scopes")?,
-                prefix: row.try_get("prefix")?,
-                created_at: Timestamp::from_millis(row.try_get("created_at")?),
-                revoked_at: revoked.map(Timestamp::from_millis),
-            })
-        })
-        .collect()
+    rows.iter().map(key_info).collect()
 }
 
 /// Every key (admin keys and every app's), never with the key itself.
@@ -103,25 +103,7 @@ pub async fn list_all(db: &Db) -> DbResult<Vec<(Option<String>, KeyInfo)>> {
     .fetch_all(db.reader())
     .await?;
     rows.iter()
-        .map(|row| {
-            let kind: String = row.try_get("kind")?;
-            let revoked: Option<i64> = row.try_get("revoked_at")?;
-            Ok((
-                row.try_get("app_id")?,
-                KeyInfo {
-                    id: row.try_get("id")?,
-                    kind: if kind == "publishable" {
-                        KeyKind::Publishable
-                    } else {
-                        KeyKind::Secret
-                    },
-                    scopes: json_col(row, "scopes")?,
-                    prefix: row.try_get("prefix")?,
-                    created_at: Timestamp::from_millis(row.try_get("created_at")?),
-                    revoked_at: revoked.map(Timestamp::from_millis),
-                },
-            ))
-        })
+        .map(|row| Ok((row.try_get("app_id")?, key_info(row)?)))
         .collect()
 }
 

@@ -9,7 +9,7 @@ use gateway_core::{
 };
 use sqlx::{AnyConnection, Row};
 
-use super::{DbError, DbResult, new_id};
+use super::{DbError, DbResult, new_id, parsed_col};
 
 /// Records one movement of `amount` (positive: to the customer) as a balanced pair of legs. Returns
 /// the transaction id.
@@ -68,8 +68,7 @@ pub async fn balances(
         if !account.starts_with(&prefix) {
             continue;
         }
-        let currency: String = row.try_get("currency")?;
-        let currency = Currency::parse(currency).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let currency: Currency = parsed_col(row, "currency")?;
         out.insert(currency, row.try_get::<i64, _>("total")?);
     }
     Ok(out)
@@ -92,8 +91,7 @@ pub async fn derived_positions(
     .await?;
     let mut out = BTreeMap::new();
     for row in &rows {
-        let currency: String = row.try_get("currency")?;
-        let currency = Currency::parse(currency).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let currency: Currency = parsed_col(row, "currency")?;
         let account: String = row.try_get("account")?;
         if account != customer_account(customer, &currency) {
             continue;
@@ -123,10 +121,9 @@ pub async fn spend_by_key(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let currency: String = row.try_get("currency")?;
     Ok(Some((
         row.try_get("txn_id")?,
-        Currency::parse(currency).map_err(|e| DbError::Corrupt(e.to_string()))?,
+        parsed_col(&row, "currency")?,
         row.try_get("amount")?,
     )))
 }

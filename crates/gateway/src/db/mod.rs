@@ -12,6 +12,7 @@ pub mod audit;
 pub mod changes;
 pub mod customers;
 pub mod idempotency;
+pub mod inbound;
 pub mod keys;
 pub mod ledger;
 pub mod orders;

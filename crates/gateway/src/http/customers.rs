@@ -10,8 +10,8 @@ use gateway_core::{Currency, ProductId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Access, AppState, app_for,
-    auth::{Caller, customer_access},
+    Access, AppState, app_for, app_for_customer,
+    auth::Caller,
     catalog::ProductList,
     error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody},
     parse_entitlement, parse_product, parse_user,
@@ -74,8 +74,7 @@ pub async fn get_customer(
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
-    let found = app_for(&s, &caller, &app, Access::ScopesOrPublishable(READ)).await?;
-    customer_access(&s, &caller, &found, &user, &headers).await?;
+    let found = app_for_customer(&s, &caller, &app, &user, &headers, READ).await?;
     let app = found.id.clone();
     let snap = match (poll.wait, poll.after_version) {
         (Some(wait), Some(after)) => {
@@ -105,8 +104,7 @@ pub async fn offerings(
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
-    let found = app_for(&s, &caller, &app, Access::ScopesOrPublishable(READ)).await?;
-    customer_access(&s, &caller, &found, &user, &headers).await?;
+    let found = app_for_customer(&s, &caller, &app, &user, &headers, READ).await?;
     let app = found.id.clone();
     let products = customers::offerings(&s.db, &app, &user, s.clock.now()).await?;
     Ok(ApiJson(ProductList { products }))
@@ -155,14 +153,15 @@ pub async fn create_order(
     ApiJson(body): ApiJson<OrderBody>,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
-    let app = app_for(
+    let app = app_for_customer(
         &s,
         &caller,
         &app,
-        Access::ScopesOrPublishable(&[Scope::Customers, Scope::Purchases]),
+        &user,
+        &headers,
+        &[Scope::Customers, Scope::Purchases],
     )
     .await?;
-    customer_access(&s, &caller, &app, &user, &headers).await?;
     let ids = body
         .product_ids
         .iter()

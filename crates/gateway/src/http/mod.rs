@@ -191,6 +191,21 @@ pub async fn app_for(
     Ok(crate::service::apps::get(&state.db, &id).await?)
 }
 
+/// [`app_for`] for a call made for one customer: an admin or scoped secret key, or the app's
+/// publishable key, which must also carry that customer's JWT when the app authenticates customers.
+pub async fn app_for_customer(
+    state: &AppState,
+    caller: &auth::Caller,
+    raw: &str,
+    customer: &AppUserId,
+    headers: &axum::http::HeaderMap,
+    scopes: &'static [crate::model::Scope],
+) -> Result<crate::model::App, ApiError> {
+    let app = app_for(state, caller, raw, Access::ScopesOrPublishable(scopes)).await?;
+    auth::customer_access(state, caller, &app, customer, headers).await?;
+    Ok(app)
+}
+
 /// Parses a path segment, or answers 400 naming it.
 pub fn parse_app(raw: &str) -> Result<AppId, ApiError> {
     AppId::parse(raw).map_err(|e| {

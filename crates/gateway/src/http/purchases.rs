@@ -9,8 +9,8 @@ use gateway_core::ids::Store;
 use serde::Deserialize;
 
 use super::{
-    Access, AppState, app_for,
-    auth::{Caller, customer_access},
+    AppState, app_for_customer,
+    auth::Caller,
     error::{ApiError, ApiJson, ApiResult, ErrorBody},
     parse_user,
 };
@@ -56,14 +56,7 @@ pub async fn submit(
     ApiJson(body): ApiJson<PurchaseBody>,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&body.app_user_id)?;
-    let app = app_for(
-        &s,
-        &caller,
-        &app,
-        Access::ScopesOrPublishable(&[Scope::Purchases]),
-    )
-    .await?;
-    customer_access(&s, &caller, &app, &user, &headers).await?;
+    let app = app_for_customer(&s, &caller, &app, &user, &headers, &[Scope::Purchases]).await?;
     let store = Store::parse(&body.store)
         .filter(|s| *s != Store::Manual)
         .ok_or_else(|| {
@@ -134,14 +127,7 @@ pub async fn restore(
     ApiJson(body): ApiJson<RestoreBody>,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
-    let app = app_for(
-        &s,
-        &caller,
-        &app,
-        Access::ScopesOrPublishable(&[Scope::Purchases]),
-    )
-    .await?;
-    customer_access(&s, &caller, &app, &user, &headers).await?;
+    let app = app_for_customer(&s, &caller, &app, &user, &headers, &[Scope::Purchases]).await?;
     if body.store != "app_store" || !body.purchase_tokens.is_empty() {
         return Err(ApiError::bad_request(
             "store_not_supported",

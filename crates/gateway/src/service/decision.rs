@@ -16,7 +16,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::{ServiceError, ServiceResult};
-use crate::db::{self, Db, audit, customers, ledger, outbox, products};
+use crate::db::{Db, audit, customers, inbound, ledger, outbox, products};
 
 /// An input to decide on.
 #[derive(Debug, Clone)]
@@ -56,22 +56,15 @@ pub async fn apply(
     let mut tx = db.writer().begin().await?;
     let mut row = customers::lock(&mut tx, app, customer, now).await?;
 
-    let inbound_id = db::new_id("inb");
-    let fresh_input = sqlx::query(
-        "INSERT INTO inbound (id, app_id, source, dedupe_key, customer_id, raw, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app_id, source, dedupe_key) DO NOTHING",
-    )
-    .bind(&inbound_id)
-    .bind(app.as_str())
-    .bind(input.source)
-    .bind(&input.dedupe_key)
-    .bind(customer.as_str())
-    .bind(&input.raw)
-    .bind(now.millis())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
+    let raw = inbound::Raw {
+        source: input.source,
+        dedupe_key: &input.dedupe_key,
+        customer: Some(customer.as_str()),
+        body: &input.raw,
+    };
+    let inserted = inbound::insert(&mut tx, app, raw, now).await?;
+    let fresh_input = inserted.is_some();
+    let inbound_id = inserted.unwrap_or_default();
 
     let mut new_facts = Vec::new();
     if fresh_input {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ServiceError, ServiceResult, decision};
 use crate::{
-    db::{self, Db, customers, orders, products},
+    db::{self, Db, customers, inbound, orders, products},
     model::App,
     stores::apple::{self, Verifiers},
 };
@@ -54,7 +54,7 @@ pub async fn receive_apple(
     let n = verifier.verify_notification(&envelope.signed_payload, now)?;
     let raw = String::from_utf8_lossy(body).into_owned();
     let uuid = n.notification_uuid.clone();
-    if inbound_exists(db, app, &uuid).await? {
+    if inbound::exists(db, &app.id, SOURCE, &uuid).await? {
         return Ok(Received {
             status: "duplicate",
             notification_uuid: uuid,
@@ -71,7 +71,7 @@ pub async fn receive_apple(
         None => None,
     };
     let Some(t) = transaction else {
-        record_only(db, app, &uuid, &raw, None, now).await?;
+        record_only(db, app, &uuid, &raw, now).await?;
         return Ok(Received {
             status: "recorded",
             notification_uuid: uuid,
@@ -80,7 +80,7 @@ pub async fn receive_apple(
     let sku = t.product_id.clone().unwrap_or_default();
     let Some(product) = products::by_sku(db, &app.id, "app_store", &sku).await? else {
         tracing::warn!(app = %app.id, sku = %sku, notification = %uuid, "notification for a product the catalog does not know; kept");
-        record_only(db, app, &uuid, &raw, None, now).await?;
+        record_only(db, app, &uuid, &raw, now).await?;
         return Ok(Received {
             status: "recorded",
             notification_uuid: uuid,
@@ -175,41 +175,22 @@ fn notification_events(
     }
 }
 
-async fn inbound_exists(db: &Db, app: &App, uuid: &str) -> ServiceResult<bool> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM inbound WHERE app_id = $1 AND source = $2 AND dedupe_key = $3",
-    )
-    .bind(app.id.as_str())
-    .bind(SOURCE)
-    .bind(uuid)
-    .fetch_one(db.reader())
-    .await?;
-    Ok(n > 0)
-}
-
 /// Keeps the raw notification with no decision to make (TEST, CONSUMPTION_REQUEST, unknown products).
 async fn record_only(
     db: &Db,
     app: &App,
     uuid: &str,
     raw: &str,
-    customer: Option<&str>,
     now: Timestamp,
 ) -> ServiceResult<()> {
-    let id = db::new_id("inb");
-    sqlx::query(
-        "INSERT INTO inbound (id, app_id, source, dedupe_key, customer_id, raw, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app_id, source, dedupe_key) DO NOTHING",
-    )
-    .bind(&id)
-    .bind(app.id.as_str())
-    .bind(SOURCE)
-    .bind(uuid)
-    .bind(customer)
-    .bind(raw)
-    .bind(now.millis())
-    .execute(db.writer())
-    .await?;
+    let mut conn = db.writer().acquire().await?;
+    let raw = inbound::Raw {
+        source: SOURCE,
+        dedupe_key: uuid,
+        customer: None,
+        body: raw,
+    };
+    inbound::insert(&mut conn, &app.id, raw, now).await?;
     Ok(())
 }
 
@@ -223,20 +204,15 @@ async fn hold(
     now: Timestamp,
 ) -> ServiceResult<()> {
     let mut tx = db.writer().begin().await?;
-    let id = db::new_id("inb");
-    sqlx::query(
-        "INSERT INTO inbound (id, app_id, source, dedupe_key, customer_id, raw, received_at) \
-         VALUES ($1, $2, $3, $4, NULL, $5, $6) ON CONFLICT (app_id, source, dedupe_key) DO NOTHING",
-    )
-    .bind(&id)
-    .bind(app.id.as_str())
-    .bind(SOURCE)
-    .bind(uuid)
-    .bind(raw)
-    .bind(now.millis())
-    .execute(&mut *tx)
-    .await?;
-    customers::insert_orphan_events(&mut tx, &app.id, facts, &id, now).await?;
+    let raw = inbound::Raw {
+        source: SOURCE,
+        dedupe_key: uuid,
+        customer: None,
+        body: raw,
+    };
+    if let Some(id) = inbound::insert(&mut tx, &app.id, raw, now).await? {
+        customers::insert_orphan_events(&mut tx, &app.id, facts, &id, now).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
