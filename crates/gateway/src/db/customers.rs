@@ -23,6 +23,8 @@ pub struct CustomerRow {
     pub audit_head: String,
     /// The customer's outbox counter: each event takes the next number, which is its delivery order.
     pub event_seq: i64,
+    /// When the clock alone next changes the customer's state, as last recorded.
+    pub next_change_at: Option<Timestamp>,
 }
 
 /// Creates the customer if needed and takes its write lock for the rest of the transaction: the
@@ -38,7 +40,7 @@ pub async fn lock(
         "INSERT INTO customers (app_id, id, version, audit_seq, audit_head, event_seq, created_at, updated_at) \
          VALUES ($1, $2, 0, 0, $3, 0, $4, $4) \
          ON CONFLICT (app_id, id) DO UPDATE SET version = customers.version \
-         RETURNING version, audit_seq, audit_head, event_seq",
+         RETURNING version, audit_seq, audit_head, event_seq, next_change_at",
     )
     .bind(app.as_str())
     .bind(id.as_str())
@@ -51,6 +53,9 @@ pub async fn lock(
         audit_seq: row.try_get("audit_seq")?,
         audit_head: row.try_get("audit_head")?,
         event_seq: row.try_get("event_seq")?,
+        next_change_at: row
+            .try_get::<Option<i64>, _>("next_change_at")?
+            .map(Timestamp::from_millis),
     })
 }
 
@@ -89,6 +94,42 @@ pub async fn manual_fact_exists(db: &Db, app: &AppId, id: &str) -> DbResult<bool
             .fetch_one(db.reader())
             .await?;
     Ok(n > 0)
+}
+
+/// When the clock alone next changes a customer's recorded state, if ever; `None` for a customer
+/// never seen too.
+pub async fn next_change_at(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<Timestamp>> {
+    let next: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
+            .bind(app.as_str())
+            .bind(id.as_str())
+            .fetch_optional(db.reader())
+            .await?;
+    Ok(next.flatten().map(Timestamp::from_millis))
+}
+
+/// Moves a purchase lineage from one customer to another; false when `from` does not hold it.
+pub async fn move_purchase(
+    conn: &mut AnyConnection,
+    app: &AppId,
+    store: Store,
+    lineage: &str,
+    (from, to): (&AppUserId, &AppUserId),
+    now: Timestamp,
+) -> DbResult<bool> {
+    let moved = sqlx::query(
+        "UPDATE purchases SET customer_id = $1, updated_at = $2 \
+         WHERE app_id = $3 AND store = $4 AND store_transaction_id = $5 AND customer_id = $6",
+    )
+    .bind(to.as_str())
+    .bind(now.millis())
+    .bind(app.as_str())
+    .bind(store.as_str())
+    .bind(lineage)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(moved.rows_affected() == 1)
 }
 
 /// Adds a manual fact; false when its id was recorded before (a replay).

@@ -429,21 +429,7 @@ pub async fn spend(
         detail: &detail,
     };
     audit::append(&mut tx, app, id, &mut row, entry).await?;
-    let next: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
-            .bind(app.as_str())
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    customers::save_row(
-        &mut tx,
-        app,
-        id,
-        &row,
-        next.flatten().map(Timestamp::from_millis),
-        now,
-    )
-    .await?;
+    customers::save_row(&mut tx, app, id, &row, row.next_change_at, now).await?;
     tx.commit().await?;
     db.changes().publish(app, id);
     metrics::counter!("gateway_spends_total").increment(1);

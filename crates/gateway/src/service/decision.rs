@@ -255,20 +255,8 @@ pub async fn transfer(
     } else {
         (row_second, row_first)
     };
-    let moved = sqlx::query(
-        "UPDATE purchases SET customer_id = $1, updated_at = $2 \
-         WHERE app_id = $3 AND store = $4 AND store_transaction_id = $5 AND customer_id = $6",
-    )
-    .bind(to.as_str())
-    .bind(now.millis())
-    .bind(app.as_str())
-    .bind(store.as_str())
-    .bind(lineage)
-    .bind(from.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
+    let moved = customers::move_purchase(&mut tx, app, store, lineage, (from, to), now).await?;
+    if !moved {
         tx.rollback().await?;
         return Ok(false);
     }
@@ -424,11 +412,6 @@ pub async fn due(
     customer: &AppUserId,
     now: Timestamp,
 ) -> ServiceResult<bool> {
-    let next: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
-            .bind(app.as_str())
-            .bind(customer.as_str())
-            .fetch_optional(db.reader())
-            .await?;
-    Ok(next.flatten().is_some_and(|t| t <= now.millis()))
+    let next = customers::next_change_at(db, app, customer).await?;
+    Ok(next.is_some_and(|t| t <= now))
 }
