@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 
 use gateway_core::{
-    AppId, AppUserId, CustomerFacts, CustomerState, ManualFact, PurchaseFacts, StoreEvent,
-    Timestamp,
+    AppId, AppUserId, CustomerState, Timestamp,
     decide::{EntitlementView, PurchaseView},
     ids::Store,
 };
 use sqlx::{AnyConnection, Row};
 
-use super::{Db, DbError, DbResult, json_col, ledger};
+use super::{Db, DbResult, json_col, ledger};
 
 /// The customer row as a decision holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,127 +131,6 @@ pub async fn move_purchase(
     Ok(moved.rows_affected() == 1)
 }
 
-/// Adds a manual fact; false when its id was recorded before (a replay).
-pub async fn insert_manual_fact(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    customer: &AppUserId,
-    fact: &ManualFact,
-    actor: &str,
-) -> DbResult<bool> {
-    let done = sqlx::query(
-        "INSERT INTO manual_facts (app_id, id, customer_id, at, body, reason, actor, product_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, id) DO NOTHING",
-    )
-    .bind(app.as_str())
-    .bind(&fact.id)
-    .bind(customer.as_str())
-    .bind(fact.at.millis())
-    .bind(serde_json::to_string(&fact.action)?)
-    .bind(&fact.reason)
-    .bind(actor)
-    .bind(match &fact.action {
-        gateway_core::ManualAction::GrantProduct { product_id, .. } => {
-            Some(product_id.as_str().to_owned())
-        }
-        _ => None,
-    })
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Adds a store event to a purchase; false when its dedupe key was recorded before.
-pub async fn insert_store_event(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    purchase_id: &str,
-    event: &StoreEvent,
-    inbound_id: Option<&str>,
-    now: Timestamp,
-) -> DbResult<bool> {
-    let done = sqlx::query(
-        "INSERT INTO store_events (app_id, dedupe_key, purchase_id, occurred_at, kind, body, inbound_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, dedupe_key) DO NOTHING",
-    )
-    .bind(app.as_str())
-    .bind(&event.dedupe_key)
-    .bind(purchase_id)
-    .bind(event.occurred_at.millis())
-    .bind(event.kind.name())
-    .bind(serde_json::to_string(&event.kind)?)
-    .bind(inbound_id)
-    .bind(now.millis())
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Every fact about a customer: their purchases with their store events, and their manual facts.
-pub async fn load_facts(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    id: &AppUserId,
-) -> DbResult<CustomerFacts> {
-    let rows = sqlx::query(
-        "SELECT p.id, p.store, p.product_id, p.store_transaction_id, p.environment, p.terms, \
-                e.dedupe_key, e.occurred_at, e.body \
-         FROM purchases p LEFT JOIN store_events e ON e.purchase_id = p.id \
-         WHERE p.app_id = $1 AND p.customer_id = $2 ORDER BY p.id, e.occurred_at, e.dedupe_key",
-    )
-    .bind(app.as_str())
-    .bind(id.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut purchases: Vec<PurchaseFacts> = Vec::new();
-    for row in &rows {
-        let pid: String = row.try_get("id")?;
-        if purchases.last().is_none_or(|p| p.id != pid) {
-            let store: String = row.try_get("store")?;
-            purchases.push(PurchaseFacts {
-                id: pid,
-                store: Store::parse(&store)
-                    .ok_or_else(|| DbError::Corrupt(format!("store {store:?}")))?,
-                product_id: super::parsed_col(row, "product_id")?,
-                store_transaction_id: row.try_get("store_transaction_id")?,
-                environment: row.try_get("environment")?,
-                terms: row
-                    .try_get::<Option<String>, _>("terms")?
-                    .map(|t| serde_json::from_str(&t))
-                    .transpose()?,
-                events: Vec::new(),
-            });
-        }
-        let key: Option<String> = row.try_get("dedupe_key")?;
-        if let (Some(key), Some(p)) = (key, purchases.last_mut()) {
-            p.events.push(StoreEvent {
-                dedupe_key: key,
-                occurred_at: Timestamp::from_millis(row.try_get("occurred_at")?),
-                kind: json_col(row, "body")?,
-            });
-        }
-    }
-    let rows = sqlx::query(
-        "SELECT id, at, body, reason FROM manual_facts WHERE app_id = $1 AND customer_id = $2 ORDER BY at, id",
-    )
-    .bind(app.as_str())
-    .bind(id.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let manual = rows
-        .iter()
-        .map(|row| {
-            Ok(ManualFact {
-                id: row.try_get("id")?,
-                at: Timestamp::from_millis(row.try_get("at")?),
-                action: json_col(row, "body")?,
-                reason: row.try_get("reason")?,
-            })
-        })
-        .collect::<DbResult<Vec<_>>>()?;
-    Ok(CustomerFacts { purchases, manual })
-}
-
 /// The state last recorded for a customer: purchase and entitlement views, and the net ledger
 /// position of every derived source.
 pub async fn load_state(
@@ -283,101 +161,6 @@ pub async fn load_state(
     }
     state.ledger = ledger::derived_positions(conn, app, id).await?;
     Ok(state)
-}
-
-/// Writes the purchase and entitlement views that changed between `before` and `after`.
-pub async fn save_state(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    id: &AppUserId,
-    before: &CustomerState,
-    after: &CustomerState,
-    now: Timestamp,
-) -> DbResult<()> {
-    for (pid, view) in &after.purchases {
-        if before.purchases.get(pid) == Some(view) {
-            continue;
-        }
-        sqlx::query(
-            "UPDATE purchases SET status = $1, expires_at = $2, view = $3, updated_at = $4 WHERE id = $5 AND app_id = $6",
-        )
-        .bind(view.status.as_str())
-        .bind(view.expires_at.map(Timestamp::millis))
-        .bind(serde_json::to_string(view)?)
-        .bind(now.millis())
-        .bind(pid)
-        .bind(app.as_str())
-        .execute(&mut *conn)
-        .await?;
-    }
-    // An entitlement nothing grants any more leaves the snapshot (its revoke was an effect).
-    for eid in before
-        .entitlements
-        .keys()
-        .filter(|e| !after.entitlements.contains_key(*e))
-    {
-        sqlx::query("DELETE FROM entitlements WHERE app_id = $1 AND customer_id = $2 AND id = $3")
-            .bind(app.as_str())
-            .bind(id.as_str())
-            .bind(eid.as_str())
-            .execute(&mut *conn)
-            .await?;
-    }
-    for (eid, view) in &after.entitlements {
-        if before.entitlements.get(eid) == Some(view) {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO entitlements (app_id, customer_id, id, status, expires_at, view, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (app_id, customer_id, id) DO UPDATE SET status = excluded.status, \
-             expires_at = excluded.expires_at, view = excluded.view, updated_at = excluded.updated_at",
-        )
-        .bind(app.as_str())
-        .bind(id.as_str())
-        .bind(eid.as_str())
-        .bind(view.status.as_str())
-        .bind(view.expires_at.map(Timestamp::millis))
-        .bind(serde_json::to_string(view)?)
-        .bind(now.millis())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
-/// A purchase lineage: finds it by its store id or creates it for `customer`. Returns its id and the
-/// customer it belongs to.
-pub async fn ensure_purchase(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    customer: &AppUserId,
-    facts: &PurchaseFacts,
-    now: Timestamp,
-) -> DbResult<(String, String)> {
-    sqlx::query(
-        "INSERT INTO purchases (id, app_id, customer_id, store, store_transaction_id, product_id, environment, \
-         status, created_at, updated_at, terms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $9) \
-         ON CONFLICT (app_id, store, store_transaction_id) DO NOTHING",
-    )
-    .bind(&facts.id)
-    .bind(app.as_str())
-    .bind(customer.as_str())
-    .bind(facts.store.as_str())
-    .bind(&facts.store_transaction_id)
-    .bind(facts.product_id.as_str())
-    .bind(facts.environment.as_deref())
-    .bind(now.millis())
-    .bind(facts.terms.as_ref().map(serde_json::to_string).transpose()?)
-    .execute(&mut *conn)
-    .await?;
-    let row = sqlx::query("SELECT id, customer_id FROM purchases WHERE app_id = $1 AND store = $2 AND store_transaction_id = $3")
-        .bind(app.as_str())
-        .bind(facts.store.as_str())
-        .bind(&facts.store_transaction_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok((row.try_get("id")?, row.try_get("customer_id")?))
 }
 
 /// Marks for re-evaluation now every customer whose state `product` can change: holders of its
@@ -432,75 +215,6 @@ pub async fn purchase_owner(
     .bind(lineage)
     .fetch_optional(db.reader())
     .await?)
-}
-
-/// Keeps facts about a lineage no customer holds yet.
-pub async fn insert_orphan_events(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    facts: &PurchaseFacts,
-    inbound_id: &str,
-    now: Timestamp,
-) -> DbResult<usize> {
-    let mut added = 0;
-    for e in &facts.events {
-        let done = sqlx::query(
-            "INSERT INTO orphan_events (app_id, store, lineage, dedupe_key, occurred_at, body, inbound_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, dedupe_key) DO NOTHING",
-        )
-        .bind(app.as_str())
-        .bind(facts.store.as_str())
-        .bind(&facts.store_transaction_id)
-        .bind(&e.dedupe_key)
-        .bind(e.occurred_at.millis())
-        .bind(serde_json::to_string(&e.kind)?)
-        .bind(inbound_id)
-        .bind(now.millis())
-        .execute(&mut *conn)
-        .await?;
-        added += done.rows_affected() as usize;
-    }
-    Ok(added)
-}
-
-/// Moves the orphan facts of a lineage onto its purchase; returns how many joined.
-pub async fn adopt_orphans(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    store: Store,
-    lineage: &str,
-    purchase_id: &str,
-    now: Timestamp,
-) -> DbResult<usize> {
-    let rows = sqlx::query(
-        "SELECT dedupe_key, occurred_at, body, inbound_id FROM orphan_events WHERE app_id = $1 AND store = $2 AND lineage = $3",
-    )
-    .bind(app.as_str())
-    .bind(store.as_str())
-    .bind(lineage)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut adopted = 0;
-    for row in &rows {
-        let event = StoreEvent {
-            dedupe_key: row.try_get("dedupe_key")?,
-            occurred_at: Timestamp::from_millis(row.try_get("occurred_at")?),
-            kind: json_col(row, "body")?,
-        };
-        let inbound: Option<String> = row.try_get("inbound_id")?;
-        if insert_store_event(conn, app, purchase_id, &event, inbound.as_deref(), now).await? {
-            adopted += 1;
-        }
-    }
-    if !rows.is_empty() {
-        sqlx::query("DELETE FROM orphan_events WHERE app_id = $1 AND store = $2 AND lineage = $3")
-            .bind(app.as_str())
-            .bind(store.as_str())
-            .bind(lineage)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(adopted)
 }
 
 /// What a snapshot is built from.

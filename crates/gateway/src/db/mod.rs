@@ -9,10 +9,10 @@
 
 pub mod apps;
 pub mod audit;
+pub mod batch;
 pub mod changes;
 pub mod customers;
 pub mod idempotency;
-pub mod inbound;
 pub mod keys;
 pub mod ledger;
 pub mod orders;
@@ -109,6 +109,9 @@ pub struct Db {
     read: AnyPool,
     write: AnyPool,
     changes: std::sync::Arc<changes::Changes>,
+    /// The decision committer of this handle's process, started on first use. It lives while any
+    /// clone of the handle does.
+    committer: std::sync::Arc<std::sync::OnceLock<crate::service::committer::Committer>>,
 }
 
 impl Db {
@@ -126,6 +129,7 @@ impl Db {
                     read,
                     write,
                     changes: Default::default(),
+                    committer: Default::default(),
                 })
             }
             Dialect::Postgres => {
@@ -139,6 +143,7 @@ impl Db {
                     read: pool.clone(),
                     write: pool,
                     changes: Default::default(),
+                    committer: Default::default(),
                 })
             }
         }
@@ -167,6 +172,18 @@ impl Db {
     /// Change signals for long polls: writers publish after commit, waiters subscribe.
     pub fn changes(&self) -> &changes::Changes {
         &self.changes
+    }
+
+    /// The decision committer (group commit): started on the first decision, on this runtime.
+    pub fn committer(&self) -> &crate::service::committer::Committer {
+        self.committer.get_or_init(|| {
+            // The committer's own handle has an empty slot, so it does not keep itself alive.
+            let own = Db {
+                committer: Default::default(),
+                ..self.clone()
+            };
+            crate::service::committer::Committer::start(own)
+        })
     }
 
     /// True when the database answers.

@@ -1,9 +1,7 @@
 //! The catalog tables: `products` (the definition as JSON plus the columns queries need),
 //! `product_skus` (one store SKU names one product of an app) and `product_entitlements`.
 
-use std::collections::BTreeMap;
-
-use gateway_core::{AppId, EntitlementId, Product, ProductId, Timestamp, decide::Catalog};
+use gateway_core::{AppId, EntitlementId, Product, ProductId, Timestamp};
 use sqlx::AnyConnection;
 
 use super::{Db, DbError, DbResult, json_col};
@@ -191,41 +189,6 @@ pub async fn deactivate(db: &Db, app: &AppId, id: &ProductId, now: Timestamp) ->
         .await?;
     tx.commit().await?;
     Ok(true)
-}
-
-/// The products a decision needs: those named, and those that grant any of `entitlements`.
-pub async fn catalog_subset(
-    conn: &mut AnyConnection,
-    app: &AppId,
-    products: &[ProductId],
-    entitlements: &[EntitlementId],
-) -> DbResult<Catalog> {
-    let mut ids: Vec<String> = products.iter().map(|p| p.as_str().to_owned()).collect();
-    for e in entitlements {
-        let granting: Vec<String> = sqlx::query_scalar(
-            "SELECT product_id FROM product_entitlements WHERE app_id = $1 AND entitlement_id = $2",
-        )
-        .bind(app.as_str())
-        .bind(e.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-        ids.extend(granting);
-    }
-    ids.sort();
-    ids.dedup();
-    let mut catalog = BTreeMap::new();
-    for id in ids {
-        let row = sqlx::query("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
-            .bind(app.as_str())
-            .bind(&id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = row {
-            let p: Product = json_col(&row, "definition")?;
-            catalog.insert(p.id.clone(), p);
-        }
-    }
-    Ok(catalog)
 }
 
 /// The product a store SKU names, if any.

@@ -2,7 +2,9 @@
 //! (`db`), the pure core and, later, the store clients. Handlers call exactly one of these.
 
 pub mod apps;
+pub mod batch;
 pub mod catalog;
+pub mod committer;
 pub mod customer_auth;
 pub mod customers;
 pub mod decision;

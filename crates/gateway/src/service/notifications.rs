@@ -7,16 +7,14 @@
 use gateway_core::{
     EventKind, StoreEvent, Timestamp,
     apple::models::{JwsRenewalInfo, NotificationPayload},
-    ids::Store,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ServiceError, ServiceResult, decision};
-use crate::{
-    db::{self, Db, customers, inbound, orders, products},
-    model::App,
-    stores::apple::{self, Verifiers},
+use super::{
+    ServiceError, ServiceResult,
+    batch::{APPLE_NOTIFICATION, AppleNotification, Done, Recorded, Work},
 };
+use crate::{db::Db, model::App, stores::apple::Verifiers};
 
 /// Apple's envelope.
 #[derive(Debug, Deserialize)]
@@ -33,8 +31,6 @@ pub struct Received {
     pub status: &'static str,
     pub notification_uuid: String,
 }
-
-const SOURCE: &str = "app_store.notification";
 
 /// Takes one notification body. Answers only once the raw body is durable.
 pub async fn receive_apple(
@@ -54,12 +50,6 @@ pub async fn receive_apple(
     let n = verifier.verify_notification(&envelope.signed_payload, now)?;
     let raw = String::from_utf8_lossy(body).into_owned();
     let uuid = n.notification_uuid.clone();
-    if inbound::exists(db, &app.id, SOURCE, &uuid).await? {
-        return Ok(Received {
-            status: "duplicate",
-            notification_uuid: uuid,
-        });
-    }
 
     let data = n.data.as_ref();
     let transaction = match data.and_then(|d| d.signed_transaction_info.as_deref()) {
@@ -70,68 +60,45 @@ pub async fn receive_apple(
         Some(jws) => Some(verifier.verify_renewal_info(jws, now)?),
         None => None,
     };
-    let Some(t) = transaction else {
-        record_only(db, app, &uuid, &raw, now).await?;
-        return Ok(Received {
-            status: "recorded",
-            notification_uuid: uuid,
-        });
+    let work = match transaction {
+        Some(t) => {
+            let subtype = n
+                .subtype
+                .as_deref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default();
+            let cause = format!(
+                "App Store notification {}{subtype} for transaction {}.",
+                n.notification_type,
+                t.transaction_id.as_deref().unwrap_or("?")
+            );
+            Work::AppleNotification(Box::new(AppleNotification {
+                app: app.id.clone(),
+                uuid: uuid.clone(),
+                raw,
+                cause,
+                events: notification_events(&n, renewal.as_ref()),
+                transaction: t,
+                now,
+            }))
+        }
+        None => Work::Record(Box::new(Recorded {
+            app: app.id.clone(),
+            source: APPLE_NOTIFICATION,
+            dedupe_key: uuid.clone(),
+            raw,
+            now,
+        })),
     };
-    let sku = t.product_id.clone().unwrap_or_default();
-    let Some(product) = products::by_sku(db, &app.id, "app_store", &sku).await? else {
-        tracing::warn!(app = %app.id, sku = %sku, notification = %uuid, "notification for a product the catalog does not know; kept");
-        record_only(db, app, &uuid, &raw, now).await?;
-        return Ok(Received {
-            status: "recorded",
-            notification_uuid: uuid,
-        });
+    let status = match db.committer().submit(work).await? {
+        Done::Decided { outcome, .. } if outcome.duplicate => "duplicate",
+        Done::Decided { .. } => "decided",
+        Done::Held => "held",
+        Done::Recorded => "recorded",
+        Done::Duplicate => "duplicate",
     };
-    let mut facts = apple::transaction_facts(&t, db::new_id("pur"), &product)?;
-    facts
-        .events
-        .extend(notification_events(&n, renewal.as_ref()));
-
-    let lineage = facts.store_transaction_id.clone();
-    let owner = match customers::purchase_owner(db, &app.id, Store::AppStore, &lineage).await? {
-        Some(owner) => Some(owner),
-        None => match t.app_account_token.as_deref() {
-            Some(token) => orders::by_app_account_token(db, &app.id, token)
-                .await?
-                .map(|o| o.customer_id.to_string()),
-            None => None,
-        },
-    };
-    let Some(owner) = owner else {
-        hold(db, app, &uuid, &raw, &facts, now).await?;
-        return Ok(Received {
-            status: "held",
-            notification_uuid: uuid,
-        });
-    };
-    let customer = owner.parse().map_err(|_| {
-        ServiceError::Internal(db::DbError::Corrupt(format!("customer id {owner:?}")))
-    })?;
-    let subtype = n
-        .subtype
-        .as_deref()
-        .map(|s| format!("/{s}"))
-        .unwrap_or_default();
-    let input = decision::Input {
-        source: SOURCE,
-        dedupe_key: uuid.clone(),
-        raw,
-        cause: format!(
-            "App Store notification {}{subtype} for transaction {}.",
-            n.notification_type,
-            t.transaction_id.as_deref().unwrap_or("?")
-        ),
-        actor: "app_store".into(),
-        manual: Vec::new(),
-        purchases: vec![facts],
-    };
-    decision::apply(db, &app.id, &customer, input, now).await?;
     Ok(Received {
-        status: "decided",
+        status,
         notification_uuid: uuid,
     })
 }
@@ -173,46 +140,4 @@ fn notification_events(
         }
         _ => Vec::new(),
     }
-}
-
-/// Keeps the raw notification with no decision to make (TEST, CONSUMPTION_REQUEST, unknown products).
-async fn record_only(
-    db: &Db,
-    app: &App,
-    uuid: &str,
-    raw: &str,
-    now: Timestamp,
-) -> ServiceResult<()> {
-    let mut conn = db.writer().acquire().await?;
-    let raw = inbound::Raw {
-        source: SOURCE,
-        dedupe_key: uuid,
-        customer: None,
-        body: raw,
-    };
-    inbound::insert(&mut conn, &app.id, raw, now).await?;
-    Ok(())
-}
-
-/// Keeps the raw notification and its facts until a customer holds the lineage.
-async fn hold(
-    db: &Db,
-    app: &App,
-    uuid: &str,
-    raw: &str,
-    facts: &gateway_core::PurchaseFacts,
-    now: Timestamp,
-) -> ServiceResult<()> {
-    let mut tx = db.writer().begin().await?;
-    let raw = inbound::Raw {
-        source: SOURCE,
-        dedupe_key: uuid,
-        customer: None,
-        body: raw,
-    };
-    if let Some(id) = inbound::insert(&mut tx, &app.id, raw, now).await? {
-        customers::insert_orphan_events(&mut tx, &app.id, facts, &id, now).await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }

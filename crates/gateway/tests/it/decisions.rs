@@ -353,3 +353,85 @@ both!(
         );
     }
 );
+
+both!(
+    concurrent_decisions_share_commits_and_each_stays_exact,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let a: AppId = "acme".parse().unwrap();
+        let t = t0();
+        // 8 customers, 6 coin purchases each, all in flight at once: they are group-committed, and
+        // inputs for one customer never share a batch.
+        let mut tasks = Vec::new();
+        for c in 0..8 {
+            for n in 0..6 {
+                let db = app.db.clone();
+                let a = a.clone();
+                let u: AppUserId = format!("c{c}").parse().unwrap();
+                let lineage = format!("coins-{c}-{n}");
+                let p = purchase(
+                    "coins100",
+                    &lineage,
+                    vec![ev(&format!("{lineage}:buy"), t, bought(t))],
+                );
+                tasks.push(tokio::spawn(async move {
+                    decision::apply(&db, &a, &u, input(&lineage, p), t.plus_millis(1))
+                        .await
+                        .map(|o| o.duplicate)
+                }));
+            }
+        }
+        // A lineage that customer c0 holds, claimed by another customer in the same wave: refused
+        // alone, without failing anyone else's decision.
+        let thief = {
+            let db = app.db.clone();
+            let a = a.clone();
+            let u: AppUserId = "thief".parse().unwrap();
+            let p = purchase(
+                "coins100",
+                "coins-0-0",
+                vec![ev("coins-0-0:other", t, bought(t))],
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                decision::apply(&db, &a, &u, input("thief-claim", p), t.plus_millis(2)).await
+            })
+        };
+        for task in tasks {
+            assert!(
+                !task.await.unwrap().unwrap(),
+                "a fresh input is decided, not a replay"
+            );
+        }
+        let err = thief.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("another customer"), "{err}");
+
+        for c in 0..8 {
+            let u: AppUserId = format!("c{c}").parse().unwrap();
+            let snap = app
+                .get(&format!("/v1/apps/acme/customers/c{c}"))
+                .await
+                .expect(200);
+            assert_eq!(snap["balances"]["COINS"], 600, "{snap}");
+            assert_eq!(snap["version"], 6, "one version per decision: {snap}");
+            let seqs: Vec<i64> = app
+                .outbox(&format!("c{c}"))
+                .await
+                .iter()
+                .map(|e| e.customer_seq)
+                .collect();
+            assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "outbox order of c{c}");
+            assert_eq!(
+                gateway::db::audit::verify(&app.db, &a, &u).await.unwrap(),
+                Ok(())
+            );
+        }
+        assert_eq!(app.count("inbound").await, 48);
+        assert_eq!(app.count("purchases").await, 48);
+        assert_eq!(
+            app.count("customers").await,
+            8,
+            "the refused claim wrote nothing, not even its customer"
+        );
+    }
+);

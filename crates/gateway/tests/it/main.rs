@@ -4,6 +4,7 @@
 mod helpers;
 
 mod app_store;
+mod app_store_api;
 mod apps;
 mod catalog;
 mod cli;

@@ -1,0 +1,913 @@
+//! Many decisions in one transaction (group commit). Each decision is still the one of DESIGN.md
+//! invariant 2 (its raw input, facts, views, ledger legs, audit row and outbox rows commit together),
+//! but a batch of them shares the statements and the commit:
+//!
+//! 1. resolve what notifications name: their products, and who holds their lineages;
+//! 2. keep every raw input (a replay is found here, by its dedupe key);
+//! 3. lock the customers to decide, sorted, so overlapping batches of two instances cannot deadlock;
+//! 4. add the new facts: manual facts, purchase lineages, store events (and adopt orphan facts);
+//! 5. read every fact and recorded state of those customers, and the catalog they need;
+//! 6. derive and diff each customer (the pure core), then write all the changes, set-wise.
+//!
+//! Two inputs for one customer or one lineage never share a batch; the committer keeps the second
+//! for the next one. A step that finds a conflict it cannot settle alone (a lineage another
+//! transaction created meanwhile) fails the batch, and the committer runs its inputs one by one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use gateway_core::{
+    AppId, AppUserId, CustomerState, Effect, ManualAction, PurchaseFacts, StoreEvent, Timestamp,
+    apple::models::JwsTransaction,
+    audit::{AuditContent, chain_hash},
+    decide::{derive, diff},
+    ids::Store,
+    ledger::legs,
+};
+use serde_json::json;
+use sqlx::AnyConnection;
+
+use super::{
+    ServiceError, ServiceResult,
+    decision::{Input, Outcome, outbound_payload},
+};
+use crate::{
+    db::{
+        self,
+        batch::{self, CustomerKey, EventRow, InboundRow, LineageKey, Orphan, Val},
+        customers::CustomerRow,
+    },
+    stores::apple,
+};
+
+/// One input for the committer.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// An input for a known customer.
+    Decide {
+        app: AppId,
+        customer: AppUserId,
+        input: Box<Input>,
+        now: Timestamp,
+    },
+    /// A verified App Store notification about a transaction; its customer is resolved in the batch.
+    AppleNotification(Box<AppleNotification>),
+    /// A raw input with nothing to decide (a TEST notification, say): kept, deduped.
+    Record(Box<Recorded>),
+}
+
+/// A raw input to keep without a decision.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub app: AppId,
+    pub source: &'static str,
+    pub dedupe_key: String,
+    pub raw: String,
+    pub now: Timestamp,
+}
+
+/// What a verified App Store notification brings.
+#[derive(Debug, Clone)]
+pub struct AppleNotification {
+    pub app: AppId,
+    pub uuid: String,
+    pub raw: String,
+    pub cause: String,
+    pub transaction: JwsTransaction,
+    /// Facts the notification states beyond its transaction's own fields.
+    pub events: Vec<StoreEvent>,
+    pub now: Timestamp,
+}
+
+pub const APPLE_NOTIFICATION: &str = "app_store.notification";
+
+impl AppleNotification {
+    fn lineage(&self) -> String {
+        let t = &self.transaction;
+        t.original_transaction_id
+            .clone()
+            .or_else(|| t.transaction_id.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Work {
+    /// What this input must not share a batch with: its customer and its lineages.
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            Work::Decide {
+                app,
+                customer,
+                input,
+                ..
+            } => {
+                let mut keys = vec![format!("c\u{1}{app}\u{1}{customer}")];
+                for p in &input.purchases {
+                    keys.push(format!(
+                        "l\u{1}{app}\u{1}{}\u{1}{}",
+                        p.store.as_str(),
+                        p.store_transaction_id
+                    ));
+                }
+                keys
+            }
+            Work::AppleNotification(n) => vec![format!(
+                "l\u{1}{}\u{1}{}\u{1}{}",
+                n.app,
+                Store::AppStore.as_str(),
+                n.lineage()
+            )],
+            Work::Record(_) => Vec::new(),
+        }
+    }
+
+    pub fn source(&self) -> &'static str {
+        match self {
+            Work::Decide { input, .. } => input.source,
+            Work::AppleNotification(_) => APPLE_NOTIFICATION,
+            Work::Record(r) => r.source,
+        }
+    }
+}
+
+/// What became of an input.
+#[derive(Debug, Clone)]
+pub enum Done {
+    /// Decided for a customer (possibly a replay that changed nothing).
+    Decided {
+        app: AppId,
+        customer: AppUserId,
+        outcome: Outcome,
+    },
+    /// Kept until a customer holds its lineage.
+    Held,
+    /// Kept; nothing to decide (no transaction, or a product the catalog does not know).
+    Recorded,
+    /// Seen before.
+    Duplicate,
+}
+
+/// A batch's answer for one input.
+#[derive(Debug)]
+pub enum Step {
+    Reply(ServiceResult<Done>),
+    /// Meets another input of the batch on the same customer: run it in the next batch.
+    Defer,
+}
+
+/// One decision to make inside the batch.
+struct Plan {
+    job: usize,
+    app: AppId,
+    customer: AppUserId,
+    input: Input,
+    now: Timestamp,
+    inbound_id: String,
+    /// The purchase id of each of `input.purchases`, found or new.
+    purchase_ids: Vec<String>,
+    new_facts: Vec<serde_json::Value>,
+}
+
+impl Plan {
+    fn key(&self) -> CustomerKey {
+        (self.app.to_string(), self.customer.to_string())
+    }
+
+    fn reevaluate(&self) -> bool {
+        self.input.source == "clock"
+    }
+}
+
+/// Runs `works` in the caller's transaction; an `Err` means the batch must be rolled back.
+pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<Step>> {
+    let mut steps: Vec<Option<Step>> = works.iter().map(|_| None).collect();
+
+    // 1. Resolve: who holds each lineage, which product each notification names, whose order issued
+    // each appAccountToken.
+    let mut lineages: Vec<LineageKey> = Vec::new();
+    let mut skus = Vec::new();
+    let mut tokens = Vec::new();
+    for w in works {
+        match w {
+            Work::Decide { app, input, .. } => {
+                for p in &input.purchases {
+                    lineages.push(lineage_key(app, p.store, &p.store_transaction_id));
+                }
+            }
+            Work::AppleNotification(n) => {
+                lineages.push(lineage_key(&n.app, Store::AppStore, &n.lineage()));
+                skus.push((
+                    n.app.to_string(),
+                    n.transaction.product_id.clone().unwrap_or_default(),
+                ));
+                if let Some(token) = &n.transaction.app_account_token {
+                    tokens.push((n.app.to_string(), token.clone()));
+                }
+            }
+            Work::Record(_) => {}
+        }
+    }
+    let owners = batch::owners(conn, &lineages).await?;
+    let products = if skus.is_empty() {
+        HashMap::new()
+    } else {
+        batch::products_by_sku(conn, Store::AppStore.as_str(), &skus).await?
+    };
+    let by_token = if tokens.is_empty() {
+        HashMap::new()
+    } else {
+        batch::order_customers(conn, &tokens).await?
+    };
+
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut holds: Vec<(usize, InboundRow, PurchaseFacts)> = Vec::new();
+    let mut records: Vec<(usize, InboundRow)> = Vec::new();
+    let mut claimed: HashSet<CustomerKey> = HashSet::new();
+    for (i, w) in works.iter().enumerate() {
+        let (app, customer, input, now) = match w {
+            Work::Decide {
+                app,
+                customer,
+                input,
+                now,
+            } => (app.clone(), customer.clone(), (**input).clone(), *now),
+            Work::Record(r) => {
+                records.push((
+                    i,
+                    InboundRow {
+                        id: db::new_id("inb"),
+                        app: r.app.to_string(),
+                        source: r.source.into(),
+                        dedupe_key: r.dedupe_key.clone(),
+                        customer: None,
+                        raw: r.raw.clone(),
+                        at: r.now,
+                    },
+                ));
+                continue;
+            }
+            Work::AppleNotification(n) => {
+                let raw_row = |customer: Option<String>| InboundRow {
+                    id: db::new_id("inb"),
+                    app: n.app.to_string(),
+                    source: APPLE_NOTIFICATION.into(),
+                    dedupe_key: n.uuid.clone(),
+                    customer,
+                    raw: n.raw.clone(),
+                    at: n.now,
+                };
+                let sku = n.transaction.product_id.clone().unwrap_or_default();
+                let Some(product) = products.get(&(n.app.to_string(), sku.clone())) else {
+                    tracing::warn!(app = %n.app, sku = %sku, notification = %n.uuid, "notification for a product the catalog does not know; kept");
+                    records.push((i, raw_row(None)));
+                    continue;
+                };
+                let mut facts =
+                    match apple::transaction_facts(&n.transaction, db::new_id("pur"), product) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            steps[i] = Some(Step::Reply(Err(e)));
+                            continue;
+                        }
+                    };
+                facts.events.extend(n.events.iter().cloned());
+                let lineage = lineage_key(&n.app, Store::AppStore, &facts.store_transaction_id);
+                let owner = owners
+                    .get(&lineage)
+                    .map(|o| o.customer.clone())
+                    .or_else(|| {
+                        n.transaction.app_account_token.as_ref().and_then(|t| {
+                            by_token
+                                .get(&(n.app.to_string(), t.to_ascii_lowercase()))
+                                .cloned()
+                        })
+                    });
+                let Some(owner) = owner else {
+                    holds.push((i, raw_row(None), facts));
+                    continue;
+                };
+                let customer: AppUserId = owner.parse().map_err(|_| {
+                    ServiceError::Internal(db::DbError::Corrupt(format!("customer id {owner:?}")))
+                })?;
+                let input = Input {
+                    source: APPLE_NOTIFICATION,
+                    dedupe_key: n.uuid.clone(),
+                    raw: n.raw.clone(),
+                    cause: n.cause.clone(),
+                    actor: "app_store".into(),
+                    manual: Vec::new(),
+                    purchases: vec![facts],
+                };
+                (n.app.clone(), customer, input, n.now)
+            }
+        };
+        let key = (app.to_string(), customer.to_string());
+        if claimed.contains(&key) {
+            steps[i] = Some(Step::Defer);
+            continue;
+        }
+        // One lineage never belongs to two customers.
+        let taken = input.purchases.iter().any(|p| {
+            owners
+                .get(&lineage_key(&app, p.store, &p.store_transaction_id))
+                .is_some_and(|o| o.customer != customer.as_str())
+        });
+        if taken {
+            steps[i] = Some(Step::Reply(Err(ServiceError::conflict(
+                "purchase_of_another_customer",
+                "This store purchase belongs to another customer.",
+            ))));
+            continue;
+        }
+        claimed.insert(key);
+        plans.push(Plan {
+            job: i,
+            app,
+            customer,
+            input,
+            now,
+            inbound_id: String::new(),
+            purchase_ids: Vec::new(),
+            new_facts: Vec::new(),
+        });
+    }
+
+    // 2. Keep every raw input; a replay is not inserted.
+    let mut raw_rows: Vec<InboundRow> = Vec::new();
+    for p in &mut plans {
+        p.inbound_id = db::new_id("inb");
+        raw_rows.push(InboundRow {
+            id: p.inbound_id.clone(),
+            app: p.app.to_string(),
+            source: p.input.source.into(),
+            dedupe_key: p.input.dedupe_key.clone(),
+            customer: Some(p.customer.to_string()),
+            raw: p.input.raw.clone(),
+            at: p.now,
+        });
+    }
+    raw_rows.extend(holds.iter().map(|h| h.1.clone()));
+    raw_rows.extend(records.iter().map(|r| r.1.clone()));
+    let fresh = batch::insert_inbound(conn, &raw_rows).await?;
+    for (i, row) in &records {
+        let done = if fresh.contains(&row.id) {
+            Done::Recorded
+        } else {
+            Done::Duplicate
+        };
+        steps[*i] = Some(Step::Reply(Ok(done)));
+    }
+    let mut orphans = Vec::new();
+    for (i, row, facts) in &holds {
+        if fresh.contains(&row.id) {
+            let lineage = (
+                row.app.clone(),
+                facts.store.as_str().to_owned(),
+                facts.store_transaction_id.clone(),
+            );
+            orphans.extend(facts.events.iter().map(|e| Orphan {
+                lineage: lineage.clone(),
+                event: e.clone(),
+                inbound_id: Some(row.id.clone()),
+            }));
+            steps[*i] = Some(Step::Reply(Ok(Done::Held)));
+        } else {
+            steps[*i] = Some(Step::Reply(Ok(Done::Duplicate)));
+        }
+    }
+    if !orphans.is_empty() {
+        batch::insert_orphans(conn, &orphans, now_of(works)).await?;
+    }
+    let (live, replays): (Vec<Plan>, Vec<Plan>) = plans
+        .into_iter()
+        .partition(|p| fresh.contains(&p.inbound_id) || p.reevaluate());
+    for p in replays {
+        steps[p.job] = Some(Step::Reply(Ok(replay(&p))));
+    }
+    let mut plans = live;
+    if plans.is_empty() {
+        return Ok(finish(steps));
+    }
+
+    // 3. Lock the customers.
+    let keys: Vec<CustomerKey> = plans.iter().map(Plan::key).collect();
+    let now = now_of(works);
+    let mut rows = batch::lock_customers(conn, &keys, now).await?;
+
+    // 4. New facts: manual facts, lineages, store events (with the orphan facts of each lineage).
+    let manual: Vec<(String, String, &gateway_core::ManualFact, String)> = plans
+        .iter()
+        .flat_map(|p| {
+            p.input.manual.iter().map(|m| {
+                (
+                    p.app.to_string(),
+                    p.customer.to_string(),
+                    m,
+                    p.input.actor.clone(),
+                )
+            })
+        })
+        .collect();
+    let new_manual = if manual.is_empty() {
+        HashSet::new()
+    } else {
+        batch::insert_manual(conn, &manual).await?
+    };
+    let mut to_create = Vec::new();
+    for p in &mut plans {
+        for m in &p.input.manual {
+            if new_manual.contains(&(p.app.to_string(), m.id.clone())) {
+                p.new_facts.push(json!({ "manual": m }));
+            }
+        }
+        for f in &p.input.purchases {
+            let key = lineage_key(&p.app, f.store, &f.store_transaction_id);
+            match owners.get(&key) {
+                Some(o) => p.purchase_ids.push(o.purchase_id.clone()),
+                None => {
+                    p.purchase_ids.push(f.id.clone());
+                    to_create.push((p.app.to_string(), p.customer.to_string(), f));
+                }
+            }
+        }
+    }
+    if !to_create.is_empty() {
+        let created = batch::insert_purchases(conn, &to_create, now).await?;
+        if let Some((_, _, f)) = to_create.iter().find(|(_, _, f)| !created.contains(&f.id)) {
+            // Another transaction recorded this lineage after step 1: decide again, one by one.
+            return Err(ServiceError::conflict(
+                "lineage_raced",
+                format!(
+                    "Store purchase {} was recorded by another writer meanwhile.",
+                    f.store_transaction_id
+                ),
+            ));
+        }
+    }
+    let plan_lineages: Vec<LineageKey> = plans
+        .iter()
+        .flat_map(|p| {
+            p.input
+                .purchases
+                .iter()
+                .map(|f| lineage_key(&p.app, f.store, &f.store_transaction_id))
+        })
+        .collect();
+    let adopted = if plan_lineages.is_empty() {
+        Vec::new()
+    } else {
+        batch::take_orphans(conn, &plan_lineages).await?
+    };
+    let mut event_rows: Vec<EventRow> = Vec::new();
+    let mut event_owner: HashMap<(String, String), (usize, String, bool)> = HashMap::new();
+    for (pi, p) in plans.iter().enumerate() {
+        for (f, pid) in p.input.purchases.iter().zip(&p.purchase_ids) {
+            let key = lineage_key(&p.app, f.store, &f.store_transaction_id);
+            for o in adopted.iter().filter(|o| o.lineage == key) {
+                event_rows.push(EventRow {
+                    app: p.app.as_str(),
+                    purchase_id: pid,
+                    event: &o.event,
+                    inbound_id: o.inbound_id.as_deref(),
+                });
+                event_owner
+                    .entry((p.app.to_string(), o.event.dedupe_key.clone()))
+                    .or_insert((pi, pid.clone(), true));
+            }
+            for e in &f.events {
+                event_rows.push(EventRow {
+                    app: p.app.as_str(),
+                    purchase_id: pid,
+                    event: e,
+                    inbound_id: Some(&p.inbound_id),
+                });
+                event_owner
+                    .entry((p.app.to_string(), e.dedupe_key.clone()))
+                    .or_insert((pi, pid.clone(), false));
+            }
+        }
+    }
+    let new_events = if event_rows.is_empty() {
+        HashSet::new()
+    } else {
+        batch::insert_events(conn, &event_rows, now).await?
+    };
+    let mut adopted_counts: BTreeMap<(usize, String), usize> = BTreeMap::new();
+    let mut fact_notes: Vec<(usize, serde_json::Value)> = Vec::new();
+    let mut counted: HashSet<(String, String)> = HashSet::new();
+    for row in &event_rows {
+        let key = (row.app.to_owned(), row.event.dedupe_key.clone());
+        if !new_events.contains(&key) || !counted.insert(key.clone()) {
+            continue;
+        }
+        let Some((pi, pid, orphan)) = event_owner.get(&key) else {
+            continue;
+        };
+        if *orphan {
+            *adopted_counts.entry((*pi, pid.clone())).or_default() += 1;
+        } else {
+            fact_notes.push((*pi, json!({"purchase_id": pid, "event": row.event})));
+        }
+    }
+    drop(event_rows);
+    // The timeline lists adopted facts first, as they are older than the input that found them.
+    for ((pi, pid), n) in adopted_counts {
+        plans[pi]
+            .new_facts
+            .push(json!({"purchase_id": pid, "adopted_earlier_facts": n}));
+    }
+    for (pi, note) in fact_notes {
+        plans[pi].new_facts.push(note);
+    }
+
+    let (live, replays): (Vec<Plan>, Vec<Plan>) = plans
+        .into_iter()
+        .partition(|p| !p.new_facts.is_empty() || p.reevaluate());
+    let forget: Vec<String> = replays.iter().map(|p| p.inbound_id.clone()).collect();
+    if !forget.is_empty() {
+        batch::delete_inbound(conn, &forget).await?;
+    }
+    for p in replays {
+        let version = rows.get(&p.key()).map(|r| r.version).unwrap_or_default();
+        steps[p.job] = Some(Step::Reply(Ok(Done::Decided {
+            app: p.app.clone(),
+            customer: p.customer.clone(),
+            outcome: Outcome {
+                duplicate: true,
+                changed: false,
+                effects: Vec::new(),
+                version,
+                state: CustomerState::default(),
+            },
+        })));
+    }
+    let plans = live;
+    if plans.is_empty() {
+        return Ok(finish(steps));
+    }
+
+    // 5. Read what the decisions need.
+    let keys: Vec<CustomerKey> = plans.iter().map(Plan::key).collect();
+    let mut loaded = batch::load(conn, &keys).await?;
+    let (products, entitlements) = catalog_needs(loaded.iter());
+    let catalogs = batch::catalogs(conn, &products, &entitlements).await?;
+
+    // 6. Decide each customer and write every change.
+    let mut writes = Writes::default();
+    for p in plans {
+        let key = p.key();
+        let l = loaded.remove(&key).unwrap_or_default();
+        let empty = gateway_core::decide::Catalog::new();
+        let catalog = catalogs.get(key.0.as_str()).unwrap_or(&empty);
+        let after = derive(&l.facts, catalog, p.now);
+        let effects = diff(&l.state, &after, &l.balances);
+        let mut row = rows.remove(&key).ok_or_else(|| {
+            ServiceError::Internal(db::DbError::Corrupt(format!(
+                "customer {} was not locked",
+                p.customer
+            )))
+        })?;
+        if p.reevaluate() && effects.is_empty() && l.state == after {
+            // Nothing was due after all; move the customer's next check on so no job comes back.
+            writes.customer(
+                &p.app,
+                &p.customer,
+                &row,
+                after.next_change_after(p.now),
+                p.now,
+            );
+            steps[p.job] = Some(Step::Reply(Ok(Done::Decided {
+                app: p.app,
+                customer: p.customer,
+                outcome: Outcome {
+                    duplicate: true,
+                    changed: false,
+                    effects,
+                    version: row.version,
+                    state: after,
+                },
+            })));
+            continue;
+        }
+        let detail = json!({
+            "source": p.input.source,
+            "actor": p.input.actor,
+            "inbound_id": p.inbound_id,
+            "facts": p.new_facts,
+        });
+        let changed = writes.settle(
+            (&p.app, &p.customer),
+            &mut row,
+            (&l.state, &after, &effects),
+            Settlement {
+                source: p.input.source,
+                cause: &p.input.cause,
+                detail,
+            },
+            p.now,
+        )?;
+        metrics::counter!("gateway_decisions_total", "source" => p.input.source).increment(1);
+        steps[p.job] = Some(Step::Reply(Ok(Done::Decided {
+            app: p.app,
+            customer: p.customer,
+            outcome: Outcome {
+                duplicate: false,
+                changed,
+                effects,
+                version: row.version,
+                state: after,
+            },
+        })));
+    }
+    writes.flush(conn, now).await?;
+    Ok(finish(steps))
+}
+
+/// The answer for an input seen before.
+fn replay(p: &Plan) -> Done {
+    Done::Decided {
+        app: p.app.clone(),
+        customer: p.customer.clone(),
+        outcome: Outcome {
+            duplicate: true,
+            changed: false,
+            effects: Vec::new(),
+            version: 0,
+            state: CustomerState::default(),
+        },
+    }
+}
+
+fn finish(steps: Vec<Option<Step>>) -> Vec<Step> {
+    steps
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| {
+                Step::Reply(Err(ServiceError::Internal(db::DbError::Corrupt(
+                    "an input of the batch got no answer".into(),
+                ))))
+            })
+        })
+        .collect()
+}
+
+/// The batch's write time (rows of one decision carry that decision's own time where it matters).
+fn now_of(works: &[Work]) -> Timestamp {
+    works
+        .iter()
+        .map(|w| match w {
+            Work::Decide { now, .. } => *now,
+            Work::AppleNotification(n) => n.now,
+            Work::Record(r) => r.now,
+        })
+        .max()
+        .unwrap_or(Timestamp::from_millis(0))
+}
+
+pub(crate) fn lineage_key(app: &AppId, store: Store, lineage: &str) -> LineageKey {
+    (
+        app.to_string(),
+        store.as_str().to_owned(),
+        lineage.to_owned(),
+    )
+}
+
+/// An id within an app: `(app, id)`.
+pub(crate) type AppScoped = (String, String);
+
+/// The products and entitlements whose definitions the decisions of `loaded` read.
+pub(crate) fn catalog_needs<'a>(
+    loaded: impl Iterator<Item = (&'a CustomerKey, &'a batch::Loaded)>,
+) -> (Vec<AppScoped>, Vec<AppScoped>) {
+    let mut products = Vec::new();
+    let mut entitlements = Vec::new();
+    for ((app, _), l) in loaded {
+        for p in &l.facts.purchases {
+            products.push((app.clone(), p.product_id.to_string()));
+        }
+        for m in &l.facts.manual {
+            match &m.action {
+                ManualAction::GrantProduct { product_id, .. } => {
+                    products.push((app.clone(), product_id.to_string()));
+                }
+                ManualAction::GrantEntitlement { entitlement_id, .. }
+                | ManualAction::Revoke { entitlement_id } => {
+                    entitlements.push((app.clone(), entitlement_id.to_string()));
+                }
+            }
+        }
+    }
+    (products, entitlements)
+}
+
+/// Why a settled change happened, for the audit row.
+pub(crate) struct Settlement<'a> {
+    pub source: &'a str,
+    pub cause: &'a str,
+    /// Detail of the input; the effects and the new version are added to it.
+    pub detail: serde_json::Value,
+}
+
+/// The writes of decided changes, gathered across customers and written set-wise.
+#[derive(Default)]
+pub(crate) struct Writes {
+    purchase_views: Vec<(String, gateway_core::decide::PurchaseView)>,
+    gone: Vec<(String, String, String)>,
+    entitlements: Vec<(String, String, gateway_core::decide::EntitlementView)>,
+    ledger: Vec<Vec<Val>>,
+    outbox: Vec<Vec<Val>>,
+    audit: Vec<Vec<Val>>,
+    customers: Vec<batch::CustomerSave>,
+}
+
+impl Writes {
+    /// A customer row to write back.
+    pub fn customer(
+        &mut self,
+        app: &AppId,
+        customer: &AppUserId,
+        row: &CustomerRow,
+        next: Option<Timestamp>,
+        now: Timestamp,
+    ) {
+        self.customers.push(batch::CustomerSave {
+            app: app.to_string(),
+            customer: customer.to_string(),
+            row: row.clone(),
+            next,
+            now,
+        });
+    }
+
+    /// Gathers a decided change for one locked customer: the new views, the ledger and outbox rows,
+    /// the audit row (and a `balance.negative` row per negative balance), the new version and the next
+    /// time the clock alone changes the customer. Returns whether the snapshot changed.
+    pub fn settle(
+        &mut self,
+        (app, customer): (&AppId, &AppUserId),
+        row: &mut CustomerRow,
+        (before, after, effects): (&CustomerState, &CustomerState, &[Effect]),
+        settlement: Settlement<'_>,
+        now: Timestamp,
+    ) -> ServiceResult<bool> {
+        let (a, c) = (app.to_string(), customer.to_string());
+        for (pid, view) in &after.purchases {
+            if before.purchases.get(pid) != Some(view) {
+                self.purchase_views.push((a.clone(), view.clone()));
+            }
+        }
+        // An entitlement nothing grants any more leaves the snapshot (its revoke was an effect).
+        for eid in before
+            .entitlements
+            .keys()
+            .filter(|e| !after.entitlements.contains_key(*e))
+        {
+            self.gone.push((a.clone(), c.clone(), eid.to_string()));
+        }
+        for (eid, view) in &after.entitlements {
+            if before.entitlements.get(eid) != Some(view) {
+                self.entitlements.push((a.clone(), c.clone(), view.clone()));
+            }
+        }
+        let changed = before != after || !effects.is_empty();
+        if changed {
+            row.version += 1;
+        }
+        for e in effects {
+            if let Effect::LedgerEntry {
+                source,
+                currency,
+                amount,
+            } = e
+            {
+                let reason = if *amount > 0 { "credit" } else { "clawback" };
+                let txn = db::new_id("ltx");
+                for leg in legs(customer, currency, source, *amount) {
+                    self.ledger.push(vec![
+                        db::new_id("led").into(),
+                        txn.clone().into(),
+                        a.clone().into(),
+                        c.clone().into(),
+                        leg.account.into(),
+                        currency.as_str().into(),
+                        leg.amount.into(),
+                        source.kind().into(),
+                        source.id().to_owned().into(),
+                        Some(reason.to_owned()).into(),
+                        now.millis().into(),
+                    ]);
+                }
+            }
+        }
+        for e in effects {
+            if let Some(event_type) = e.outbound_event() {
+                let payload = outbound_payload(app, customer, event_type, e, now);
+                row.event_seq += 1;
+                self.outbox.push(vec![
+                    db::new_id("evt").into(),
+                    a.clone().into(),
+                    c.clone().into(),
+                    row.event_seq.into(),
+                    event_type.into(),
+                    serde_json::to_string(&payload)
+                        .map_err(db::DbError::from)?
+                        .into(),
+                    now.millis().into(),
+                ]);
+            }
+        }
+        let mut detail = settlement.detail;
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert("effects".into(), json!(effects));
+            obj.insert("version".into(), json!(row.version));
+        }
+        self.audit_row(
+            (&a, &c),
+            row,
+            now,
+            settlement.source,
+            settlement.cause,
+            &detail,
+        )?;
+        for e in effects {
+            if let Effect::BalanceNegative { currency, balance } = e {
+                let detail = json!({"currency": currency, "balance": balance});
+                let cause = format!("A clawback left the {currency} balance at {balance}.");
+                self.audit_row((&a, &c), row, now, "balance.negative", &cause, &detail)?;
+            }
+        }
+        self.customer(app, customer, row, after.next_change_after(now), now);
+        Ok(changed)
+    }
+
+    /// Appends a row to the customer's audit chain and advances `row` (seq and head) to it.
+    fn audit_row(
+        &mut self,
+        (app, customer): (&str, &str),
+        row: &mut CustomerRow,
+        at: Timestamp,
+        kind: &str,
+        cause: &str,
+        detail: &serde_json::Value,
+    ) -> ServiceResult<()> {
+        let seq = row.audit_seq + 1;
+        let detail_json = serde_json::to_string(detail).map_err(db::DbError::from)?;
+        let content = AuditContent {
+            seq,
+            at_millis: at.millis(),
+            kind,
+            cause,
+            detail_json: &detail_json,
+        };
+        let hash = chain_hash(&row.audit_head, content);
+        self.audit.push(vec![
+            app.into(),
+            customer.into(),
+            seq.into(),
+            at.millis().into(),
+            kind.into(),
+            cause.into(),
+            detail_json.into(),
+            row.audit_head.clone().into(),
+            hash.clone().into(),
+        ]);
+        row.audit_seq = seq;
+        row.audit_head = hash;
+        Ok(())
+    }
+
+    /// Writes everything gathered, a statement per table.
+    pub async fn flush(self, conn: &mut AnyConnection, now: Timestamp) -> ServiceResult<()> {
+        if !self.purchase_views.is_empty() {
+            let views: Vec<_> = self
+                .purchase_views
+                .iter()
+                .map(|(a, v)| (a.clone(), v))
+                .collect();
+            batch::save_purchase_views(conn, &views, now).await?;
+        }
+        if !self.gone.is_empty() {
+            batch::delete_entitlements(conn, &self.gone).await?;
+        }
+        if !self.entitlements.is_empty() {
+            let views: Vec<_> = self
+                .entitlements
+                .iter()
+                .map(|(a, c, v)| (a.clone(), c.clone(), v))
+                .collect();
+            batch::save_entitlements(conn, &views, now).await?;
+        }
+        for (table, rows) in [
+            (batch::LEDGER, &self.ledger),
+            (batch::OUTBOX, &self.outbox),
+            (batch::AUDIT, &self.audit),
+        ] {
+            if !rows.is_empty() {
+                batch::append(conn, table, rows).await?;
+            }
+        }
+        if !self.customers.is_empty() {
+            batch::save_customers(conn, &self.customers).await?;
+        }
+        Ok(())
+    }
+}
