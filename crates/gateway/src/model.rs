@@ -68,6 +68,11 @@ pub struct AppStoreConfig {
     pub verify_receipt_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_receipt_sandbox_url: Option<String>,
+    /// Answer CONSUMPTION_REQUEST notifications with Send Consumption Information, from what the
+    /// gateway knows of the purchase. Turn it on only when the app's terms obtain the customer's
+    /// consent to share that data: Apple requires `customerConsented: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer_consumption_requests: bool,
 }
 
 fn production() -> AppleEnvironment {

@@ -162,6 +162,9 @@ struct Plan {
     input: Input,
     now: Timestamp,
     inbound_id: String,
+    /// A store notification: its raw body is kept even when it brings no new fact, since its type
+    /// (a consumption request, a renewal preference) may matter beyond the facts.
+    keep_raw: bool,
     /// The purchase id of each of `input.purchases`, found or new.
     purchase_ids: Vec<String>,
     new_facts: Vec<serde_json::Value>,
@@ -223,6 +226,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let mut records: Vec<(usize, InboundRow)> = Vec::new();
     let mut claimed: HashSet<CustomerKey> = HashSet::new();
     for (i, w) in works.iter().enumerate() {
+        let keep_raw = matches!(w, Work::AppleNotification(_));
         let (app, customer, input, now) = match w {
             Work::Decide {
                 app,
@@ -326,6 +330,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             input,
             now,
             inbound_id: String::new(),
+            keep_raw,
             purchase_ids: Vec::new(),
             new_facts: Vec::new(),
         });
@@ -522,9 +527,17 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let (live, replays): (Vec<Plan>, Vec<Plan>) = plans
         .into_iter()
         .partition(|p| !p.new_facts.is_empty() || p.reevaluate());
-    let forget: Vec<String> = replays.iter().map(|p| p.inbound_id.clone()).collect();
+    let forget: Vec<String> = replays
+        .iter()
+        .filter(|p| !p.keep_raw)
+        .map(|p| p.inbound_id.clone())
+        .collect();
     if !forget.is_empty() {
         batch::delete_inbound(conn, &forget).await?;
+    }
+    let (kept, replays): (Vec<Plan>, Vec<Plan>) = replays.into_iter().partition(|p| p.keep_raw);
+    for p in kept {
+        steps[p.job] = Some(Step::Reply(Ok(Done::Recorded)));
     }
     for p in replays {
         let version = rows.get(&p.key()).map(|r| r.version).unwrap_or_default();

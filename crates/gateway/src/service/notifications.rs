@@ -6,7 +6,7 @@
 
 use gateway_core::{
     EventKind, StoreEvent, Timestamp,
-    apple::models::{JwsRenewalInfo, NotificationPayload},
+    apple::models::{JwsRenewalInfo, JwsTransaction, NotificationPayload},
 };
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,14 @@ use super::{
     ServiceError, ServiceResult,
     batch::{APPLE_NOTIFICATION, AppleNotification, Done, Recorded, Work},
 };
-use crate::{db::Db, model::App, stores::apple::Verifiers};
+use crate::{
+    db::{Db, batch as db_batch, customers},
+    model::App,
+    stores::{
+        apple::Verifiers,
+        apple_api::{AppStoreApi, ConsumptionRequest, DeliveryStatus},
+    },
+};
 
 /// Apple's envelope.
 #[derive(Debug, Deserialize)]
@@ -35,7 +42,7 @@ pub struct Received {
 /// Takes one notification body. Answers only once the raw body is durable.
 pub async fn receive_apple(
     db: &Db,
-    verifiers: &Verifiers,
+    (verifiers, api): (&Verifiers, &AppStoreApi),
     app: &App,
     body: &[u8],
     now: Timestamp,
@@ -60,6 +67,9 @@ pub async fn receive_apple(
         Some(jws) => Some(verifier.verify_renewal_info(jws, now)?),
         None => None,
     };
+    let consumption = (n.notification_type == "CONSUMPTION_REQUEST")
+        .then(|| transaction.clone())
+        .flatten();
     let work = match transaction {
         Some(t) => {
             let subtype = n
@@ -77,7 +87,7 @@ pub async fn receive_apple(
                 uuid: uuid.clone(),
                 raw,
                 cause,
-                events: notification_events(&n, renewal.as_ref()),
+                events: notification_events(&n, &t, renewal.as_ref()),
                 transaction: t,
                 now,
             }))
@@ -97,6 +107,18 @@ pub async fn receive_apple(
         Done::Recorded => "recorded",
         Done::Duplicate => "duplicate",
     };
+    if status != "duplicate"
+        && let Some(t) = consumption
+        && app
+            .settings
+            .app_store
+            .as_ref()
+            .is_some_and(|c| c.answer_consumption_requests)
+    {
+        // Apple allows hours for the answer; the notification is answered now, the request after.
+        let (db, api, app, env) = (db.clone(), api.clone(), app.clone(), verifier.environment());
+        tokio::spawn(async move { answer_consumption(&db, &api, &app, env, &t).await });
+    }
     Ok(Received {
         status,
         notification_uuid: uuid,
@@ -106,6 +128,7 @@ pub async fn receive_apple(
 /// The facts a notification states beyond its transaction's own fields.
 fn notification_events(
     n: &NotificationPayload,
+    t: &JwsTransaction,
     renewal: Option<&JwsRenewalInfo>,
 ) -> Vec<StoreEvent> {
     let at = Timestamp::from_millis(n.signed_date.unwrap_or_default());
@@ -117,6 +140,19 @@ fn notification_events(
     };
     match (n.notification_type.as_str(), n.subtype.as_deref()) {
         ("REFUND_REVERSED", _) => vec![event("refund_reversed", EventKind::RefundReversed)],
+        // The transaction keeps its id and gets a later `expiresDate`: a fact of its own, or the new
+        // date would be a duplicate of the transaction's first sight.
+        ("RENEWAL_EXTENDED", _) => t
+            .expires_date
+            .map(|to| {
+                vec![event(
+                    "extended",
+                    EventKind::Renewed {
+                        expires_at: Timestamp::from_millis(to),
+                    },
+                )]
+            })
+            .unwrap_or_default(),
         ("EXPIRED", _) | ("GRACE_PERIOD_EXPIRED", _) => vec![event("expired", EventKind::Expired)],
         ("DID_FAIL_TO_RENEW", Some("GRACE_PERIOD")) => {
             match renewal.and_then(|r| r.grace_period_expires_date) {
@@ -140,4 +176,98 @@ fn notification_events(
         }
         _ => Vec::new(),
     }
+}
+
+/// Answers a CONSUMPTION_REQUEST with what the gateway knows of the purchase: delivered when a
+/// customer holds it and it was granted, and for a consumable how much of its credit is spent.
+/// A failed answer is logged and counted; Apple's own retries of the request bring another chance.
+async fn answer_consumption(
+    db: &Db,
+    api: &AppStoreApi,
+    app: &App,
+    env: gateway_core::apple::AppleEnvironment,
+    t: &gateway_core::apple::models::JwsTransaction,
+) {
+    let Some(id) = t.transaction_id.as_deref() else {
+        return;
+    };
+    let request = match consumption_of(db, app, t).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(app = %app.id, transaction = id, error = %e, "could not read the purchase to answer a consumption request");
+            return;
+        }
+    };
+    let outcome = match api
+        .send_consumption_information(app, env, id, &request)
+        .await
+    {
+        Ok(()) => "sent",
+        Err(e) => {
+            tracing::error!(app = %app.id, transaction = id, error = %e, "consumption information was not accepted by Apple");
+            "failed"
+        }
+    };
+    tracing::info!(app = %app.id, transaction = id, delivery = ?request.delivery_status, outcome, "answered a consumption request");
+    metrics::counter!("gateway_consumption_answers_total", "outcome" => outcome).increment(1);
+}
+
+async fn consumption_of(
+    db: &Db,
+    app: &App,
+    t: &gateway_core::apple::models::JwsTransaction,
+) -> ServiceResult<ConsumptionRequest> {
+    let lineage = t
+        .original_transaction_id
+        .clone()
+        .or_else(|| t.transaction_id.clone())
+        .unwrap_or_default();
+    let mut conn = db.reader().acquire().await?;
+    let key = db_batch::owners(
+        &mut conn,
+        &[(app.id.to_string(), "app_store".into(), lineage.clone())],
+    )
+    .await?;
+    drop(conn);
+    let mut request = ConsumptionRequest {
+        customer_consented: true,
+        sample_content_provided: false,
+        delivery_status: DeliveryStatus::UndeliveredOther,
+        consumption_percentage: None,
+        refund_preference: None,
+    };
+    let Some(owned) = key.into_values().next() else {
+        return Ok(request);
+    };
+    let Ok(customer) = owned.customer.parse::<gateway_core::AppUserId>() else {
+        return Ok(request);
+    };
+    let Some(rec) = customers::recorded(db, &app.id, &customer).await? else {
+        return Ok(request);
+    };
+    let Some(purchase) = rec
+        .purchases
+        .iter()
+        .find(|p| p.store_transaction_id == lineage)
+    else {
+        return Ok(request);
+    };
+    if purchase.status != gateway_core::PurchaseStatus::Pending {
+        request.delivery_status = DeliveryStatus::Delivered;
+    }
+    let product = crate::db::products::get(db, &app.id, &purchase.product_id).await?;
+    if let Some(spec) = product.and_then(|p| p.consumable) {
+        let credited = spec
+            .amount
+            .saturating_mul(i64::from(t.quantity.unwrap_or(1).max(1)));
+        let balance = rec.balances.get(&spec.currency).copied().unwrap_or(0);
+        // The balance left is counted toward this purchase first, so the figure errs toward less
+        // consumed: what even the whole balance no longer covers of this credit was used.
+        let left = balance.clamp(0, credited);
+        let used = credited - left;
+        if credited > 0 {
+            request.consumption_percentage = Some(((used * 100_000) / credited) as u32);
+        }
+    }
+    Ok(request)
 }

@@ -481,6 +481,32 @@ both!(
             premium["expires_at"],
             gateway_core::Timestamp::from_millis(t + 2 * month).to_rfc3339()
         );
+        // Apple extends the period by a week (a service outage, say): same transaction, later date.
+        let week = 7 * 86_400_000_i64;
+        notify(
+            &app,
+            store.notify_body(
+                "RENEWAL_EXTENDED",
+                None,
+                "s2x",
+                t + month + 500,
+                Some(sub("9001", t + month, t + 2 * month + week, "RENEWAL")),
+            ),
+        )
+        .await
+        .expect(200);
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        let extended = snap["entitlements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == "premium")
+            .unwrap()["expires_at"]
+            .clone();
+        assert_eq!(
+            extended,
+            gateway_core::Timestamp::from_millis(t + 2 * month + week).to_rfc3339()
+        );
         notify(
             &app,
             store.notify_body(
@@ -792,5 +818,97 @@ both!(
         restore("third", vec!["garbage".into()])
             .await
             .error(422, "malformed_signed_data");
+    }
+);
+
+both!(
+    a_consumption_request_is_kept_and_answered_from_the_ledger,
+    |app: TestApp| async move {
+        use std::sync::Arc;
+
+        use store_sim::{apple::Notification, apple_api::ApiKey};
+        app.seed_catalog("acme").await;
+        let chain = Arc::new(AppleChain::generate().unwrap());
+        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
+        let (server, url) = serve_api(chain.clone(), key.clone()).await;
+        let settings = |answer: bool| {
+            json!({"app_store": {
+                "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
+                "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem,
+                "answer_consumption_requests": answer
+            }})
+        };
+        app.patch("/v1/apps/acme", settings(false))
+            .await
+            .expect(200);
+        let t = t0().millis();
+        let tx = json!({"transactionId": "31000", "originalTransactionId": "31000", "bundleId": "edu.acme.app",
+            "productId": "edu.acme.coins100", "purchaseDate": t, "signedDate": t, "environment": "Sandbox",
+            "type": "Consumable", "inAppOwnershipType": "PURCHASED", "quantity": 1});
+        server.put_transaction(tx.clone());
+        let jws = chain.sign(&tx).unwrap();
+        assert_eq!(
+            submit(&app, "u1", &jws).await.expect(200)["status"],
+            "granted"
+        );
+        // Spend 75 of the 100 coins.
+        app.request(
+            Method::POST,
+            "/v1/apps/acme/customers/u1/balances/COINS/spend",
+            Some(ADMIN_KEY),
+            Some(json!({"amount": 75, "reason": "a hint"})),
+            &[("idempotency-key", "s1")],
+        )
+        .await
+        .expect(200);
+
+        let request = |uuid: &str| {
+            chain
+                .notification(&Notification {
+                    notification_type: "CONSUMPTION_REQUEST",
+                    uuid,
+                    signed_date: t + 1000,
+                    bundle_id: "edu.acme.app",
+                    environment: "Sandbox",
+                    signed_transaction: Some(jws.clone()),
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        // Nothing new for the purchase, but the request itself is kept; with the setting off it is
+        // not answered.
+        let inbound = app.count("inbound").await;
+        let first = notify(&app, request("c0000000-0000-4000-8000-000000000001")).await;
+        assert_eq!(first.expect(200)["status"], "recorded");
+        assert_eq!(app.count("inbound").await, inbound + 1);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(server.consumption_requests().is_empty());
+
+        app.patch("/v1/apps/acme", settings(true)).await.expect(200);
+        let second = notify(&app, request("c0000000-0000-4000-8000-000000000002")).await;
+        assert_eq!(second.expect(200)["status"], "recorded");
+        let mut sent = Vec::new();
+        for _ in 0..50 {
+            sent = server.consumption_requests();
+            if !sent.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(sent.len(), 1, "one answer to one request");
+        assert_eq!(sent[0].version, 2);
+        assert_eq!(sent[0].transaction_id, "31000");
+        assert_eq!(sent[0].body["customerConsented"], true);
+        assert_eq!(sent[0].body["deliveryStatus"], "DELIVERED");
+        assert_eq!(
+            sent[0].body["consumptionPercentage"], 75_000,
+            "{}",
+            sent[0].body
+        );
+        // Apple's retry of the same request is a duplicate and is not answered twice.
+        let again = notify(&app, request("c0000000-0000-4000-8000-000000000002")).await;
+        assert_eq!(again.expect(200)["status"], "duplicate");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(server.consumption_requests().len(), 1);
     }
 );

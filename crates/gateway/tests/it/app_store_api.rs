@@ -118,6 +118,7 @@ fn app_for(chain: &AppleChain, key: &ApiKey, url: &str, bundle: &str) -> App {
                 shared_secret: None,
                 verify_receipt_url: None,
                 verify_receipt_sandbox_url: None,
+                answer_consumption_requests: false,
             }),
             play_store: None,
             stripe: None,
