@@ -86,14 +86,29 @@ pub async fn run(
             .await;
         })
     };
+    let recovery = {
+        let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
+        let (verifiers, api) = (state.apple.clone(), state.apple_api.clone());
+        tokio::spawn(async move {
+            jobs::run_loop("recovery", RECOVERY_TICK, token, move || {
+                let (db, clock, verifiers, api) =
+                    (db.clone(), clock.clone(), verifiers.clone(), api.clone());
+                async move { jobs::recovery::step(&db, &clock, &verifiers, &api).await }
+            })
+            .await;
+        })
+    };
     let router = http::router(state);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
-    let _ = tokio::join!(expiry, housekeeping);
+    let _ = tokio::join!(expiry, housekeeping, recovery);
     served
 }
+
+/// How often each app's missed store notifications are looked for in the store's history.
+const RECOVERY_TICK: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// How often old idempotent answers are forgotten.
 const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_secs(300);

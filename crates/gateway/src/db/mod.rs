@@ -11,6 +11,7 @@ pub mod apps;
 pub mod audit;
 pub mod batch;
 pub mod changes;
+pub mod cursors;
 pub mod customers;
 pub mod idempotency;
 pub mod keys;

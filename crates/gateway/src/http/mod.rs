@@ -113,6 +113,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(purchases::submit))
         .routes(routes!(purchases::restore))
         .routes(routes!(notifications::app_store))
+        .routes(routes!(notifications::recover_app_store))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

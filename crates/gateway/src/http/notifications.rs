@@ -7,11 +7,15 @@ use axum::{
 };
 
 use super::{
-    AppState,
+    Access, AppState, app_for,
+    auth::Caller,
     error::{ApiJson, ApiResult, ErrorBody},
     parse_app,
 };
-use crate::service::{apps, notifications};
+use crate::{
+    model::Scope,
+    service::{apps, notifications, recovery},
+};
 
 /// App Store Server Notifications V2. Answered 200 once the raw body is durable; a verified duplicate
 /// is answered 200 and changes nothing; a forged or malformed one gets a 4xx and is not stored.
@@ -30,4 +34,40 @@ pub async fn app_store(
     metrics::counter!("gateway_notifications_total", "store" => "app_store", "status" => received.status).increment(1);
     tracing::info!(app = %app.id, notification = %received.notification_uuid, status = received.status, "App Store notification");
     Ok(ApiJson(received))
+}
+
+/// A window of the store's notification history to read again.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    /// Start of the window (RFC 3339); at most 180 days ago.
+    pub start: gateway_core::Timestamp,
+    /// End of the window (RFC 3339); now when absent.
+    #[serde(default)]
+    pub end: Option<gateway_core::Timestamp>,
+}
+
+/// Reads Apple's Notification History for a window and takes every notification the gateway missed
+/// (after an outage, say); those it has are duplicates and change nothing. The recovery job does the
+/// same every 15 minutes from where it last stopped.
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/app_store/recover", tag = "notifications", params(("app" = String, Path)),
+    request_body = RecoverRequest,
+    responses((status = 200, body = recovery::Recovered), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody), (status = 503, description = "The App Store did not answer", body = ErrorBody)))]
+pub async fn recover_app_store(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiJson(req): ApiJson<RecoverRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Purchases])).await?;
+    let now = s.clock.now();
+    let recovered = recovery::recover_apple(
+        &s.db,
+        (&s.apple, &s.apple_api),
+        &app,
+        (req.start, req.end.unwrap_or(now)),
+        now,
+    )
+    .await?;
+    Ok(ApiJson(recovered))
 }

@@ -5,6 +5,7 @@
 
 pub mod expiry;
 pub mod housekeeping;
+pub mod recovery;
 
 use std::time::Duration;
 

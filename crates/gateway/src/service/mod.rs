@@ -11,6 +11,7 @@ pub mod decision;
 pub mod keys;
 pub mod notifications;
 pub mod purchases;
+pub mod recovery;
 
 use crate::db::DbError;
 

@@ -467,9 +467,9 @@ impl Page for NotificationHistoryResponse {
 
 /// Reads pages, each with the token the previous one gave, until one says there is no more. Stops with
 /// an error after `max_pages` pages, or when a token comes back a second time (a loop).
-async fn follow<P: Page>(
+async fn follow<'a, P: Page>(
     max_pages: usize,
-    mut page: impl AsyncFnMut(Option<String>) -> ServiceResult<P>,
+    mut page: impl FnMut(Option<String>) -> PageFuture<'a, P>,
 ) -> ServiceResult<Vec<P>> {
     let mut pages = Vec::new();
     let mut seen = HashSet::new();
@@ -498,6 +498,11 @@ async fn follow<P: Page>(
         token = Some(next);
     }
 }
+
+/// One page's request in flight. Boxed and `Send`, so that callers running in spawned tasks (the
+/// recovery job) can hold it across the await.
+type PageFuture<'a, P> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ServiceResult<P>> + Send + 'a>>;
 
 /// One request to the App Store Server API, before its bearer token.
 struct Call {
@@ -603,9 +608,11 @@ impl AppStoreApi {
         transaction_id: &str,
         request: &TransactionHistoryRequest,
     ) -> ServiceResult<HistoryResponse> {
-        let pages = follow(MAX_CUSTOMER_PAGES, async |revision: Option<String>| {
-            self.transaction_history(app, env, transaction_id, revision.as_deref(), request)
-                .await
+        let pages = follow(MAX_CUSTOMER_PAGES, |revision: Option<String>| {
+            Box::pin(async move {
+                self.transaction_history(app, env, transaction_id, revision.as_deref(), request)
+                    .await
+            })
         })
         .await?;
         let mut all = Vec::new();
@@ -662,9 +669,11 @@ impl AppStoreApi {
         env: AppleEnvironment,
         transaction_id: &str,
     ) -> ServiceResult<RefundHistoryResponse> {
-        let pages = follow(MAX_CUSTOMER_PAGES, async |revision: Option<String>| {
-            self.refund_history(app, env, transaction_id, revision.as_deref())
-                .await
+        let pages = follow(MAX_CUSTOMER_PAGES, |revision: Option<String>| {
+            Box::pin(async move {
+                self.refund_history(app, env, transaction_id, revision.as_deref())
+                    .await
+            })
         })
         .await?;
         let mut all = RefundHistoryResponse {
@@ -721,9 +730,11 @@ impl AppStoreApi {
         request: &NotificationHistoryRequest,
         max_pages: usize,
     ) -> ServiceResult<Vec<NotificationHistoryItem>> {
-        let pages = follow(max_pages.max(1), async |token: Option<String>| {
-            self.notification_history(app, env, token.as_deref(), request)
-                .await
+        let pages = follow(max_pages.max(1), |token: Option<String>| {
+            Box::pin(async move {
+                self.notification_history(app, env, token.as_deref(), request)
+                    .await
+            })
         })
         .await?;
         Ok(pages

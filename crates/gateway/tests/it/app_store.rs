@@ -912,3 +912,109 @@ both!(
         assert_eq!(server.consumption_requests().len(), 1);
     }
 );
+
+both!(
+    missed_notifications_are_recovered_from_apples_history,
+    |app: TestApp| async move {
+        use std::sync::Arc;
+
+        use store_sim::{apple::Notification, apple_api::ApiKey};
+        app.seed_catalog("acme").await;
+        let chain = Arc::new(AppleChain::generate().unwrap());
+        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
+        let (server, url) = serve_api(chain.clone(), key.clone()).await;
+        app.patch("/v1/apps/acme", json!({"app_store": {
+            "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
+            "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
+        }})).await.expect(200);
+        let t = t0().millis() - 60_000;
+        // Two purchases whose notifications Apple sent while the gateway was down: only its history
+        // has them.
+        let mut missed = Vec::new();
+        for (user, id) in [("u1", "41000"), ("u2", "41001")] {
+            let order = app
+                .post(
+                    &format!("/v1/apps/acme/customers/{user}/orders"),
+                    json!({"product_ids": ["cs101"]}),
+                )
+                .await
+                .expect(201);
+            let tx = json!({"transactionId": id, "originalTransactionId": id, "bundleId": "edu.acme.app",
+                "productId": "edu.acme.cs101", "purchaseDate": t, "signedDate": t, "environment": "Sandbox",
+                "type": "Non-Consumable", "inAppOwnershipType": "PURCHASED", "quantity": 1,
+                "appAccountToken": order["app_account_token"]});
+            let body = chain
+                .notification(&Notification {
+                    notification_type: "ONE_TIME_CHARGE",
+                    uuid: &format!("d0000000-0000-4000-8000-00000000000{}", missed.len()),
+                    signed_date: t,
+                    bundle_id: "edu.acme.app",
+                    environment: "Sandbox",
+                    signed_transaction: Some(chain.sign(&tx).unwrap()),
+                    ..Default::default()
+                })
+                .unwrap();
+            let jws: Value = serde_json::from_str(&body).unwrap();
+            missed.push(jws["signedPayload"].as_str().unwrap().to_owned());
+        }
+        server.record_notification(&missed[0]).unwrap();
+        let window =
+            json!({"start": gateway_core::Timestamp::from_millis(t - 3_600_000), "end": t0()});
+        let first = app
+            .post(
+                "/v1/apps/acme/notifications/app_store/recover",
+                window.clone(),
+            )
+            .await
+            .expect(200);
+        assert_eq!(
+            (first["seen"].as_i64(), first["recovered"].as_i64()),
+            (Some(1), Some(1)),
+            "{first}"
+        );
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(
+            entitlement_status(&snap, "course-v1:Acme+CS101+2026"),
+            "active"
+        );
+        // Read again: nothing new.
+        let again = app
+            .post("/v1/apps/acme/notifications/app_store/recover", window)
+            .await
+            .expect(200);
+        assert_eq!(
+            (again["recovered"].as_i64(), again["duplicates"].as_i64()),
+            (Some(0), Some(1))
+        );
+
+        // The job does the same from its cursor (a day back the first time), then moves it.
+        server.record_notification(&missed[1]).unwrap();
+        let clock: Arc<dyn gateway_core::Clock> = Arc::new(app.clock.clone());
+        let verifiers = gateway::stores::apple::Verifiers::default();
+        let api = gateway::stores::apple_api::AppStoreApi::new(reqwest::Client::new());
+        let outcome = gateway::jobs::recovery::step(&app.db, &clock, &verifiers, &api).await;
+        assert_eq!(outcome, gateway::jobs::Outcome::Partial(1));
+        let snap = app.get("/v1/apps/acme/customers/u2").await.expect(200);
+        assert_eq!(
+            entitlement_status(&snap, "course-v1:Acme+CS101+2026"),
+            "active"
+        );
+        let acme: gateway_core::AppId = "acme".parse().unwrap();
+        assert_eq!(
+            gateway::db::cursors::get(&app.db, &acme, gateway::service::recovery::APPLE_CURSOR)
+                .await
+                .unwrap(),
+            Some(t0())
+        );
+        // Without API credentials there is nothing to read: a clear refusal.
+        app.patch("/v1/apps/acme", json!({"app_store": {"bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()]}}))
+            .await
+            .expect(200);
+        app.post(
+            "/v1/apps/acme/notifications/app_store/recover",
+            json!({"start": t0()}),
+        )
+        .await
+        .error(409, "store_not_configured");
+    }
+);
