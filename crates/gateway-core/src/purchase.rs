@@ -167,7 +167,11 @@ pub fn fold_with_terms(
                 state.grace_until = max_opt(state.grace_until, Some(*until));
                 state.billing_retry = true;
             }
-            EventKind::Expired => expired = true,
+            // The store says the subscription is over: billing retries, if any, are over too.
+            EventKind::Expired => {
+                expired = true;
+                state.billing_retry = false;
+            }
             EventKind::Refunded => refunded = true,
             EventKind::RefundReversed => refunded = false,
             EventKind::Revoked => revoked = true,
@@ -233,6 +237,18 @@ mod tests {
                 quantity: 1,
             },
         )
+    }
+
+    #[test]
+    fn an_expiry_ends_billing_retry() {
+        let events = [
+            bought(10),
+            ev("retry", 20, EventKind::BillingRetry),
+            ev("gone", 30, EventKind::Expired),
+        ];
+        let s = fold(&events, None, Timestamp::from_millis(40));
+        assert_eq!(s.status, PurchaseStatus::Expired);
+        assert!(!s.billing_retry, "retries ended with the expiry");
     }
 
     #[test]

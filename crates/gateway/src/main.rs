@@ -18,6 +18,7 @@ use gateway_core::{AppId, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 mod demo;
+mod sim;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,12 @@ enum Command {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+    /// The store simulator: a simulated App Store for a running gateway (`sim serve`), and the
+    /// client that acts as Apple on it (`sim apple buy|renew|refund|...`).
+    Sim {
+        #[command(subcommand)]
+        command: sim::SimCommand,
     },
     /// Serve the API (migrations run first).
     Serve,
@@ -113,13 +120,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         // The demo needs no configuration: it makes its own.
         return demo::run(listen).await;
     }
+    if let Command::Sim { command } = cli.command {
+        // The simulator talks to a gateway over HTTP; it needs no configuration of its own.
+        return sim::run(command).await;
+    }
     let config = Config::load(cli.config.as_deref())?;
     gateway::telemetry::init_logs(&config);
     for name in gateway::config::ignored_env() {
         tracing::warn!(variable = %name, "ignoring an environment variable that is not a setting");
     }
     match cli.command {
-        Command::Demo { .. } => Ok(()),
+        Command::Demo { .. } | Command::Sim { .. } => Ok(()),
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let db = connect(&config).await?;

@@ -8,7 +8,7 @@
 //! asked about. Refunds are the account's transactions that carry a `revocationDate`. Paged answers
 //! hold [`AppStoreServer::set_page_size`] items (Apple's 20 by default), so tests can make paging real.
 //! What depends on the time (a subscription's status, the 180 days notification history reaches back)
-//! uses the system clock, as Apple's servers do.
+//! uses the system clock, as Apple's servers do, unless [`AppStoreServer::set_clock`] gives another.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -33,7 +33,10 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::apple::{AppleChain, SimError};
+use crate::{
+    SimClock,
+    apple::{AppleChain, SimError},
+};
 
 /// Apple's page size for transaction, refund and notification history.
 const APPLE_PAGE_SIZE: usize = 20;
@@ -68,6 +71,26 @@ impl ApiKey {
 #[derive(Debug, thiserror::Error)]
 #[error("not a compact JWS with a JSON payload")]
 pub struct NotJws;
+
+/// Why a notification was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no App Store Server Notifications URL is set")]
+    NoUrl,
+    #[error(transparent)]
+    NotJws(#[from] NotJws),
+}
+
+/// How one send of a notification went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The HTTP status the notification URL answered, if it answered.
+    pub http_status: Option<u16>,
+    /// Apple's `sendAttemptResult`: `SUCCESS`, `UNSUCCESSFUL_HTTP_RESPONSE_CODE`, `NO_RESPONSE`, ...
+    pub send_attempt_result: &'static str,
+    /// The body of the answer, if there was one (Apple ignores it; people reading along do not).
+    pub body: Option<String>,
+}
 
 /// A Send Consumption Information request the server accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +153,7 @@ pub struct AppStoreServer {
     receipts: Mutex<HashMap<String, StoredReceipt>>,
     shared_secret: Mutex<Option<String>>,
     http: reqwest::Client,
+    clock: Mutex<SimClock>,
 }
 
 impl std::fmt::Debug for AppStoreServer {
@@ -149,12 +173,6 @@ struct Claims {
 /// Locks a mutex, taking the data even if a panicking holder poisoned it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// An error answer in Apple's shape: the status, and `{"errorCode", "errorMessage"}`.
@@ -372,6 +390,7 @@ impl AppStoreServer {
             receipts: Mutex::new(HashMap::new()),
             shared_secret: Mutex::new(None),
             http: reqwest::Client::new(),
+            clock: Mutex::new(SimClock::system()),
         })
     }
 
@@ -420,7 +439,7 @@ impl AppStoreServer {
     /// Notification History. `signed_payload` is the JWS, not the `{"signedPayload": ...}` body.
     pub fn record_notification(&self, signed_payload: &str) -> Result<(), NotJws> {
         let payload = jws_payload(signed_payload)?;
-        let at = date(&payload, "signedDate").unwrap_or_else(now_ms);
+        let at = date(&payload, "signedDate").unwrap_or_else(|| self.now());
         self.record_notification_with(signed_payload, &[(at, "SUCCESS")])
     }
 
@@ -443,7 +462,7 @@ impl AppStoreServer {
         }
         lock(&self.notifications).push(Sent {
             signed_payload: signed_payload.to_owned(),
-            signed_date: date(&payload, "signedDate").unwrap_or_else(now_ms),
+            signed_date: date(&payload, "signedDate").unwrap_or_else(|| self.now()),
             notification_type: payload["notificationType"]
                 .as_str()
                 .unwrap_or_default()
@@ -457,6 +476,41 @@ impl AppStoreServer {
             test_token: None,
         });
         Ok(())
+    }
+
+    /// Makes the server read the time from `clock` (the system clock unless set).
+    pub fn set_clock(&self, clock: SimClock) {
+        *lock(&self.clock) = clock;
+    }
+
+    /// Now, by the server's clock, in Unix ms.
+    fn now(&self) -> i64 {
+        lock(&self.clock).now_ms()
+    }
+
+    /// The chain the server signs with.
+    pub fn chain(&self) -> &Arc<AppleChain> {
+        &self.chain
+    }
+
+    /// The app's bundle id.
+    pub fn bundle_id(&self) -> &str {
+        &self.bundle_id
+    }
+
+    /// The environment the server answers for.
+    pub fn environment(&self) -> String {
+        lock(&self.settings).environment.clone()
+    }
+
+    /// The app's Apple id, when set.
+    pub fn app_apple_id(&self) -> Option<i64> {
+        lock(&self.settings).app_apple_id
+    }
+
+    /// The App Store Server Notifications URL, when set.
+    pub fn notification_url(&self) -> Option<String> {
+        lock(&self.settings).notification_url.clone()
     }
 
     /// The Send Consumption Information requests the server accepted, oldest first.
@@ -653,7 +707,7 @@ impl AppStoreServer {
 
     /// The status of a subscription from its latest transaction and renewal info: 5 revoked, 4 in
     /// billing grace, 3 in billing retry, 1 active, 2 expired.
-    fn subscription_status(latest: &Value, renewal: Option<&Value>, now: i64) -> i64 {
+    pub(crate) fn subscription_status(latest: &Value, renewal: Option<&Value>, now: i64) -> i64 {
         if latest.get("revocationDate").is_some_and(|d| !d.is_null()) {
             return 5;
         }
@@ -782,7 +836,7 @@ async fn subscription_statuses(
             }
         }
     }
-    let now = now_ms();
+    let now = s.now();
     let environment = lock(&s.settings).environment.clone();
     let renewals = lock(&s.renewals).clone();
     let mut data = Vec::new();
@@ -885,7 +939,7 @@ async fn notification_history(
             "Invalid request. The start date is later than the end date.",
         ));
     }
-    if start < now_ms() - HISTORY_REACH_MS {
+    if start < s.now() - HISTORY_REACH_MS {
         return Err(bad_request(
             4000012,
             "Invalid request. The start date is too far in the past.",
@@ -982,7 +1036,7 @@ async fn request_test(State(s): State<Arc<AppStoreServer>>, headers: HeaderMap) 
         return Err(not_found(4040007, "Server notification URL not found."));
     };
     let token = uuid::Uuid::new_v4().to_string();
-    let now = now_ms();
+    let now = s.now();
     // A TEST notification's `data` has only the app's bundle, Apple id and environment.
     let mut data = json!({"bundleId": s.bundle_id, "environment": environment});
     if let Some(id) = app_apple_id {
@@ -1008,13 +1062,14 @@ async fn request_test(State(s): State<Arc<AppStoreServer>>, headers: HeaderMap) 
     let server = s.clone();
     let sent_token = token.clone();
     tokio::spawn(async move {
-        let result = server.deliver(&url, &signed).await;
+        let result = server.deliver(&url, &signed).await.send_attempt_result;
+        let at = server.now();
         let mut notifications = lock(&server.notifications);
         if let Some(n) = notifications
             .iter_mut()
             .find(|n| n.test_token.as_deref() == Some(sent_token.as_str()))
         {
-            n.attempts.push((now_ms(), result.to_owned()));
+            n.attempts.push((at, result.to_owned()));
         }
     });
     Ok(Json(json!({"testNotificationToken": token})).into_response())
@@ -1022,7 +1077,7 @@ async fn request_test(State(s): State<Arc<AppStoreServer>>, headers: HeaderMap) 
 
 impl AppStoreServer {
     /// POSTs `{"signedPayload": ...}` to `url` and names the outcome as Apple's `sendAttemptResult`.
-    async fn deliver(&self, url: &str, signed_payload: &str) -> &'static str {
+    async fn deliver(&self, url: &str, signed_payload: &str) -> Delivery {
         let sent = self
             .http
             .post(url)
@@ -1031,13 +1086,47 @@ impl AppStoreServer {
             .timeout(SEND_TIMEOUT)
             .send()
             .await;
-        match sent {
-            Ok(r) if (200..=206).contains(&r.status().as_u16()) => "SUCCESS",
-            Ok(_) => "UNSUCCESSFUL_HTTP_RESPONSE_CODE",
-            Err(e) if e.is_timeout() => "TIMED_OUT",
-            Err(e) if e.is_connect() => "NO_RESPONSE",
-            Err(_) => "OTHER",
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let result = if e.is_timeout() {
+                    "TIMED_OUT"
+                } else if e.is_connect() {
+                    "NO_RESPONSE"
+                } else {
+                    "OTHER"
+                };
+                return Delivery {
+                    http_status: None,
+                    send_attempt_result: result,
+                    body: None,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let result = if (200..=206).contains(&status) {
+            "SUCCESS"
+        } else {
+            "UNSUCCESSFUL_HTTP_RESPONSE_CODE"
+        };
+        Delivery {
+            http_status: Some(status),
+            send_attempt_result: result,
+            body: response.text().await.ok(),
         }
+    }
+
+    /// Sends a notification to the notification URL once, as Apple's sandbox does (no retries), and
+    /// records it for Get Notification History with that attempt. `signed_payload` is the JWS.
+    pub async fn send_notification(&self, signed_payload: &str) -> Result<Delivery, SendError> {
+        let url = self.notification_url().ok_or(SendError::NoUrl)?;
+        jws_payload(signed_payload)?;
+        let delivery = self.deliver(&url, signed_payload).await;
+        self.record_notification_with(
+            signed_payload,
+            &[(self.now(), delivery.send_attempt_result)],
+        )?;
+        Ok(delivery)
     }
 }
 

@@ -6,6 +6,103 @@
 //!   intermediate marker OID, signing leaf with Apple's leaf marker OID) and a JWS signer that writes
 //!   signed data exactly as the App Store does.
 //! - [`apple_api`]: a fake App Store Server API that checks the bearer token as Apple does.
+//! - [`apple_store`]: a simulated App Store on top of the fake API: buy, renew, fail to renew,
+//!   refund, reverse a refund, revoke and expire, each kept in the API's state and sent to the
+//!   gateway as the matching App Store Server Notification; and its HTTP control surface.
+//! - [`SimClock`]: the simulator's time, which tests can set and move.
 
 pub mod apple;
 pub mod apple_api;
+pub mod apple_store;
+
+use std::sync::{Arc, Mutex};
+
+/// Where a [`SimClock`] reads the time.
+#[derive(Clone)]
+enum Source {
+    System,
+    Fixed(i64),
+    Custom(Arc<dyn Fn() -> i64 + Send + Sync>),
+}
+
+/// The simulator's time in Unix milliseconds: the system clock unless set. Clones share one time, so
+/// the simulated App Store and its API agree on `now` however a test moves it.
+#[derive(Clone)]
+pub struct SimClock(Arc<Mutex<Source>>);
+
+impl std::fmt::Debug for SimClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SimClock").field(&self.now_ms()).finish()
+    }
+}
+
+impl Default for SimClock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl SimClock {
+    /// The system clock, as the stores' servers use.
+    pub fn system() -> Self {
+        Self(Arc::new(Mutex::new(Source::System)))
+    }
+
+    /// A clock standing at `ms` until set or moved.
+    pub fn fixed(ms: i64) -> Self {
+        Self(Arc::new(Mutex::new(Source::Fixed(ms))))
+    }
+
+    /// A clock that reads another one (a test's gateway clock, say), so one move moves both.
+    pub fn from_fn(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(Mutex::new(Source::Custom(Arc::new(now)))))
+    }
+
+    /// Now, in Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        let source = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match source {
+            Source::System => system_ms(),
+            Source::Fixed(ms) => ms,
+            Source::Custom(now) => now(),
+        }
+    }
+
+    /// Stops the clock at `ms`.
+    pub fn set(&self, ms: i64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Source::Fixed(ms);
+    }
+
+    /// Moves the clock `ms` forward (or back, when negative) and stops it there.
+    pub fn advance(&self, ms: i64) {
+        let now = self.now_ms();
+        self.set(now.saturating_add(ms));
+    }
+}
+
+fn system_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_one_time() {
+        let clock = SimClock::fixed(1_000);
+        let other = clock.clone();
+        clock.advance(500);
+        assert_eq!(other.now_ms(), 1_500);
+        other.set(42);
+        assert_eq!(clock.now_ms(), 42);
+        let followed = Arc::new(std::sync::atomic::AtomicI64::new(7));
+        let source = followed.clone();
+        let linked = SimClock::from_fn(move || source.load(std::sync::atomic::Ordering::SeqCst));
+        followed.store(9, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(linked.now_ms(), 9);
+        assert!(SimClock::system().now_ms() > 1_700_000_000_000);
+    }
+}

@@ -103,11 +103,8 @@ async fn many(
     let Some(width) = rows.first().map(Vec::len) else {
         return Ok(Vec::new());
     };
-    let max_bytes = if conn.backend_name() == "PostgreSQL" {
-        MAX_BYTES
-    } else {
-        usize::MAX
-    };
+    let postgres = conn.backend_name() == "PostgreSQL";
+    let max_bytes = if postgres { MAX_BYTES } else { usize::MAX };
     let mut out = Vec::new();
     for chunk in chunks(rows, max_bytes) {
         let mut values = String::with_capacity(chunk.len() * width * 5);
@@ -121,9 +118,15 @@ async fn many(
                 if j > 0 {
                     values.push_str(", ");
                 }
+                // SQLite looks a numbered parameter up by name, a walk of the list per parameter
+                // (quadratic in a long VALUES list); plain `?` binds in order. PostgreSQL needs `$n`.
                 n += 1;
-                values.push('$');
-                values.push_str(&n.to_string());
+                if postgres {
+                    values.push('$');
+                    values.push_str(&n.to_string());
+                } else {
+                    values.push('?');
+                }
             }
             values.push(')');
         }

@@ -12,3 +12,4 @@ mod customers;
 mod decisions;
 mod robustness;
 mod service;
+mod sim;

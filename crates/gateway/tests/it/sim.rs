@@ -1,0 +1,512 @@
+//! Whole stories driven through the simulated App Store (`store_sim::apple_store`): Apple's actions
+//! reach the gateway only as signed notifications, and the customer's snapshot and outbox follow.
+//! Plus the `purchase-gateway sim` command against a running gateway.
+
+use std::{sync::Arc, time::Duration};
+
+use gateway_core::{Clock, Timestamp};
+use serde_json::{Value, json};
+use store_sim::{
+    SimClock,
+    apple::AppleChain,
+    apple_api::{ApiKey, AppStoreServer},
+    apple_store::{AppleStore, ExpirySubtype, Period, ProductKind, RevocationReason},
+};
+
+use crate::{both, helpers::*};
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// The simulated App Store of app `acme`, on the gateway's clock.
+struct Sim {
+    store: Arc<AppleStore>,
+    key: ApiKey,
+    url: String,
+}
+
+impl Sim {
+    /// Seeds `acme`'s catalog and points its App Store settings at a new simulator, whose
+    /// notifications go to the gateway and whose time is the gateway's.
+    async fn open(app: &TestApp) -> Sim {
+        app.seed_catalog("acme").await;
+        let chain = Arc::new(AppleChain::generate().unwrap());
+        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "SIMKEY0001").unwrap();
+        let server = AppStoreServer::new(chain.clone(), key.clone(), "edu.acme.app");
+        server.set_notification_url(&format!(
+            "{}/v1/apps/acme/notifications/app_store",
+            app.addr
+        ));
+        let clock = app.clock.clone();
+        let store = AppleStore::new(
+            server.clone(),
+            SimClock::from_fn(move || clock.now().millis()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = server.router().merge(store.router());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        app.patch("/v1/apps/acme", json!({"app_store": {
+            "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
+            "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
+        }}))
+        .await
+        .expect(200);
+        Sim { store, key, url }
+    }
+
+    /// The types of the notifications in the fake API's Get Notification History, with the result
+    /// of their last send attempt.
+    async fn notification_history(&self, app: &TestApp) -> Vec<(String, String)> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.key.key_id.clone());
+        let exp = SimClock::system().now_ms() / 1000 + 300;
+        let claims = json!({"iss": self.key.issuer_id, "aud": "appstoreconnect-v1", "bid": "edu.acme.app", "exp": exp});
+        let key =
+            jsonwebtoken::EncodingKey::from_ec_pem(self.key.private_key_pem.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let now = app.clock.now().millis();
+        let page: Value = app
+            .client
+            .post(format!("{}/inApps/v1/notifications/history", self.url))
+            .bearer_auth(token)
+            .json(&json!({"startDate": now - 90 * DAY, "endDate": now + DAY}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["notificationHistory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let jws = n["signedPayload"].as_str().unwrap();
+                let kind = jws_payload(jws)["notificationType"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let result = n["sendAttempts"][0]["sendAttemptResult"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                (kind, result)
+            })
+            .collect()
+    }
+}
+
+fn jws_payload(jws: &str) -> Value {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let part = jws.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// A new order of `product` for `customer`; its `app_account_token`.
+async fn order(app: &TestApp, customer: &str, product: &str) -> String {
+    let order = app
+        .post(
+            &format!("/v1/apps/acme/customers/{customer}/orders"),
+            json!({"product_ids": [product]}),
+        )
+        .await
+        .expect(201);
+    order["app_account_token"].as_str().unwrap().to_owned()
+}
+
+async fn snapshot(app: &TestApp, customer: &str) -> Value {
+    app.get(&format!("/v1/apps/acme/customers/{customer}"))
+        .await
+        .expect(200)
+}
+
+/// An entitlement of a snapshot: (status, expires_at).
+fn entitlement(snap: &Value, id: &str) -> (String, Value) {
+    let e = snap["entitlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("no entitlement {id} in {snap}"));
+    (
+        e["status"].as_str().unwrap().to_owned(),
+        e["expires_at"].clone(),
+    )
+}
+
+fn status(snap: &Value, id: &str) -> String {
+    entitlement(snap, id).0
+}
+
+fn rfc3339(ms: i64) -> Value {
+    Value::String(Timestamp::from_millis(ms).to_rfc3339())
+}
+
+const COURSE: &str = "course-v1:Acme+CS101+2026";
+
+both!(
+    a_purchase_refund_reversal_and_family_revoke_arrive_as_notifications,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let token = order(&app, "alice", "cs101").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(bought.notification_type, "ONE_TIME_CHARGE");
+        assert_eq!(bought.http_status, Some(200), "{:?}", bought.gateway_answer);
+        assert_eq!(
+            bought.gateway_answer.as_ref().unwrap()["status"],
+            "decided",
+            "the order's appAccountToken names the customer"
+        );
+        assert_eq!(status(&snapshot(&app, "alice").await, COURSE), "active");
+        // The app posting what StoreKit signed changes nothing more.
+        let jws = sim
+            .store
+            .signed_transaction(&bought.transaction_id)
+            .unwrap();
+        let version = snapshot(&app, "alice").await["version"].clone();
+        let answer = app
+            .post(
+                "/v1/apps/acme/purchases",
+                json!({"app_user_id": "alice", "store": "app_store", "signed_transaction": jws}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(answer["status"], "granted");
+        assert_eq!(answer["customer"]["version"], version);
+
+        app.clock.advance_millis(HOUR);
+        let refunded = sim
+            .store
+            .refund(&bought.transaction_id, RevocationReason::Other)
+            .await
+            .unwrap();
+        assert_eq!(
+            refunded.gateway_answer.as_ref().unwrap()["status"],
+            "decided"
+        );
+        assert_eq!(status(&snapshot(&app, "alice").await, COURSE), "refunded");
+
+        app.clock.advance_millis(HOUR);
+        sim.store
+            .reverse_refund(&bought.transaction_id)
+            .await
+            .unwrap();
+        assert_eq!(status(&snapshot(&app, "alice").await, COURSE), "active");
+
+        app.clock.advance_millis(HOUR);
+        let revoked = sim.store.revoke(&bought.transaction_id).await.unwrap();
+        assert_eq!(revoked.http_status, Some(200));
+        assert_eq!(status(&snapshot(&app, "alice").await, COURSE), "revoked");
+
+        assert_eq!(
+            app.outbox_types("alice").await,
+            vec![
+                "entitlement.granted",
+                "purchase.refunded",
+                "entitlement.revoked",
+                "entitlement.granted",
+                "entitlement.revoked"
+            ]
+        );
+        let history = sim.notification_history(&app).await;
+        let expected: Vec<(String, String)> =
+            ["ONE_TIME_CHARGE", "REFUND", "REFUND_REVERSED", "REVOKE"]
+                .into_iter()
+                .map(|t| (t.to_owned(), "SUCCESS".to_owned()))
+                .collect();
+        assert_eq!(history, expected);
+    }
+);
+
+both!(
+    a_consumable_refund_claws_the_balance_back,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let token = order(&app, "bob", "coins100").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.coins100", ProductKind::Consumable, Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(snapshot(&app, "bob").await["balances"]["COINS"], 100);
+        app.clock.advance_millis(DAY);
+        sim.store
+            .refund(&bought.transaction_id, RevocationReason::AppIssue)
+            .await
+            .unwrap();
+        assert_eq!(snapshot(&app, "bob").await["balances"]["COINS"], 0);
+        assert_eq!(
+            app.outbox_types("bob").await,
+            vec!["balance.changed", "purchase.refunded", "balance.changed"]
+        );
+    }
+);
+
+both!(
+    a_subscription_renews_falls_into_grace_and_expires,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let t0 = t0().millis();
+        let token = order(&app, "carol", "premium").await;
+        let bought = sim
+            .store
+            .buy(
+                "edu.acme.premium",
+                ProductKind::AutoRenewable(Period::ONE_MONTH),
+                Some(&token),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (bought.notification_type, bought.subtype),
+            ("SUBSCRIBED", Some("INITIAL_BUY"))
+        );
+        // 22 November to 22 December, then to 22 January.
+        let first_end = t0 + 30 * DAY;
+        let second_end = first_end + 31 * DAY;
+        assert_eq!(
+            entitlement(&snapshot(&app, "carol").await, "premium"),
+            ("active".to_owned(), rfc3339(first_end))
+        );
+        let lineage = bought.original_transaction_id;
+
+        app.clock.set(Timestamp::from_millis(first_end - HOUR));
+        let renewed = sim.store.renew(&lineage).await.unwrap();
+        assert_eq!(renewed.notification_type, "DID_RENEW");
+        assert_eq!(renewed.gateway_answer.unwrap()["status"], "decided");
+        assert_eq!(
+            entitlement(&snapshot(&app, "carol").await, "premium"),
+            ("active".to_owned(), rfc3339(second_end))
+        );
+
+        app.clock.set(Timestamp::from_millis(second_end + HOUR));
+        let failed = sim
+            .store
+            .fail_to_renew(&lineage, Some(Duration::from_secs(16 * 86_400)))
+            .await
+            .unwrap();
+        assert_eq!(failed.subtype, Some("GRACE_PERIOD"));
+        assert_eq!(
+            status(&snapshot(&app, "carol").await, "premium"),
+            "grace_period"
+        );
+
+        app.clock.advance_millis(DAY);
+        let recovered = sim.store.renew(&lineage).await.unwrap();
+        assert_eq!(
+            (recovered.notification_type, recovered.subtype),
+            ("DID_RENEW", Some("BILLING_RECOVERY"))
+        );
+        let third_end = Period::ONE_MONTH.after(second_end + HOUR + DAY);
+        assert_eq!(
+            entitlement(&snapshot(&app, "carol").await, "premium"),
+            ("active".to_owned(), rfc3339(third_end))
+        );
+
+        app.clock.advance_millis(DAY);
+        let expired = sim
+            .store
+            .expire(&lineage, ExpirySubtype::Voluntary)
+            .await
+            .unwrap();
+        assert_eq!(
+            (expired.notification_type, expired.subtype),
+            ("EXPIRED", Some("VOLUNTARY"))
+        );
+        assert_eq!(expired.renewal_info.unwrap()["autoRenewStatus"], 0);
+        assert_eq!(status(&snapshot(&app, "carol").await, "premium"), "expired");
+        assert_eq!(
+            app.outbox_types("carol").await,
+            vec![
+                "entitlement.granted",
+                "entitlement.renewed",
+                "entitlement.renewed",
+                "entitlement.expired"
+            ]
+        );
+        let kinds: Vec<String> = sim
+            .notification_history(&app)
+            .await
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "SUBSCRIBED",
+                "DID_RENEW",
+                "DID_FAIL_TO_RENEW",
+                "DID_RENEW",
+                "EXPIRED"
+            ]
+        );
+    }
+);
+
+/// Reads lines of a running `sim serve` until it says it serves; returns its URL.
+async fn served_url(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    let mut url = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listens on ").nth(1) {
+                url = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|u| u.trim_end_matches(':').to_owned());
+            }
+            if line.starts_with("Serving until Ctrl-C") {
+                return;
+            }
+        }
+        panic!("`sim serve` stopped before serving");
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("`sim serve` starts within 20 s");
+    url.expect("`sim serve` says where it listens")
+}
+
+/// `purchase-gateway sim apple <args>`: (success, stdout, stderr).
+async fn sim_apple(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_purchase-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .arg("sim")
+        .arg("apple")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sim_command_points_an_app_at_itself_and_acts_as_apple() {
+    use tokio::io::AsyncBufReadExt;
+
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    app.seed_catalog("acme").await;
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_purchase-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args([
+            "sim",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            &app.addr,
+            "--app",
+            "acme",
+            "--admin-key",
+            ADMIN_KEY,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let url = served_url(&mut lines).await;
+
+    let settings = app.get("/v1/apps/acme").await.expect(200)["app_store"].clone();
+    assert_eq!(settings["api_base_url"], url.as_str());
+    assert_eq!(
+        (&settings["bundle_id"], &settings["environment"]),
+        (&json!("edu.acme.app"), &json!("Sandbox"))
+    );
+    assert_eq!(
+        settings["root_certificates_pem"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(settings["private_key_pem_set"], true);
+    assert_eq!(
+        settings["shared_secret_set"], true,
+        "secrets it does not set are kept"
+    );
+
+    let token = order(&app, "dave", "cs101").await;
+    let (ok, out, err) = sim_apple(&[
+        "buy",
+        "--sim",
+        &url,
+        "--sku",
+        "edu.acme.cs101",
+        "--kind",
+        "non-consumable",
+        "--token",
+        &token,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["notification_type"], "ONE_TIME_CHARGE");
+    assert_eq!(answer["http_status"], 200);
+    assert_eq!(answer["transaction"]["appAccountToken"], token.as_str());
+    assert!(
+        err.starts_with("Apple sent ONE_TIME_CHARGE for transaction "),
+        "{err}"
+    );
+    assert_eq!(status(&snapshot(&app, "dave").await, COURSE), "active");
+
+    let id = answer["transaction_id"].as_str().unwrap();
+    let (ok, _, err) = sim_apple(&["refund", "--transaction-id", id, "--sim", &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(status(&snapshot(&app, "dave").await, COURSE), "refunded");
+
+    let (ok, _, err) = sim_apple(&["refund", "--sim", &url, "--transaction-id", "42"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("404") && err.contains("no transaction \"42\""),
+        "{err}"
+    );
+    serve.kill().await.unwrap();
+}
+
+both!(
+    billing_retry_that_fails_ends_expired,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let token = order(&app, "dave", "premium").await;
+        let bought = sim
+            .store
+            .buy(
+                "edu.acme.premium",
+                ProductKind::AutoRenewable(Period::ONE_MONTH),
+                Some(&token),
+            )
+            .await
+            .unwrap();
+        let lineage = bought.original_transaction_id;
+        app.clock
+            .set(Timestamp::from_millis(t0().millis() + 30 * DAY + HOUR));
+        // No grace period: Apple retries billing while access is off.
+        let failed = sim.store.fail_to_renew(&lineage, None).await.unwrap();
+        assert_eq!(failed.subtype, None);
+        assert_eq!(
+            status(&snapshot(&app, "dave").await, "premium"),
+            "billing_retry"
+        );
+        app.clock.advance_millis(10 * DAY);
+        let expired = sim
+            .store
+            .expire(&lineage, ExpirySubtype::BillingRetry)
+            .await
+            .unwrap();
+        assert_eq!(
+            (expired.notification_type, expired.subtype),
+            ("EXPIRED", Some("BILLING_RETRY"))
+        );
+        assert_eq!(status(&snapshot(&app, "dave").await, "premium"), "expired");
+    }
+);
