@@ -1,4 +1,11 @@
-//! The `apps` table.
+//! The `apps` table, and a short-lived cache of its rows: every notification and API call names its
+//! app, and reading the same row for each of thousands of calls a second is waste.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use gateway_core::{AppId, Timestamp};
 use sqlx::{Row, any::AnyRow};
@@ -25,7 +32,41 @@ pub enum InsertAppError {
     Db(#[from] DbError),
 }
 
+/// How long a read app is reused. A change made through this process is seen at once; one made
+/// through another instance, within this time.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Apps read recently, by id.
+#[derive(Debug, Default)]
+pub struct Cache {
+    entries: Mutex<HashMap<String, (Instant, App)>>,
+}
+
+impl Cache {
+    fn get(&self, id: &AppId) -> Option<App> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(id.as_str())
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, app)| app.clone())
+    }
+
+    fn put(&self, app: &App) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        }
+        entries.insert(app.id.to_string(), (Instant::now(), app.clone()));
+    }
+
+    fn forget(&self, id: &AppId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(id.as_str());
+    }
+}
+
 pub async fn insert(db: &Db, app: &App) -> Result<(), InsertAppError> {
+    db.app_cache().forget(&app.id);
     let config = serde_json::to_string(&app.settings).map_err(DbError::from)?;
     let result = sqlx::query(
         "INSERT INTO apps (id, name, config, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
@@ -46,12 +87,19 @@ pub async fn insert(db: &Db, app: &App) -> Result<(), InsertAppError> {
 }
 
 pub async fn get(db: &Db, id: &AppId) -> DbResult<Option<App>> {
+    if let Some(app) = db.app_cache().get(id) {
+        return Ok(Some(app));
+    }
     let row =
         sqlx::query("SELECT id, name, config, created_at, updated_at FROM apps WHERE id = $1")
             .bind(id.as_str())
             .fetch_optional(db.reader())
             .await?;
-    row.as_ref().map(from_row).transpose()
+    let app = row.as_ref().map(from_row).transpose()?;
+    if let Some(app) = &app {
+        db.app_cache().put(app);
+    }
+    Ok(app)
 }
 
 pub async fn list(db: &Db) -> DbResult<Vec<App>> {
@@ -70,5 +118,6 @@ pub async fn update(db: &Db, app: &App) -> DbResult<()> {
         .bind(app.id.as_str())
         .execute(db.writer())
         .await?;
+    db.app_cache().forget(&app.id);
     Ok(())
 }

@@ -113,6 +113,7 @@ pub struct Db {
     /// The decision committer of this handle's process, started on first use. It lives while any
     /// clone of the handle does.
     committer: std::sync::Arc<std::sync::OnceLock<crate::service::committer::Committer>>,
+    apps: std::sync::Arc<apps::Cache>,
 }
 
 impl Db {
@@ -131,6 +132,7 @@ impl Db {
                     write,
                     changes: Default::default(),
                     committer: Default::default(),
+                    apps: Default::default(),
                 })
             }
             Dialect::Postgres => {
@@ -145,6 +147,7 @@ impl Db {
                     write: pool,
                     changes: Default::default(),
                     committer: Default::default(),
+                    apps: Default::default(),
                 })
             }
         }
@@ -185,6 +188,11 @@ impl Db {
             };
             crate::service::committer::Committer::start(own)
         })
+    }
+
+    /// Apps read recently (see [`apps::Cache`]).
+    pub(crate) fn app_cache(&self) -> &apps::Cache {
+        &self.apps
     }
 
     /// True when the database answers.
