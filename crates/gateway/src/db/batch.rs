@@ -149,6 +149,31 @@ async fn many(
     Ok(out)
 }
 
+/// Serializes, across transactions and instances, every batch that touches one of `lineages`
+/// (PostgreSQL transaction-scoped advisory locks, taken in sorted order; SQLite has one writer and
+/// needs none). Without it, a notification that finds no owner for its lineage could be held as an
+/// orphan while another transaction creates the lineage and has already looked for orphans: the
+/// held fact would wait for the next input on that lineage. With it, the second of the two sees the
+/// first's commit.
+pub async fn lock_lineages(conn: &mut AnyConnection, lineages: &[LineageKey]) -> DbResult<()> {
+    if conn.backend_name() != "PostgreSQL" || lineages.is_empty() {
+        return Ok(());
+    }
+    let vals: Vec<Vec<Val>> = sorted_unique(lineages)
+        .into_iter()
+        .map(|(a, s, l)| vec![format!("{a}\u{1}{s}\u{1}{l}").into()])
+        .collect();
+    many(
+        conn,
+        "SELECT COUNT(*) AS n FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM \
+         (SELECT column1 AS k FROM (VALUES {values}) AS v ORDER BY column1) AS sorted) AS locked",
+        "",
+        &vals,
+    )
+    .await?;
+    Ok(())
+}
+
 /// (app, customer).
 pub type CustomerKey = (String, String);
 /// (app, store, lineage).

@@ -209,6 +209,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             Work::Record(_) => {}
         }
     }
+    batch::lock_lineages(conn, &lineages).await?;
     let owners = batch::owners(conn, &lineages).await?;
     let products = if skus.is_empty() {
         HashMap::new()

@@ -1018,3 +1018,66 @@ both!(
         .error(409, "store_not_configured");
     }
 );
+
+both!(
+    a_refund_racing_its_purchase_on_another_instance_still_wins,
+    |app: TestApp| async move {
+        // Two gateways on one database: the app submits each purchase to one while Apple's refund
+        // notification for it reaches the other at the same moment. Whichever commits second must
+        // see the first: no refund may stay held as an orphan of a lineage someone holds.
+        let store = Store::open(&app).await;
+        let other = spawn_on(app.backend, app.test_db.clone()).await;
+        let t = t0().millis();
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let id = format!("{}", 51_000 + i);
+            let user = format!("r{i}");
+            let bought = store.transaction(&id, "edu.acme.cs101", t, json!({}));
+            let refunded = store.transaction(
+                &id,
+                "edu.acme.cs101",
+                t,
+                json!({"revocationDate": t + 5_000, "revocationReason": 0}),
+            );
+            let body = store.notify_body(
+                "REFUND",
+                None,
+                &format!("e0000000-0000-4000-8000-0000000000{i:02}"),
+                t + 5_000,
+                Some(refunded),
+            );
+            let (a, b) = (app.addr.clone(), other.addr.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let submit = client
+                    .post(format!("{a}/v1/apps/acme/purchases"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({"app_user_id": user, "store": "app_store", "signed_transaction": bought}))
+                    .send();
+                let notify = client
+                    .post(format!("{b}/v1/apps/acme/notifications/app_store"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send();
+                let (s, n) = tokio::join!(submit, notify);
+                assert!(s.unwrap().status().is_success());
+                assert!(n.unwrap().status().is_success());
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for i in 0..12 {
+            let snap = app
+                .get(&format!("/v1/apps/acme/customers/r{i}"))
+                .await
+                .expect(200);
+            assert_eq!(
+                snap["purchases"][0]["status"], "refunded",
+                "customer r{i}: {snap}"
+            );
+        }
+        assert_eq!(app.count("orphan_events").await, 0);
+        other.stop().await;
+    }
+);
