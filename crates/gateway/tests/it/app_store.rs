@@ -581,17 +581,7 @@ both!(
 both!(
     a_transaction_id_is_looked_up_with_the_app_store_server_api,
     |app: TestApp| async move {
-        use std::sync::Arc;
-
-        use store_sim::apple_api::ApiKey;
-        app.seed_catalog("acme").await;
-        let chain = Arc::new(AppleChain::generate().unwrap());
-        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
-        let (server, url) = serve_api(chain.clone(), key.clone()).await;
-        app.patch("/v1/apps/acme", json!({"app_store": {
-        "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
-        "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
-    }})).await.expect(200);
+        let WithApi { chain, server, .. } = WithApi::open(&app).await;
         let t = t0().millis();
         for id in ["11000", "11001"] {
             server.put_transaction(json!({"transactionId": id, "originalTransactionId": id, "bundleId": "edu.acme.app", "productId": "edu.acme.cs101",
@@ -625,8 +615,11 @@ both!(
         server.fail_next(vec![(500, None), (500, None), (500, None), (500, None)]);
         by_id("u3", "11001").await.error(503, "store_unavailable");
         // Credentials Apple does not know.
-        let stranger =
-            ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
+        let stranger = store_sim::apple_api::ApiKey::generate(
+            "69a6de70-03db-47e3-e053-5b8c7c11a4d1",
+            "2X9R4HXF34",
+        )
+        .unwrap();
         app.patch("/v1/apps/acme", json!({"app_store": {"bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
         "api_base_url": format!("{}", server_url(&app).await), "issuer_id": stranger.issuer_id, "key_id": stranger.key_id, "private_key_pem": stranger.private_key_pem}})).await.expect(200);
         by_id("u4", "11000")
@@ -721,6 +714,51 @@ both!(
             .error(409, "store_not_configured");
     }
 );
+
+/// An app whose App Store settings point at a running simulated App Store Server API, with the
+/// standard catalog.
+struct WithApi {
+    chain: std::sync::Arc<AppleChain>,
+    key: store_sim::apple_api::ApiKey,
+    server: std::sync::Arc<store_sim::apple_api::AppStoreServer>,
+    url: String,
+}
+
+impl WithApi {
+    async fn open(app: &TestApp) -> WithApi {
+        app.seed_catalog("acme").await;
+        let chain = std::sync::Arc::new(AppleChain::generate().unwrap());
+        let key = store_sim::apple_api::ApiKey::generate(
+            "69a6de70-03db-47e3-e053-5b8c7c11a4d1",
+            "2X9R4HXF34",
+        )
+        .unwrap();
+        let (server, url) = serve_api(chain.clone(), key.clone()).await;
+        let api = WithApi {
+            chain,
+            key,
+            server,
+            url,
+        };
+        app.patch("/v1/apps/acme", api.settings(json!({})))
+            .await
+            .expect(200);
+        api
+    }
+
+    /// The app's App Store settings, with `extra` fields added.
+    fn settings(&self, extra: Value) -> Value {
+        let mut s = json!({
+            "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [self.chain.root_pem()],
+            "api_base_url": self.url, "issuer_id": self.key.issuer_id, "key_id": self.key.key_id,
+            "private_key_pem": self.key.private_key_pem
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            s[k] = v.clone();
+        }
+        json!({ "app_store": s })
+    }
+}
 
 /// Starts the simulator's App Store Server API (and verifyReceipt) on loopback; returns it and its URL.
 async fn serve_api(
@@ -824,20 +862,11 @@ both!(
 both!(
     a_consumption_request_is_kept_and_answered_from_the_ledger,
     |app: TestApp| async move {
-        use std::sync::Arc;
-
-        use store_sim::{apple::Notification, apple_api::ApiKey};
-        app.seed_catalog("acme").await;
-        let chain = Arc::new(AppleChain::generate().unwrap());
-        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
-        let (server, url) = serve_api(chain.clone(), key.clone()).await;
-        let settings = |answer: bool| {
-            json!({"app_store": {
-                "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
-                "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem,
-                "answer_consumption_requests": answer
-            }})
-        };
+        use store_sim::apple::Notification;
+        let api = WithApi::open(&app).await;
+        let (chain, server) = (api.chain.clone(), api.server.clone());
+        let settings =
+            |answer: bool| api.settings(json!({ "answer_consumption_requests": answer }));
         app.patch("/v1/apps/acme", settings(false))
             .await
             .expect(200);
@@ -916,17 +945,9 @@ both!(
 both!(
     missed_notifications_are_recovered_from_apples_history,
     |app: TestApp| async move {
-        use std::sync::Arc;
-
-        use store_sim::{apple::Notification, apple_api::ApiKey};
-        app.seed_catalog("acme").await;
-        let chain = Arc::new(AppleChain::generate().unwrap());
-        let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "2X9R4HXF34").unwrap();
-        let (server, url) = serve_api(chain.clone(), key.clone()).await;
-        app.patch("/v1/apps/acme", json!({"app_store": {
-            "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
-            "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
-        }})).await.expect(200);
+        use store_sim::apple::Notification;
+        let api = WithApi::open(&app).await;
+        let (chain, server) = (api.chain.clone(), api.server.clone());
         let t = t0().millis() - 60_000;
         // Two purchases whose notifications Apple sent while the gateway was down: only its history
         // has them.
@@ -989,7 +1010,7 @@ both!(
 
         // The job does the same from its cursor (a day back the first time), then moves it.
         server.record_notification(&missed[1]).unwrap();
-        let clock: Arc<dyn gateway_core::Clock> = Arc::new(app.clock.clone());
+        let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
         let verifiers = gateway::stores::apple::Verifiers::default();
         let api = gateway::stores::apple_api::AppStoreApi::new(reqwest::Client::new());
         let outcome = gateway::jobs::recovery::step(&app.db, &clock, &verifiers, &api).await;
