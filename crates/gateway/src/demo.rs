@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use gateway::config::{Config, LogFormat};
 use gateway_core::SystemClock;
 use serde_json::{Value, json};
@@ -18,45 +18,19 @@ use tokio_util::sync::CancellationToken;
 const BUNDLE: &str = "edu.demo.app";
 
 struct Demo {
-    http: reqwest::Client,
-    base: String,
-    key: String,
+    gateway: crate::sim::Gateway,
     chain: Arc<AppleChain>,
 }
 
 impl Demo {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("calling {path}"))?;
-        let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{path} answered {status}: {body}");
-        }
-        Ok(body)
-    }
-
     async fn notify(&self, n: &Notification<'_>) -> anyhow::Result<Value> {
         let body = self.chain.notification(n)?;
         let res = self
+            .gateway
             .http
             .post(format!(
                 "{}/v1/apps/demo/notifications/app_store",
-                self.base
+                self.gateway.base
             ))
             .header("content-type", "application/json")
             .body(body)
@@ -67,6 +41,7 @@ impl Demo {
 
     async fn timeline(&self, customer: &str, since: &mut i64) -> anyhow::Result<()> {
         let t = self
+            .gateway
             .call(
                 reqwest::Method::GET,
                 &format!("/v1/apps/demo/customers/{customer}/timeline?limit=50"),
@@ -157,9 +132,11 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(sim_listener, router).await });
 
     let demo = Demo {
-        http: reqwest::Client::new(),
-        base: format!("http://{addr}"),
-        key: admin_key.clone(),
+        gateway: crate::sim::Gateway {
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            key: admin_key.clone(),
+        },
         chain,
     };
     println!(
@@ -168,12 +145,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("Database: {}\n", dir.join("gateway.db").display());
 
     println!("1. An operator creates an app that sells on the App Store, and its catalog.");
-    demo.call(reqwest::Method::POST, "/v1/apps", Some(json!({"id": "demo", "name": "Demo Academy", "app_store": {
+    demo.gateway.call(reqwest::Method::POST, "/v1/apps", Some(json!({"id": "demo", "name": "Demo Academy", "app_store": {
         "bundle_id": BUNDLE, "environment": "Sandbox", "root_certificates_pem": [demo.chain.root_pem()], "api_base_url": sim_url,
         "issuer_id": api_key.issuer_id, "key_id": api_key.key_id, "private_key_pem": api_key.private_key_pem}}))).await?;
-    demo.call(reqwest::Method::PUT, "/v1/apps/demo/products/cs101", Some(json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.demo.cs101"},
+    demo.gateway.call(reqwest::Method::PUT, "/v1/apps/demo/products/cs101", Some(json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.demo.cs101"},
         "entitlements": [{"id": "course-v1:Demo+CS101+2026", "attributes": {"course_id": "course-v1:Demo+CS101+2026", "mode": "verified"}}]}))).await?;
-    demo.call(
+    demo.gateway.call(
         reqwest::Method::PUT,
         "/v1/apps/demo/products/premium",
         Some(
@@ -191,6 +168,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         "2. Ada buys the course in the iOS app; the app hands the gateway what StoreKit signed."
     );
     let order = demo
+        .gateway
         .call(
             reqwest::Method::POST,
             "/v1/apps/demo/customers/ada/orders",
@@ -209,7 +187,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         now,
         json!({"appAccountToken": token}),
     );
-    let answer = demo.call(reqwest::Method::POST, "/v1/apps/demo/purchases", Some(json!({"app_user_id": "ada", "store": "app_store", "signed_transaction": demo.chain.sign(&bought)?}))).await?;
+    let answer = demo.gateway.call(reqwest::Method::POST, "/v1/apps/demo/purchases", Some(json!({"app_user_id": "ada", "store": "app_store", "signed_transaction": demo.chain.sign(&bought)?}))).await?;
     println!(
         "   answer: {} (finish the StoreKit transaction: {})",
         answer["status"], answer["finish_transaction"]
@@ -251,7 +229,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         json!({"expiresDate": now + month}),
     ));
     // The app only knows the transaction id; the gateway asks the App Store Server API.
-    let answer = demo.call(reqwest::Method::POST, "/v1/apps/demo/purchases", Some(json!({"app_user_id": "grace", "store": "app_store", "transaction_id": "2000000200"}))).await?;
+    let answer = demo.gateway.call(reqwest::Method::POST, "/v1/apps/demo/purchases", Some(json!({"app_user_id": "grace", "store": "app_store", "transaction_id": "2000000200"}))).await?;
     println!(
         "   answer: {} until {}",
         answer["status"], answer["purchase"]["expires_at"]
@@ -277,6 +255,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let mut grace = 0;
     demo.timeline("grace", &mut grace).await?;
     let snap = demo
+        .gateway
         .call(reqwest::Method::GET, "/v1/apps/demo/customers/grace", None)
         .await?;
     println!(

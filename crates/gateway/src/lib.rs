@@ -66,38 +66,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let expiry = {
-        let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            jobs::run_loop("expiry", EXPIRY_TICK, token, move || {
-                let (db, clock) = (db.clone(), clock.clone());
-                async move { jobs::expiry::step(&db, &clock).await }
-            })
-            .await;
-        })
-    };
-    let housekeeping = {
-        let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            jobs::run_loop("housekeeping", HOUSEKEEPING_TICK, token, move || {
-                let (db, clock) = (db.clone(), clock.clone());
-                async move { jobs::housekeeping::step(&db, clock.as_ref()).await }
-            })
-            .await;
-        })
-    };
-    let recovery = {
-        let (db, clock, token) = (state.db.clone(), state.clock.clone(), shutdown.clone());
-        let (verifiers, api) = (state.apple.clone(), state.apple_api.clone());
-        tokio::spawn(async move {
-            jobs::run_loop("recovery", RECOVERY_TICK, token, move || {
-                let (db, clock, verifiers, api) =
-                    (db.clone(), clock.clone(), verifiers.clone(), api.clone());
-                async move { jobs::recovery::step(&db, &clock, &verifiers, &api).await }
-            })
-            .await;
-        })
-    };
+    let expiry = spawn_job("expiry", EXPIRY_TICK, &state, &shutdown, |s| async move {
+        jobs::expiry::step(&s.db, &s.clock).await
+    });
+    let housekeeping = spawn_job(
+        "housekeeping",
+        HOUSEKEEPING_TICK,
+        &state,
+        &shutdown,
+        |s| async move { jobs::housekeeping::step(&s.db, s.clock.as_ref()).await },
+    );
+    let recovery = spawn_job(
+        "recovery",
+        RECOVERY_TICK,
+        &state,
+        &shutdown,
+        |s| async move { jobs::recovery::step(&s.db, &s.clock, &s.apple, &s.apple_api).await },
+    );
     let router = http::router(state);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -105,6 +90,24 @@ pub async fn run(
     shutdown.cancel();
     let _ = tokio::join!(expiry, housekeeping, recovery);
     served
+}
+
+/// Runs a background job's loop in a task of its own; each step gets the app state.
+fn spawn_job<F, Fut>(
+    name: &'static str,
+    tick: std::time::Duration,
+    state: &AppState,
+    shutdown: &CancellationToken,
+    step: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(AppState) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = jobs::Outcome> + Send + 'static,
+{
+    let state = state.clone();
+    tokio::spawn(jobs::run_loop(name, tick, shutdown.clone(), move || {
+        step(state.clone())
+    }))
 }
 
 /// How often each app's missed store notifications are looked for in the store's history.

@@ -174,15 +174,15 @@ pub async fn run(command: SimCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Calls a gateway's admin API.
-struct Gateway {
-    http: reqwest::Client,
-    base: String,
-    key: String,
+/// Calls a gateway's admin API (`demo` uses it too).
+pub(crate) struct Gateway {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) key: String,
 }
 
 impl Gateway {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -191,10 +191,7 @@ pub async fn owners(
     conn: &mut AnyConnection,
     lineages: &[LineageKey],
 ) -> DbResult<HashMap<LineageKey, Owned>> {
-    let rows: Vec<Vec<Val>> = sorted_unique(lineages)
-        .into_iter()
-        .map(|(a, s, l)| vec![a.into(), s.into(), l.into()])
-        .collect();
+    let rows = key_rows(lineages);
     let found = many(
         conn,
         "SELECT id, app_id, store, store_transaction_id, customer_id FROM purchases \
@@ -260,10 +257,7 @@ pub async fn order_customers(
         .iter()
         .map(|(a, t)| (a.clone(), t.to_ascii_lowercase()))
         .collect();
-    let rows: Vec<Vec<Val>> = sorted_unique(&lowered)
-        .into_iter()
-        .map(|(a, t)| vec![a.into(), t.into()])
-        .collect();
+    let rows = key_rows(&lowered);
     let found = many(
         conn,
         "SELECT app_id, app_account_token, customer_id FROM orders \
@@ -293,6 +287,27 @@ pub struct InboundRow {
     pub customer: Option<String>,
     pub raw: String,
     pub at: Timestamp,
+}
+
+impl InboundRow {
+    /// A row with a new id.
+    pub fn new(
+        app: &gateway_core::AppId,
+        (source, dedupe_key): (&str, &str),
+        customer: Option<String>,
+        raw: &str,
+        at: Timestamp,
+    ) -> Self {
+        InboundRow {
+            id: super::new_id("inb"),
+            app: app.to_string(),
+            source: source.to_owned(),
+            dedupe_key: dedupe_key.to_owned(),
+            customer,
+            raw: raw.to_owned(),
+            at,
+        }
+    }
 }
 
 /// Keeps the raw inputs not kept before; returns the ids of those that are new.
@@ -331,10 +346,7 @@ pub async fn insert_inbound(
 /// Forgets raw inputs that turned out to hold nothing new (every fact in them was kept before, with
 /// the raw body that first brought it).
 pub async fn delete_inbound(conn: &mut AnyConnection, ids: &[String]) -> DbResult<()> {
-    let vals: Vec<Vec<Val>> = sorted_unique(ids)
-        .into_iter()
-        .map(|id| vec![id.into()])
-        .collect();
+    let vals = key_rows(ids);
     many(
         conn,
         "DELETE FROM inbound WHERE id IN (VALUES {values})",
@@ -487,10 +499,7 @@ pub async fn take_orphans(
     conn: &mut AnyConnection,
     lineages: &[LineageKey],
 ) -> DbResult<Vec<Orphan>> {
-    let vals: Vec<Vec<Val>> = sorted_unique(lineages)
-        .into_iter()
-        .map(|(a, s, l)| vec![a.into(), s.into(), l.into()])
-        .collect();
+    let vals = key_rows(lineages);
     let rows = many(
         conn,
         "DELETE FROM orphan_events WHERE (app_id, store, lineage) IN (VALUES {values})",
@@ -612,10 +621,7 @@ pub async fn load(
     customers: &[CustomerKey],
 ) -> DbResult<HashMap<CustomerKey, Loaded>> {
     let keys = sorted_unique(customers);
-    let vals: Vec<Vec<Val>> = keys
-        .iter()
-        .map(|(a, c)| vec![a.clone().into(), c.clone().into()])
-        .collect();
+    let vals = key_rows(&keys);
     let mut out: HashMap<CustomerKey, Loaded> =
         keys.into_iter().map(|k| (k, Loaded::default())).collect();
 
@@ -748,10 +754,7 @@ pub async fn catalogs(
 ) -> DbResult<HashMap<String, Catalog>> {
     let mut wanted: Vec<(String, String)> = products.to_vec();
     if !entitlements.is_empty() {
-        let vals: Vec<Vec<Val>> = sorted_unique(entitlements)
-            .into_iter()
-            .map(|(a, e)| vec![a.into(), e.into()])
-            .collect();
+        let vals = key_rows(entitlements);
         let rows = many(
             conn,
             "SELECT app_id, product_id FROM product_entitlements WHERE (app_id, entitlement_id) IN (VALUES {values})",
@@ -763,10 +766,7 @@ pub async fn catalogs(
             wanted.push((r.try_get("app_id")?, r.try_get("product_id")?));
         }
     }
-    let vals: Vec<Vec<Val>> = sorted_unique(&wanted)
-        .into_iter()
-        .map(|(a, p)| vec![a.into(), p.into()])
-        .collect();
+    let vals = key_rows(&wanted);
     let rows = many(
         conn,
         "SELECT app_id, definition FROM products WHERE (app_id, id) IN (VALUES {values})",
@@ -819,10 +819,7 @@ pub async fn delete_entitlements(
     conn: &mut AnyConnection,
     keys: &[(String, String, String)],
 ) -> DbResult<()> {
-    let vals: Vec<Vec<Val>> = sorted_unique(keys)
-        .into_iter()
-        .map(|(a, c, e)| vec![a.into(), c.into(), e.into()])
-        .collect();
+    let vals = key_rows(keys);
     many(
         conn,
         "DELETE FROM entitlements WHERE (app_id, customer_id, id) IN (VALUES {values})",
@@ -939,6 +936,34 @@ pub async fn save_customers(conn: &mut AnyConnection, rows: &[CustomerSave]) -> 
     )
     .await?;
     Ok(())
+}
+
+/// A key whose parts are bound as text, one parameter each.
+trait Key: Ord + Clone {
+    fn vals(self) -> Vec<Val>;
+}
+
+impl Key for String {
+    fn vals(self) -> Vec<Val> {
+        vec![self.into()]
+    }
+}
+
+impl Key for (String, String) {
+    fn vals(self) -> Vec<Val> {
+        vec![self.0.into(), self.1.into()]
+    }
+}
+
+impl Key for (String, String, String) {
+    fn vals(self) -> Vec<Val> {
+        vec![self.0.into(), self.1.into(), self.2.into()]
+    }
+}
+
+/// The rows of a `VALUES` list of keys: sorted (lock order) and without repeats.
+fn key_rows<K: Key>(keys: &[K]) -> Vec<Vec<Val>> {
+    sorted_unique(keys).into_iter().map(Key::vals).collect()
 }
 
 fn sorted_unique<T: Ord + Clone>(items: &[T]) -> Vec<T> {

@@ -183,6 +183,7 @@ impl Plan {
 /// Runs `works` in the caller's transaction; an `Err` means the batch must be rolled back.
 pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<Step>> {
     let mut steps: Vec<Option<Step>> = works.iter().map(|_| None).collect();
+    let now = now_of(works);
 
     // 1. Resolve: who holds each lineage, which product each notification names, whose order issued
     // each appAccountToken.
@@ -236,34 +237,17 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 now,
             } => (app.clone(), customer.clone(), (**input).clone(), *now),
             Work::Record(r) => {
-                records.push((
-                    i,
-                    InboundRow {
-                        id: db::new_id("inb"),
-                        app: r.app.to_string(),
-                        source: r.source.into(),
-                        dedupe_key: r.dedupe_key.clone(),
-                        customer: None,
-                        raw: r.raw.clone(),
-                        at: r.now,
-                    },
-                ));
+                let row = InboundRow::new(&r.app, (r.source, &r.dedupe_key), None, &r.raw, r.now);
+                records.push((i, row));
                 continue;
             }
             Work::AppleNotification(n) => {
-                let raw_row = |customer: Option<String>| InboundRow {
-                    id: db::new_id("inb"),
-                    app: n.app.to_string(),
-                    source: APPLE_NOTIFICATION.into(),
-                    dedupe_key: n.uuid.clone(),
-                    customer,
-                    raw: n.raw.clone(),
-                    at: n.now,
-                };
+                let raw_row =
+                    || InboundRow::new(&n.app, (APPLE_NOTIFICATION, &n.uuid), None, &n.raw, n.now);
                 let sku = n.transaction.product_id.clone().unwrap_or_default();
                 let Some(product) = products.get(&(n.app.to_string(), sku.clone())) else {
                     tracing::warn!(app = %n.app, sku = %sku, notification = %n.uuid, "notification for a product the catalog does not know; kept");
-                    records.push((i, raw_row(None)));
+                    records.push((i, raw_row()));
                     continue;
                 };
                 let mut facts =
@@ -287,7 +271,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                         })
                     });
                 let Some(owner) = owner else {
-                    holds.push((i, raw_row(None), facts));
+                    holds.push((i, raw_row(), facts));
                     continue;
                 };
                 let customer: AppUserId = owner.parse().map_err(|_| {
@@ -340,16 +324,15 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     // 2. Keep every raw input; a replay is not inserted.
     let mut raw_rows: Vec<InboundRow> = Vec::new();
     for p in &mut plans {
-        p.inbound_id = db::new_id("inb");
-        raw_rows.push(InboundRow {
-            id: p.inbound_id.clone(),
-            app: p.app.to_string(),
-            source: p.input.source.into(),
-            dedupe_key: p.input.dedupe_key.clone(),
-            customer: Some(p.customer.to_string()),
-            raw: p.input.raw.clone(),
-            at: p.now,
-        });
+        let row = InboundRow::new(
+            &p.app,
+            (p.input.source, &p.input.dedupe_key),
+            Some(p.customer.to_string()),
+            &p.input.raw,
+            p.now,
+        );
+        p.inbound_id = row.id.clone();
+        raw_rows.push(row);
     }
     raw_rows.extend(holds.iter().map(|h| h.1.clone()));
     raw_rows.extend(records.iter().map(|r| r.1.clone()));
@@ -381,13 +364,13 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
         }
     }
     if !orphans.is_empty() {
-        batch::insert_orphans(conn, &orphans, now_of(works)).await?;
+        batch::insert_orphans(conn, &orphans, now).await?;
     }
     let (live, replays): (Vec<Plan>, Vec<Plan>) = plans
         .into_iter()
         .partition(|p| fresh.contains(&p.inbound_id) || p.reevaluate());
     for p in replays {
-        steps[p.job] = Some(Step::Reply(Ok(replay(&p))));
+        steps[p.job] = Some(Step::Reply(Ok(replay(&p, 0))));
     }
     let mut plans = live;
     if plans.is_empty() {
@@ -396,7 +379,6 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
 
     // 3. Lock the customers.
     let keys: Vec<CustomerKey> = plans.iter().map(Plan::key).collect();
-    let now = now_of(works);
     let mut rows = batch::lock_customers(conn, &keys, now).await?;
 
     // 4. New facts: manual facts, lineages, store events (with the orphan facts of each lineage).
@@ -463,8 +445,10 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     } else {
         batch::take_orphans(conn, &plan_lineages).await?
     };
+    // Each event row is tagged with its plan, its purchase, and whether it is an adopted orphan.
+    // Orphans come first, so an event both held and brought again counts as adopted.
     let mut event_rows: Vec<EventRow> = Vec::new();
-    let mut event_owner: HashMap<(String, String), (usize, String, bool)> = HashMap::new();
+    let mut tags: Vec<(usize, &str, bool)> = Vec::new();
     for (pi, p) in plans.iter().enumerate() {
         for (f, pid) in p.input.purchases.iter().zip(&p.purchase_ids) {
             let key = lineage_key(&p.app, f.store, &f.store_transaction_id);
@@ -475,9 +459,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     event: &o.event,
                     inbound_id: o.inbound_id.as_deref(),
                 });
-                event_owner
-                    .entry((p.app.to_string(), o.event.dedupe_key.clone()))
-                    .or_insert((pi, pid.clone(), true));
+                tags.push((pi, pid, true));
             }
             for e in &f.events {
                 event_rows.push(EventRow {
@@ -486,9 +468,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     event: e,
                     inbound_id: Some(&p.inbound_id),
                 });
-                event_owner
-                    .entry((p.app.to_string(), e.dedupe_key.clone()))
-                    .or_insert((pi, pid.clone(), false));
+                tags.push((pi, pid, false));
             }
         }
     }
@@ -499,22 +479,18 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     };
     let mut adopted_counts: BTreeMap<(usize, String), usize> = BTreeMap::new();
     let mut fact_notes: Vec<(usize, serde_json::Value)> = Vec::new();
-    let mut counted: HashSet<(String, String)> = HashSet::new();
-    for row in &event_rows {
-        let key = (row.app.to_owned(), row.event.dedupe_key.clone());
-        if !new_events.contains(&key) || !counted.insert(key.clone()) {
+    let mut counted: HashSet<(&str, &str)> = HashSet::new();
+    for (row, &(pi, pid, orphan)) in event_rows.iter().zip(&tags) {
+        let key = (row.app, row.event.dedupe_key.as_str());
+        if !counted.insert(key) || !new_events.contains(&(key.0.to_owned(), key.1.to_owned())) {
             continue;
         }
-        let Some((pi, pid, orphan)) = event_owner.get(&key) else {
-            continue;
-        };
-        if *orphan {
-            *adopted_counts.entry((*pi, pid.clone())).or_default() += 1;
+        if orphan {
+            *adopted_counts.entry((pi, pid.to_owned())).or_default() += 1;
         } else {
-            fact_notes.push((*pi, json!({"purchase_id": pid, "event": row.event})));
+            fact_notes.push((pi, json!({"purchase_id": pid, "event": row.event})));
         }
     }
-    drop(event_rows);
     // The timeline lists adopted facts first, as they are older than the input that found them.
     for ((pi, pid), n) in adopted_counts {
         plans[pi]
@@ -542,17 +518,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     }
     for p in replays {
         let version = rows.get(&p.key()).map(|r| r.version).unwrap_or_default();
-        steps[p.job] = Some(Step::Reply(Ok(Done::Decided {
-            app: p.app.clone(),
-            customer: p.customer.clone(),
-            outcome: Outcome {
-                duplicate: true,
-                changed: false,
-                effects: Vec::new(),
-                version,
-                state: CustomerState::default(),
-            },
-        })));
+        steps[p.job] = Some(Step::Reply(Ok(replay(&p, version))));
     }
     let plans = live;
     if plans.is_empty() {
@@ -636,8 +602,8 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     Ok(finish(steps))
 }
 
-/// The answer for an input seen before.
-fn replay(p: &Plan) -> Done {
+/// The answer for an input that brought nothing new; `version` is the customer's, when it was read.
+fn replay(p: &Plan, version: i64) -> Done {
     Done::Decided {
         app: p.app.clone(),
         customer: p.customer.clone(),
@@ -645,7 +611,7 @@ fn replay(p: &Plan) -> Done {
             duplicate: true,
             changed: false,
             effects: Vec::new(),
-            version: 0,
+            version,
             state: CustomerState::default(),
         },
     }

@@ -7,6 +7,7 @@
 use gateway_core::{
     EventKind, StoreEvent, Timestamp,
     apple::models::{JwsRenewalInfo, JwsTransaction, NotificationPayload},
+    ids::Store,
 };
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use super::{
     batch::{APPLE_NOTIFICATION, AppleNotification, Done, Recorded, Work},
 };
 use crate::{
-    db::{Db, batch as db_batch, customers},
+    db::{Db, customers},
     model::App,
     stores::{
         apple::Verifiers,
@@ -222,13 +223,7 @@ async fn consumption_of(
         .clone()
         .or_else(|| t.transaction_id.clone())
         .unwrap_or_default();
-    let mut conn = db.reader().acquire().await?;
-    let key = db_batch::owners(
-        &mut conn,
-        &[(app.id.to_string(), "app_store".into(), lineage.clone())],
-    )
-    .await?;
-    drop(conn);
+    let owner = customers::purchase_owner(db, &app.id, Store::AppStore, &lineage).await?;
     let mut request = ConsumptionRequest {
         customer_consented: true,
         sample_content_provided: false,
@@ -236,10 +231,7 @@ async fn consumption_of(
         consumption_percentage: None,
         refund_preference: None,
     };
-    let Some(owned) = key.into_values().next() else {
-        return Ok(request);
-    };
-    let Ok(customer) = owned.customer.parse::<gateway_core::AppUserId>() else {
+    let Some(Ok(customer)) = owner.map(|o| o.parse::<gateway_core::AppUserId>()) else {
         return Ok(request);
     };
     let Some(rec) = customers::recorded(db, &app.id, &customer).await? else {

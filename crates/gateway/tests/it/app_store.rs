@@ -1102,3 +1102,59 @@ both!(
         other.stop().await;
     }
 );
+
+both!(
+    notifications_for_one_customer_in_flight_together_are_all_decided,
+    |app: TestApp| async move {
+        // Ten purchases of one customer reach the gateway at once by notification alone. Inside a
+        // batch they resolve to the same customer, so all but one wait for the next batch.
+        let store = Store::open(&app).await;
+        let order = app
+            .post(
+                "/v1/apps/acme/customers/u1/orders",
+                json!({"product_ids": ["coins100"]}),
+            )
+            .await
+            .expect(201);
+        let token = order["app_account_token"].as_str().unwrap().to_owned();
+        let t = t0().millis();
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let tx = store.transaction(
+                &format!("{}", 61_000 + i),
+                "edu.acme.coins100",
+                t,
+                json!({"type": "Consumable", "appAccountToken": token}),
+            );
+            let body = store.notify_body(
+                "ONE_TIME_CHARGE",
+                None,
+                &format!("f0000000-0000-4000-8000-0000000000{i:02}"),
+                t,
+                Some(tx),
+            );
+            let (client, url) = (
+                app.client.clone(),
+                format!("{}/v1/apps/acme/notifications/app_store", app.addr),
+            );
+            tasks.push(tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(res.status().is_success());
+                res.json::<Value>().await.unwrap()["status"].clone()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), "decided");
+        }
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["balances"]["COINS"], 1000, "{snap}");
+        assert_eq!(snap["version"], 10, "one version per decision: {snap}");
+        assert_eq!(snap["purchases"].as_array().unwrap().len(), 10);
+    }
+);

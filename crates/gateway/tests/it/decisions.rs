@@ -435,3 +435,54 @@ both!(
         );
     }
 );
+
+both!(
+    a_batch_that_fails_decides_its_inputs_one_by_one,
+    |app: TestApp| async move {
+        // PostgreSQL refuses a NUL character in text, which fails the whole batch the input is in;
+        // the batch's other inputs are then decided one by one, and only that input is refused.
+        // SQLite stores the character, so there every input is decided.
+        app.seed_catalog("acme").await;
+        let a: AppId = "acme".parse().unwrap();
+        let t = t0();
+        let mut tasks = Vec::new();
+        for c in 0..12 {
+            let db = app.db.clone();
+            let a = a.clone();
+            let u: AppUserId = format!("b{c}").parse().unwrap();
+            let lineage = format!("batch-{c}");
+            let p = purchase(
+                "cs101",
+                &lineage,
+                vec![ev(&format!("{lineage}:buy"), t, bought(t))],
+            );
+            let mut input = input(&lineage, p);
+            if c == 5 {
+                input.raw = "{\"note\": \"a NUL \u{0} inside\"}".into();
+            }
+            tasks.push(tokio::spawn(async move {
+                decision::apply(&db, &a, &u, input, t.plus_millis(1)).await
+            }));
+        }
+        for (c, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            if c == 5 && app.backend == Backend::Postgres {
+                assert!(result.is_err(), "the NUL input is refused on PostgreSQL");
+            } else {
+                assert!(!result.unwrap().duplicate, "input {c} is decided");
+            }
+        }
+        for c in 0..12 {
+            let snap = app
+                .get(&format!("/v1/apps/acme/customers/b{c}"))
+                .await
+                .expect(200);
+            let expected = if c == 5 && app.backend == Backend::Postgres {
+                0
+            } else {
+                1
+            };
+            assert_eq!(snap["version"], expected, "b{c}: {snap}");
+        }
+    }
+);
