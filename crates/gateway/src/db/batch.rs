@@ -135,6 +135,8 @@ async fn many(
         } else {
             format!("{head} {values} {tail}")
         };
+        #[cfg(test)]
+        tests::record(&sql);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for v in chunk.iter().flatten() {
             q = match v {
@@ -625,12 +627,15 @@ pub async fn load(
     let mut out: HashMap<CustomerKey, Loaded> =
         keys.into_iter().map(|k| (k, Loaded::default())).collect();
 
+    // The key list is joined rather than tested with `IN`: with the ORDER BY, SQLite's planner
+    // otherwise prefers an index on `app_id` alone and reads every purchase of the app.
     let rows = many(
         conn,
         "SELECT p.app_id, p.customer_id, p.id, p.store, p.product_id, p.store_transaction_id, p.environment, \
          p.terms, p.view, e.dedupe_key, e.occurred_at, e.body \
-         FROM purchases p LEFT JOIN store_events e ON e.purchase_id = p.id \
-         WHERE (p.app_id, p.customer_id) IN (VALUES {values})",
+         FROM (VALUES {values}) AS k \
+         JOIN purchases p ON p.app_id = k.column1 AND p.customer_id = k.column2 \
+         LEFT JOIN store_events e ON e.purchase_id = p.id",
         "ORDER BY p.app_id, p.customer_id, p.id, e.occurred_at, e.dedupe_key",
         &vals,
     )
@@ -674,9 +679,9 @@ pub async fn load(
 
     let rows = many(
         conn,
-        "SELECT app_id, customer_id, id, at, body, reason FROM manual_facts \
-         WHERE (app_id, customer_id) IN (VALUES {values})",
-        "ORDER BY app_id, customer_id, at, id",
+        "SELECT m.app_id, m.customer_id, m.id, m.at, m.body, m.reason FROM (VALUES {values}) AS k \
+         JOIN manual_facts m ON m.app_id = k.column1 AND m.customer_id = k.column2",
+        "ORDER BY m.app_id, m.customer_id, m.at, m.id",
         &vals,
     )
     .await?;
@@ -971,4 +976,82 @@ fn sorted_unique<T: Ord + Clone>(items: &[T]) -> Vec<T> {
     v.sort();
     v.dedup();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use sqlx::Row;
+
+    use super::*;
+    use crate::db::Db;
+
+    /// Every statement `many` ran in this test binary.
+    static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub(super) fn record(sql: &str) {
+        RAN.lock().unwrap().push(sql.to_owned());
+    }
+
+    fn keys2() -> Vec<CustomerKey> {
+        vec![("a".into(), "c1".into()), ("a".into(), "c2".into())]
+    }
+
+    fn lineages2() -> Vec<LineageKey> {
+        vec![
+            ("a".into(), "app_store".into(), "1".into()),
+            ("a".into(), "app_store".into(), "2".into()),
+        ]
+    }
+
+    /// A batch's cost must not grow with the tables: every statement that looks rows up by a key
+    /// list must search an index on the whole key, never scan a table or an index on `app_id` alone.
+    /// SQLite plans without statistics, so the plans of an empty database are the plans of a full one.
+    #[tokio::test]
+    async fn batch_lookups_search_by_their_whole_key_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/plans.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let mut conn = db.writer().acquire().await.unwrap();
+        let conn = conn.as_mut();
+        owners(conn, &lineages2()).await.unwrap();
+        take_orphans(conn, &lineages2()).await.unwrap();
+        let skus = vec![("a".to_owned(), "s1".to_owned()), ("a".into(), "s2".into())];
+        products_by_sku(conn, "app_store", &skus).await.unwrap();
+        order_customers(conn, &skus).await.unwrap();
+        load(conn, &keys2()).await.unwrap();
+        catalogs(conn, &skus, &skus).await.unwrap();
+        let ents = vec![
+            ("a".to_owned(), "c1".to_owned(), "e".to_owned()),
+            ("a".into(), "c2".into(), "e".into()),
+        ];
+        delete_entitlements(conn, &ents).await.unwrap();
+
+        let ran: Vec<String> = RAN.lock().unwrap().clone();
+        assert!(ran.len() >= 10, "the lookups went through `many`: {ran:?}");
+        let mut bad = Vec::new();
+        for sql in ran {
+            let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+            for row in plan {
+                let detail: String = row.try_get("detail").unwrap();
+                let scans_table = detail.starts_with("SCAN ")
+                    && !["SCAN v", "SCAN k", "SCAN CONSTANT ROW"].contains(&detail.as_str())
+                    && !detail.ends_with("VALUES CLAUSE");
+                if scans_table || detail.ends_with("(app_id=?)") {
+                    bad.push(format!("{detail}\n    in {sql}"));
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "lookups that read more than their keys:\n{}",
+            bad.join("\n")
+        );
+    }
 }
