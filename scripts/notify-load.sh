@@ -15,7 +15,8 @@ case "$which" in
   postgres)
     db="pg_load_$RANDOM"
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
-    url="postgres://postgres@127.0.0.1:5432/$db" ;;
+    # The server is on this machine: no TLS, as an operator would connect to a local server.
+    url="postgres://postgres@127.0.0.1:5432/$db?sslmode=disable" ;;
   *) echo "usage: $0 [sqlite|postgres] [notify-load args...]" >&2; exit 2 ;;
 esac
 GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_DATABASE_URL="$url" GATEWAY_BOOTSTRAP_ADMIN_KEY="$key" \
