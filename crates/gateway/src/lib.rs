@@ -56,6 +56,11 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         jwks: Arc::new(service::customer_auth::JwksCache::new(http.clone())),
         apple: Arc::new(stores::apple::Verifiers::default()),
         apple_api: stores::apple_api::AppStoreApi::new(http.clone()),
+        // A receiver's redirect is its misconfiguration, not a place to post signed events to.
+        outbound: reqwest::Client::builder()
+            .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
     })
 }
 
@@ -66,12 +71,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let expiry = spawn_job("expiry", EXPIRY_TICK, &state, &shutdown, |s| async move {
-        jobs::expiry::step(&s.db, &s.clock).await
-    });
+    let expiry = spawn_job(
+        "expiry",
+        EXPIRY_TICK,
+        None,
+        &state,
+        &shutdown,
+        |s| async move { jobs::expiry::step(&s.db, &s.clock).await },
+    );
+    let deliveries = spawn_job(
+        "deliveries",
+        DELIVERY_TICK,
+        Some(state.db.changes().outbox_signal()),
+        &state,
+        &shutdown,
+        |s| async move { jobs::deliveries::step(&s.db, &s.clock, &s.outbound).await },
+    );
     let housekeeping = spawn_job(
         "housekeeping",
         HOUSEKEEPING_TICK,
+        None,
         &state,
         &shutdown,
         |s| async move { jobs::housekeeping::step(&s.db, s.clock.as_ref()).await },
@@ -79,6 +98,7 @@ pub async fn run(
     let recovery = spawn_job(
         "recovery",
         RECOVERY_TICK,
+        None,
         &state,
         &shutdown,
         |s| async move { jobs::recovery::step(&s.db, &s.clock, &s.apple, &s.apple_api).await },
@@ -88,7 +108,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
-    let _ = tokio::join!(expiry, housekeeping, recovery);
+    let _ = tokio::join!(expiry, deliveries, housekeeping, recovery);
     served
 }
 
@@ -96,6 +116,7 @@ pub async fn run(
 fn spawn_job<F, Fut>(
     name: &'static str,
     tick: std::time::Duration,
+    wake: Option<Arc<tokio::sync::Notify>>,
     state: &AppState,
     shutdown: &CancellationToken,
     step: F,
@@ -105,9 +126,13 @@ where
     Fut: std::future::Future<Output = jobs::Outcome> + Send + 'static,
 {
     let state = state.clone();
-    tokio::spawn(jobs::run_loop(name, tick, shutdown.clone(), move || {
-        step(state.clone())
-    }))
+    tokio::spawn(jobs::run_loop(
+        name,
+        tick,
+        wake,
+        shutdown.clone(),
+        move || step(state.clone()),
+    ))
 }
 
 /// How often each app's missed store notifications are looked for in the store's history.
@@ -115,6 +140,10 @@ const RECOVERY_TICK: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// How often old idempotent answers are forgotten.
 const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How often the delivery worker looks for work when no commit of this process woke it: the longest
+/// an event committed through another instance waits to be sent.
+const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often the expiry job looks for customers whose access has ended: the longest an
 /// `entitlement.expired` event waits after its `expires_at` when no one reads the customer.

@@ -94,7 +94,7 @@ fn chunks(rows: &[Vec<Val>], max_bytes: usize) -> Vec<&[Vec<Val>]> {
 /// Runs `head VALUES (...), (...) tail` over `rows` (each of the same width), in chunks that stay
 /// under the statement limits, and returns every row the statements answered. `{values}` in `head`
 /// marks where the list goes when it is not at the end.
-async fn many(
+pub(crate) async fn many(
     conn: &mut AnyConnection,
     head: &str,
     tail: &str,

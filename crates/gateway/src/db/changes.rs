@@ -10,10 +10,11 @@ use std::{
 use gateway_core::{AppId, AppUserId};
 use tokio::sync::Notify;
 
-/// Waiters by (app, customer).
+/// Waiters by (app, customer), and the delivery worker's wake-up.
 #[derive(Debug, Default)]
 pub struct Changes {
     waiters: Mutex<HashMap<(String, String), Weak<Notify>>>,
+    outbox: Arc<Notify>,
 }
 
 impl Changes {
@@ -31,8 +32,15 @@ impl Changes {
         n
     }
 
-    /// Wakes every waiter on a customer.
+    /// The signal given after every commit that changed a customer, and so may have written outbox
+    /// events: the delivery worker waits on it between its ticks.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.outbox.clone()
+    }
+
+    /// Wakes every waiter on a customer, and the delivery worker.
     pub fn publish(&self, app: &AppId, customer: &AppUserId) {
+        self.outbox.notify_one();
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = waiters
             .get(&(app.to_string(), customer.to_string()))

@@ -13,6 +13,8 @@ pub mod batch;
 pub mod changes;
 pub mod cursors;
 pub mod customers;
+pub mod deliveries;
+pub mod endpoints;
 pub mod idempotency;
 pub mod keys;
 pub mod ledger;

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod notifications;
 pub mod ops;
 pub mod purchases;
+pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub apple: Arc<crate::stores::apple::Verifiers>,
     /// The App Store Server API client.
     pub apple_api: crate::stores::apple_api::AppStoreApi,
+    /// The client that delivers outbound events (no redirects).
+    pub outbound: reqwest::Client,
 }
 
 #[derive(OpenApi)]
@@ -63,6 +66,7 @@ pub struct AppState {
         (name = "catalog", description = "Products, their store SKUs and entitlements"),
         (name = "customers", description = "Customer snapshots, orders, manual grants and balances"),
         (name = "notifications", description = "Store notifications, verified by each store's own means"),
+        (name = "fulfilment", description = "Webhook endpoints and the deliveries of outbound events"),
         (name = "service", description = "Health, readiness, metrics")
     )
 )]
@@ -114,6 +118,12 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(purchases::restore))
         .routes(routes!(notifications::app_store))
         .routes(routes!(notifications::recover_app_store))
+        .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
+        .routes(routes!(webhooks::get_endpoint, webhooks::patch_endpoint))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::get_delivery))
+        .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

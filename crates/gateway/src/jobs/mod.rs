@@ -3,12 +3,14 @@
 //! step function is public and returns its outcome, so tests drive it directly. Work is claimed in the
 //! database, never in process memory, so any number of instances can run the same job.
 
+pub mod deliveries;
 pub mod expiry;
 pub mod housekeeping;
 pub mod recovery;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What one step of a job did.
@@ -22,11 +24,13 @@ pub enum Outcome {
     Failed,
 }
 
-/// Runs `step` until `shutdown`, sleeping as the outcome says. Each step runs in a task of its own, so
-/// a panicking step counts as a failed one and the loop goes on.
+/// Runs `step` until `shutdown`, sleeping as the outcome says; `wake`, when given, ends an idle sleep
+/// early. Each step runs in a task of its own, so a panicking step counts as a failed one and the
+/// loop goes on.
 pub async fn run_loop<F, Fut>(
     name: &'static str,
     idle: Duration,
+    wake: Option<Arc<Notify>>,
     shutdown: CancellationToken,
     mut step: F,
 ) where
@@ -65,9 +69,16 @@ pub async fn run_loop<F, Fut>(
             tokio::task::yield_now().await;
             continue;
         }
+        let woken = async {
+            match (&wake, outcome) {
+                (Some(w), Outcome::Partial(_)) => w.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
+            _ = woken => {}
         }
     }
 }
@@ -96,7 +107,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let token = CancellationToken::new();
         let (c, t) = (calls.clone(), token.clone());
-        run_loop("test", Duration::from_millis(1), token, move || {
+        run_loop("test", Duration::from_millis(1), None, token, move || {
             let (c, t) = (c.clone(), t.clone());
             async move {
                 match c.fetch_add(1, Ordering::SeqCst) {

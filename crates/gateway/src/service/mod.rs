@@ -12,6 +12,7 @@ pub mod keys;
 pub mod notifications;
 pub mod purchases;
 pub mod recovery;
+pub mod webhooks;
 
 use crate::db::DbError;
 

@@ -13,3 +13,4 @@ mod decisions;
 mod robustness;
 mod service;
 mod sim;
+mod webhooks;

@@ -19,8 +19,8 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
 /// The simulated App Store of app `acme`, on the gateway's clock.
-struct Sim {
-    store: Arc<AppleStore>,
+pub(crate) struct Sim {
+    pub(crate) store: Arc<AppleStore>,
     key: ApiKey,
     url: String,
 }
@@ -28,7 +28,7 @@ struct Sim {
 impl Sim {
     /// Seeds `acme`'s catalog and points its App Store settings at a new simulator, whose
     /// notifications go to the gateway and whose time is the gateway's.
-    async fn open(app: &TestApp) -> Sim {
+    pub(crate) async fn open(app: &TestApp) -> Sim {
         app.seed_catalog("acme").await;
         let chain = Arc::new(AppleChain::generate().unwrap());
         let key = ApiKey::generate("69a6de70-03db-47e3-e053-5b8c7c11a4d1", "SIMKEY0001").unwrap();
@@ -104,7 +104,7 @@ fn jws_payload(jws: &str) -> Value {
 }
 
 /// A new order of `product` for `customer`; its `app_account_token`.
-async fn order(app: &TestApp, customer: &str, product: &str) -> String {
+pub(crate) async fn order(app: &TestApp, customer: &str, product: &str) -> String {
     let order = app
         .post(
             &format!("/v1/apps/acme/customers/{customer}/orders"),

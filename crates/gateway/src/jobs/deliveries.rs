@@ -1,0 +1,205 @@
+//! Delivery: after commit, each outbox event goes to every endpoint that wants it, a customer's events
+//! in order, retried with exponential back-off and jitter for [`RETRY_WINDOW`], then dead-lettered:
+//! a `gateway_deliveries_dead_total` count and an error log line `delivery dead-lettered` for alerts.
+//!
+//! A step dispatches new outbox events into deliveries, leases the due ones, sends them concurrently
+//! and records the outcomes. Leases live in the database (see [`crate::db::deliveries`]), so several
+//! instances share the work and a delivery whose instance died is sent again when its lease ends.
+//! A receiver dedupes by `webhook-id`, which is the same on every attempt.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use gateway_core::{Clock, Timestamp};
+use tokio::task::JoinSet;
+
+use super::Outcome;
+use crate::{
+    db::{
+        Db,
+        deliveries::{self, Claimed, Outcome as Attempt},
+        endpoints::{self, Endpoint},
+    },
+    service::webhooks,
+};
+
+/// Outbox events fanned out per step.
+pub const DISPATCH_BATCH: i64 = 500;
+
+/// Deliveries sent per step, concurrently.
+pub const SEND_BATCH: i64 = 32;
+
+/// How long a claim holds: far longer than one attempt may take ([`webhooks::SEND_TIMEOUT`]).
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// How long a delivery is retried before it is dead-lettered.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The first retry's delay; each next one doubles, up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_secs(5);
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// The delay before the attempt after `attempts` failed ones: exponential, capped, with jitter in
+/// [half, whole] so that the deliveries that failed together do not retry together.
+pub fn retry_delay(attempts: i64) -> Duration {
+    let exp = attempts.clamp(1, 20) as u32 - 1;
+    let full = FIRST_DELAY
+        .saturating_mul(1u32 << exp.min(16))
+        .min(MAX_DELAY);
+    let ms = full.as_millis() as u64;
+    Duration::from_millis(rand::random_range(ms / 2..=ms))
+}
+
+/// One step: dispatch, claim, send, record.
+pub async fn step(db: &Db, clock: &Arc<dyn Clock>, http: &reqwest::Client) -> Outcome {
+    let now = clock.now();
+    let dispatched = match deliveries::dispatch(db, now, DISPATCH_BATCH).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "deliveries: could not dispatch outbox events");
+            return Outcome::Failed;
+        }
+    };
+    let lease_until = now.plus_millis(LEASE.as_millis() as i64);
+    let claimed = match deliveries::claim(db, now, lease_until, SEND_BATCH).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "deliveries: could not claim due deliveries");
+            return Outcome::Failed;
+        }
+    };
+    let sent = claimed.len();
+    if sent > 0 {
+        let outcomes = send_all(db, http, now, claimed).await;
+        if let Err(e) = deliveries::finish(db, clock.now(), &outcomes).await {
+            // The leases run out and the deliveries are sent again: at least once, never lost.
+            tracing::error!(error = %e, "deliveries: could not record attempts");
+            return Outcome::Failed;
+        }
+    }
+    if dispatched as i64 >= DISPATCH_BATCH || sent as i64 >= SEND_BATCH {
+        Outcome::Full(dispatched + sent)
+    } else {
+        Outcome::Partial(dispatched + sent)
+    }
+}
+
+async fn send_all(
+    db: &Db,
+    http: &reqwest::Client,
+    now: Timestamp,
+    claimed: Vec<Claimed>,
+) -> Vec<(String, Attempt)> {
+    let mut by_id: HashMap<String, Option<Arc<Endpoint>>> = HashMap::new();
+    for c in &claimed {
+        if !by_id.contains_key(&c.endpoint_id) {
+            let found = endpoint_by_id(db, &c.endpoint_id).await;
+            by_id.insert(c.endpoint_id.clone(), found.map(Arc::new));
+        }
+    }
+    let mut tasks = JoinSet::new();
+    for c in claimed {
+        let endpoint = by_id.get(&c.endpoint_id).cloned().flatten();
+        let http = http.clone();
+        tasks.spawn(async move {
+            let sent = match &endpoint {
+                Some(e) => webhooks::send(&http, e, &c.event_id, &c.payload, now).await,
+                None => webhooks::Sent {
+                    status: None,
+                    error: Some("the endpoint no longer exists".into()),
+                },
+            };
+            (c, endpoint, sent)
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let Ok((c, endpoint, sent)) = done else {
+            // A panicked send: its lease runs out and it is tried again.
+            continue;
+        };
+        outcomes.push((c.id.clone(), judge(&c, endpoint.as_deref(), sent, now)));
+    }
+    outcomes
+}
+
+/// What an attempt's result means for the delivery.
+fn judge(
+    c: &Claimed,
+    endpoint: Option<&Endpoint>,
+    sent: webhooks::Sent,
+    now: Timestamp,
+) -> Attempt {
+    let status = sent.status.map(i64::from);
+    let Some(error) = sent.error else {
+        metrics::counter!("gateway_deliveries_total", "outcome" => "delivered").increment(1);
+        return Attempt::Delivered { status };
+    };
+    let window_ends = c
+        .first_attempt_at
+        .plus_millis(RETRY_WINDOW.as_millis() as i64);
+    if now >= window_ends {
+        let app = endpoint.map(|e| e.app_id.to_string()).unwrap_or_default();
+        metrics::counter!("gateway_deliveries_dead_total", "app" => app.clone()).increment(1);
+        metrics::counter!("gateway_deliveries_total", "outcome" => "dead").increment(1);
+        tracing::error!(
+            delivery_id = %c.id,
+            endpoint_id = %c.endpoint_id,
+            event_id = %c.event_id,
+            app_id = %app,
+            attempts = c.attempts,
+            error = %error,
+            "delivery dead-lettered"
+        );
+        return Attempt::Dead { status, error };
+    }
+    metrics::counter!("gateway_deliveries_total", "outcome" => "retry").increment(1);
+    tracing::warn!(delivery_id = %c.id, endpoint_id = %c.endpoint_id, attempts = c.attempts, error = %error, "delivery failed; will retry");
+    let delay = retry_delay(c.attempts);
+    Attempt::Retry {
+        status,
+        error,
+        next_attempt_at: now.plus_millis(delay.as_millis() as i64),
+    }
+}
+
+async fn endpoint_by_id(db: &Db, id: &str) -> Option<Endpoint> {
+    match endpoints::by_id(db, id).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, endpoint_id = id, "deliveries: could not read an endpoint");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_to_the_cap_with_jitter() {
+        for _ in 0..100 {
+            let first = retry_delay(1);
+            assert!(
+                first >= FIRST_DELAY / 2 && first <= FIRST_DELAY,
+                "{first:?}"
+            );
+            let fourth = retry_delay(4);
+            assert!(fourth >= Duration::from_secs(20) && fourth <= Duration::from_secs(40));
+            let late = retry_delay(40);
+            assert!(late >= MAX_DELAY / 2 && late <= MAX_DELAY, "{late:?}");
+        }
+    }
+
+    /// The schedule keeps trying for the whole window: about 30 attempts over 24 hours.
+    #[test]
+    fn the_schedule_spans_the_window() {
+        let mut elapsed = Duration::ZERO;
+        let mut attempts = 1;
+        while elapsed < RETRY_WINDOW {
+            elapsed += retry_delay(attempts);
+            attempts += 1;
+        }
+        assert!((25..=60).contains(&attempts), "{attempts} attempts");
+    }
+}
