@@ -61,6 +61,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
             .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
+        lms_tokens: Arc::new(service::openedx::Tokens::default()),
     })
 }
 
@@ -85,7 +86,7 @@ pub async fn run(
         Some(state.db.changes().outbox_signal()),
         &state,
         &shutdown,
-        |s| async move { jobs::deliveries::step(&s.db, &s.clock, &s.outbound).await },
+        |s| async move { jobs::deliveries::step(&s.db, &s.clock, &s.outbound, &s.lms_tokens).await },
     );
     let housekeeping = spawn_job(
         "housekeeping",

@@ -230,6 +230,8 @@ fn key(v: &Val) -> &str {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: String,
+    pub app_id: String,
+    pub customer_id: String,
     pub endpoint_id: String,
     pub event_id: String,
     pub attempts: i64,
@@ -262,7 +264,7 @@ pub async fn claim(
              AND o.customer_id = d.customer_id AND o.dispatched_at IS NULL \
              AND o.customer_seq < d.customer_seq) \
            ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}) \
-         RETURNING id, endpoint_id, event_id, attempts, first_attempt_at"
+         RETURNING id, app_id, customer_id, endpoint_id, event_id, attempts, first_attempt_at"
     )))
     .bind(lease_until.millis())
     .bind(now.millis())
@@ -276,6 +278,8 @@ pub async fn claim(
     for r in &rows {
         claimed.push(Claimed {
             id: r.try_get("id")?,
+            app_id: r.try_get("app_id")?,
+            customer_id: r.try_get("customer_id")?,
             endpoint_id: r.try_get("endpoint_id")?,
             event_id: r.try_get("event_id")?,
             attempts: r.try_get("attempts")?,

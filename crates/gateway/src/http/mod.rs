@@ -50,6 +50,8 @@ pub struct AppState {
     pub apple_api: crate::stores::apple_api::AppStoreApi,
     /// The client that delivers outbound events (no redirects).
     pub outbound: reqwest::Client,
+    /// Open edX access tokens, reused until they expire.
+    pub lms_tokens: Arc<crate::service::openedx::Tokens>,
 }
 
 #[derive(OpenApi)]

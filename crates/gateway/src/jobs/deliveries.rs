@@ -19,7 +19,7 @@ use crate::{
         deliveries::{self, Claimed, Outcome as Attempt},
         endpoints::{self, Endpoint},
     },
-    service::webhooks,
+    service::{openedx, webhooks},
 };
 
 /// Outbox events fanned out per step.
@@ -50,7 +50,12 @@ pub fn retry_delay(attempts: i64) -> Duration {
 }
 
 /// One step: dispatch, claim, send, record.
-pub async fn step(db: &Db, clock: &Arc<dyn Clock>, http: &reqwest::Client) -> Outcome {
+pub async fn step(
+    db: &Db,
+    clock: &Arc<dyn Clock>,
+    http: &reqwest::Client,
+    lms_tokens: &Arc<openedx::Tokens>,
+) -> Outcome {
     let now = clock.now();
     let dispatched = match deliveries::dispatch(db, now, DISPATCH_BATCH).await {
         Ok(n) => n,
@@ -69,7 +74,7 @@ pub async fn step(db: &Db, clock: &Arc<dyn Clock>, http: &reqwest::Client) -> Ou
     };
     let sent = claimed.len();
     if sent > 0 {
-        let outcomes = send_all(db, http, now, claimed).await;
+        let outcomes = send_all(db, http, lms_tokens, now, claimed).await;
         if let Err(e) = deliveries::finish(db, clock.now(), &outcomes).await {
             // The leases run out and the deliveries are sent again: at least once, never lost.
             tracing::error!(error = %e, "deliveries: could not record attempts");
@@ -86,6 +91,7 @@ pub async fn step(db: &Db, clock: &Arc<dyn Clock>, http: &reqwest::Client) -> Ou
 async fn send_all(
     db: &Db,
     http: &reqwest::Client,
+    lms_tokens: &Arc<openedx::Tokens>,
     now: Timestamp,
     claimed: Vec<Claimed>,
 ) -> Vec<(String, Attempt)> {
@@ -100,26 +106,91 @@ async fn send_all(
     for c in claimed {
         let endpoint = by_id.get(&c.endpoint_id).cloned().flatten();
         let http = http.clone();
+        let tokens = lms_tokens.clone();
         tasks.spawn(async move {
-            let sent = match &endpoint {
-                Some(e) => webhooks::send(&http, e, &c.event_id, &c.payload, now).await,
-                None => webhooks::Sent {
-                    status: None,
-                    error: Some("the endpoint no longer exists".into()),
-                },
+            let (sent, enrollment) = match endpoint.as_deref() {
+                Some(e) if e.kind == "openedx" => {
+                    let answered = openedx::deliver(&http, &tokens, e, &c.payload).await;
+                    (answered.sent, answered.enrollment)
+                }
+                Some(e) => (
+                    webhooks::send(&http, e, &c.event_id, &c.payload, now).await,
+                    None,
+                ),
+                None => (
+                    webhooks::Sent {
+                        status: None,
+                        error: Some("the endpoint no longer exists".into()),
+                    },
+                    None,
+                ),
             };
-            (c, endpoint, sent)
+            (c, endpoint, sent, enrollment)
         });
     }
     let mut outcomes = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let Ok((c, endpoint, sent)) = done else {
+        let Ok((c, endpoint, sent, enrollment)) = done else {
             // A panicked send: its lease runs out and it is tried again.
             continue;
         };
-        outcomes.push((c.id.clone(), judge(&c, endpoint.as_deref(), sent, now)));
+        let attempt = judge(&c, endpoint.as_deref(), sent, now);
+        if let Some(enrollment) = enrollment {
+            record_lms_answer(db, &c, &enrollment, &attempt, now).await;
+        }
+        outcomes.push((c.id.clone(), attempt));
     }
     outcomes
+}
+
+/// Writes what the LMS answered into the customer's timeline: every success, and a failure on the
+/// first attempt and on the last, so a long outage does not flood it.
+async fn record_lms_answer(
+    db: &Db,
+    c: &Claimed,
+    enrollment: &openedx::Enrollment,
+    attempt: &Attempt,
+    now: Timestamp,
+) {
+    let (ok, status, error) = match attempt {
+        Attempt::Delivered { status } => (true, *status, None),
+        Attempt::Retry { status, error, .. } if c.attempts == 1 => (false, *status, Some(error)),
+        Attempt::Dead { status, error } => (false, *status, Some(error)),
+        Attempt::Retry { .. } => return,
+    };
+    let what = if enrollment.is_active {
+        format!(
+            "enrolled {} in {} as {}",
+            enrollment.user, enrollment.course_id, enrollment.mode
+        )
+    } else {
+        format!(
+            "unenrolled {} from {}",
+            enrollment.user, enrollment.course_id
+        )
+    };
+    let cause = match error {
+        None => format!("Open edX {what}"),
+        Some(e) => format!("Open edX did not take the call that {what}: {e}"),
+    };
+    let detail = serde_json::json!({
+        "endpoint_id": c.endpoint_id, "delivery_id": c.id, "event_id": c.event_id,
+        "user": enrollment.user, "course_id": enrollment.course_id, "mode": enrollment.mode,
+        "is_active": enrollment.is_active, "ok": ok, "http_status": status, "attempt": c.attempts,
+    });
+    let kind = if ok {
+        "lms.enrollment"
+    } else {
+        "lms.enrollment_failed"
+    };
+    let (Ok(app), Ok(customer)) = (c.app_id.parse(), c.customer_id.parse()) else {
+        return;
+    };
+    if let Err(e) =
+        crate::service::customers::note(db, &app, &customer, kind, &cause, &detail, now).await
+    {
+        tracing::error!(error = %e, delivery_id = %c.id, "deliveries: could not record the LMS's answer");
+    }
 }
 
 /// What an attempt's result means for the delivery.

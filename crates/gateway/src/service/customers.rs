@@ -477,3 +477,28 @@ pub async fn snapshot_after(
         }
     }
 }
+
+/// Adds a row to a customer's timeline (audit chain) that changes nothing else: what a downstream
+/// system answered, for instance.
+pub async fn note(
+    db: &Db,
+    app: &AppId,
+    id: &AppUserId,
+    kind: &str,
+    cause: &str,
+    detail: &serde_json::Value,
+    now: Timestamp,
+) -> ServiceResult<()> {
+    let mut tx = db.writer().begin().await?;
+    let mut row = customers::lock(&mut tx, app, id, now).await?;
+    let entry = audit::Entry {
+        at: now,
+        kind,
+        cause,
+        detail,
+    };
+    audit::append(&mut tx, app, id, &mut row, entry).await?;
+    customers::save_row(&mut tx, app, id, &row, row.next_change_at, now).await?;
+    tx.commit().await?;
+    Ok(())
+}

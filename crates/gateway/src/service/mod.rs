@@ -10,6 +10,7 @@ pub mod customers;
 pub mod decision;
 pub mod keys;
 pub mod notifications;
+pub mod openedx;
 pub mod purchases;
 pub mod recovery;
 pub mod webhooks;

@@ -10,7 +10,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{ServiceError, ServiceResult};
+use super::{ServiceError, ServiceResult, openedx};
 use crate::db::{
     Db,
     endpoints::{self, Endpoint, SigningSecret},
@@ -38,20 +38,46 @@ const SECRET_BYTES: usize = 32;
 /// the receiver to deploy the new one.
 const DEFAULT_ROTATION_OVERLAP_SECS: i64 = 24 * 3600;
 
+/// What an endpoint is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Signed HTTP POSTs of every event (Standard Webhooks).
+    #[default]
+    Webhook,
+    /// The Open edX connector: enrollments through the LMS's Enrollment API.
+    Openedx,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Webhook => "webhook",
+            Kind::Openedx => "openedx",
+        }
+    }
+}
+
 /// A new endpoint.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
-    /// `https://` (or `http://`) URL that receives the events.
+    /// `webhook` (default) or `openedx`.
+    #[serde(default)]
+    pub kind: Kind,
+    /// A webhook's `https://` (or `http://`) URL; for `openedx`, the LMS's base URL.
     pub url: String,
-    /// Event types to deliver; absent or empty: every type.
+    /// Event types to deliver; absent or empty: every type (for `openedx`, the entitlement events).
     #[serde(default)]
     pub events: Vec<String>,
     #[serde(default)]
     pub description: String,
-    /// A `whsec_<base64>` secret of your own; when absent one is generated and shown once.
+    /// A webhook's `whsec_<base64>` secret of your own; when absent one is generated and shown once.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Required for `openedx`: the LMS's OAuth2 client and what a revocation does.
+    #[serde(default)]
+    pub openedx: Option<openedx::Settings>,
 }
 
 /// A change to an endpoint; absent fields stay as they are.
@@ -63,6 +89,8 @@ pub struct EndpointPatch {
     pub description: Option<String>,
     /// A paused endpoint gets no new deliveries.
     pub active: Option<bool>,
+    /// New Open edX settings (`openedx` endpoints), replacing the old ones whole.
+    pub openedx: Option<openedx::Settings>,
 }
 
 /// A secret rotation.
@@ -86,7 +114,11 @@ pub struct EndpointView {
     pub description: String,
     pub events: Vec<String>,
     pub active: bool,
+    /// A webhook's signing secrets.
     pub secrets: Vec<SecretView>,
+    /// An `openedx` endpoint's settings, its client secret only as set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openedx: Option<openedx::SettingsView>,
     #[schema(value_type = String)]
     pub created_at: Timestamp,
     #[schema(value_type = String)]
@@ -121,6 +153,9 @@ pub fn view(e: &Endpoint, new_secret: Option<String>) -> EndpointView {
                 expires_at: s.expires_at,
             })
             .collect(),
+        openedx: (e.kind == "openedx")
+            .then(|| openedx::Settings::of(e).map(|s| s.view()))
+            .flatten(),
         created_at: e.created_at,
         updated_at: e.updated_at,
         new_secret,
@@ -140,15 +175,20 @@ fn check_url(url: &str) -> ServiceResult<()> {
     Ok(())
 }
 
-fn check_events(events: &[String]) -> ServiceResult<Vec<String>> {
+fn check_events(kind: &str, events: &[String]) -> ServiceResult<Vec<String>> {
+    let known = if kind == "openedx" {
+        openedx::EVENT_TYPES
+    } else {
+        EVENT_TYPES
+    };
     let mut out: Vec<String> = Vec::with_capacity(events.len());
     for e in events {
-        if !EVENT_TYPES.contains(&e.as_str()) {
+        if !known.contains(&e.as_str()) {
             return Err(ServiceError::bad_request(
                 "unknown_event_type",
                 format!(
-                    "`{e}` is not an event type; the types are {}.",
-                    EVENT_TYPES.join(", ")
+                    "`{e}` is not an event type of a {kind} endpoint; the types are {}.",
+                    known.join(", ")
                 ),
             ));
         }
@@ -188,29 +228,58 @@ pub async fn create(
     now: Timestamp,
 ) -> ServiceResult<EndpointView> {
     check_url(&body.url)?;
-    let events = check_events(&body.events)?;
-    if let Some(s) = &body.secret {
-        check_secret(s)?;
-    }
-    let generated = body.secret.is_none().then(generate_secret);
-    let secret = body
-        .secret
-        .clone()
-        .or_else(|| generated.clone())
-        .unwrap_or_default();
+    let kind = body.kind.as_str();
+    let events = check_events(kind, &body.events)?;
+    let (secrets, generated, config) = match body.kind {
+        Kind::Webhook => {
+            if body.openedx.is_some() {
+                return Err(ServiceError::bad_request(
+                    "invalid_endpoint",
+                    "`openedx` settings belong to endpoints of kind `openedx`.",
+                ));
+            }
+            if let Some(s) = &body.secret {
+                check_secret(s)?;
+            }
+            let generated = body.secret.is_none().then(generate_secret);
+            let secret = SigningSecret {
+                secret: body
+                    .secret
+                    .clone()
+                    .or_else(|| generated.clone())
+                    .unwrap_or_default(),
+                created_at: now,
+                expires_at: None,
+            };
+            (vec![secret], generated, serde_json::json!({}))
+        }
+        Kind::Openedx => {
+            let Some(settings) = &body.openedx else {
+                return Err(ServiceError::bad_request(
+                    "invalid_openedx_settings",
+                    "An `openedx` endpoint needs `openedx: {client_id, client_secret}`.",
+                ));
+            };
+            if body.secret.is_some() {
+                return Err(ServiceError::bad_request(
+                    "invalid_endpoint",
+                    "An `openedx` endpoint calls the LMS with OAuth2; it has no signing secret.",
+                ));
+            }
+            settings.check()?;
+            let config = serde_json::to_value(settings).map_err(crate::db::DbError::from)?;
+            (Vec::new(), None, config)
+        }
+    };
     let endpoint = Endpoint {
         id: new_id("we"),
         app_id: app.clone(),
-        kind: "webhook".into(),
+        kind: kind.into(),
         url: body.url,
         description: body.description,
         events,
-        secrets: vec![SigningSecret {
-            secret,
-            created_at: now,
-            expires_at: None,
-        }],
-        config: serde_json::json!({}),
+        secrets,
+        config,
         active: true,
         created_at: now,
         updated_at: now,
@@ -243,7 +312,17 @@ pub async fn update(
         e.url = url;
     }
     if let Some(events) = patch.events {
-        e.events = check_events(&events)?;
+        e.events = check_events(&e.kind, &events)?;
+    }
+    if let Some(settings) = patch.openedx {
+        if e.kind != "openedx" {
+            return Err(ServiceError::bad_request(
+                "invalid_endpoint",
+                "`openedx` settings belong to endpoints of kind `openedx`.",
+            ));
+        }
+        settings.check()?;
+        e.config = serde_json::to_value(&settings).map_err(crate::db::DbError::from)?;
     }
     if let Some(d) = patch.description {
         e.description = d;
@@ -265,6 +344,12 @@ pub async fn rotate(
     now: Timestamp,
 ) -> ServiceResult<EndpointView> {
     let mut e = get(db, app, id).await?;
+    if e.kind != "webhook" {
+        return Err(ServiceError::conflict(
+            "not_a_webhook",
+            "Only webhook endpoints have signing secrets.",
+        ));
+    }
     if let Some(s) = &rotation.secret {
         check_secret(s)?;
     }

@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod customers;
 mod decisions;
+mod openedx;
 mod robustness;
 mod service;
 mod sim;
