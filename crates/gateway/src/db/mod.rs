@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod orders;
 pub mod outbox;
 pub mod products;
+pub mod signing_keys;
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -116,6 +117,7 @@ pub struct Db {
     /// clone of the handle does.
     committer: std::sync::Arc<std::sync::OnceLock<crate::service::committer::Committer>>,
     apps: std::sync::Arc<apps::Cache>,
+    signing: std::sync::Arc<signing_keys::Cache<crate::service::tokens::Keys>>,
 }
 
 impl Db {
@@ -135,6 +137,7 @@ impl Db {
                     changes: Default::default(),
                     committer: Default::default(),
                     apps: Default::default(),
+                    signing: Default::default(),
                 })
             }
             Dialect::Postgres => {
@@ -150,6 +153,7 @@ impl Db {
                     changes: Default::default(),
                     committer: Default::default(),
                     apps: Default::default(),
+                    signing: Default::default(),
                 })
             }
         }
@@ -195,6 +199,11 @@ impl Db {
     /// Apps read recently (see [`apps::Cache`]).
     pub(crate) fn app_cache(&self) -> &apps::Cache {
         &self.apps
+    }
+
+    /// Entitlement-token keys read recently (see [`signing_keys::Cache`]).
+    pub(crate) fn signing_cache(&self) -> &signing_keys::Cache<crate::service::tokens::Keys> {
+        &self.signing
     }
 
     /// True when the database answers.

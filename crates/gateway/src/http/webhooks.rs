@@ -226,3 +226,34 @@ pub async fn retry_delivery(
         .ok_or_else(|| delivery_not_found(&id))?;
     Ok(ApiJson(found))
 }
+
+/// The keys that verify entitlement tokens (a JWK Set): the signing key and, during a rotation, the
+/// keys it replaces.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "fulfilment", security(()), responses((status = 200, description = "A JWK Set")))]
+pub async fn jwks(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let set = crate::service::tokens::jwks(&s.db, s.clock.now()).await?;
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        ApiJson(set),
+    ))
+}
+
+/// The new key's id.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Rotated {
+    pub kid: String,
+}
+
+/// Rotates the entitlement-token signing key (admin key): the new key signs from now on; the old
+/// ones stay published for `overlap_seconds`.
+#[utoipa::path(post, path = "/v1/signing_keys/rotate", tag = "fulfilment", request_body = crate::service::tokens::Rotation,
+    responses((status = 200, body = Rotated), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+pub async fn rotate_signing_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<crate::service::tokens::Rotation>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
+    let kid = crate::service::tokens::rotate(&s.db, body, s.clock.now()).await?;
+    Ok(ApiJson(Rotated { kid }))
+}

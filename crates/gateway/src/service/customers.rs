@@ -30,8 +30,8 @@ pub struct Snapshot {
     pub purchases: Vec<PurchaseView>,
     #[schema(value_type = BTreeMap<String, i64>)]
     pub balances: BTreeMap<Currency, i64>,
-    /// A JWS of the active entitlements, verifiable with `/.well-known/jwks.json`. Signed entitlement
-    /// tokens come with the fulfilment work; until then this is null.
+    /// A JWS (ES256) of the entitlements that give access now, valid for 5 minutes, verifiable
+    /// offline with the keys at `/.well-known/jwks.json`.
     pub entitlement_token: Option<String>,
 }
 
@@ -48,13 +48,14 @@ pub async fn snapshot(
         decision::reevaluate(db, app, id, now).await?;
     }
     let rec = customers::recorded(db, app, id).await?.unwrap_or_default();
+    let token = super::tokens::sign(db, app, id, rec.version, &rec.entitlements, now).await?;
     Ok(Snapshot {
         app_user_id: id.clone(),
         version: rec.version,
         entitlements: rec.entitlements,
         purchases: rec.purchases,
         balances: rec.balances,
-        entitlement_token: None,
+        entitlement_token: Some(token),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod notifications;
 pub mod openedx;
 pub mod purchases;
 pub mod recovery;
+pub mod tokens;
 pub mod webhooks;
 
 use crate::db::DbError;

@@ -14,4 +14,5 @@ mod openedx;
 mod robustness;
 mod service;
 mod sim;
+mod tokens;
 mod webhooks;
