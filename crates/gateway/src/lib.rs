@@ -62,16 +62,18 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
         lms_tokens: Arc::new(service::openedx::Tokens::default()),
+        shutdown: CancellationToken::new(),
     })
 }
 
 /// Serves the API on `listener`, and runs the background jobs, until `shutdown` is cancelled; then
 /// finishes the requests in flight.
 pub async fn run(
-    state: AppState,
+    mut state: AppState,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    state.shutdown = shutdown.clone();
     let expiry = spawn_job(
         "expiry",
         EXPIRY_TICK,
@@ -104,12 +106,23 @@ pub async fn run(
         &shutdown,
         |s| async move { jobs::recovery::step(&s.db, &s.clock, &s.apple, &s.apple_api).await },
     );
+    let listener_task = match state.db.dialect {
+        db::Dialect::Postgres => Some(tokio::spawn(db::changes::listen(
+            state.db.clone(),
+            state.config.database_url.clone(),
+            shutdown.clone(),
+        ))),
+        db::Dialect::Sqlite => None,
+    };
     let router = http::router(state);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
     let _ = tokio::join!(expiry, deliveries, housekeeping, recovery);
+    if let Some(t) = listener_task {
+        let _ = t.await;
+    }
     served
 }
 

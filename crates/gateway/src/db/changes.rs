@@ -38,6 +38,15 @@ impl Changes {
         self.outbox.clone()
     }
 
+    /// Wakes every waiter and the delivery worker: after a gap in what this instance heard.
+    pub fn wake_all(&self) {
+        self.outbox.notify_one();
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for n in waiters.values().filter_map(Weak::upgrade) {
+            n.notify_waiters();
+        }
+    }
+
     /// Wakes every waiter on a customer, and the delivery worker.
     pub fn publish(&self, app: &AppId, customer: &AppUserId) {
         self.outbox.notify_one();
@@ -47,6 +56,84 @@ impl Changes {
             .and_then(Weak::upgrade)
         {
             n.notify_waiters();
+        }
+    }
+}
+
+/// The PostgreSQL channel on which a commit names the customers it changed.
+pub const CHANNEL: &str = "purchase_gateway_changes";
+
+/// Within a transaction on PostgreSQL: tells every instance, at commit, that `customers` changed
+/// (`NOTIFY` is delivered only if the transaction commits). Nothing on SQLite, where one process
+/// writes.
+pub async fn announce(
+    conn: &mut sqlx::AnyConnection,
+    customers: &[(String, String)],
+) -> super::DbResult<()> {
+    if conn.backend_name() != "PostgreSQL" || customers.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Vec<super::batch::Val>> = customers
+        .iter()
+        .map(|(a, c)| vec![serde_json::json!([a, c]).to_string().into()])
+        .collect();
+    super::batch::many(
+        conn,
+        &format!("SELECT pg_notify('{CHANNEL}', column1) FROM (VALUES {{values}}) AS v"),
+        "",
+        &rows,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Listens on PostgreSQL for the changes other instances commit and wakes this instance's waiters
+/// (long polls, event streams, the delivery worker), until `shutdown`. A lost connection is made
+/// again; what was announced meanwhile is found by the waiters' own periodic re-reads.
+pub async fn listen(db: super::Db, url: String, shutdown: tokio_util::sync::CancellationToken) {
+    let mut failures: u32 = 0;
+    while !shutdown.is_cancelled() {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, failures, "changes: cannot connect to listen; retrying");
+                let pause = crate::jobs::backoff(failures);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "changes: LISTEN failed; retrying");
+            tokio::time::sleep(crate::jobs::backoff(1)).await;
+            continue;
+        }
+        failures = 0;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            match next {
+                Ok(Some(n)) => {
+                    let Ok((app, customer)) = serde_json::from_str::<(String, String)>(n.payload())
+                    else {
+                        continue;
+                    };
+                    if let (Ok(app), Ok(customer)) = (app.parse(), customer.parse()) {
+                        db.changes().publish(&app, &customer);
+                    }
+                }
+                // The connection was lost and is made again: anything may have changed meanwhile.
+                Ok(None) => db.changes().wake_all(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "changes: listening failed; reconnecting");
+                    db.changes().wake_all();
+                    break;
+                }
+            }
         }
     }
 }

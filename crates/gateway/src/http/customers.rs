@@ -88,7 +88,11 @@ pub async fn get_customer(
                 ));
             }
             let wait = std::time::Duration::from_secs(wait);
-            customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref()).await?
+            tokio::select! {
+                snap = customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref()) => snap?,
+                // The server is stopping: answer with what there is now.
+                _ = s.shutdown.cancelled() => customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
+            }
         }
         _ => customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
     };
@@ -303,4 +307,76 @@ pub async fn spend(
     )
     .await?;
     Ok(ApiJson(spent))
+}
+
+/// Where an event stream starts.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The version the caller has: the first event is the first newer snapshot. Without it (and
+    /// without `Last-Event-ID`), the stream starts with the current snapshot.
+    after_version: Option<i64>,
+}
+
+/// Server-sent events: an event `snapshot` (its `id` is the version) each time the customer's
+/// snapshot changes, from the moment it is committed; comments keep the connection alive. A client
+/// that reconnects with `Last-Event-ID` gets only what is newer.
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/events", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), StreamQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
+    responses((status = 200, description = "`text/event-stream` of `snapshot` events", content_type = "text/event-stream"), (status = "4XX", description = "Refused", body = ErrorBody)))]
+pub async fn events(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((app, user)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let user = parse_user(&user)?;
+    let found = app_for_customer(&s, &caller, &app, &user, &headers, READ).await?;
+    let last_event = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let after = last_event.or(q.after_version).unwrap_or(-1);
+    let stopping = s.shutdown.clone().cancelled_owned();
+    let state = (s, found.id, user, after);
+    let stream = futures_util::stream::unfold(Some(state), |state| async move {
+        let (s, app, user, after) = state?;
+        loop {
+            let snap = customers::snapshot_after(
+                &s.db,
+                &app,
+                &user,
+                after,
+                customers::MAX_WAIT,
+                s.clock.as_ref(),
+            )
+            .await;
+            match snap {
+                Ok(snap) if snap.version > after => {
+                    let version = snap.version;
+                    let event = Event::default()
+                        .event("snapshot")
+                        .id(version.to_string())
+                        .json_data(&snap)
+                        .unwrap_or_else(|_| Event::default().event("error"));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        Some((s, app, user, version)),
+                    ));
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "an event stream ends on an error");
+                    let event = Event::default()
+                        .event("error")
+                        .data("The snapshot could not be read; reconnect to resume.");
+                    return Some((Ok(event), None));
+                }
+            }
+        }
+    });
+    // The stream ends when the server begins to stop; the client reconnects with Last-Event-ID.
+    let stream = futures_util::StreamExt::take_until(stream, stopping);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }

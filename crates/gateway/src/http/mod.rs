@@ -52,6 +52,9 @@ pub struct AppState {
     pub outbound: reqwest::Client,
     /// Open edX access tokens, reused until they expire.
     pub lms_tokens: Arc<crate::service::openedx::Tokens>,
+    /// Cancelled when the server begins to stop: long polls answer and event streams end, so a
+    /// graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(OpenApi)]
@@ -110,6 +113,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(catalog::import_products))
         .routes(routes!(catalog::export_products))
         .routes(routes!(customers::get_customer))
+        .routes(routes!(customers::events))
         .routes(routes!(customers::offerings))
         .routes(routes!(customers::timeline))
         .routes(routes!(customers::create_order))

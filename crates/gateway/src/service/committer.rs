@@ -211,6 +211,18 @@ async fn attempt(db: &Db, works: &[Work]) -> ServiceResult<Vec<Step>> {
         crate::db::Dialect::Postgres => db.writer().begin().await?,
     };
     let steps = batch::run(&mut tx, works).await?;
+    let changed: Vec<(String, String)> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Reply(Ok(Done::Decided {
+                app,
+                customer,
+                outcome,
+            })) if outcome.changed => Some((app.to_string(), customer.to_string())),
+            _ => None,
+        })
+        .collect();
+    crate::db::changes::announce(&mut tx, &changed).await?;
     let decided = started.elapsed();
     tx.commit().await?;
     metrics::histogram!("gateway_commit_decide_seconds").record(decided.as_secs_f64());

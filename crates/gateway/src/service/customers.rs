@@ -431,6 +431,7 @@ pub async fn spend(
     };
     audit::append(&mut tx, app, id, &mut row, entry).await?;
     customers::save_row(&mut tx, app, id, &row, row.next_change_at, now).await?;
+    db::changes::announce(&mut tx, &[(app.to_string(), id.to_string())]).await?;
     tx.commit().await?;
     db.changes().publish(app, id);
     metrics::counter!("gateway_spends_total").increment(1);
@@ -443,9 +444,15 @@ pub async fn spend(
     })
 }
 
-/// How often a long poll re-reads the database: the longest a change committed by another instance
-/// waits to be seen. Changes of this instance wake the poll at once.
-const CROSS_INSTANCE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a long poll re-reads the database. Changes of this instance wake it at once; on
+/// PostgreSQL, so do those of other instances (LISTEN/NOTIFY), and the re-read only covers a gap in
+/// listening. On SQLite another process (the CLI) can write, and the re-read is how it is seen.
+fn cross_instance_poll(db: &Db) -> std::time::Duration {
+    match db.dialect {
+        db::Dialect::Postgres => std::time::Duration::from_secs(10),
+        db::Dialect::Sqlite => std::time::Duration::from_secs(1),
+    }
+}
 
 /// The longest a long poll may hold: under the request timeout, so a poll always answers 200.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
@@ -471,7 +478,7 @@ pub async fn snapshot_after(
         if snap.version > after_version || now >= deadline {
             return Ok(snap);
         }
-        let pause = (deadline - now).min(CROSS_INSTANCE_POLL);
+        let pause = (deadline - now).min(cross_instance_poll(db));
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep(pause) => {}

@@ -129,6 +129,14 @@ pub async fn transfer(
         )?;
     }
     writes.flush(&mut tx, now).await?;
+    crate::db::changes::announce(
+        &mut tx,
+        &[
+            (app.to_string(), from.to_string()),
+            (app.to_string(), to.to_string()),
+        ],
+    )
+    .await?;
     tx.commit().await?;
     db.changes().publish(app, from);
     db.changes().publish(app, to);
