@@ -9,11 +9,13 @@
 //! - [`apple_store`]: a simulated App Store on top of the fake API: buy, renew, fail to renew,
 //!   refund, reverse a refund, revoke and expire, each kept in the API's state and sent to the
 //!   gateway as the matching App Store Server Notification; and its HTTP control surface.
+//! - [`openedx`]: a stand-in Open edX LMS (OAuth2 client credentials and the Enrollment API).
 //! - [`SimClock`]: the simulator's time, which tests can set and move.
 
 pub mod apple;
 pub mod apple_api;
 pub mod apple_store;
+pub mod openedx;
 
 use std::sync::{Arc, Mutex};
 

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use gateway_core::{AppId, Timestamp};
+use gateway_core::{AppId, AppUserId, Timestamp};
 use serde::Serialize;
 use sqlx::{Row, any::AnyRow};
 
@@ -327,12 +327,52 @@ pub enum Outcome {
     },
 }
 
-/// Records the outcomes of attempts, in one transaction.
-pub async fn finish(db: &Db, now: Timestamp, outcomes: &[(String, Outcome)]) -> DbResult<()> {
-    if outcomes.is_empty() {
+/// A row for a customer's timeline that an attempt produced (what an LMS answered).
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub app: AppId,
+    pub customer: AppUserId,
+    pub kind: &'static str,
+    pub cause: String,
+    pub detail: serde_json::Value,
+}
+
+/// Records the outcomes of attempts and the timeline rows they produced, in one transaction.
+pub async fn finish(
+    db: &Db,
+    now: Timestamp,
+    outcomes: &[(String, Outcome)],
+    notes: &[Note],
+) -> DbResult<()> {
+    if outcomes.is_empty() && notes.is_empty() {
         return Ok(());
     }
-    let mut tx = db.writer().begin().await?;
+    let mut tx = match db.dialect {
+        Dialect::Sqlite => db.writer().begin_with("BEGIN IMMEDIATE").await?,
+        Dialect::Postgres => db.writer().begin().await?,
+    };
+    // Customers in sorted order, as every writer locks them.
+    let mut sorted: Vec<&Note> = notes.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.app.as_str(), a.customer.as_str()).cmp(&(b.app.as_str(), b.customer.as_str()))
+    });
+    let mut i = 0;
+    while i < sorted.len() {
+        let (app, customer) = (&sorted[i].app, &sorted[i].customer);
+        let mut row = super::customers::lock(&mut tx, app, customer, now).await?;
+        while i < sorted.len() && sorted[i].app == *app && sorted[i].customer == *customer {
+            let n = sorted[i];
+            let entry = super::audit::Entry {
+                at: now,
+                kind: n.kind,
+                cause: &n.cause,
+                detail: &n.detail,
+            };
+            super::audit::append(&mut tx, app, customer, &mut row, entry).await?;
+            i += 1;
+        }
+        super::customers::save_row(&mut tx, app, customer, &row, row.next_change_at, now).await?;
+    }
     for (id, outcome) in outcomes {
         let (status, http, error, next, delivered) = match outcome {
             Outcome::Delivered { status } => (Status::Delivered, *status, None, None, Some(now)),

@@ -25,8 +25,8 @@ use crate::{
 /// Outbox events fanned out per step.
 pub const DISPATCH_BATCH: i64 = 500;
 
-/// Deliveries sent per step, concurrently.
-pub const SEND_BATCH: i64 = 32;
+/// Deliveries sent per step, concurrently; their outcomes are recorded in one transaction.
+pub const SEND_BATCH: i64 = 128;
 
 /// How long a claim holds: far longer than one attempt may take ([`webhooks::SEND_TIMEOUT`]).
 pub const LEASE: Duration = Duration::from_secs(60);
@@ -74,8 +74,8 @@ pub async fn step(
     };
     let sent = claimed.len();
     if sent > 0 {
-        let outcomes = send_all(db, http, lms_tokens, now, claimed).await;
-        if let Err(e) = deliveries::finish(db, clock.now(), &outcomes).await {
+        let (outcomes, notes) = send_all(db, http, lms_tokens, now, claimed).await;
+        if let Err(e) = deliveries::finish(db, clock.now(), &outcomes, &notes).await {
             // The leases run out and the deliveries are sent again: at least once, never lost.
             tracing::error!(error = %e, "deliveries: could not record attempts");
             return Outcome::Failed;
@@ -94,7 +94,7 @@ async fn send_all(
     lms_tokens: &Arc<openedx::Tokens>,
     now: Timestamp,
     claimed: Vec<Claimed>,
-) -> Vec<(String, Attempt)> {
+) -> (Vec<(String, Attempt)>, Vec<deliveries::Note>) {
     let mut by_id: HashMap<String, Option<Arc<Endpoint>>> = HashMap::new();
     for c in &claimed {
         if !by_id.contains_key(&c.endpoint_id) {
@@ -129,34 +129,33 @@ async fn send_all(
         });
     }
     let mut outcomes = Vec::new();
+    let mut notes = Vec::new();
     while let Some(done) = tasks.join_next().await {
         let Ok((c, endpoint, sent, enrollment)) = done else {
             // A panicked send: its lease runs out and it is tried again.
             continue;
         };
         let attempt = judge(&c, endpoint.as_deref(), sent, now);
-        if let Some(enrollment) = enrollment {
-            record_lms_answer(db, &c, &enrollment, &attempt, now).await;
+        if let Some(note) = enrollment.and_then(|e| lms_answer(&c, &e, &attempt)) {
+            notes.push(note);
         }
         outcomes.push((c.id.clone(), attempt));
     }
-    outcomes
+    (outcomes, notes)
 }
 
-/// Writes what the LMS answered into the customer's timeline: every success, and a failure on the
-/// first attempt and on the last, so a long outage does not flood it.
-async fn record_lms_answer(
-    db: &Db,
+/// What the LMS answered, for the customer's timeline: every success, and a failure on the first
+/// attempt and on the last, so that a long outage does not flood it.
+fn lms_answer(
     c: &Claimed,
     enrollment: &openedx::Enrollment,
     attempt: &Attempt,
-    now: Timestamp,
-) {
+) -> Option<deliveries::Note> {
     let (ok, status, error) = match attempt {
         Attempt::Delivered { status } => (true, *status, None),
         Attempt::Retry { status, error, .. } if c.attempts == 1 => (false, *status, Some(error)),
         Attempt::Dead { status, error } => (false, *status, Some(error)),
-        Attempt::Retry { .. } => return,
+        Attempt::Retry { .. } => return None,
     };
     let what = if enrollment.is_active {
         format!(
@@ -178,19 +177,17 @@ async fn record_lms_answer(
         "user": enrollment.user, "course_id": enrollment.course_id, "mode": enrollment.mode,
         "is_active": enrollment.is_active, "ok": ok, "http_status": status, "attempt": c.attempts,
     });
-    let kind = if ok {
-        "lms.enrollment"
-    } else {
-        "lms.enrollment_failed"
-    };
-    let (Ok(app), Ok(customer)) = (c.app_id.parse(), c.customer_id.parse()) else {
-        return;
-    };
-    if let Err(e) =
-        crate::service::customers::note(db, &app, &customer, kind, &cause, &detail, now).await
-    {
-        tracing::error!(error = %e, delivery_id = %c.id, "deliveries: could not record the LMS's answer");
-    }
+    Some(deliveries::Note {
+        app: c.app_id.parse().ok()?,
+        customer: c.customer_id.parse().ok()?,
+        kind: if ok {
+            "lms.enrollment"
+        } else {
+            "lms.enrollment_failed"
+        },
+        cause,
+        detail,
+    })
 }
 
 /// What an attempt's result means for the delivery.

@@ -1,23 +1,13 @@
 //! The Open edX connector against a stand-in LMS that implements the two calls it makes (the OAuth2
 //! token endpoint and the Enrollment API) and checks the client credentials and the token.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU16, AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{
-    Form, Json,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::IntoResponse,
-};
 use serde_json::{Value, json};
-use store_sim::apple_store::{ProductKind, RevocationReason};
+use store_sim::{
+    apple_store::{ProductKind, RevocationReason},
+    openedx::{self, Enrollment as Enrolled},
+};
 
 use crate::{
     both,
@@ -29,127 +19,22 @@ const COURSE: &str = "course-v1:Acme+CS101+2026";
 const CLIENT_ID: &str = "gateway-client";
 const CLIENT_SECRET: &str = "lms-client-secret-5c1f0e";
 
-/// An enrollment as the LMS holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Enrolled {
-    mode: String,
-    is_active: bool,
-}
-
-#[derive(Default)]
-struct LmsState {
-    tokens: Mutex<Vec<String>>,
-    token_calls: AtomicUsize,
-    enrollments: Mutex<HashMap<(String, String), Enrolled>>,
-    calls: Mutex<Vec<Value>>,
-    /// Answer enrollment calls with this status instead (0: work normally).
-    fail_with: AtomicU16,
-}
-
-/// A stand-in LMS.
+/// The simulator's stand-in LMS, served.
 #[derive(Clone)]
 struct Lms {
     url: String,
-    state: Arc<LmsState>,
-}
-
-async fn token(
-    State(s): State<Arc<LmsState>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> impl IntoResponse {
-    s.token_calls.fetch_add(1, Ordering::SeqCst);
-    let ok = form.get("grant_type").map(String::as_str) == Some("client_credentials")
-        && form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
-        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET)
-        && form.get("token_type").map(String::as_str) == Some("jwt");
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_client"})),
-        );
-    }
-    let t = format!("eyJ.{}.sig", uuid::Uuid::new_v4().simple());
-    s.tokens.lock().unwrap().push(t.clone());
-    (
-        StatusCode::OK,
-        Json(
-            json!({"access_token": t, "token_type": "JWT", "expires_in": 3600, "scope": "read write"}),
-        ),
-    )
-}
-
-async fn enroll(
-    State(s): State<Arc<LmsState>>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> impl IntoResponse {
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let known = auth
-        .strip_prefix("JWT ")
-        .is_some_and(|t| s.tokens.lock().unwrap().iter().any(|k| k == t));
-    if !known {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"detail": "Authentication credentials were not provided."})),
-        );
-    }
-    let fail = s.fail_with.load(Ordering::SeqCst);
-    if fail != 0 {
-        return (
-            StatusCode::from_u16(fail).unwrap(),
-            Json(json!({"message": "unavailable"})),
-        );
-    }
-    s.calls.lock().unwrap().push(body.clone());
-    let (Some(user), Some(course), Some(mode)) = (
-        body["user"].as_str(),
-        body["course_details"]["course_id"].as_str(),
-        body["mode"].as_str(),
-    ) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"message": "user, mode and course_details.course_id are required"})),
-        );
-    };
-    let is_active = body["is_active"].as_bool().unwrap_or(true);
-    s.enrollments.lock().unwrap().insert(
-        (user.to_owned(), course.to_owned()),
-        Enrolled {
-            mode: mode.to_owned(),
-            is_active,
-        },
-    );
-    (
-        StatusCode::OK,
-        Json(
-            json!({"user": user, "mode": mode, "is_active": is_active, "course_details": {"course_id": course}}),
-        ),
-    )
+    sim: openedx::Lms,
 }
 
 impl Lms {
     async fn start() -> Lms {
-        let state = Arc::new(LmsState::default());
-        let router = axum::Router::new()
-            .route("/oauth2/access_token", axum::routing::post(token))
-            .route("/api/enrollment/v1/enrollment", axum::routing::post(enroll))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Lms { url, state }
+        let sim = openedx::Lms::new(CLIENT_ID, CLIENT_SECRET);
+        let url = sim.serve().await.unwrap();
+        Lms { url, sim }
     }
 
     fn enrollment(&self, user: &str) -> Option<Enrolled> {
-        self.state
-            .enrollments
-            .lock()
-            .unwrap()
-            .get(&(user.to_owned(), COURSE.to_owned()))
-            .cloned()
+        self.sim.enrollment(user, COURSE)
     }
 
     /// Waits until `user`'s enrollment in the course is `want` (10 s at most).
@@ -163,7 +48,7 @@ impl Lms {
         panic!(
             "{user} never became {want:?} in the LMS; it is {:?}, after calls {:#?}",
             self.enrollment(user),
-            self.state.calls.lock().unwrap()
+            self.sim.calls()
         );
     }
 }
@@ -218,7 +103,7 @@ both!(
         )
         .await;
         assert_eq!(
-            lms.state.token_calls.load(Ordering::SeqCst),
+            lms.sim.token_calls(),
             1,
             "the token is reused until it expires"
         );
@@ -335,7 +220,7 @@ both!(
         app.seed_catalog("acme").await;
         let lms = Lms::start().await;
         lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
-        lms.state.fail_with.store(503, Ordering::SeqCst);
+        lms.sim.fail_with(503);
         app.post(
             "/v1/apps/acme/customers/carol/grants",
             json!({"product_id": "cs101", "reason": "x"}),
@@ -344,7 +229,7 @@ both!(
         .expect(201);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(lms.enrollment("carol").is_none());
-        lms.state.fail_with.store(0, Ordering::SeqCst);
+        lms.sim.fail_with(0);
         for _ in 0..5 {
             app.clock.advance_millis(10_000);
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -5,6 +5,11 @@
 //!
 //! It sets up its own app (`load-<random>`) through the admin API, pinning a fresh simulator chain.
 //! Requests go only to the gateway URL given, which must be on this machine.
+//!
+//! With `--lms`, it also serves the simulator's stand-in Open edX LMS, points an `openedx` endpoint of
+//! the app at it, gives every notification a customer of its own (so each one enrolls a learner),
+//! and reports how long each purchase took to reach the LMS: from sending the notification to the
+//! LMS taking the enrollment call.
 
 use std::{
     sync::Arc,
@@ -36,11 +41,20 @@ struct Args {
     /// Customers the purchases are spread over.
     #[arg(long, default_value_t = 200)]
     customers: usize,
+    /// Serve a stand-in Open edX LMS and measure purchase -> LMS-enrolled latency (one customer per
+    /// notification).
+    #[arg(long)]
+    lms: bool,
 }
+
+const COURSE: &str = "course-v1:Load+C1+2026";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.lms {
+        args.customers = args.count;
+    }
     let host = url_host(&args.gateway)?;
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
         bail!("notify-load only sends to a gateway on this machine (loopback); got {host}");
@@ -63,24 +77,47 @@ async fn main() -> anyhow::Result<()> {
             res.text().await.unwrap_or_default()
         );
     }
-    admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course"}, "entitlements": [{"id": "course"}]})).await?.error_for_status()?;
-    let mut tokens = Vec::new();
-    for c in 0..args.customers.max(1) {
-        let order: serde_json::Value = admin(
+    admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course"}, "entitlements": [{"id": "course", "attributes": {"course_id": COURSE, "mode": "verified"}}]})).await?.error_for_status()?;
+    let lms = if args.lms {
+        let lms = store_sim::openedx::Lms::new("load-client", "load-secret");
+        let url = lms.serve().await?;
+        admin(
             reqwest::Method::POST,
-            format!("/v1/apps/{app}/customers/c{c}/orders"),
-            json!({"product_ids": ["course"]}),
+            format!("/v1/apps/{app}/webhook_endpoints"),
+            json!({"kind": "openedx", "url": url,
+            "openedx": {"client_id": "load-client", "client_secret": "load-secret"}}),
         )
         .await?
-        .error_for_status()?
-        .json()
-        .await?;
-        tokens.push(
-            order["app_account_token"]
+        .error_for_status()?;
+        Some(lms)
+    } else {
+        None
+    };
+    // Orders from several clients at once: with --lms there is one per notification.
+    let mut tokens = vec![String::new(); args.customers.max(1)];
+    let mut next_order = 0;
+    while next_order < tokens.len() {
+        let batch: Vec<usize> = (next_order..tokens.len().min(next_order + 32)).collect();
+        next_order += batch.len();
+        let mut pending = Vec::new();
+        for c in batch {
+            let req = http
+                .post(format!(
+                    "{}/v1/apps/{app}/customers/c{c}/orders",
+                    args.gateway
+                ))
+                .bearer_auth(&args.admin_key)
+                .json(&json!({"product_ids": ["course"]}))
+                .send();
+            pending.push((c, tokio::spawn(req)));
+        }
+        for (c, req) in pending {
+            let order: serde_json::Value = req.await??.error_for_status()?.json().await?;
+            tokens[c] = order["app_account_token"]
                 .as_str()
                 .context("an order has a token")?
-                .to_owned(),
-        );
+                .to_owned();
+        }
     }
 
     // Sign everything first: the measurement is the gateway's, not the signer's.
@@ -116,11 +153,13 @@ async fn main() -> anyhow::Result<()> {
         let (http, bodies, next, url) = (http.clone(), bodies.clone(), next.clone(), url.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut sent_at = Vec::new();
             let mut failures = 0usize;
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 let t = Instant::now();
+                sent_at.push((i, t));
                 let ok = http
                     .post(url.as_str())
                     .header("content-type", "application/json")
@@ -133,14 +172,18 @@ async fn main() -> anyhow::Result<()> {
                     failures += 1;
                 }
             }
-            (latencies, failures)
+            (latencies, sent_at, failures)
         }));
     }
     let mut latencies: Vec<Duration> = Vec::new();
+    let mut sent_at: Vec<Option<Instant>> = vec![None; args.count];
     let mut failures = 0;
     for w in workers {
-        let (l, f) = w.await?;
+        let (l, s, f) = w.await?;
         latencies.extend(l);
+        for (i, t) in s {
+            sent_at[i] = Some(t);
+        }
         failures += f;
     }
     let elapsed = started.elapsed();
@@ -165,6 +208,9 @@ async fn main() -> anyhow::Result<()> {
     if failures > 0 {
         bail!("{failures} notifications were not answered 2xx");
     }
+    if let Some(lms) = lms {
+        report_enrollments(&lms, &sent_at).await?;
+    }
     Ok(())
 }
 
@@ -184,4 +230,45 @@ fn url_host(url: &str) -> anyhow::Result<String> {
         authority.split(':').next().unwrap_or_default().to_owned()
     };
     Ok(host)
+}
+
+/// Waits for the LMS to take one enrollment per notification (notification i enrolls learner `ci`),
+/// then prints the purchase -> LMS-enrolled latencies.
+async fn report_enrollments(
+    lms: &store_sim::openedx::Lms,
+    sent_at: &[Option<Instant>],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lms.calls().len() < sent_at.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat: Vec<Duration> = lms
+        .calls()
+        .iter()
+        .filter(|c| c.course_id == COURSE && c.enrollment.is_active)
+        .filter_map(|c| {
+            let i: usize = c.user.strip_prefix('c')?.parse().ok()?;
+            Some(c.at.duration_since((*sent_at.get(i)?)?))
+        })
+        .collect();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0
+    };
+    println!(
+        "purchase -> LMS enrolled: {} of {} learners; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        sent_at.len(),
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+    );
+    if lat.len() < sent_at.len() {
+        bail!("{} learners were never enrolled", sent_at.len() - lat.len());
+    }
+    Ok(())
 }
