@@ -88,7 +88,14 @@ pub async fn run(
         Some(state.db.changes().outbox_signal()),
         &state,
         &shutdown,
-        |s| async move { jobs::deliveries::step(&s.db, &s.clock, &s.outbound, &s.lms_tokens).await },
+        |s| async move {
+            let senders = jobs::deliveries::Senders {
+                http: s.outbound.clone(),
+                lms_tokens: s.lms_tokens.clone(),
+                apple_api: s.apple_api.clone(),
+            };
+            jobs::deliveries::step(&s.db, &s.clock, &senders).await
+        },
     );
     let housekeeping = spawn_job(
         "housekeeping",

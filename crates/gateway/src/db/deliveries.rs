@@ -164,6 +164,7 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
         by_app.insert(app, list);
     }
     let mut deliveries = Vec::new();
+    let mut store_endpoints = BTreeSet::new();
     let mut dispatched = Vec::with_capacity(events.len());
     for e in &events {
         let (id, app, customer, seq, event_type): (String, String, String, i64, String) = (
@@ -173,6 +174,20 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
             e.try_get("customer_seq")?,
             e.try_get("event_type")?,
         );
+        if event_type.starts_with(endpoints::STORE_ACTION_PREFIX) {
+            let endpoint = endpoints::store_endpoint_id(&app);
+            store_endpoints.insert((app.clone(), endpoint.clone()));
+            deliveries.push(vec![
+                Val::from(new_id("dlv")),
+                app.clone().into(),
+                endpoint.into(),
+                id.clone().into(),
+                customer.clone().into(),
+                Val::Int(seq),
+                event_type.clone().into(),
+                Val::Int(now.millis()),
+            ]);
+        }
         for endpoint in by_app.get(&app).into_iter().flatten() {
             if endpoint.wants(&event_type) {
                 deliveries.push(vec![
@@ -188,6 +203,19 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
             }
         }
         dispatched.push(vec![Val::from(id)]);
+    }
+    // The apps' built-in store endpoints, made on first use.
+    for (app, id) in store_endpoints {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, app_id, kind, url, description, events, secrets, config, \
+             active, created_at, updated_at) VALUES ($1, $2, 'store', '', 'Actions owed to the stores', \
+             '[]', '[]', '{}', 1, $3, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&app)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
     }
     // Sorted by (endpoint, event) so two instances' inserts take their locks in one order.
     deliveries.sort_by(|a, b| (key(&a[2]), key(&a[3])).cmp(&(key(&b[2]), key(&b[3]))));

@@ -49,6 +49,9 @@ pub struct Endpoint {
 impl Endpoint {
     /// Whether events of `event_type` go to this endpoint.
     pub fn wants(&self, event_type: &str) -> bool {
+        if event_type.starts_with(STORE_ACTION_PREFIX) || self.kind == STORE_KIND {
+            return false;
+        }
         self.active && (self.events.is_empty() || self.events.iter().any(|e| e == event_type))
     }
 
@@ -58,6 +61,18 @@ impl Endpoint {
             .iter()
             .filter(move |s| s.expires_at.is_none_or(|at| at > now))
     }
+}
+
+/// Outbox event types that are actions the gateway owes a store, not events for downstreams.
+pub const STORE_ACTION_PREFIX: &str = "store.";
+
+/// The kind of each app's built-in endpoint that performs store actions; never listed or changed
+/// through the API, but its deliveries are shown like any other.
+pub const STORE_KIND: &str = "store";
+
+/// The id of `app`'s built-in store endpoint.
+pub fn store_endpoint_id(app: &str) -> String {
+    format!("store_{app}")
 }
 
 const COLUMNS: &str =
@@ -128,7 +143,7 @@ pub async fn update(db: &Db, e: &Endpoint) -> DbResult<()> {
 /// One endpoint of an app.
 pub async fn get(db: &Db, app: &AppId, id: &str) -> DbResult<Option<Endpoint>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE app_id = $1 AND id = $2"
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE app_id = $1 AND id = $2 AND kind <> 'store'"
     )))
     .bind(app.as_str())
     .bind(id)
@@ -151,7 +166,7 @@ pub async fn by_id(db: &Db, id: &str) -> DbResult<Option<Endpoint>> {
 /// An app's endpoints, oldest first.
 pub async fn list(db: &Db, app: &AppId) -> DbResult<Vec<Endpoint>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE app_id = $1 ORDER BY created_at, id"
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE app_id = $1 AND kind <> 'store' ORDER BY created_at, id"
     )))
     .bind(app.as_str())
     .fetch_all(db.reader())

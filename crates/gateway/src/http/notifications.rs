@@ -29,8 +29,7 @@ pub async fn app_store(
 ) -> ApiResult<impl IntoResponse> {
     let app = apps::get(&s.db, &parse_app(&app)?).await?;
     let received =
-        notifications::receive_apple(&s.db, (&s.apple, &s.apple_api), &app, &body, s.clock.now())
-            .await?;
+        notifications::receive_apple(&s.db, &s.apple, &app, &body, s.clock.now()).await?;
     metrics::counter!("gateway_notifications_total", "store" => "app_store", "status" => received.status).increment(1);
     tracing::info!(app = %app.id, notification = %received.notification_uuid, status = received.status, "App Store notification");
     Ok(ApiJson(received))

@@ -17,9 +17,10 @@ use crate::{
     db::{
         Db,
         deliveries::{self, Claimed, Outcome as Attempt},
-        endpoints::{self, Endpoint},
+        endpoints::{self, Endpoint, STORE_KIND},
     },
-    service::{openedx, webhooks},
+    service::{openedx, store_actions, webhooks},
+    stores::apple_api::AppStoreApi,
 };
 
 /// Outbox events fanned out per step.
@@ -50,12 +51,17 @@ pub fn retry_delay(attempts: i64) -> Duration {
 }
 
 /// One step: dispatch, claim, send, record.
-pub async fn step(
-    db: &Db,
-    clock: &Arc<dyn Clock>,
-    http: &reqwest::Client,
-    lms_tokens: &Arc<openedx::Tokens>,
-) -> Outcome {
+/// What performing a delivery needs beyond the database.
+#[derive(Clone)]
+pub struct Senders {
+    /// Posts webhooks and calls LMSes (no redirects).
+    pub http: reqwest::Client,
+    pub lms_tokens: Arc<openedx::Tokens>,
+    /// Performs App Store actions.
+    pub apple_api: AppStoreApi,
+}
+
+pub async fn step(db: &Db, clock: &Arc<dyn Clock>, senders: &Senders) -> Outcome {
     let now = clock.now();
     let dispatched = match deliveries::dispatch(db, now, DISPATCH_BATCH).await {
         Ok(n) => n,
@@ -74,7 +80,7 @@ pub async fn step(
     };
     let sent = claimed.len();
     if sent > 0 {
-        let (outcomes, notes) = send_all(db, http, lms_tokens, now, claimed).await;
+        let (outcomes, notes) = send_all(db, senders, now, claimed).await;
         if let Err(e) = deliveries::finish(db, clock.now(), &outcomes, &notes).await {
             // The leases run out and the deliveries are sent again: at least once, never lost.
             tracing::error!(error = %e, "deliveries: could not record attempts");
@@ -90,8 +96,7 @@ pub async fn step(
 
 async fn send_all(
     db: &Db,
-    http: &reqwest::Client,
-    lms_tokens: &Arc<openedx::Tokens>,
+    senders: &Senders,
     now: Timestamp,
     claimed: Vec<Claimed>,
 ) -> (Vec<(String, Attempt)>, Vec<deliveries::Note>) {
@@ -105,16 +110,21 @@ async fn send_all(
     let mut tasks = JoinSet::new();
     for c in claimed {
         let endpoint = by_id.get(&c.endpoint_id).cloned().flatten();
-        let http = http.clone();
-        let tokens = lms_tokens.clone();
+        let senders = senders.clone();
+        let db = db.clone();
         tasks.spawn(async move {
             let (sent, enrollment) = match endpoint.as_deref() {
                 Some(e) if e.kind == "openedx" => {
-                    let answered = openedx::deliver(&http, &tokens, e, &c.payload).await;
+                    let answered =
+                        openedx::deliver(&senders.http, &senders.lms_tokens, e, &c.payload).await;
                     (answered.sent, answered.enrollment)
                 }
+                Some(e) if e.kind == STORE_KIND => (
+                    store_actions::perform(&db, &senders.apple_api, &c.app_id, &c.payload).await,
+                    None,
+                ),
                 Some(e) => (
-                    webhooks::send(&http, e, &c.event_id, &c.payload, now).await,
+                    webhooks::send(&senders.http, e, &c.event_id, &c.payload, now).await,
                     None,
                 ),
                 None => (

@@ -13,6 +13,7 @@ pub mod notifications;
 pub mod openedx;
 pub mod purchases;
 pub mod recovery;
+pub mod store_actions;
 pub mod tokens;
 pub mod webhooks;
 

@@ -7,7 +7,6 @@
 use gateway_core::{
     EventKind, StoreEvent, Timestamp,
     apple::models::{JwsRenewalInfo, JwsTransaction, NotificationPayload},
-    ids::Store,
 };
 use serde::{Deserialize, Serialize};
 
@@ -15,14 +14,7 @@ use super::{
     ServiceError, ServiceResult,
     batch::{APPLE_NOTIFICATION, AppleNotification, Done, Recorded, Work},
 };
-use crate::{
-    db::{Db, customers},
-    model::App,
-    stores::{
-        apple::Verifiers,
-        apple_api::{AppStoreApi, ConsumptionRequest, DeliveryStatus},
-    },
-};
+use crate::{db::Db, model::App, stores::apple::Verifiers};
 
 /// Apple's envelope.
 #[derive(Debug, Deserialize)]
@@ -43,7 +35,7 @@ pub struct Received {
 /// Takes one notification body. Answers only once the raw body is durable.
 pub async fn receive_apple(
     db: &Db,
-    (verifiers, api): (&Verifiers, &AppStoreApi),
+    verifiers: &Verifiers,
     app: &App,
     body: &[u8],
     now: Timestamp,
@@ -108,17 +100,25 @@ pub async fn receive_apple(
         Done::Recorded => "recorded",
         Done::Duplicate => "duplicate",
     };
-    if status != "duplicate"
-        && let Some(t) = consumption
+    if let Some(t) = consumption
         && app
             .settings
             .app_store
             .as_ref()
             .is_some_and(|c| c.answer_consumption_requests)
     {
-        // Apple allows hours for the answer; the notification is answered now, the request after.
-        let (db, api, app, env) = (db.clone(), api.clone(), app.clone(), verifier.environment());
-        tokio::spawn(async move { answer_consumption(&db, &api, &app, env, &t).await });
+        // The answer is owed once the notification is kept: an outbox action, durable before Apple
+        // hears 200, sent by the delivery worker and retried like any delivery. A repeat of the
+        // notification (Apple retrying a lost 200) adds it if the first did not.
+        super::store_actions::owe_consumption_answer(
+            db,
+            app,
+            &uuid,
+            &t,
+            verifier.environment(),
+            now,
+        )
+        .await?;
     }
     Ok(Received {
         status,
@@ -177,89 +177,4 @@ fn notification_events(
         }
         _ => Vec::new(),
     }
-}
-
-/// Answers a CONSUMPTION_REQUEST with what the gateway knows of the purchase: delivered when a
-/// customer holds it and it was granted, and for a consumable how much of its credit is spent.
-/// A failed answer is logged and counted; Apple's own retries of the request bring another chance.
-async fn answer_consumption(
-    db: &Db,
-    api: &AppStoreApi,
-    app: &App,
-    env: gateway_core::apple::AppleEnvironment,
-    t: &gateway_core::apple::models::JwsTransaction,
-) {
-    let Some(id) = t.transaction_id.as_deref() else {
-        return;
-    };
-    let request = match consumption_of(db, app, t).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(app = %app.id, transaction = id, error = %e, "could not read the purchase to answer a consumption request");
-            return;
-        }
-    };
-    let outcome = match api
-        .send_consumption_information(app, env, id, &request)
-        .await
-    {
-        Ok(()) => "sent",
-        Err(e) => {
-            tracing::error!(app = %app.id, transaction = id, error = %e, "consumption information was not accepted by Apple");
-            "failed"
-        }
-    };
-    tracing::info!(app = %app.id, transaction = id, delivery = ?request.delivery_status, outcome, "answered a consumption request");
-    metrics::counter!("gateway_consumption_answers_total", "outcome" => outcome).increment(1);
-}
-
-async fn consumption_of(
-    db: &Db,
-    app: &App,
-    t: &gateway_core::apple::models::JwsTransaction,
-) -> ServiceResult<ConsumptionRequest> {
-    let lineage = t
-        .original_transaction_id
-        .clone()
-        .or_else(|| t.transaction_id.clone())
-        .unwrap_or_default();
-    let owner = customers::purchase_owner(db, &app.id, Store::AppStore, &lineage).await?;
-    let mut request = ConsumptionRequest {
-        customer_consented: true,
-        sample_content_provided: false,
-        delivery_status: DeliveryStatus::UndeliveredOther,
-        consumption_percentage: None,
-        refund_preference: None,
-    };
-    let Some(Ok(customer)) = owner.map(|o| o.parse::<gateway_core::AppUserId>()) else {
-        return Ok(request);
-    };
-    let Some(rec) = customers::recorded(db, &app.id, &customer).await? else {
-        return Ok(request);
-    };
-    let Some(purchase) = rec
-        .purchases
-        .iter()
-        .find(|p| p.store_transaction_id == lineage)
-    else {
-        return Ok(request);
-    };
-    if purchase.status != gateway_core::PurchaseStatus::Pending {
-        request.delivery_status = DeliveryStatus::Delivered;
-    }
-    let product = crate::db::products::get(db, &app.id, &purchase.product_id).await?;
-    if let Some(spec) = product.and_then(|p| p.consumable) {
-        let credited = spec
-            .amount
-            .saturating_mul(i64::from(t.quantity.unwrap_or(1).max(1)));
-        let balance = rec.balances.get(&spec.currency).copied().unwrap_or(0);
-        // The balance left is counted toward this purchase first, so the figure errs toward less
-        // consumed: what even the whole balance no longer covers of this credit was used.
-        let left = balance.clamp(0, credited);
-        let used = credited - left;
-        if credited > 0 {
-            request.consumption_percentage = Some(((used * 100_000) / credited) as u32);
-        }
-    }
-    Ok(request)
 }

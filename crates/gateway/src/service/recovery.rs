@@ -94,7 +94,7 @@ pub async fn recover_apple(
     };
     for item in items {
         let body = json!({ "signedPayload": item.signed_payload }).to_string();
-        match notifications::receive_apple(db, (verifiers, api), app, body.as_bytes(), now).await {
+        match notifications::receive_apple(db, verifiers, app, body.as_bytes(), now).await {
             Ok(r) if r.status == "duplicate" => out.duplicates += 1,
             Ok(r) => {
                 tracing::info!(app = %app.id, notification = %r.notification_uuid, status = r.status, "recovered a missed App Store notification");

@@ -939,6 +939,66 @@ both!(
         assert_eq!(again.expect(200)["status"], "duplicate");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert_eq!(server.consumption_requests().len(), 1);
+
+        // The answer is an owed action, delivered by the delivery worker: shown among the
+        // deliveries, not among the endpoints.
+        let actions = app
+            .get("/v1/apps/acme/deliveries?status=delivered")
+            .await
+            .expect(200)["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["event_type"] == "store.app_store.consumption")
+            .cloned()
+            .collect::<Vec<_>>();
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0]["attempts"], 1);
+        let endpoints = app.get("/v1/apps/acme/webhook_endpoints").await.expect(200);
+        assert_eq!(endpoints["endpoints"], json!([]));
+
+        // Apple refuses an answer once: it stays owed, and the retry sends it.
+        server.fail_next(vec![(
+            400,
+            Some(
+                r#"{"errorCode": 4000000, "errorMessage": "An error that causes a bad request."}"#
+                    .into(),
+            ),
+        )]);
+        let third = notify(&app, request("c0000000-0000-4000-8000-000000000003")).await;
+        assert_eq!(third.expect(200)["status"], "recorded");
+        let mut pending = Vec::new();
+        for _ in 0..100 {
+            pending = app
+                .get("/v1/apps/acme/deliveries?status=pending")
+                .await
+                .expect(200)["deliveries"]
+                .as_array()
+                .unwrap()
+                .clone();
+            if pending.iter().any(|d| d["last_error"].is_string()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let owed = pending
+            .iter()
+            .find(|d| d["last_error"].is_string())
+            .unwrap_or_else(|| panic!("no failed answer in {pending:?}"));
+        assert!(
+            owed["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("Apple did not take")
+        );
+        app.clock.advance_millis(10_000);
+        for _ in 0..100 {
+            if server.consumption_requests().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(server.consumption_requests().len(), 2, "sent on the retry");
     }
 );
 
