@@ -13,6 +13,7 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::State, http::HeaderMap};
+use gateway_core::Clock;
 use serde_json::{Value, json};
 use store_sim::apple_store::ProductKind;
 
@@ -554,3 +555,39 @@ async fn two_gateways_deliver_each_event_once() {
     }
     b.stop().await;
 }
+
+both!(
+    a_delivery_whose_worker_died_is_sent_again_when_its_lease_ends,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let receiver = Receiver::start(503).await;
+        endpoint(&app, &receiver, json!([])).await;
+        grant(&app, "u1").await;
+        receiver.wait_for("a first attempt", |g| g.len() == 1).await;
+        receiver.set(200);
+        // Another worker claims the retry as soon as it is due (its clock 6 s ahead of this
+        // instance's) and dies before sending it: its lease holds the delivery for a minute.
+        let t = app.clock.now();
+        let claimed = gateway::db::deliveries::claim(
+            &app.db,
+            t.plus_millis(6_000),
+            t.plus_millis(66_000),
+            10,
+        )
+        .await
+        .unwrap();
+        assert_eq!(claimed.len(), 1);
+        app.clock.advance_millis(10_000);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(receiver.got().len(), 1, "held by the dead worker's lease");
+        app.clock.advance_millis(57_000);
+        receiver
+            .wait_for("the grant, sent again", |g| g.len() == 2)
+            .await;
+        let got = receiver.got();
+        assert_eq!(got[1].id, claimed[0].event_id);
+        assert_eq!(got[1].answered, 200);
+        let done = wait_deliveries(&app, "?status=delivered", 1).await;
+        assert_eq!(done[0]["attempts"], 3, "the dead worker's attempt counts");
+    }
+);
