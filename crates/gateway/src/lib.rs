@@ -85,7 +85,7 @@ pub async fn run(
     let deliveries = spawn_job(
         "deliveries",
         DELIVERY_TICK,
-        Some(state.db.changes().outbox_signal()),
+        Some((state.db.changes().outbox_signal(), DELIVERY_LINGER)),
         &state,
         &shutdown,
         |s| async move {
@@ -137,7 +137,7 @@ pub async fn run(
 fn spawn_job<F, Fut>(
     name: &'static str,
     tick: std::time::Duration,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    wake: Option<(Arc<tokio::sync::Notify>, std::time::Duration)>,
     state: &AppState,
     shutdown: &CancellationToken,
     step: F,
@@ -165,6 +165,10 @@ const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_secs(30
 /// How often the delivery worker looks for work when no commit of this process woke it: the longest
 /// an event committed through another instance waits to be sent.
 const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long the delivery worker waits after a commit wakes it, so that the commits of a burst are
+/// dispatched together: a few milliseconds of latency for one write transaction instead of many.
+const DELIVERY_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How often the expiry job looks for customers whose access has ended: the longest an
 /// `entitlement.expired` event waits after its `expires_at` when no one reads the customer.

@@ -73,19 +73,34 @@ pub async fn announce(
     if conn.backend_name() != "PostgreSQL" || customers.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Vec<super::batch::Val>> = customers
-        .iter()
-        .map(|(a, c)| vec![serde_json::json!([a, c]).to_string().into()])
-        .collect();
+    // One notification per transaction (or per 7,000 bytes of names): each is parsed by every
+    // listening instance, and their number, not their size, is what costs.
+    let mut payloads: Vec<Vec<super::batch::Val>> = Vec::new();
+    let mut current: Vec<&(String, String)> = Vec::new();
+    let mut size = 0;
+    for c in customers {
+        let len = c.0.len() + c.1.len() + 8;
+        if size + len > NOTIFY_PAYLOAD_BYTES && !current.is_empty() {
+            payloads.push(vec![serde_json::json!(current).to_string().into()]);
+            current.clear();
+            size = 0;
+        }
+        current.push(c);
+        size += len;
+    }
+    payloads.push(vec![serde_json::json!(current).to_string().into()]);
     super::batch::many(
         conn,
         &format!("SELECT pg_notify('{CHANNEL}', column1) FROM (VALUES {{values}}) AS v"),
         "",
-        &rows,
+        &payloads,
     )
     .await?;
     Ok(())
 }
+
+/// Under PostgreSQL's 8,000-byte limit on a notification's payload.
+const NOTIFY_PAYLOAD_BYTES: usize = 7000;
 
 /// Listens on PostgreSQL for the changes other instances commit and wakes this instance's waiters
 /// (long polls, event streams, the delivery worker), until `shutdown`. A lost connection is made
@@ -118,12 +133,14 @@ pub async fn listen(db: super::Db, url: String, shutdown: tokio_util::sync::Canc
             };
             match next {
                 Ok(Some(n)) => {
-                    let Ok((app, customer)) = serde_json::from_str::<(String, String)>(n.payload())
+                    let Ok(changed) = serde_json::from_str::<Vec<(String, String)>>(n.payload())
                     else {
                         continue;
                     };
-                    if let (Ok(app), Ok(customer)) = (app.parse(), customer.parse()) {
-                        db.changes().publish(&app, &customer);
+                    for (app, customer) in changed {
+                        if let (Ok(app), Ok(customer)) = (app.parse(), customer.parse()) {
+                            db.changes().publish(&app, &customer);
+                        }
                     }
                 }
                 // The connection was lost and is made again: anything may have changed meanwhile.

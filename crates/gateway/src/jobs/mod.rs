@@ -25,12 +25,12 @@ pub enum Outcome {
 }
 
 /// Runs `step` until `shutdown`, sleeping as the outcome says; `wake`, when given, ends an idle sleep
-/// early. Each step runs in a task of its own, so a panicking step counts as a failed one and the
+/// early, after lingering for its duration. Each step runs in a task of its own, so a panicking step counts as a failed one and the
 /// loop goes on.
 pub async fn run_loop<F, Fut>(
     name: &'static str,
     idle: Duration,
-    wake: Option<Arc<Notify>>,
+    wake: Option<(Arc<Notify>, Duration)>,
     shutdown: CancellationToken,
     mut step: F,
 ) where
@@ -71,7 +71,11 @@ pub async fn run_loop<F, Fut>(
         }
         let woken = async {
             match (&wake, outcome) {
-                (Some(w), Outcome::Partial(_)) => w.notified().await,
+                (Some((w, linger)), Outcome::Partial(_)) => {
+                    w.notified().await;
+                    // Let the signals of a burst of commits gather into one step.
+                    tokio::time::sleep(*linger).await;
+                }
                 _ => std::future::pending().await,
             }
         };
