@@ -168,7 +168,7 @@ const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_millis(500)
 
 /// How long the delivery worker waits after a commit wakes it, so that the commits of a burst are
 /// dispatched together: a few milliseconds of latency for one write transaction instead of many.
-const DELIVERY_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+const DELIVERY_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How often the expiry job looks for customers whose access has ended: the longest an
 /// `entitlement.expired` event waits after its `expires_at` when no one reads the customer.
