@@ -150,10 +150,10 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
         .collect::<Result<_, _>>()?;
     let mut by_app: HashMap<String, Vec<Endpoint>> = HashMap::new();
     for app in apps {
-        let rows = sqlx::query(
-            "SELECT id, app_id, kind, url, description, events, secrets, config, active, created_at, \
-             updated_at FROM webhook_endpoints WHERE app_id = $1 AND active <> 0 ORDER BY id",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM webhook_endpoints WHERE app_id = $1 AND active <> 0 ORDER BY id",
+            endpoints::COLUMNS
+        )))
         .bind(&app)
         .fetch_all(&mut *tx)
         .await?;
@@ -174,9 +174,19 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
             e.try_get("customer_seq")?,
             e.try_get("event_type")?,
         );
+        let mut targets: Vec<String> = by_app
+            .get(&app)
+            .into_iter()
+            .flatten()
+            .filter(|endpoint| endpoint.wants(&event_type))
+            .map(|endpoint| endpoint.id.clone())
+            .collect();
         if event_type.starts_with(endpoints::STORE_ACTION_PREFIX) {
             let endpoint = endpoints::store_endpoint_id(&app);
             store_endpoints.insert((app.clone(), endpoint.clone()));
+            targets.push(endpoint);
+        }
+        for endpoint in targets {
             deliveries.push(vec![
                 Val::from(new_id("dlv")),
                 app.clone().into(),
@@ -187,20 +197,6 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
                 event_type.clone().into(),
                 Val::Int(now.millis()),
             ]);
-        }
-        for endpoint in by_app.get(&app).into_iter().flatten() {
-            if endpoint.wants(&event_type) {
-                deliveries.push(vec![
-                    Val::from(new_id("dlv")),
-                    app.clone().into(),
-                    endpoint.id.clone().into(),
-                    id.clone().into(),
-                    customer.clone().into(),
-                    Val::Int(seq),
-                    event_type.clone().into(),
-                    Val::Int(now.millis()),
-                ]);
-            }
         }
         dispatched.push(vec![Val::from(id)]);
     }

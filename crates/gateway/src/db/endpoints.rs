@@ -75,7 +75,7 @@ pub fn store_endpoint_id(app: &str) -> String {
     format!("store_{app}")
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "id, app_id, kind, url, description, events, secrets, config, active, created_at, updated_at";
 
 pub(crate) fn from_row(row: &AnyRow) -> DbResult<Endpoint> {
@@ -140,16 +140,11 @@ pub async fn update(db: &Db, e: &Endpoint) -> DbResult<()> {
     Ok(())
 }
 
-/// One endpoint of an app.
+/// One endpoint of an app, never its built-in store endpoint.
 pub async fn get(db: &Db, app: &AppId, id: &str) -> DbResult<Option<Endpoint>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE app_id = $1 AND id = $2 AND kind <> 'store'"
-    )))
-    .bind(app.as_str())
-    .bind(id)
-    .fetch_optional(db.reader())
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    Ok(by_id(db, id)
+        .await?
+        .filter(|e| e.app_id == *app && e.kind != STORE_KIND))
 }
 
 /// An endpoint by id alone (the delivery worker, which serves every app).

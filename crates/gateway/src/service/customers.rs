@@ -44,19 +44,44 @@ pub async fn snapshot(
     id: &AppUserId,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
+    let snap = unsigned(db, app, id, now).await?;
+    signed(db, app, snap, now).await
+}
+
+/// [`snapshot`] without its entitlement token, for callers that only look at it.
+async fn unsigned(db: &Db, app: &AppId, id: &AppUserId, now: Timestamp) -> ServiceResult<Snapshot> {
     if decision::due(db, app, id, now).await? {
         decision::reevaluate(db, app, id, now).await?;
     }
     let rec = customers::recorded(db, app, id).await?.unwrap_or_default();
-    let token = super::tokens::sign(db, app, id, rec.version, &rec.entitlements, now).await?;
     Ok(Snapshot {
         app_user_id: id.clone(),
         version: rec.version,
         entitlements: rec.entitlements,
         purchases: rec.purchases,
         balances: rec.balances,
-        entitlement_token: Some(token),
+        entitlement_token: None,
     })
+}
+
+/// Adds the entitlement token to a snapshot that is handed out.
+async fn signed(
+    db: &Db,
+    app: &AppId,
+    mut snap: Snapshot,
+    now: Timestamp,
+) -> ServiceResult<Snapshot> {
+    let token = super::tokens::sign(
+        db,
+        app,
+        &snap.app_user_id,
+        snap.version,
+        &snap.entitlements,
+        now,
+    )
+    .await?;
+    snap.entitlement_token = Some(token);
+    Ok(snap)
 }
 
 /// The active products this customer may buy now: all but those whose every entitlement they hold.
@@ -66,7 +91,7 @@ pub async fn offerings(
     id: &AppUserId,
     now: Timestamp,
 ) -> ServiceResult<Vec<Product>> {
-    let snap = snapshot(db, app, id, now).await?;
+    let snap = unsigned(db, app, id, now).await?;
     let held: Vec<&EntitlementId> = snap
         .entitlements
         .iter()
@@ -305,7 +330,7 @@ pub async fn revoke(
         // A retry of a revoke that was recorded: answer as the first time did.
         return snapshot(db, app, id, now).await;
     }
-    let current = snapshot(db, app, id, now).await?;
+    let current = unsigned(db, app, id, now).await?;
     let holds = current.entitlements.iter().any(|e| {
         e.id == eid
             && (e.status.has_access() || e.status == gateway_core::EntitlementStatus::Pending)
@@ -473,10 +498,10 @@ pub async fn snapshot_after(
         tokio::pin!(notified);
         // Registered before the read, so a commit between the read and the wait still wakes us.
         notified.as_mut().enable();
-        let snap = snapshot(db, app, id, clock.now()).await?;
+        let snap = unsigned(db, app, id, clock.now()).await?;
         let now = tokio::time::Instant::now();
         if snap.version > after_version || now >= deadline {
-            return Ok(snap);
+            return signed(db, app, snap, clock.now()).await;
         }
         let pause = (deadline - now).min(cross_instance_poll(db));
         tokio::select! {
@@ -484,29 +509,4 @@ pub async fn snapshot_after(
             _ = tokio::time::sleep(pause) => {}
         }
     }
-}
-
-/// Adds a row to a customer's timeline (audit chain) that changes nothing else: what a downstream
-/// system answered, for instance.
-pub async fn note(
-    db: &Db,
-    app: &AppId,
-    id: &AppUserId,
-    kind: &str,
-    cause: &str,
-    detail: &serde_json::Value,
-    now: Timestamp,
-) -> ServiceResult<()> {
-    let mut tx = db.writer().begin().await?;
-    let mut row = customers::lock(&mut tx, app, id, now).await?;
-    let entry = audit::Entry {
-        at: now,
-        kind,
-        cause,
-        detail,
-    };
-    audit::append(&mut tx, app, id, &mut row, entry).await?;
-    customers::save_row(&mut tx, app, id, &row, row.next_change_at, now).await?;
-    tx.commit().await?;
-    Ok(())
 }

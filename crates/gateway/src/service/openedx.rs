@@ -344,20 +344,7 @@ pub async fn deliver(
                 status: Some(res.status().as_u16()),
                 error: None,
             },
-            Ok(res) => {
-                let status = res.status().as_u16();
-                let text: String = res
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect();
-                Sent {
-                    status: Some(status),
-                    error: Some(format!("the LMS answered HTTP {status}: {text}")),
-                }
-            }
+            Ok(res) => Sent::refused(res, "the LMS").await,
             Err(e) => Sent {
                 status: None,
                 error: Some(format!("could not reach the LMS: {}", e.without_url())),

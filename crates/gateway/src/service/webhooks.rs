@@ -420,6 +420,23 @@ pub struct Sent {
     pub error: Option<String>,
 }
 
+impl Sent {
+    /// A non-2xx answer of `who`: its status and the start of its body.
+    pub async fn refused(res: reqwest::Response, who: &str) -> Sent {
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
+        Sent {
+            status: Some(status),
+            error: Some(if excerpt.is_empty() {
+                format!("{who} answered HTTP {status}")
+            } else {
+                format!("{who} answered HTTP {status}: {excerpt}")
+            }),
+        }
+    }
+}
+
 /// How long a receiver has to answer one delivery.
 pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -460,19 +477,7 @@ pub async fn send(
             status: Some(res.status().as_u16()),
             error: None,
         },
-        Ok(res) => {
-            let status = res.status().as_u16();
-            let text = res.text().await.unwrap_or_default();
-            let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
-            Sent {
-                status: Some(status),
-                error: Some(if excerpt.is_empty() {
-                    format!("the receiver answered HTTP {status}")
-                } else {
-                    format!("the receiver answered HTTP {status}: {excerpt}")
-                }),
-            }
-        }
+        Ok(res) => Sent::refused(res, "the receiver").await,
         // Without the URL: an operator may have put a token in it.
         Err(e) => Sent {
             status: None,

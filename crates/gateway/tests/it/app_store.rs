@@ -967,24 +967,7 @@ both!(
         )]);
         let third = notify(&app, request("c0000000-0000-4000-8000-000000000003")).await;
         assert_eq!(third.expect(200)["status"], "recorded");
-        let mut pending = Vec::new();
-        for _ in 0..100 {
-            pending = app
-                .get("/v1/apps/acme/deliveries?status=pending")
-                .await
-                .expect(200)["deliveries"]
-                .as_array()
-                .unwrap()
-                .clone();
-            if pending.iter().any(|d| d["last_error"].is_string()) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let owed = pending
-            .iter()
-            .find(|d| d["last_error"].is_string())
-            .unwrap_or_else(|| panic!("no failed answer in {pending:?}"));
+        let (owed, _) = app.failed_delivery().await;
         assert!(
             owed["last_error"]
                 .as_str()

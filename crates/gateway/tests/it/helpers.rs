@@ -373,6 +373,26 @@ impl TestApp {
     }
 
     /// Counts rows of a table, for "changed nothing" checks.
+    /// Waits (10 s at most) until a pending delivery of `acme` has failed an attempt; that delivery
+    /// and every pending one.
+    pub async fn failed_delivery(&self) -> (Value, Vec<Value>) {
+        let mut pending = Vec::new();
+        for _ in 0..200 {
+            pending = self
+                .get("/v1/apps/acme/deliveries?status=pending")
+                .await
+                .expect(200)["deliveries"]
+                .as_array()
+                .unwrap()
+                .clone();
+            if let Some(d) = pending.iter().find(|d| d["last_error"].is_string()) {
+                return (d.clone(), pending);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no pending delivery failed an attempt: {pending:#?}");
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(self.db.reader())

@@ -175,24 +175,7 @@ both!(
         .await;
 
         // The LMS that refuses the credentials: the delivery says why, without the secret.
-        let mut failed = Vec::new();
-        for _ in 0..100 {
-            failed = app
-                .get("/v1/apps/acme/deliveries?status=pending")
-                .await
-                .expect(200)["deliveries"]
-                .as_array()
-                .unwrap()
-                .clone();
-            if failed.iter().any(|d| d["last_error"].is_string()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let head = failed
-            .iter()
-            .find(|d| d["last_error"].is_string())
-            .unwrap_or_else(|| panic!("no failed attempt in {failed:#?}"));
+        let (head, failed) = app.failed_delivery().await;
         let error = head["last_error"].as_str().unwrap();
         assert!(error.contains("refused the client credentials"), "{error}");
         assert_eq!(head["last_status"], 401);
