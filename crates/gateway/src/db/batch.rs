@@ -407,12 +407,19 @@ pub async fn lock_customers(
 /// Adds manual facts; returns `(app, id)` of those not recorded before.
 pub async fn insert_manual(
     conn: &mut AnyConnection,
-    rows: &[(String, String, &ManualFact, String)],
+    rows: &[ManualRow<'_>],
 ) -> DbResult<HashSet<(String, String)>> {
     let mut sorted: Vec<_> = rows.iter().collect();
-    sorted.sort_by(|a, b| (&a.0, &a.2.id).cmp(&(&b.0, &b.2.id)));
+    sorted.sort_by(|a, b| (&a.app, &a.fact.id).cmp(&(&b.app, &b.fact.id)));
     let mut vals = Vec::with_capacity(rows.len());
-    for (app, customer, fact, actor) in sorted {
+    for ManualRow {
+        app,
+        customer,
+        fact,
+        actor,
+        request_key,
+    } in sorted
+    {
         let product = match &fact.action {
             gateway_core::ManualAction::GrantProduct { product_id, .. } => {
                 Some(product_id.as_str().to_owned())
@@ -428,16 +435,50 @@ pub async fn insert_manual(
             fact.reason.clone().into(),
             actor.clone().into(),
             product.into(),
+            request_key.clone().into(),
         ]);
     }
+    // No conflict target: a fact already recorded (by id) and a request key that made another fact
+    // are both left out of the answer; the caller tells them apart.
     let done = many(
         conn,
-        "INSERT INTO manual_facts (app_id, id, customer_id, at, body, reason, actor, product_id) VALUES",
-        "ON CONFLICT (app_id, id) DO NOTHING RETURNING app_id, id",
+        "INSERT INTO manual_facts (app_id, id, customer_id, at, body, reason, actor, product_id, request_key) VALUES",
+        "ON CONFLICT DO NOTHING RETURNING app_id, id",
         &vals,
     )
     .await?;
     done.iter()
+        .map(|r| Ok((r.try_get("app_id")?, r.try_get("id")?)))
+        .collect()
+}
+
+/// A manual fact to record, with who made it and the request key that made it.
+#[derive(Debug)]
+pub struct ManualRow<'a> {
+    pub app: String,
+    pub customer: String,
+    pub fact: &'a ManualFact,
+    pub actor: String,
+    pub request_key: Option<String>,
+}
+
+/// Of `ids` (`(app, id)`), those recorded as manual facts.
+pub async fn manual_known(
+    conn: &mut AnyConnection,
+    ids: &[(String, String)],
+) -> DbResult<HashSet<(String, String)>> {
+    let vals: Vec<Vec<Val>> = ids
+        .iter()
+        .map(|(a, i)| vec![a.clone().into(), i.clone().into()])
+        .collect();
+    let rows = many(
+        conn,
+        "SELECT app_id, id FROM manual_facts WHERE (app_id, id) IN (VALUES {values})",
+        "",
+        &vals,
+    )
+    .await?;
+    rows.iter()
         .map(|r| Ok((r.try_get("app_id")?, r.try_get("id")?)))
         .collect()
 }

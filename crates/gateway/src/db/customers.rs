@@ -84,15 +84,19 @@ pub async fn save_row(
     Ok(())
 }
 
-/// True when a manual fact with this id is recorded.
-pub async fn manual_fact_exists(db: &Db, app: &AppId, id: &str) -> DbResult<bool> {
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM manual_facts WHERE app_id = $1 AND id = $2")
+/// The id of the manual fact that the request key `request_key` made, if any.
+pub async fn manual_fact_by_request_key(
+    db: &Db,
+    app: &AppId,
+    request_key: &str,
+) -> DbResult<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM manual_facts WHERE app_id = $1 AND request_key = $2")
             .bind(app.as_str())
-            .bind(id)
-            .fetch_one(db.reader())
-            .await?;
-    Ok(n > 0)
+            .bind(request_key)
+            .fetch_optional(db.reader())
+            .await?,
+    )
 }
 
 /// When the clock alone next changes a customer's recorded state, if ever; `None` for a customer

@@ -284,6 +284,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     cause: n.cause.clone(),
                     actor: "app_store".into(),
                     manual: Vec::new(),
+                    request_key: None,
                     purchases: vec![facts],
                 };
                 (n.app.clone(), customer, input, n.now)
@@ -382,16 +383,15 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let mut rows = batch::lock_customers(conn, &keys, now).await?;
 
     // 4. New facts: manual facts, lineages, store events (with the orphan facts of each lineage).
-    let manual: Vec<(String, String, &gateway_core::ManualFact, String)> = plans
+    let manual: Vec<batch::ManualRow> = plans
         .iter()
         .flat_map(|p| {
-            p.input.manual.iter().map(|m| {
-                (
-                    p.app.to_string(),
-                    p.customer.to_string(),
-                    m,
-                    p.input.actor.clone(),
-                )
+            p.input.manual.iter().map(|m| batch::ManualRow {
+                app: p.app.to_string(),
+                customer: p.customer.to_string(),
+                fact: m,
+                actor: p.input.actor.clone(),
+                request_key: p.input.request_key.clone(),
             })
         })
         .collect();
@@ -400,6 +400,19 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     } else {
         batch::insert_manual(conn, &manual).await?
     };
+    let left_out: Vec<(String, String)> = manual
+        .iter()
+        .map(|m| (m.app.clone(), m.fact.id.clone()))
+        .filter(|k| !new_manual.contains(k))
+        .collect();
+    if !left_out.is_empty() {
+        let known = batch::manual_known(conn, &left_out).await?;
+        if left_out.iter().any(|k| !known.contains(k)) {
+            // Left out though not recorded: its request key made another fact meanwhile (two
+            // requests with one key, at once). Deciding one by one refuses the later one alone.
+            return Err(super::customers::key_reused());
+        }
+    }
     let mut to_create = Vec::new();
     for p in &mut plans {
         for m in &p.input.manual {

@@ -226,16 +226,62 @@ pub struct Revoke {
     pub idempotency_key: Option<String>,
 }
 
-/// The id of a manual fact: derived from the caller and its `Idempotency-Key` when there is one, so
-/// that a retry of a request whose answer was lost is the same fact (a no-op), never a second grant.
-fn manual_fact_id(actor: &str, idempotency_key: Option<&str>) -> String {
+/// The identity of a manual fact: its id, and the request key that made it when the caller sent an
+/// `Idempotency-Key`.
+struct FactIdentity {
+    id: String,
+    request_key: Option<String>,
+}
+
+/// Derives a manual fact's identity. With an `Idempotency-Key`, the id is a digest of the caller, the
+/// key and everything the request says (`request`), so a retry of a request whose answer was lost is
+/// the same fact (a no-op), never a second grant; the request key is a digest of the caller and the
+/// key alone, so the same key sent with another request is found and refused (409), never taken for
+/// a repeat. The HTTP layer's replay of answers lasts a day; this check lasts as long as the fact.
+fn fact_identity(
+    actor: &str,
+    idempotency_key: Option<&str>,
+    request: &serde_json::Value,
+) -> FactIdentity {
     match idempotency_key {
         Some(key) => {
-            let digest = sha2::Sha256::digest(format!("{actor}\0{key}").as_bytes());
-            format!("man_{}", &hex::encode(digest)[..32])
+            let digest = |text: String| {
+                format!(
+                    "man_{}",
+                    &hex::encode(sha2::Sha256::digest(text.as_bytes()))[..32]
+                )
+            };
+            FactIdentity {
+                id: digest(format!("{actor}\0{key}\0{request}")),
+                request_key: Some(digest(format!("{actor}\0{key}"))),
+            }
         }
-        None => db::new_id("man"),
+        None => FactIdentity {
+            id: db::new_id("man"),
+            request_key: None,
+        },
     }
+}
+
+/// Whether a manual request was made before: `true` for a repeat of the same request, a 409 when its
+/// `Idempotency-Key` made another fact, `false` when it is new.
+async fn seen_before(db: &Db, app: &AppId, identity: &FactIdentity) -> ServiceResult<bool> {
+    let Some(request_key) = &identity.request_key else {
+        return Ok(false);
+    };
+    match customers::manual_fact_by_request_key(db, app, request_key).await? {
+        None => Ok(false),
+        Some(id) if id == identity.id => Ok(true),
+        Some(_) => Err(key_reused()),
+    }
+}
+
+/// The refusal of an `Idempotency-Key` sent again with another request.
+pub(crate) fn key_reused() -> ServiceError {
+    ServiceError::conflict(
+        "idempotency_key_reused",
+        "This Idempotency-Key was used for another request; use a new key for a new request.",
+    )
 }
 
 /// Grants by hand, with a reason kept in the audit log.
@@ -260,6 +306,10 @@ pub async fn grant(
             "`expires_at` must be in the future.",
         ));
     }
+    let named = match &target {
+        GrantTarget::Product(pid) => json!({"product_id": pid}),
+        GrantTarget::Entitlement(eid) => json!({"entitlement_id": eid}),
+    };
     let action = match target {
         GrantTarget::Product(pid) => {
             let Some(product) = products::get(db, app, &pid).await? else {
@@ -291,13 +341,21 @@ pub async fn grant(
             }
         }
     };
+    let request =
+        json!({"grant": named, "customer": id, "expires_at": expires_at, "reason": &reason});
+    let identity = fact_identity(actor, idempotency_key.as_deref(), &request);
+    if seen_before(db, app, &identity).await? {
+        // A retry of a grant that was recorded: answer as the first time did.
+        return snapshot(db, app, id, now).await;
+    }
     let fact = ManualFact {
-        id: manual_fact_id(actor, idempotency_key.as_deref()),
+        id: identity.id,
         at: now,
         action,
         reason: reason.clone(),
     };
     let input = decision::Input {
+        request_key: identity.request_key,
         source: "api.grant",
         dedupe_key: fact.id.clone(),
         raw: serde_json::to_string(&fact).unwrap_or_default(),
@@ -325,8 +383,9 @@ pub async fn revoke(
         idempotency_key,
     } = revoke;
     let reason = super::reason(&reason)?;
-    let fact_id = manual_fact_id(actor, idempotency_key.as_deref());
-    if customers::manual_fact_exists(db, app, &fact_id).await? {
+    let request = json!({"revoke": &eid, "customer": id, "reason": &reason});
+    let identity = fact_identity(actor, idempotency_key.as_deref(), &request);
+    if seen_before(db, app, &identity).await? {
         // A retry of a revoke that was recorded: answer as the first time did.
         return snapshot(db, app, id, now).await;
     }
@@ -345,7 +404,7 @@ pub async fn revoke(
         ));
     }
     let fact = ManualFact {
-        id: fact_id,
+        id: identity.id,
         at: now,
         action: ManualAction::Revoke {
             entitlement_id: eid,
@@ -353,6 +412,7 @@ pub async fn revoke(
         reason: reason.clone(),
     };
     let input = decision::Input {
+        request_key: identity.request_key,
         source: "api.revoke",
         dedupe_key: fact.id.clone(),
         raw: serde_json::to_string(&fact).unwrap_or_default(),

@@ -29,6 +29,9 @@ pub struct Input {
     /// Who acted (an API key id, a store).
     pub actor: String,
     pub manual: Vec<ManualFact>,
+    /// The digest of the caller and `Idempotency-Key` that made the manual facts, if any: one key
+    /// makes one fact, whatever is sent with it later.
+    pub request_key: Option<String>,
     pub purchases: Vec<PurchaseFacts>,
 }
 
@@ -176,6 +179,7 @@ pub async fn reevaluate(
         cause: "Time passed an expiry date.".into(),
         actor: "clock".into(),
         manual: Vec::new(),
+        request_key: None,
         purchases: Vec::new(),
     };
     apply(db, app, customer, input, now).await

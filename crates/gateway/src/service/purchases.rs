@@ -229,6 +229,7 @@ pub async fn submit(
         cause: format!("The app submitted App Store {what} {label}."),
         actor: actor.to_owned(),
         manual: Vec::new(),
+        request_key: None,
         purchases: all_facts,
     };
     decision::apply(db, &app.id, customer, input, now).await?;
@@ -375,6 +376,7 @@ pub async fn restore(
             ),
             actor: actor.to_owned(),
             manual: Vec::new(),
+            request_key: None,
             purchases: all_facts,
         };
         decision::apply(db, &app.id, customer, input, now).await?;

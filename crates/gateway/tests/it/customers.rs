@@ -595,3 +595,87 @@ both!(
         assert_eq!(snap["version"], 2);
     }
 );
+
+both!(
+    a_manual_request_key_makes_one_fact_and_refuses_another_request,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let (course, ebook) = ("course-v1:Acme+CS101+2026", "cs101");
+        let grant = |customer: &'static str, product: &'static str, key: &'static str| {
+            let app = &app;
+            async move {
+                app.request(
+                    Method::POST,
+                    &format!("/v1/apps/acme/customers/{customer}/grants"),
+                    Some(ADMIN_KEY),
+                    Some(json!({"product_id": product, "reason": "scholarship"})),
+                    &[("idempotency-key", key)],
+                )
+                .await
+            }
+        };
+        grant("learner-1", ebook, "k1").await.expect(201);
+        // The HTTP layer keeps answers for a day; past that, only the fact remembers the key.
+        let forget = |app: &TestApp| {
+            let db = app.db.clone();
+            let now = gateway_core::Clock::now(&app.clock).millis();
+            async move {
+                gateway::db::idempotency::purge(
+                    &db,
+                    now + 2 * gateway::db::idempotency::KEEP_MS,
+                    1000,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        app.clock.advance_millis(25 * 3_600_000);
+        assert_eq!(forget(&app).await, 1);
+
+        // The same request again: the same fact, nothing new.
+        let snap = grant("learner-1", ebook, "k1").await.expect(201);
+        assert_eq!(snap["version"], 1);
+        // The key with another customer, or another product: refused, nothing granted.
+        grant("learner-2", ebook, "k1")
+            .await
+            .error(409, "idempotency_key_reused");
+        let other = app
+            .get("/v1/apps/acme/customers/learner-2")
+            .await
+            .expect(200);
+        assert_eq!(other["version"], 0, "nothing was granted: {other}");
+        forget(&app).await;
+        grant("learner-1", "pass30", "k1")
+            .await
+            .error(409, "idempotency_key_reused");
+        forget(&app).await;
+
+        // A revoke whose key once served the grant is refused, not taken as done.
+        let revoke = |key: &'static str| {
+            let app = &app;
+            async move {
+                app.request(
+                    Method::DELETE,
+                    &format!("/v1/apps/acme/customers/learner-1/grants/{course}"),
+                    Some(ADMIN_KEY),
+                    Some(json!({"reason": "chargeback"})),
+                    &[("idempotency-key", key)],
+                )
+                .await
+            }
+        };
+        revoke("k1").await.error(409, "idempotency_key_reused");
+        let snap = app
+            .get("/v1/apps/acme/customers/learner-1")
+            .await
+            .expect(200);
+        assert_eq!(entitlement(&snap, course)["status"], "active");
+        let snap = revoke("k2").await.expect(200);
+        assert_eq!(entitlement(&snap, course)["status"], "revoked");
+        forget(&app).await;
+        // And the revoke repeated with its own key is answered as the first time, changing nothing.
+        let again = revoke("k2").await.expect(200);
+        assert_eq!(again["version"], snap["version"]);
+        assert_eq!(app.count("manual_facts").await, 2);
+    }
+);

@@ -39,6 +39,7 @@ fn input(key: &str, p: PurchaseFacts) -> Input {
         cause: format!("App Store said {key}"),
         actor: "app_store".into(),
         manual: vec![],
+        request_key: None,
         purchases: vec![p],
     }
 }
