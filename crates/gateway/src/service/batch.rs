@@ -168,6 +168,18 @@ struct Plan {
     /// The purchase id of each of `input.purchases`, found or new.
     purchase_ids: Vec<String>,
     new_facts: Vec<serde_json::Value>,
+    /// Lineages this decision takes from the customers who hold them.
+    moves: Vec<Move>,
+}
+
+/// A lineage a decision takes from the customer who holds it (a restore under the `transfer`
+/// policy). It moves in the decision's own transaction, under the lineage's lock, and both customers
+/// are decided there: a store notification about the lineage comes wholly before or wholly after.
+#[derive(Debug, Clone)]
+struct Move {
+    from: AppUserId,
+    store: Store,
+    lineage: String,
 }
 
 impl Plan {
@@ -177,6 +189,29 @@ impl Plan {
 
     fn reevaluate(&self) -> bool {
         self.input.source == "clock"
+    }
+
+    /// Every customer this plan changes: its own, and those it takes lineages from.
+    fn customers(&self) -> Vec<CustomerKey> {
+        let mut keys = vec![self.key()];
+        for m in &self.moves {
+            let k = (self.app.to_string(), m.from.to_string());
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+
+    /// The customers this plan takes lineages from, each once.
+    fn losers(&self) -> Vec<AppUserId> {
+        let mut out: Vec<AppUserId> = Vec::new();
+        for m in &self.moves {
+            if !out.contains(&m.from) {
+                out.push(m.from.clone());
+            }
+        }
+        out
     }
 }
 
@@ -286,22 +321,48 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     manual: Vec::new(),
                     request_key: None,
                     purchases: vec![facts],
+                    transfer: false,
                 };
                 (n.app.clone(), customer, input, n.now)
             }
         };
         let key = (app.to_string(), customer.to_string());
-        if claimed.contains(&key) {
+        // One lineage never belongs to two customers: one another customer holds is refused, or
+        // taken from them when the input says so.
+        let mut moves = Vec::new();
+        let mut refused = false;
+        for p in &input.purchases {
+            let Some(o) = owners
+                .get(&lineage_key(&app, p.store, &p.store_transaction_id))
+                .filter(|o| o.customer != customer.as_str())
+            else {
+                continue;
+            };
+            if !input.transfer {
+                refused = true;
+                break;
+            }
+            let from: AppUserId = o.customer.parse().map_err(|_| {
+                ServiceError::Internal(db::DbError::Corrupt(format!(
+                    "customer id {:?}",
+                    o.customer
+                )))
+            })?;
+            moves.push(Move {
+                from,
+                store: p.store,
+                lineage: p.store_transaction_id.clone(),
+            });
+        }
+        let losers: Vec<CustomerKey> = moves
+            .iter()
+            .map(|m| (app.to_string(), m.from.to_string()))
+            .collect();
+        if claimed.contains(&key) || losers.iter().any(|k| claimed.contains(k)) {
             steps[i] = Some(Step::Defer);
             continue;
         }
-        // One lineage never belongs to two customers.
-        let taken = input.purchases.iter().any(|p| {
-            owners
-                .get(&lineage_key(&app, p.store, &p.store_transaction_id))
-                .is_some_and(|o| o.customer != customer.as_str())
-        });
-        if taken {
+        if refused {
             steps[i] = Some(Step::Reply(Err(ServiceError::conflict(
                 "purchase_of_another_customer",
                 "This store purchase belongs to another customer.",
@@ -309,6 +370,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             continue;
         }
         claimed.insert(key);
+        claimed.extend(losers);
         plans.push(Plan {
             job: i,
             app,
@@ -319,6 +381,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             keep_raw,
             purchase_ids: Vec::new(),
             new_facts: Vec::new(),
+            moves,
         });
     }
 
@@ -369,7 +432,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     }
     let (live, replays): (Vec<Plan>, Vec<Plan>) = plans
         .into_iter()
-        .partition(|p| fresh.contains(&p.inbound_id) || p.reevaluate());
+        .partition(|p| fresh.contains(&p.inbound_id) || p.reevaluate() || !p.moves.is_empty());
     for p in replays {
         steps[p.job] = Some(Step::Reply(Ok(replay(&p, 0))));
     }
@@ -378,8 +441,8 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
         return Ok(finish(steps));
     }
 
-    // 3. Lock the customers.
-    let keys: Vec<CustomerKey> = plans.iter().map(Plan::key).collect();
+    // 3. Lock the customers, those who lose a lineage too.
+    let keys: Vec<CustomerKey> = plans.iter().flat_map(Plan::customers).collect();
     let mut rows = batch::lock_customers(conn, &keys, now).await?;
 
     // 4. New facts: manual facts, lineages, store events (with the orphan facts of each lineage).
@@ -411,6 +474,31 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             // Left out though not recorded: its request key made another fact meanwhile (two
             // requests with one key, at once). Deciding one by one refuses the later one alone.
             return Err(super::customers::key_reused());
+        }
+    }
+    for p in &mut plans {
+        for m in &p.moves {
+            let moved = db::customers::move_purchase(
+                conn,
+                &p.app,
+                m.store,
+                &m.lineage,
+                (&m.from, &p.customer),
+                now,
+            )
+            .await?;
+            if !moved {
+                // Under the lineage's lock its owner cannot change; fail the batch rather than guess.
+                return Err(ServiceError::Internal(db::DbError::Corrupt(format!(
+                    "store purchase {} was not held by {}",
+                    m.lineage, m.from
+                ))));
+            }
+            let purchase_id = owners
+                .get(&lineage_key(&p.app, m.store, &m.lineage))
+                .map(|o| o.purchase_id.clone());
+            p.new_facts
+                .push(json!({"purchase_id": purchase_id, "moved_from": m.from}));
         }
     }
     let mut to_create = Vec::new();
@@ -539,7 +627,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     }
 
     // 5. Read what the decisions need.
-    let keys: Vec<CustomerKey> = plans.iter().map(Plan::key).collect();
+    let keys: Vec<CustomerKey> = plans.iter().flat_map(Plan::customers).collect();
     let mut loaded = batch::load(conn, &keys).await?;
     let (products, entitlements) = catalog_needs(loaded.iter());
     let catalogs = batch::catalogs(conn, &products, &entitlements).await?;
@@ -548,9 +636,50 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let mut writes = Writes::default();
     for p in plans {
         let key = p.key();
-        let l = loaded.remove(&key).unwrap_or_default();
         let empty = gateway_core::decide::Catalog::new();
         let catalog = catalogs.get(key.0.as_str()).unwrap_or(&empty);
+        // Those who lost a lineage to this decision: their revokes and clawbacks, in the same commit.
+        let mut moved_from = Vec::new();
+        for loser in p.losers() {
+            let lkey = (p.app.to_string(), loser.to_string());
+            let l = loaded.remove(&lkey).unwrap_or_default();
+            let after = derive(&l.facts, catalog, p.now);
+            let effects = diff(&l.state, &after, &l.balances);
+            let mut row = rows.remove(&lkey).ok_or_else(|| {
+                ServiceError::Internal(db::DbError::Corrupt(format!(
+                    "customer {loser} was not locked"
+                )))
+            })?;
+            let lineages: Vec<&str> = p
+                .moves
+                .iter()
+                .filter(|m| m.from == loser)
+                .map(|m| m.lineage.as_str())
+                .collect();
+            let cause = format!(
+                "Store purchase {} moved to another customer who restored it.",
+                lineages.join(", ")
+            );
+            let detail = json!({"source": "transfer", "lineages": lineages, "to": p.customer,
+                "inbound_id": p.inbound_id});
+            let settlement = Settlement {
+                source: "transfer",
+                cause: &cause,
+                detail,
+            };
+            let changed = writes.settle(
+                (&p.app, &loser),
+                &mut row,
+                (&l.state, &after, &effects),
+                settlement,
+                p.now,
+            )?;
+            metrics::counter!("gateway_transfers_total").increment(lineages.len() as u64);
+            if changed {
+                moved_from.push(loser);
+            }
+        }
+        let l = loaded.remove(&key).unwrap_or_default();
         let after = derive(&l.facts, catalog, p.now);
         let effects = diff(&l.state, &after, &l.balances);
         let mut row = rows.remove(&key).ok_or_else(|| {
@@ -577,6 +706,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     effects,
                     version: row.version,
                     state: after,
+                    moved_from: Vec::new(),
                 },
             })));
             continue;
@@ -608,6 +738,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 effects,
                 version: row.version,
                 state: after,
+                moved_from,
             },
         })));
     }
@@ -626,6 +757,7 @@ fn replay(p: &Plan, version: i64) -> Done {
             effects: Vec::new(),
             version,
             state: CustomerState::default(),
+            moved_from: Vec::new(),
         },
     }
 }

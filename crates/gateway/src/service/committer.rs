@@ -143,6 +143,9 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Pending>) {
                         && outcome.changed
                     {
                         db.changes().publish(app, customer);
+                        for other in &outcome.moved_from {
+                            db.changes().publish(app, other);
+                        }
                     }
                     let _ = reply.send(result);
                 }
@@ -218,9 +221,14 @@ async fn attempt(db: &Db, works: &[Work]) -> ServiceResult<Vec<Step>> {
                 app,
                 customer,
                 outcome,
-            })) if outcome.changed => Some((app.to_string(), customer.to_string())),
+            })) if outcome.changed => Some(
+                std::iter::once(customer)
+                    .chain(&outcome.moved_from)
+                    .map(|c| (app.to_string(), c.to_string())),
+            ),
             _ => None,
         })
+        .flatten()
         .collect();
     crate::db::changes::announce(&mut tx, &changed).await?;
     let decided = started.elapsed();

@@ -363,6 +363,7 @@ pub async fn grant(
         actor: actor.to_owned(),
         manual: vec![fact],
         purchases: Vec::new(),
+        transfer: false,
     };
     decision::apply(db, app, id, input, now).await?;
     snapshot(db, app, id, now).await
@@ -420,6 +421,7 @@ pub async fn revoke(
         actor: actor.to_owned(),
         manual: vec![fact],
         purchases: Vec::new(),
+        transfer: false,
     };
     decision::apply(db, app, id, input, now).await?;
     snapshot(db, app, id, now).await

@@ -3,17 +3,14 @@
 //! all. Decisions are made by the committer ([`super::committer`]), many to a transaction
 //! ([`super::batch`]); this module is what callers use.
 
-use gateway_core::{
-    AppId, AppUserId, CustomerState, Effect, ManualFact, PurchaseFacts, Timestamp,
-    decide::{derive, diff},
-};
+use gateway_core::{AppId, AppUserId, CustomerState, Effect, ManualFact, PurchaseFacts, Timestamp};
 use serde_json::json;
 
 use super::{
     ServiceError, ServiceResult,
-    batch::{Done, Settlement, Work, Writes, catalog_needs},
+    batch::{Done, Work},
 };
-use crate::db::{Db, batch, customers};
+use crate::db::{Db, customers};
 
 /// An input to decide on.
 #[derive(Debug, Clone)]
@@ -33,6 +30,10 @@ pub struct Input {
     /// makes one fact, whatever is sent with it later.
     pub request_key: Option<String>,
     pub purchases: Vec<PurchaseFacts>,
+    /// Lineages of `purchases` that another customer holds move to this one, and that customer is
+    /// decided in the same transaction (a restore under the `transfer` policy); without it such an
+    /// input is refused as `purchase_of_another_customer`.
+    pub transfer: bool,
 }
 
 /// What a decision did.
@@ -45,6 +46,8 @@ pub struct Outcome {
     pub effects: Vec<Effect>,
     pub version: i64,
     pub state: CustomerState,
+    /// The customers who lost a lineage to this decision and whose snapshot changed.
+    pub moved_from: Vec<AppUserId>,
 }
 
 /// Decides on `input` for `customer`: one decision of a group-committed batch, answered once the
@@ -68,83 +71,6 @@ pub async fn apply(
             format!("a decision for a known customer ended as {other:?}"),
         ))),
     }
-}
-
-/// Moves a store purchase lineage from one customer to another (a restore under the `transfer`
-/// policy), re-deciding both in one transaction: the one who loses it gets its revokes (and
-/// clawbacks), the one who gains it its grants. Nothing happens when `from` no longer holds it.
-pub async fn transfer(
-    db: &Db,
-    app: &AppId,
-    store: gateway_core::ids::Store,
-    lineage: &str,
-    (from, to): (&AppUserId, &AppUserId),
-    now: Timestamp,
-) -> ServiceResult<bool> {
-    let mut tx = db.writer().begin().await?;
-    let keys = [
-        (app.to_string(), from.to_string()),
-        (app.to_string(), to.to_string()),
-    ];
-    // Locked sorted, as batches lock, so a transfer and a batch cannot deadlock.
-    let mut rows = batch::lock_customers(&mut tx, &keys, now).await?;
-    let moved = customers::move_purchase(&mut tx, app, store, lineage, (from, to), now).await?;
-    if !moved {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    let mut loaded = batch::load(&mut tx, &keys).await?;
-    let (products, entitlements) = catalog_needs(loaded.iter());
-    let catalogs = batch::catalogs(&mut tx, &products, &entitlements).await?;
-    let catalog = catalogs.get(app.as_str()).cloned().unwrap_or_default();
-    let mut writes = Writes::default();
-    for (customer, cause) in [
-        (
-            from,
-            format!("Store purchase {lineage} moved to another customer who restored it."),
-        ),
-        (
-            to,
-            format!("Store purchase {lineage} restored from another customer."),
-        ),
-    ] {
-        let key = (app.to_string(), customer.to_string());
-        let l = loaded.remove(&key).unwrap_or_default();
-        let mut row = rows.remove(&key).ok_or_else(|| {
-            ServiceError::Internal(crate::db::DbError::Corrupt(format!(
-                "customer {customer} was not locked"
-            )))
-        })?;
-        let after = derive(&l.facts, &catalog, now);
-        let effects = diff(&l.state, &after, &l.balances);
-        let detail = json!({"source": "transfer", "lineage": lineage, "from": from, "to": to});
-        let settlement = Settlement {
-            source: "app_store.transfer",
-            cause: &cause,
-            detail,
-        };
-        writes.settle(
-            (app, customer),
-            &mut row,
-            (&l.state, &after, &effects),
-            settlement,
-            now,
-        )?;
-    }
-    writes.flush(&mut tx, now).await?;
-    crate::db::changes::announce(
-        &mut tx,
-        &[
-            (app.to_string(), from.to_string()),
-            (app.to_string(), to.to_string()),
-        ],
-    )
-    .await?;
-    tx.commit().await?;
-    db.changes().publish(app, from);
-    db.changes().publish(app, to);
-    metrics::counter!("gateway_transfers_total").increment(1);
-    Ok(true)
 }
 
 /// An outbound event body, shaped as Standard Webhooks suggests: `type`, `timestamp`, `data`.
@@ -181,6 +107,7 @@ pub async fn reevaluate(
         manual: Vec::new(),
         request_key: None,
         purchases: Vec::new(),
+        transfer: false,
     };
     apply(db, app, customer, input, now).await
 }

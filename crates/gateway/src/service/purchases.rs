@@ -231,6 +231,7 @@ pub async fn submit(
         manual: Vec::new(),
         request_key: None,
         purchases: all_facts,
+        transfer: false,
     };
     decision::apply(db, &app.id, customer, input, now).await?;
 
@@ -331,30 +332,15 @@ pub async fn restore(
             continue;
         }
         let facts = apple::transaction_facts(t, db::new_id("pur"), &product)?;
-        if let Some(owner) =
-            recorded::purchase_owner(db, &app.id, Store::AppStore, &facts.store_transaction_id)
-                .await?
+        // Under `transfer`, a lineage another customer holds moves in the decision itself, under the
+        // lineage's lock; under `keep` it is left out.
+        if app.settings.transfer_policy == TransferPolicy::Keep
+            && let Some(owner) =
+                recorded::purchase_owner(db, &app.id, Store::AppStore, &facts.store_transaction_id)
+                    .await?
             && owner != customer.as_str()
         {
-            match app.settings.transfer_policy {
-                TransferPolicy::Keep => continue,
-                TransferPolicy::Transfer => {
-                    let from: AppUserId = owner.parse().map_err(|_| {
-                        ServiceError::Internal(db::DbError::Corrupt(format!(
-                            "customer id {owner:?}"
-                        )))
-                    })?;
-                    decision::transfer(
-                        db,
-                        &app.id,
-                        Store::AppStore,
-                        &facts.store_transaction_id,
-                        (&from, customer),
-                        now,
-                    )
-                    .await?;
-                }
-            }
+            continue;
         }
         match all_facts
             .iter_mut()
@@ -378,6 +364,7 @@ pub async fn restore(
             manual: Vec::new(),
             request_key: None,
             purchases: all_facts,
+            transfer: app.settings.transfer_policy == TransferPolicy::Transfer,
         };
         decision::apply(db, &app.id, customer, input, now).await?;
     }

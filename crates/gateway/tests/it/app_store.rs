@@ -1147,6 +1147,87 @@ both!(
 );
 
 both!(
+    transfers_racing_refunds_on_two_instances_leave_no_one_with_access,
+    |app: TestApp| async move {
+        // Two gateways on one database: for each purchase, two other customers restore it (each
+        // restore moves it, under the `transfer` policy) while Apple's refund of it reaches a
+        // gateway. Wherever the purchase ends, it is refunded, and no one keeps the course.
+        let store = Store::open(&app).await;
+        let other = spawn_on(app.backend, app.test_db.clone()).await;
+        let t = t0().millis();
+        let n = 16;
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let id = format!("{}", 81_000 + i);
+            let bought = store.transaction(&id, "edu.acme.cs101", t, json!({}));
+            submit(&app, &format!("t{i}-a"), &bought).await.expect(200);
+            let refunded = store.transaction(
+                &id,
+                "edu.acme.cs101",
+                t,
+                json!({"revocationDate": t + 5_000, "revocationReason": 0}),
+            );
+            let body = store.notify_body(
+                "REFUND",
+                None,
+                &format!("a1000000-0000-4000-8000-0000000000{i:02}"),
+                t + 5_000,
+                Some(refunded),
+            );
+            let (a, b) = (app.addr.clone(), other.addr.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let restore = |base: &str, user: String| {
+                    client
+                        .post(format!("{base}/v1/apps/acme/customers/{user}/restore"))
+                        .bearer_auth(ADMIN_KEY)
+                        .json(&json!({"store": "app_store", "signed_transactions": [bought]}))
+                        .send()
+                };
+                let notify = client
+                    .post(format!("{b}/v1/apps/acme/notifications/app_store"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send();
+                let (r1, n, r2) = tokio::join!(
+                    restore(&a, format!("t{i}-b")),
+                    notify,
+                    restore(&b, format!("t{i}-c"))
+                );
+                for r in [r1, n, r2] {
+                    let r = r.unwrap();
+                    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for i in 0..n {
+            let mut holders = 0;
+            for who in ["a", "b", "c"] {
+                let snap = app
+                    .get(&format!("/v1/apps/acme/customers/t{i}-{who}"))
+                    .await
+                    .expect(200);
+                let status = entitlement_status(&snap, "course-v1:Acme+CS101+2026");
+                assert!(
+                    status.is_empty() || status == "refunded",
+                    "t{i}-{who} keeps the course: {snap}"
+                );
+                for p in snap["purchases"].as_array().unwrap() {
+                    assert_eq!(p["status"], "refunded", "t{i}-{who}: {snap}");
+                    holders += 1;
+                }
+            }
+            assert_eq!(holders, 1, "purchase {i} is held by one customer");
+        }
+        assert_eq!(app.count("orphan_events").await, 0);
+        other.stop().await;
+    }
+);
+
+both!(
     notifications_for_one_customer_in_flight_together_are_all_decided,
     |app: TestApp| async move {
         // Ten purchases of one customer reach the gateway at once by notification alone. Inside a

@@ -41,6 +41,7 @@ fn input(key: &str, p: PurchaseFacts) -> Input {
         manual: vec![],
         request_key: None,
         purchases: vec![p],
+        transfer: false,
     }
 }
 
