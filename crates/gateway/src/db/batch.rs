@@ -452,6 +452,19 @@ pub async fn insert_manual(
         .collect()
 }
 
+/// Adds store actions to the outbox (rows of `id, app_id, customer_id, customer_seq, event_type,
+/// payload, created_at`), each once: an id already there is left as it is.
+pub async fn insert_actions(conn: &mut AnyConnection, rows: &[Vec<Val>]) -> DbResult<()> {
+    many(
+        conn,
+        "INSERT INTO outbox (id, app_id, customer_id, customer_seq, event_type, payload, created_at) VALUES",
+        "ON CONFLICT (id) DO NOTHING",
+        rows,
+    )
+    .await?;
+    Ok(())
+}
+
 /// A manual fact to record, with who made it and the request key that made it.
 #[derive(Debug)]
 pub struct ManualRow<'a> {

@@ -35,33 +35,6 @@ pub async fn insert(
     Ok(id)
 }
 
-/// Adds a store action (an answer or acknowledgement the gateway owes a store), once per `id`: a
-/// repeat of the input that asked for it adds nothing. Actions are not ordered among a customer's
-/// events (sequence 0); `customer` is the purchase's owner, or empty when there is none yet.
-pub async fn insert_action(
-    db: &Db,
-    id: &str,
-    app: &AppId,
-    customer: &str,
-    event_type: &str,
-    payload: &serde_json::Value,
-    now: Timestamp,
-) -> DbResult<()> {
-    sqlx::query(
-        "INSERT INTO outbox (id, app_id, customer_id, customer_seq, event_type, payload, created_at) \
-         VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(app.as_str())
-    .bind(customer)
-    .bind(event_type)
-    .bind(serde_json::to_string(payload)?)
-    .bind(now.millis())
-    .execute(db.writer())
-    .await?;
-    Ok(())
-}
-
 /// An outbox event as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxEvent {

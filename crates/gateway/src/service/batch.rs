@@ -75,7 +75,18 @@ pub struct AppleNotification {
     pub transaction: JwsTransaction,
     /// Facts the notification states beyond its transaction's own fields.
     pub events: Vec<StoreEvent>,
+    /// Store actions the notification asks of the gateway (the answer to a consumption request):
+    /// outbox rows written in the transaction that keeps the notification, so no crash parts them.
+    pub owed: Vec<Owed>,
     pub now: Timestamp,
+}
+
+/// A store action owed by an input, written to the outbox (type `store.*`) once per `id`.
+#[derive(Debug, Clone)]
+pub struct Owed {
+    pub id: String,
+    pub event_type: &'static str,
+    pub payload: serde_json::Value,
 }
 
 pub const APPLE_NOTIFICATION: &str = "app_store.notification";
@@ -401,6 +412,12 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     raw_rows.extend(holds.iter().map(|h| h.1.clone()));
     raw_rows.extend(records.iter().map(|r| r.1.clone()));
     let fresh = batch::insert_inbound(conn, &raw_rows).await?;
+    // Store actions owed by the inputs, with the raw inputs that ask for them; a repeat of an input
+    // adds any its first sight did not owe (an answer the app was set to give since).
+    let owed = owed_actions(works, &owners);
+    if !owed.is_empty() {
+        batch::insert_actions(conn, &owed).await?;
+    }
     for (i, row) in &records {
         let done = if fresh.contains(&row.id) {
             Done::Recorded
@@ -744,6 +761,33 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     }
     writes.flush(conn, now).await?;
     Ok(finish(steps))
+}
+
+/// The outbox rows of the store actions `works` owe, each with the purchase's owner (empty while
+/// there is none).
+fn owed_actions(works: &[Work], owners: &HashMap<LineageKey, batch::Owned>) -> Vec<Vec<Val>> {
+    let mut rows = Vec::new();
+    for w in works {
+        let Work::AppleNotification(n) = w else {
+            continue;
+        };
+        let owner = owners
+            .get(&lineage_key(&n.app, Store::AppStore, &n.lineage()))
+            .map(|o| o.customer.clone())
+            .unwrap_or_default();
+        for o in &n.owed {
+            rows.push(vec![
+                o.id.clone().into(),
+                n.app.to_string().into(),
+                owner.clone().into(),
+                0i64.into(),
+                o.event_type.into(),
+                o.payload.to_string().into(),
+                n.now.millis().into(),
+            ]);
+        }
+    }
+    rows
 }
 
 /// The answer for an input that brought nothing new; `version` is the customer's, when it was read.

@@ -130,6 +130,13 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Pending>) {
                 works.iter().map(|_| Step::Reply(Err(stopped()))).collect()
             }
         };
+        let owes = works
+            .iter()
+            .any(|w| matches!(w, Work::AppleNotification(n) if !n.owed.is_empty()));
+        if owes {
+            // A store action may have been written without any customer changing.
+            db.changes().outbox_signal().notify_one();
+        }
         let mut deferred = Vec::new();
         for ((work, reply), step) in works.into_iter().zip(replies).zip(steps) {
             match step {

@@ -60,9 +60,21 @@ pub async fn receive_apple(
         Some(jws) => Some(verifier.verify_renewal_info(jws, now)?),
         None => None,
     };
-    let consumption = (n.notification_type == "CONSUMPTION_REQUEST")
-        .then(|| transaction.clone())
-        .flatten();
+    // The answer to a consumption request is owed once the notification is kept: an outbox action
+    // in the same transaction, sent by the delivery worker and retried like any delivery.
+    let answers = app
+        .settings
+        .app_store
+        .as_ref()
+        .is_some_and(|c| c.answer_consumption_requests);
+    let owed: Vec<_> = match &transaction {
+        Some(t) if answers && n.notification_type == "CONSUMPTION_REQUEST" => {
+            super::store_actions::consumption_answer(&uuid, t, verifier.environment())
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let work = match transaction {
         Some(t) => {
             let subtype = n
@@ -81,6 +93,7 @@ pub async fn receive_apple(
                 raw,
                 cause,
                 events: notification_events(&n, &t, renewal.as_ref()),
+                owed,
                 transaction: t,
                 now,
             }))
@@ -100,26 +113,6 @@ pub async fn receive_apple(
         Done::Recorded => "recorded",
         Done::Duplicate => "duplicate",
     };
-    if let Some(t) = consumption
-        && app
-            .settings
-            .app_store
-            .as_ref()
-            .is_some_and(|c| c.answer_consumption_requests)
-    {
-        // The answer is owed once the notification is kept: an outbox action, durable before Apple
-        // hears 200, sent by the delivery worker and retried like any delivery. A repeat of the
-        // notification (Apple retrying a lost 200) adds it if the first did not.
-        super::store_actions::owe_consumption_answer(
-            db,
-            app,
-            &uuid,
-            &t,
-            verifier.environment(),
-            now,
-        )
-        .await?;
-    }
     Ok(Received {
         status,
         notification_uuid: uuid,

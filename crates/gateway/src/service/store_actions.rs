@@ -1,6 +1,6 @@
 //! Actions the gateway owes a store: answers and acknowledgements that must follow a committed
-//! decision and must not be lost. Each is an outbox row (`store.*`), written once the input that asks
-//! for it is durable, and performed by the delivery worker through the app's built-in store endpoint:
+//! decision and must not be lost. Each is an outbox row (`store.*`), written in the transaction that keeps the
+//! input asking for it, and performed by the delivery worker through the app's built-in store endpoint:
 //! retried with back-off, dead-lettered, listed under `/v1/apps/{app}/deliveries` and retried by hand
 //! like any delivery.
 //!
@@ -10,15 +10,15 @@
 //! Google Play's acknowledge and consume calls go through the same path.
 
 use gateway_core::{
-    AppUserId, Timestamp,
+    AppUserId,
     apple::{AppleEnvironment, models::JwsTransaction},
     ids::Store,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ServiceResult, webhooks::Sent};
+use super::{ServiceResult, batch::Owed, webhooks::Sent};
 use crate::{
-    db::{Db, customers, outbox},
+    db::{Db, customers},
     model::App,
     stores::apple_api::{AppStoreApi, ConsumptionRequest, DeliveryStatus},
 };
@@ -36,43 +36,25 @@ struct ConsumptionAnswer {
     environment: String,
 }
 
-/// Records that a CONSUMPTION_REQUEST (notification `uuid`) is owed an answer. Once per request.
-pub async fn owe_consumption_answer(
-    db: &Db,
-    app: &App,
-    uuid: &str,
-    t: &JwsTransaction,
-    env: AppleEnvironment,
-    now: Timestamp,
-) -> ServiceResult<()> {
-    let Some(transaction_id) = t.transaction_id.clone() else {
-        return Ok(());
-    };
+/// The answer owed to a CONSUMPTION_REQUEST (notification `uuid`), once per request; `None` for a
+/// notification without a transaction id.
+pub fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment) -> Option<Owed> {
+    let transaction_id = t.transaction_id.clone()?;
     let lineage = t
         .original_transaction_id
         .clone()
         .unwrap_or_else(|| transaction_id.clone());
-    let owner = customers::purchase_owner(db, &app.id, Store::AppStore, &lineage)
-        .await?
-        .unwrap_or_default();
     let answer = ConsumptionAnswer {
         transaction_id,
         original_transaction_id: lineage,
         quantity: t.quantity.unwrap_or(1).max(1),
         environment: env.as_str().into(),
     };
-    let payload = serde_json::to_value(&answer).map_err(crate::db::DbError::from)?;
-    outbox::insert_action(
-        db,
-        &format!("act_apple_consumption_{uuid}"),
-        &app.id,
-        &owner,
-        APP_STORE_CONSUMPTION,
-        &payload,
-        now,
-    )
-    .await?;
-    Ok(())
+    Some(Owed {
+        id: format!("act_apple_consumption_{uuid}"),
+        event_type: APP_STORE_CONSUMPTION,
+        payload: serde_json::to_value(&answer).unwrap_or_default(),
+    })
 }
 
 /// Performs one owed action; `Sent` says how it went, as for a webhook.

@@ -982,6 +982,48 @@ both!(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert_eq!(server.consumption_requests().len(), 2, "sent on the retry");
+
+        // The owed answer is written with the notification or not at all: when it cannot be written,
+        // nothing of the notification is kept and Apple hears a 5xx (and sends it again).
+        let refuse: &[&str] = match app.backend {
+            Backend::Sqlite => &["CREATE TRIGGER refuse_actions BEFORE INSERT ON outbox \
+                 WHEN NEW.event_type LIKE 'store.%' BEGIN SELECT RAISE(ABORT, 'refused'); END"],
+            Backend::Postgres => &[
+                "CREATE FUNCTION refuse_actions() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+                "CREATE TRIGGER refuse_actions BEFORE INSERT ON outbox FOR EACH ROW \
+                 WHEN (NEW.event_type LIKE 'store.%') EXECUTE FUNCTION refuse_actions()",
+            ],
+        };
+        for sql in refuse {
+            sqlx::query(sqlx::AssertSqlSafe(*sql))
+                .execute(app.db.writer())
+                .await
+                .unwrap();
+        }
+        let inbound = app.count("inbound").await;
+        let fourth = notify(&app, request("c0000000-0000-4000-8000-000000000004")).await;
+        assert!(fourth.status.is_server_error(), "{:?}", fourth.body);
+        assert_eq!(
+            app.count("inbound").await,
+            inbound,
+            "the notification is not kept without the answer it owes"
+        );
+        let allow = match app.backend {
+            Backend::Sqlite => "DROP TRIGGER refuse_actions",
+            Backend::Postgres => "DROP TRIGGER refuse_actions ON outbox",
+        };
+        sqlx::query(allow).execute(app.db.writer()).await.unwrap();
+        let retried = notify(&app, request("c0000000-0000-4000-8000-000000000004")).await;
+        assert_eq!(retried.expect(200)["status"], "recorded");
+        assert_eq!(app.count("inbound").await, inbound + 1);
+        for _ in 0..100 {
+            if server.consumption_requests().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(server.consumption_requests().len(), 3);
     }
 );
 
