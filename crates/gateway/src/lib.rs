@@ -156,8 +156,9 @@ where
     ))
 }
 
-/// How often each app's missed store notifications are looked for in the store's history.
-const RECOVERY_TICK: std::time::Duration = std::time::Duration::from_secs(900);
+/// How often the recovery job looks for apps whose history read is due. Each app is read every
+/// `service::recovery::INTERVAL_MS` (or sooner after a back-off ends); the tick only bounds how late.
+const RECOVERY_TICK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often old idempotent answers are forgotten.
 const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_secs(300);

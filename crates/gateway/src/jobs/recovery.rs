@@ -1,18 +1,24 @@
-//! The recovery job: every tick, each app that has App Store Server API credentials reads Apple's
-//! notification history since its cursor and takes what the gateway missed (see
-//! `service::recovery`). Every instance may run it: notifications are deduped, and the cursor only
-//! moves forward.
+//! The recovery job: every tick, each app that has App Store Server API credentials and whose run is
+//! due reads Apple's notification history from where it stopped and takes what the gateway missed
+//! (see `service::recovery`). An app's run is leased in the database, so one instance reads it at a
+//! time; a failing app backs off alone, logged and counted, and the others go on.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use gateway_core::Clock;
 
 use super::Outcome;
 use crate::{
-    db::{Db, apps},
-    service::recovery,
+    db::{self, Db, apps},
+    service::{ServiceError, recovery},
     stores::{apple::Verifiers, apple_api::AppStoreApi},
 };
+
+/// This process's name as a lease holder.
+fn instance() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| db::new_id("inst"))
+}
 
 /// One pass over every app.
 pub async fn step(
@@ -29,23 +35,32 @@ pub async fn step(
         }
     };
     let mut done = 0;
-    let mut failed = false;
+    let mut more = false;
     for app in all.iter().filter(|a| recovery::can_recover(a)) {
-        match recovery::recover_apple_since_cursor(db, (verifiers, api), app, clock.now()).await {
-            Ok(r) => {
-                done += r.recovered;
-                if r.recovered > 0 {
-                    tracing::warn!(app = %app.id, recovered = r.recovered, seen = r.seen, "recovery: missed App Store notifications taken from Apple's history");
+        let pass =
+            recovery::recover_apple_step(db, (verifiers, api), app, instance(), clock.now()).await;
+        match pass {
+            Ok(recovery::Pass::Skipped) => {}
+            Ok(recovery::Pass::Read {
+                recovered,
+                finished,
+            }) => {
+                done += recovered.recovered;
+                more |= !finished;
+                if recovered.recovered > 0 {
+                    tracing::warn!(app = %app.id, recovered = recovered.recovered, seen = recovered.seen, "recovery: missed App Store notifications taken from Apple's history");
                 }
             }
             Err(e) => {
-                failed = true;
-                tracing::error!(app = %app.id, error = %e, "recovery: App Store notification history could not be read");
+                metrics::counter!("gateway_recovery_failures_total", "store" => "app_store", "app" => app.id.to_string())
+                    .increment(1);
+                let internal = matches!(e, ServiceError::Internal(_));
+                tracing::error!(app = %app.id, error = %e, internal, "recovery: App Store notification history could not be read; this app backs off");
             }
         }
     }
-    if failed {
-        Outcome::Failed
+    if more {
+        Outcome::Full(done)
     } else {
         Outcome::Partial(done)
     }

@@ -1126,6 +1126,135 @@ both!(
 );
 
 both!(
+    a_long_history_is_read_page_by_page_resumed_after_a_failure_and_leased,
+    |app: TestApp| async move {
+        use gateway::{
+            db::cursors,
+            jobs::{Outcome, recovery::step},
+            service::recovery::APPLE_CURSOR,
+        };
+        use store_sim::apple::Notification;
+        let api = WithApi::open(&app).await;
+        let (chain, server) = (api.chain.clone(), api.server.clone());
+        // A second app whose API key Apple refuses: it fails alone.
+        app.create_app("beta").await;
+        let mut beta = api.settings(json!({}));
+        beta["app_store"]["key_id"] = json!("WRONGKEY01");
+        app.patch("/v1/apps/beta", beta).await.expect(200);
+
+        // 5,000 notifications in one window: purchases the gateway has not seen (kept until their
+        // customers submit them).
+        let n = 5_000;
+        let t = t0().millis() - 3_600_000;
+        for i in 0..n {
+            let id = format!("{}", 700_000 + i);
+            let tx = json!({"transactionId": id, "originalTransactionId": id, "bundleId": "edu.acme.app",
+                "productId": "edu.acme.cs101", "purchaseDate": t, "signedDate": t, "environment": "Sandbox",
+                "type": "Non-Consumable", "inAppOwnershipType": "PURCHASED", "quantity": 1});
+            let body = chain
+                .notification(&Notification {
+                    notification_type: "ONE_TIME_CHARGE",
+                    uuid: &format!("e1000000-0000-4000-8000-{i:012}"),
+                    signed_date: t + i as i64,
+                    bundle_id: "edu.acme.app",
+                    environment: "Sandbox",
+                    signed_transaction: Some(chain.sign(&tx).unwrap()),
+                    ..Default::default()
+                })
+                .unwrap();
+            let payload: Value = serde_json::from_str(&body).unwrap();
+            server
+                .record_notification(payload["signedPayload"].as_str().unwrap())
+                .unwrap();
+        }
+        let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
+        let verifiers = gateway::stores::apple::Verifiers::default();
+        let client = gateway::stores::apple_api::AppStoreApi::new(reqwest::Client::new());
+        let acme: gateway_core::AppId = "acme".parse().unwrap();
+        let inbound = app.count("inbound").await;
+
+        // Apple fails once a hundred pages were read: the pages taken stay taken, and the run keeps
+        // its place.
+        let calls = server.calls();
+        let breaker = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                while server.calls() < calls + 100 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                server.fail_next(vec![(401, None)]);
+            })
+        };
+        assert_eq!(
+            step(&app.db, &clock, &verifiers, &client).await,
+            Outcome::Partial(0)
+        );
+        breaker.await.unwrap();
+        let taken = app.count("inbound").await - inbound;
+        assert!(
+            (100 * 20..=102 * 20).contains(&taken),
+            "the pages read before the failure were kept: {taken}"
+        );
+        assert_eq!(
+            cursors::get(&app.db, &acme, APPLE_CURSOR).await.unwrap(),
+            None,
+            "the cursor moves when the window is done"
+        );
+        let first_calls = server.calls() - calls;
+
+        // Backing off: the next tick leaves the app alone; once the back-off is over, the run goes
+        // on from the page it stopped at.
+        let before = server.calls();
+        assert_eq!(
+            step(&app.db, &clock, &verifiers, &client).await,
+            Outcome::Partial(0)
+        );
+        assert_eq!(
+            server.calls(),
+            before,
+            "both apps back off: neither is asked"
+        );
+        app.clock.advance_millis(5 * 60_000);
+        let resumed = server.calls();
+        let outcome = step(&app.db, &clock, &verifiers, &client).await;
+        assert_eq!(outcome, Outcome::Partial(n as usize - taken as usize));
+        assert_eq!(app.count("inbound").await - inbound, n);
+        assert!(
+            first_calls + (server.calls() - resumed) <= 250 + 4,
+            "no page was read twice but the one that failed"
+        );
+        assert_eq!(app.count("orphan_events").await, n);
+        assert_eq!(
+            cursors::get(&app.db, &acme, APPLE_CURSOR).await.unwrap(),
+            Some(t0()),
+            "the cursor is at the end of the window the run began with"
+        );
+
+        // Not due again before the interval; and while another instance holds the run, this one
+        // leaves it alone.
+        let before = server.calls();
+        step(&app.db, &clock, &verifiers, &client).await;
+        assert!(server.calls() <= before + 1, "acme was not read again");
+        app.clock
+            .advance_millis(gateway::service::recovery::INTERVAL_MS);
+        let now = gateway_core::Clock::now(&app.clock);
+        let held = cursors::claim_run(
+            &app.db,
+            (&acme, APPLE_CURSOR),
+            "another-instance",
+            now,
+            now.plus_millis(60_000),
+        )
+        .await
+        .unwrap();
+        assert!(held.is_some());
+        let before = server.calls();
+        step(&app.db, &clock, &verifiers, &client).await;
+        assert!(server.calls() <= before + 1, "acme is leased elsewhere");
+    }
+);
+
+both!(
     a_refund_racing_its_purchase_on_another_instance_still_wins,
     |app: TestApp| async move {
         // Two gateways on one database: the app submits each purchase to one while Apple's refund
