@@ -2,7 +2,7 @@
 //! fields are ignored and unknown enum values are kept as strings, so a new Apple field or value never
 //! breaks decoding. Times are unix milliseconds; Xcode writes them as fractions, which are truncated.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Unix milliseconds that Apple may write as a fraction (`1697679936049.7297`) or a negative number.
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -10,8 +10,9 @@ fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     Ok(v.and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f.trunc() as i64))))
 }
 
-/// A decoded `signedTransactionInfo` (JWSTransactionDecodedPayload).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A decoded `signedTransactionInfo` (JWSTransactionDecodedPayload). It serializes in Apple's names,
+/// so what was verified can be kept and read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JwsTransaction {
     pub transaction_id: Option<String>,

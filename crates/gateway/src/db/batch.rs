@@ -465,6 +465,58 @@ pub async fn insert_actions(conn: &mut AnyConnection, rows: &[Vec<Val>]) -> DbRe
     Ok(())
 }
 
+/// A verified input held until its SKU is mapped.
+#[derive(Debug)]
+pub struct UnmappedRow {
+    pub app: String,
+    pub inbound_id: String,
+    pub store: &'static str,
+    pub sku: String,
+    pub body: String,
+    pub at: Timestamp,
+}
+
+/// Holds inputs for SKUs the catalog does not map yet.
+pub async fn insert_unmapped(conn: &mut AnyConnection, rows: &[UnmappedRow]) -> DbResult<()> {
+    let vals: Vec<Vec<Val>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.app.clone().into(),
+                r.inbound_id.clone().into(),
+                r.store.into(),
+                r.sku.clone().into(),
+                r.body.clone().into(),
+                r.at.millis().into(),
+            ]
+        })
+        .collect();
+    many(
+        conn,
+        "INSERT INTO unmapped_inputs (app_id, inbound_id, store, sku, body, held_at) VALUES",
+        "ON CONFLICT (app_id, inbound_id) DO NOTHING",
+        &vals,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets held inputs (`(app, inbound_id)`) that were decided.
+pub async fn delete_unmapped(conn: &mut AnyConnection, ids: &[(String, String)]) -> DbResult<()> {
+    let vals: Vec<Vec<Val>> = ids
+        .iter()
+        .map(|(a, i)| vec![a.clone().into(), i.clone().into()])
+        .collect();
+    many(
+        conn,
+        "DELETE FROM unmapped_inputs WHERE (app_id, inbound_id) IN (VALUES {values})",
+        "",
+        &vals,
+    )
+    .await?;
+    Ok(())
+}
+
 /// A manual fact to record, with who made it and the request key that made it.
 #[derive(Debug)]
 pub struct ManualRow<'a> {

@@ -22,6 +22,7 @@ pub mod orders;
 pub mod outbox;
 pub mod products;
 pub mod signing_keys;
+pub mod unmapped;
 
 use std::{path::Path, str::FromStr, time::Duration};
 

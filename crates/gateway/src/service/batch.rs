@@ -23,6 +23,7 @@ use gateway_core::{
     ids::Store,
     ledger::legs,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::AnyConnection;
 
@@ -78,7 +79,47 @@ pub struct AppleNotification {
     /// Store actions the notification asks of the gateway (the answer to a consumption request):
     /// outbox rows written in the transaction that keeps the notification, so no crash parts them.
     pub owed: Vec<Owed>,
+    /// Set when this is a notification held for an unmapped SKU, decided again: the inbound row that
+    /// keeps it (no new one is written).
+    pub held_as: Option<String>,
     pub now: Timestamp,
+}
+
+/// What is kept of a verified App Store notification held for a SKU the catalog did not map: enough
+/// to decide it once the SKU is mapped, without verifying it again (its raw body stays in `inbound`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldApple {
+    pub uuid: String,
+    pub cause: String,
+    pub transaction: JwsTransaction,
+    pub events: Vec<StoreEvent>,
+}
+
+impl AppleNotification {
+    /// The notification as held for an unmapped SKU.
+    fn held(&self) -> HeldApple {
+        HeldApple {
+            uuid: self.uuid.clone(),
+            cause: self.cause.clone(),
+            transaction: self.transaction.clone(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// A held notification, to decide again now that its SKU is mapped.
+    pub fn from_held(app: AppId, inbound_id: String, held: HeldApple, now: Timestamp) -> Self {
+        AppleNotification {
+            app,
+            uuid: held.uuid,
+            raw: String::new(),
+            cause: held.cause,
+            transaction: held.transaction,
+            events: held.events,
+            owed: Vec::new(),
+            held_as: Some(inbound_id),
+            now,
+        }
+    }
 }
 
 /// A store action owed by an input, written to the outbox (type `store.*`) once per `id`.
@@ -181,6 +222,8 @@ struct Plan {
     new_facts: Vec<serde_json::Value>,
     /// Lineages this decision takes from the customers who hold them.
     moves: Vec<Move>,
+    /// The inbound row of a held input decided again (none is written for it).
+    held_as: Option<String>,
 }
 
 /// A lineage a decision takes from the customer who holds it (a restore under the `transfer`
@@ -272,6 +315,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let mut plans: Vec<Plan> = Vec::new();
     let mut holds: Vec<(usize, InboundRow, PurchaseFacts)> = Vec::new();
     let mut records: Vec<(usize, InboundRow)> = Vec::new();
+    let mut unmapped: Vec<(usize, InboundRow, &AppleNotification)> = Vec::new();
     let mut claimed: HashSet<CustomerKey> = HashSet::new();
     for (i, w) in works.iter().enumerate() {
         let keep_raw = matches!(w, Work::AppleNotification(_));
@@ -288,12 +332,23 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 continue;
             }
             Work::AppleNotification(n) => {
-                let raw_row =
-                    || InboundRow::new(&n.app, (APPLE_NOTIFICATION, &n.uuid), None, &n.raw, n.now);
+                let raw_row = || {
+                    let mut row =
+                        InboundRow::new(&n.app, (APPLE_NOTIFICATION, &n.uuid), None, &n.raw, n.now);
+                    if let Some(id) = &n.held_as {
+                        row.id = id.clone();
+                    }
+                    row
+                };
                 let sku = n.transaction.product_id.clone().unwrap_or_default();
                 let Some(product) = products.get(&(n.app.to_string(), sku.clone())) else {
-                    tracing::warn!(app = %n.app, sku = %sku, notification = %n.uuid, "notification for a product the catalog does not know; kept");
-                    records.push((i, raw_row()));
+                    if n.held_as.is_some() {
+                        // Decided again, but its SKU is unmapped again: it stays held.
+                        steps[i] = Some(Step::Reply(Ok(Done::Held)));
+                        continue;
+                    }
+                    tracing::warn!(app = %n.app, sku = %sku, notification = %n.uuid, "notification for a product the catalog does not know; held until it does");
+                    unmapped.push((i, raw_row(), n));
                     continue;
                 };
                 let mut facts =
@@ -393,25 +448,79 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             purchase_ids: Vec::new(),
             new_facts: Vec::new(),
             moves,
+            held_as: match w {
+                Work::AppleNotification(n) => n.held_as.clone(),
+                _ => None,
+            },
         });
     }
 
     // 2. Keep every raw input; a replay is not inserted.
     let mut raw_rows: Vec<InboundRow> = Vec::new();
     for p in &mut plans {
-        let row = InboundRow::new(
+        let mut row = InboundRow::new(
             &p.app,
             (p.input.source, &p.input.dedupe_key),
             Some(p.customer.to_string()),
             &p.input.raw,
             p.now,
         );
+        if let Some(id) = &p.held_as {
+            row.id = id.clone();
+        }
         p.inbound_id = row.id.clone();
         raw_rows.push(row);
     }
     raw_rows.extend(holds.iter().map(|h| h.1.clone()));
     raw_rows.extend(records.iter().map(|r| r.1.clone()));
-    let fresh = batch::insert_inbound(conn, &raw_rows).await?;
+    raw_rows.extend(unmapped.iter().map(|u| u.1.clone()));
+    // A held input decided again keeps its inbound row: it counts as new, and is no longer held.
+    let rerun: Vec<(String, String)> = works
+        .iter()
+        .filter_map(|w| match w {
+            Work::AppleNotification(n) => n.held_as.clone().map(|id| (n.app.to_string(), id)),
+            _ => None,
+        })
+        .collect();
+    raw_rows.retain(|r| !rerun.iter().any(|(a, id)| *a == r.app && *id == r.id));
+    let mut fresh = batch::insert_inbound(conn, &raw_rows).await?;
+    if !rerun.is_empty() {
+        // Those this batch goes on to decide (not deferred, refused or still unmapped).
+        let decided: Vec<(String, String)> = works
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| steps[*i].is_none())
+            .filter_map(|(_, w)| match w {
+                Work::AppleNotification(n) => n.held_as.clone().map(|id| (n.app.to_string(), id)),
+                _ => None,
+            })
+            .collect();
+        if !decided.is_empty() {
+            batch::delete_unmapped(conn, &decided).await?;
+        }
+        fresh.extend(rerun.into_iter().map(|(_, id)| id));
+    }
+    let mut held = Vec::new();
+    for (i, row, n) in &unmapped {
+        if fresh.contains(&row.id) {
+            held.push(batch::UnmappedRow {
+                app: row.app.clone(),
+                inbound_id: row.id.clone(),
+                store: Store::AppStore.as_str(),
+                sku: n.transaction.product_id.clone().unwrap_or_default(),
+                body: serde_json::to_string(&n.held()).map_err(db::DbError::from)?,
+                at: n.now,
+            });
+            steps[*i] = Some(Step::Reply(Ok(Done::Held)));
+        } else {
+            steps[*i] = Some(Step::Reply(Ok(Done::Duplicate)));
+        }
+    }
+    if !held.is_empty() {
+        metrics::counter!("gateway_inputs_held_unmapped_total", "store" => "app_store")
+            .increment(held.len() as u64);
+        batch::insert_unmapped(conn, &held).await?;
+    }
     // Store actions owed by the inputs, with the raw inputs that ask for them; a repeat of an input
     // adds any its first sight did not owe (an answer the app was set to give since).
     let owed = owed_actions(works, &owners);

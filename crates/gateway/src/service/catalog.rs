@@ -85,6 +85,7 @@ pub async fn put(
         .await
         .map_err(sku_error)?;
     tx.commit().await?;
+    decide_held(db, app, now).await;
     Ok((product, is_new))
 }
 
@@ -386,7 +387,16 @@ pub async fn import_csv(
         return Err(rows_error(errors));
     }
     tx.commit().await?;
+    decide_held(db, app, now).await;
     Ok(rows.len())
+}
+
+/// After a catalog change: decides the store inputs held for SKUs it may have mapped. The change
+/// stands whatever happens here; what fails is left for the housekeeping job.
+async fn decide_held(db: &Db, app: &AppId, now: Timestamp) {
+    if let Err(e) = super::notifications::rerun_unmapped(db, Some(app), now).await {
+        tracing::warn!(app = %app, error = %e, "inputs held for an unmapped SKU were not decided yet; housekeeping will");
+    }
 }
 
 /// The whole catalog as CSV, in [`CSV_COLUMNS`] order; importing it again changes nothing.

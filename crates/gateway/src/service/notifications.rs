@@ -2,19 +2,24 @@
 //! `notificationUUID`, turned into facts about the purchase lineage, and decided in one transaction
 //! with the raw body. A notification about a lineage no customer holds yet is kept as orphan facts,
 //! which join the lineage when the app submits the purchase, so nothing acknowledged is lost and a
-//! refund that arrives before its purchase still wins.
+//! refund that arrives before its purchase still wins. A notification about a SKU the catalog does not
+//! map is held too, and decided when the catalog maps it ([`rerun_unmapped`]).
 
 use gateway_core::{
-    EventKind, StoreEvent, Timestamp,
+    AppId, EventKind, StoreEvent, Timestamp,
     apple::models::{JwsRenewalInfo, JwsTransaction, NotificationPayload},
 };
 use serde::{Deserialize, Serialize};
 
 use super::{
     ServiceError, ServiceResult,
-    batch::{APPLE_NOTIFICATION, AppleNotification, Done, Recorded, Work},
+    batch::{APPLE_NOTIFICATION, AppleNotification, Done, HeldApple, Recorded, Work},
 };
-use crate::{db::Db, model::App, stores::apple::Verifiers};
+use crate::{
+    db::{Db, unmapped},
+    model::App,
+    stores::apple::Verifiers,
+};
 
 /// Apple's envelope.
 #[derive(Debug, Deserialize)]
@@ -94,6 +99,7 @@ pub async fn receive_apple(
                 cause,
                 events: notification_events(&n, &t, renewal.as_ref()),
                 owed,
+                held_as: None,
                 transaction: t,
                 now,
             }))
@@ -169,5 +175,48 @@ fn notification_events(
             )]
         }
         _ => Vec::new(),
+    }
+}
+
+/// Held inputs decided again per round.
+const RERUN_BATCH: i64 = 256;
+
+/// Decides the inputs held for a SKU the catalog now maps (of `app`, or of every app), as many as
+/// there are: the catalog change that maps a SKU calls it, and the housekeeping job does for any a
+/// stop left behind. Returns how many were decided.
+pub async fn rerun_unmapped(db: &Db, app: Option<&AppId>, now: Timestamp) -> ServiceResult<usize> {
+    let mut total = 0;
+    loop {
+        let held = unmapped::mapped(db, app.map(AppId::as_str), RERUN_BATCH).await?;
+        let taken = held.len();
+        let mut works = Vec::with_capacity(taken);
+        for h in held {
+            let body: HeldApple =
+                serde_json::from_str(&h.body).map_err(crate::db::DbError::from)?;
+            let app: AppId = h.app.parse().map_err(|_| {
+                crate::db::DbError::Corrupt(format!("app id {:?} of a held input", h.app))
+            })?;
+            works.push(Work::AppleNotification(Box::new(
+                AppleNotification::from_held(app, h.inbound_id, body, now),
+            )));
+        }
+        // Submitted together, they share the committer's batches.
+        let done =
+            futures_util::future::join_all(works.into_iter().map(|w| db.committer().submit(w)))
+                .await;
+        let mut decided = 0;
+        for d in done {
+            if !matches!(d?, Done::Held) {
+                decided += 1;
+            }
+        }
+        total += decided;
+        if decided > 0 {
+            tracing::info!(decided, "inputs held for an unmapped SKU were decided");
+        }
+        // Stop on a short round, or when a round decided nothing (each would be taken again).
+        if taken < RERUN_BATCH as usize || decided == 0 {
+            return Ok(total);
+        }
     }
 }

@@ -1155,7 +1155,7 @@ both!(
                 .notification(&Notification {
                     notification_type: "ONE_TIME_CHARGE",
                     uuid: &format!("e1000000-0000-4000-8000-{i:012}"),
-                    signed_date: t + i as i64,
+                    signed_date: t + i,
                     bundle_id: "edu.acme.app",
                     environment: "Sandbox",
                     signed_transaction: Some(chain.sign(&tx).unwrap()),
@@ -1251,6 +1251,93 @@ both!(
         let before = server.calls();
         step(&app.db, &clock, &verifiers, &client).await;
         assert!(server.calls() <= before + 1, "acme is leased elsewhere");
+    }
+);
+
+both!(
+    a_notification_for_an_unmapped_sku_is_decided_once_the_catalog_maps_it,
+    |app: TestApp| async move {
+        // Apple refunds a purchase of a SKU the operator has not put in the catalog yet; when the
+        // operator maps it, the refund is decided: the customer who submits the purchase later does
+        // not get the course, and the customer who held it loses it.
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let refund_of = |id: &str, sku: &str, uuid: &str| {
+            let refunded = store.transaction(
+                id,
+                sku,
+                t,
+                json!({"revocationDate": t + 5_000, "revocationReason": 0}),
+            );
+            store.notify_body("REFUND", None, uuid, t + 5_000, Some(refunded))
+        };
+        let late = refund_of(
+            "92000",
+            "edu.acme.late",
+            "b2000000-0000-4000-8000-000000000001",
+        );
+        let answer = notify(&app, late.clone()).await.expect(200);
+        assert_eq!(answer["status"], "held");
+        assert_eq!(app.count("unmapped_inputs").await, 1);
+        assert_eq!(
+            notify(&app, late).await.expect(200)["status"],
+            "duplicate",
+            "Apple's retry changes nothing"
+        );
+        let metrics = app.request(Method::GET, "/metrics", None, None, &[]).await;
+        assert!(
+            metrics
+                .body
+                .as_str()
+                .unwrap()
+                .contains("gateway_inputs_held_unmapped_total"),
+            "held inputs are counted"
+        );
+
+        // A customer holds cs101; the operator moves its SKU to another product id, and Apple's
+        // refund comes meanwhile.
+        let bought = store.transaction("92001", "edu.acme.cs101", t, json!({}));
+        submit(&app, "holder", &bought).await.expect(200);
+        let cs101 = json!({"kind": "non_consumable", "store_skus": {},
+            "entitlements": [{"id": "course-v1:Acme+CS101+2026"}]});
+        app.put("/v1/apps/acme/products/cs101", cs101)
+            .await
+            .expect(200);
+        let refund = refund_of(
+            "92001",
+            "edu.acme.cs101",
+            "b2000000-0000-4000-8000-000000000002",
+        );
+        assert_eq!(notify(&app, refund).await.expect(200)["status"], "held");
+        assert_eq!(app.count("unmapped_inputs").await, 2);
+
+        // The operator maps both SKUs: the catalog change decides what was held.
+        app.put(
+            "/v1/apps/acme/products/late",
+            json!({"kind": "non_consumable",
+            "store_skus": {"app_store": "edu.acme.late"}, "entitlements": [{"id": "late-course"}]}),
+        )
+        .await
+        .expect(201);
+        app.put(
+            "/v1/apps/acme/products/cs101",
+            json!({"kind": "non_consumable",
+            "store_skus": {"app_store": "edu.acme.cs101"},
+            "entitlements": [{"id": "course-v1:Acme+CS101+2026"}]}),
+        )
+        .await
+        .expect(200);
+        assert_eq!(app.count("unmapped_inputs").await, 0);
+        let holder = app.get("/v1/apps/acme/customers/holder").await.expect(200);
+        assert_eq!(
+            entitlement_status(&holder, "course-v1:Acme+CS101+2026"),
+            "refunded",
+            "{holder}"
+        );
+        let bought = store.transaction("92000", "edu.acme.late", t, json!({}));
+        let answer = submit(&app, "latecomer", &bought).await.expect(200);
+        assert_eq!(answer["status"], "rejected", "{answer}");
+        assert_eq!(answer["purchase"]["status"], "refunded");
     }
 );
 
