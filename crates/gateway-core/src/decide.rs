@@ -12,7 +12,7 @@ use crate::{
     facts::{ManualAction, ManualFact},
     ids::{Currency, EntitlementId, ProductId, Store},
     ledger::LedgerSource,
-    purchase::{PurchaseFacts, PurchaseStatus, fold_with_terms},
+    purchase::{PurchaseFacts, PurchaseStatus, fold_from},
     time::Timestamp,
 };
 
@@ -309,7 +309,13 @@ pub fn derive(facts: &CustomerFacts, catalog: &Catalog, now: Timestamp) -> Custo
     for p in &facts.purchases {
         let product = catalog.get(&p.product_id);
         let terms = p.terms.clone().or_else(|| product.map(Product::terms));
-        let s = fold_with_terms(&p.events, product.map(|p| p.kind), terms.as_ref(), now);
+        let s = fold_from(
+            p.settled.as_ref(),
+            &p.events,
+            product.map(|p| p.kind),
+            terms.as_ref(),
+            now,
+        );
         state.purchases.insert(
             p.id.clone(),
             PurchaseView {

@@ -27,5 +27,5 @@ pub use catalog::{ConsumableSpec, EntitlementSpec, Product, ProductKind, StoreSk
 pub use decide::{CustomerFacts, CustomerState, Effect, EntitlementStatus, EntitlementView};
 pub use facts::{EventKind, ManualAction, ManualFact, StoreEvent};
 pub use ids::{AppId, AppUserId, Currency, EntitlementId, IdError, ProductId, Store};
-pub use purchase::{PurchaseFacts, PurchaseState, PurchaseStatus};
+pub use purchase::{PurchaseFacts, PurchaseState, PurchaseStatus, Settled};
 pub use time::{Clock, FixedClock, SystemClock, Timestamp};

@@ -62,7 +62,90 @@ pub struct PurchaseFacts {
     /// What it was sold with, fixed at first record; `None` means "the catalog's current terms".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terms: Option<Terms>,
+    /// What every fact of the lineage leaves to the fold, when the caller keeps it: `events` then
+    /// needs to hold only the facts from `settled.renewed` on (more do no harm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<Settled>,
     pub events: Vec<StoreEvent>,
+}
+
+/// A fact's place in the fold: the store's time, then a fixed rank of its kind, then its dedupe key.
+pub type OrderKey = (Timestamp, u8, String);
+
+/// What the facts of a purchase leave to its fold whatever else is known: the aggregates no later
+/// fact resets (the first purchase, the latest paid period, the furthest expiry, the quantity and the
+/// auto-renew setting of the last facts that state them) and the order key of the latest renewal.
+/// A renewal resets all the rest (grace period, billing retry, expiry, refund, revocation), so the
+/// fold from this summary over the facts since that renewal equals the fold over every fact: a
+/// decision reads a bounded number of facts however many times a subscription renewed.
+///
+/// Absorbing facts is order-free and idempotent (minimums, maximums, the value of the fact with the
+/// greatest order key), so a summary kept across decisions stays exact when facts arrive late.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    pub bought: bool,
+    pub pending: bool,
+    pub purchased_at: Option<Timestamp>,
+    pub paid_since: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub quantity: Option<(OrderKey, u32)>,
+    pub auto_renew: Option<(OrderKey, bool)>,
+    /// The latest renewal: every fact ordered after it must be folded in full.
+    pub renewed: Option<OrderKey>,
+}
+
+impl Settled {
+    /// Adds one fact.
+    pub fn absorb(&mut self, e: &StoreEvent) {
+        let at = e.occurred_at;
+        let key = || {
+            let (t, rank, k) = e.order_key();
+            (t, rank, k.to_owned())
+        };
+        let later =
+            |held: Option<&OrderKey>| held.is_none_or(|k| (k.0, k.1, k.2.as_str()) < e.order_key());
+        match &e.kind {
+            EventKind::Pending => self.pending = true,
+            EventKind::Purchased {
+                expires_at,
+                quantity,
+            } => {
+                self.paid(at, *expires_at);
+                if later(self.quantity.as_ref().map(|(k, _)| k)) {
+                    self.quantity = Some((key(), (*quantity).clamp(1, MAX_QUANTITY)));
+                }
+            }
+            EventKind::Renewed { expires_at } => {
+                self.paid(at, Some(*expires_at));
+                if later(self.renewed.as_ref()) {
+                    self.renewed = Some(key());
+                }
+            }
+            EventKind::AutoRenewChanged { enabled } => {
+                if later(self.auto_renew.as_ref().map(|(k, _)| k)) {
+                    self.auto_renew = Some((key(), *enabled));
+                }
+            }
+            EventKind::BillingRetry
+            | EventKind::GracePeriod { .. }
+            | EventKind::Expired
+            | EventKind::Refunded
+            | EventKind::RefundReversed
+            | EventKind::Revoked => {}
+        }
+    }
+
+    fn paid(&mut self, at: Timestamp, expires_at: Option<Timestamp>) {
+        self.bought = true;
+        self.purchased_at = Some(self.purchased_at.map_or(at, |p| p.min(at)));
+        self.paid_since = Some(self.paid_since.map_or(at, |p| p.max(at)));
+        self.expires_at = max_opt(self.expires_at, expires_at);
+    }
+
+    /// The store time from which facts must be read to fold from this summary: its latest renewal's.
+    pub fn read_from(&self) -> Option<Timestamp> {
+        self.renewed.as_ref().map(|k| k.0)
+    }
 }
 
 /// What the fold of a purchase's facts yields at an instant.
@@ -178,24 +261,116 @@ pub fn fold_with_terms(
         }
     }
 
+    let flags = Flags {
+        bought,
+        pending,
+        expired,
+        refunded,
+        revoked,
+    };
+    settle_status(&mut state, flags, kind, terms, now);
+    state
+}
+
+/// [`fold_with_terms`] from a summary of the facts (see [`Settled`]), as decisions fold: `events`
+/// must hold at least every fact ordered from the summary's latest renewal on. The aggregates come
+/// from the summary with `events` absorbed; the troubles of the current paid period from the facts
+/// since its renewal, in order. `fold_with_terms` stays the plain fold it is checked against.
+pub fn fold_from(
+    settled: Option<&Settled>,
+    events: &[StoreEvent],
+    kind: Option<ProductKind>,
+    terms: Option<&Terms>,
+    now: Timestamp,
+) -> PurchaseState {
+    let mut sum = settled.cloned().unwrap_or_default();
+    let mut refunded = false;
+    let mut revoked = false;
+    let mut expired = false;
+    let mut grace_until = None;
+    let mut billing_retry = false;
+    for e in ordered(events) {
+        sum.absorb(e);
+        match &e.kind {
+            EventKind::Renewed { .. } => {
+                grace_until = None;
+                billing_retry = false;
+                expired = false;
+                refunded = false;
+                revoked = false;
+            }
+            EventKind::BillingRetry => billing_retry = true,
+            EventKind::GracePeriod { until } => {
+                grace_until = max_opt(grace_until, Some(*until));
+                billing_retry = true;
+            }
+            EventKind::Expired => {
+                expired = true;
+                billing_retry = false;
+            }
+            EventKind::Refunded => refunded = true,
+            EventKind::RefundReversed => refunded = false,
+            EventKind::Revoked => revoked = true,
+            EventKind::Pending
+            | EventKind::Purchased { .. }
+            | EventKind::AutoRenewChanged { .. } => {}
+        }
+    }
+    let mut state = PurchaseState {
+        status: PurchaseStatus::Pending,
+        purchased_at: sum.purchased_at,
+        paid_since: sum.paid_since,
+        expires_at: sum.expires_at,
+        auto_renew: sum.auto_renew.map(|(_, v)| v),
+        grace_until,
+        billing_retry,
+        quantity: sum.quantity.map_or(1, |(_, q)| q),
+    };
+    let flags = Flags {
+        bought: sum.bought,
+        pending: sum.pending,
+        expired,
+        refunded,
+        revoked,
+    };
+    settle_status(&mut state, flags, kind, terms, now);
+    state
+}
+
+/// The flags of a fold that pick its status.
+struct Flags {
+    bought: bool,
+    pending: bool,
+    expired: bool,
+    refunded: bool,
+    revoked: bool,
+}
+
+/// The expiry the terms give and the status at `now`, once the facts are folded.
+fn settle_status(
+    state: &mut PurchaseState,
+    f: Flags,
+    kind: Option<ProductKind>,
+    terms: Option<&Terms>,
+    now: Timestamp,
+) {
     if let (Some(terms), Some(purchased_at)) = (terms, state.purchased_at)
         && kind != Some(ProductKind::Subscription)
         && state.expires_at.is_none()
     {
         state.expires_at = terms.expiry(purchased_at);
     }
-
-    state.status = if revoked {
+    state.status = if f.revoked {
         PurchaseStatus::Revoked
-    } else if refunded {
+    } else if f.refunded {
         PurchaseStatus::Refunded
-    } else if !bought {
-        if pending || !expired {
+    } else if !f.bought {
+        if f.pending || !f.expired {
             PurchaseStatus::Pending
         } else {
             PurchaseStatus::Expired
         }
-    } else if expired {
+    } else if f.expired {
         PurchaseStatus::Expired
     } else {
         match state.expires_at {
@@ -205,7 +380,6 @@ pub fn fold_with_terms(
             _ => PurchaseStatus::Active,
         }
     };
-    state
 }
 
 fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {

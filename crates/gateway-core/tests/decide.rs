@@ -146,6 +146,7 @@ impl Customer {
                 store_transaction_id: format!("tx-{purchase}"),
                 environment: Some("Production".to_owned()),
                 terms: None,
+                settled: None,
                 events: vec![event],
             }),
         }
@@ -1270,6 +1271,7 @@ fn an_entitlement_the_catalog_no_longer_grants_is_revoked_once() {
             store_transaction_id: "t1".into(),
             environment: None,
             terms: None,
+            settled: None,
             events: vec![gateway_core::StoreEvent {
                 dedupe_key: "k".into(),
                 occurred_at: gateway_core::Timestamp::from_millis(10),
@@ -1327,6 +1329,7 @@ fn a_purchase_keeps_the_terms_it_was_sold_with() {
             store_transaction_id: "t1".into(),
             environment: None,
             terms: Some(sold_with),
+            settled: None,
             events: vec![gateway_core::StoreEvent {
                 dedupe_key: "k".into(),
                 occurred_at: gateway_core::Timestamp::from_millis(10),

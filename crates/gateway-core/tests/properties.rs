@@ -294,6 +294,7 @@ fn push(facts: &mut CustomerFacts, scenario: &Scenario, fact: &Fact) {
                         store_transaction_id: format!("store-{id}"),
                         environment: None,
                         terms: None,
+                        settled: None,
                         events: vec![event.clone()],
                     });
                 }
@@ -823,4 +824,61 @@ fn a_hand_written_customer_converges_in_every_rotation() {
         )],
         0
     );
+}
+
+/// One purchase's facts, split into those a summary was kept of (in any number of steps, as decisions
+/// keep it) and those that come after, some of them older than the summary's latest renewal.
+fn summarized() -> impl Strategy<Value = (Vec<StoreEvent>, Vec<usize>, usize, Timestamp)> {
+    (
+        vec((slot(), event_kind()), 1..14),
+        0usize..14,
+        (0i64..14).prop_map(slot_time),
+    )
+        .prop_flat_map(|(events, kept, now)| {
+            let events: Vec<StoreEvent> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, (occurred_at, kind))| StoreEvent {
+                    dedupe_key: format!("e{i}"),
+                    occurred_at,
+                    kind,
+                })
+                .collect();
+            let n = events.len();
+            (Just(events), arrival(n), Just(kept.min(n)), Just(now))
+        })
+}
+
+proptest! {
+    #![proptest_config(Config {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..Config::default()
+    })]
+
+    /// The fold from a kept summary, over the facts since its latest renewal and those that came
+    /// later, is the fold over every fact: what lets a decision read a bounded number of facts.
+    #[test]
+    fn a_fold_from_a_summary_is_the_fold_of_every_fact(
+        (events, order, kept, now) in summarized(),
+        kind in prop_oneof![Just(ProductKind::Subscription), Just(ProductKind::NonConsumable)],
+    ) {
+        let arrived: Vec<StoreEvent> = order.iter().map(|&i| events[i].clone()).collect();
+        let (earlier, later) = arrived.split_at(kept);
+        let mut settled = gateway_core::Settled::default();
+        for e in earlier {
+            settled.absorb(e);
+        }
+        let from = settled.read_from();
+        let mut read: Vec<StoreEvent> = earlier
+            .iter()
+            .filter(|e| from.is_none_or(|t| e.occurred_at >= t))
+            .cloned()
+            .collect();
+        read.extend(later.iter().cloned());
+        let all = gateway_core::purchase::fold_with_terms(&events, Some(kind), None, now);
+        let summarized =
+            gateway_core::purchase::fold_from(Some(&settled), &read, Some(kind), None, now);
+        prop_assert_eq!(summarized, all);
+    }
 }

@@ -148,6 +148,8 @@ pub struct AppStoreServer {
     settings: Mutex<Settings>,
     /// Answers to give before the real one, to exercise retries: (status, Retry-After header).
     faults: Mutex<Vec<(u16, Option<String>)>>,
+    /// Calls to let through before the injected faults apply.
+    faults_after: Mutex<u64>,
     calls: Mutex<u64>,
     /// Legacy receipts by their base64 text: (environment, receipt bundle id, in_app rows).
     receipts: Mutex<HashMap<String, StoredReceipt>>,
@@ -386,6 +388,7 @@ impl AppStoreServer {
                 broken_paging: false,
             }),
             faults: Mutex::new(Vec::new()),
+            faults_after: Mutex::new(0),
             calls: Mutex::new(0),
             receipts: Mutex::new(HashMap::new()),
             shared_secret: Mutex::new(None),
@@ -547,6 +550,12 @@ impl AppStoreServer {
 
     /// Makes the next calls fail with these answers first (429 with a Retry-After, 500, ...).
     pub fn fail_next(&self, faults: Vec<(u16, Option<String>)>) {
+        self.fail_after(0, faults);
+    }
+
+    /// Lets `calls` more calls through, then fails the next ones with these answers.
+    pub fn fail_after(&self, calls: u64, faults: Vec<(u16, Option<String>)>) {
+        *lock(&self.faults_after) = calls;
         *lock(&self.faults) = faults;
     }
 
@@ -634,6 +643,11 @@ impl AppStoreServer {
 
     fn fault(&self) -> Option<Response> {
         let mut faults = lock(&self.faults);
+        let mut after = lock(&self.faults_after);
+        if *after > 0 && !faults.is_empty() {
+            *after -= 1;
+            return None;
+        }
         if faults.is_empty() {
             return None;
         }

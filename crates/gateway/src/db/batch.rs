@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use gateway_core::{
-    Currency, CustomerFacts, CustomerState, ManualFact, Product, PurchaseFacts, StoreEvent,
-    Timestamp,
+    Currency, CustomerFacts, CustomerState, ManualFact, Product, PurchaseFacts, Settled,
+    StoreEvent, Timestamp,
     decide::{Catalog, EntitlementView, PurchaseView},
     ids::Store,
     ledger::{LedgerSource, customer_account},
@@ -738,10 +738,11 @@ pub async fn load(
     let rows = many(
         conn,
         "SELECT p.app_id, p.customer_id, p.id, p.store, p.product_id, p.store_transaction_id, p.environment, \
-         p.terms, p.view, e.dedupe_key, e.occurred_at, e.body \
+         p.terms, p.view, p.settled, e.dedupe_key, e.occurred_at, e.body \
          FROM (VALUES {values}) AS k \
          JOIN purchases p ON p.app_id = k.column1 AND p.customer_id = k.column2 \
-         LEFT JOIN store_events e ON e.purchase_id = p.id",
+         LEFT JOIN store_events e ON e.purchase_id = p.id \
+           AND (p.settled_from IS NULL OR e.occurred_at >= p.settled_from)",
         "ORDER BY p.app_id, p.customer_id, p.id, e.occurred_at, e.dedupe_key",
         &vals,
     )
@@ -764,6 +765,10 @@ pub async fn load(
                 environment: row.try_get("environment")?,
                 terms: row
                     .try_get::<Option<String>, _>("terms")?
+                    .map(|t| serde_json::from_str(&t))
+                    .transpose()?,
+                settled: row
+                    .try_get::<Option<String>, _>("settled")?
                     .map(|t| serde_json::from_str(&t))
                     .transpose()?,
                 events: Vec::new(),
@@ -919,6 +924,28 @@ pub async fn save_purchase_views(
         "UPDATE purchases SET status = v.column3, expires_at = v.column4, view = v.column5, \
          updated_at = v.column6 FROM (VALUES {values}) AS v",
         "WHERE purchases.id = v.column1 AND purchases.app_id = v.column2",
+        &vals,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Keeps purchases' fact summaries: `(purchase id, summary)`; each is read from its latest renewal.
+pub async fn save_settled(conn: &mut AnyConnection, rows: &[(&str, &Settled)]) -> DbResult<()> {
+    let mut sorted: Vec<_> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut vals = Vec::with_capacity(rows.len());
+    for (id, settled) in sorted {
+        vals.push(vec![
+            (*id).into(),
+            serde_json::to_string(settled)?.into(),
+            settled.read_from().map(Timestamp::millis).into(),
+        ]);
+    }
+    many(
+        conn,
+        "UPDATE purchases SET settled = v.column2, settled_from = v.column3 FROM (VALUES {values}) AS v",
+        "WHERE purchases.id = v.column1",
         &vals,
     )
     .await?;

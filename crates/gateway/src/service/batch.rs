@@ -16,7 +16,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use gateway_core::{
-    AppId, AppUserId, CustomerState, Effect, ManualAction, PurchaseFacts, StoreEvent, Timestamp,
+    AppId, AppUserId, CustomerState, Effect, ManualAction, PurchaseFacts, Settled, StoreEvent,
+    Timestamp,
     apple::models::JwsTransaction,
     audit::{AuditContent, chain_hash},
     decide::{derive, diff},
@@ -704,6 +705,19 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     } else {
         batch::insert_events(conn, &event_rows, now).await?
     };
+    // The facts this batch added, by purchase: the load below reads a purchase's facts only from its
+    // latest renewal on, and one that arrived late may be older.
+    let mut added: HashMap<&str, Vec<StoreEvent>> = HashMap::new();
+    for row in &event_rows {
+        if new_events.contains(&(row.app.to_owned(), row.event.dedupe_key.clone())) {
+            added
+                .entry(row.purchase_id)
+                .or_default()
+                .push(row.event.clone());
+        }
+    }
+    let added: HashMap<String, Vec<StoreEvent>> =
+        added.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let mut adopted_counts: BTreeMap<(usize, String), usize> = BTreeMap::new();
     let mut fact_notes: Vec<(usize, serde_json::Value)> = Vec::new();
     let mut counted: HashSet<(&str, &str)> = HashSet::new();
@@ -755,6 +769,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     // 5. Read what the decisions need.
     let keys: Vec<CustomerKey> = plans.iter().flat_map(Plan::customers).collect();
     let mut loaded = batch::load(conn, &keys).await?;
+    settle_facts(conn, &mut loaded, &added).await?;
     let (products, entitlements) = catalog_needs(loaded.iter());
     let catalogs = batch::catalogs(conn, &products, &entitlements).await?;
 
@@ -897,6 +912,42 @@ fn owed_actions(works: &[Work], owners: &HashMap<LineageKey, batch::Owned>) -> V
         }
     }
     rows
+}
+
+/// Completes each loaded purchase with the facts this batch added (`added`, by purchase id), and
+/// keeps the summary of its facts up to date for the next decision: a purchase that got facts, or had
+/// no summary yet (all its facts were read), gets one.
+async fn settle_facts(
+    conn: &mut AnyConnection,
+    loaded: &mut HashMap<CustomerKey, batch::Loaded>,
+    added: &HashMap<String, Vec<StoreEvent>>,
+) -> ServiceResult<()> {
+    let mut summaries = Vec::new();
+    for l in loaded.values_mut() {
+        for p in &mut l.facts.purchases {
+            let new = added.get(&p.id);
+            for e in new.into_iter().flatten() {
+                if !p.events.iter().any(|k| k.dedupe_key == e.dedupe_key) {
+                    p.events.push(e.clone());
+                }
+            }
+            if new.is_none() && p.settled.is_some() {
+                continue;
+            }
+            let mut settled = p.settled.clone().unwrap_or_default();
+            for e in &p.events {
+                settled.absorb(e);
+            }
+            if p.settled.as_ref() != Some(&settled) {
+                summaries.push((p.id.clone(), settled));
+            }
+        }
+    }
+    if !summaries.is_empty() {
+        let rows: Vec<(&str, &Settled)> = summaries.iter().map(|(i, s)| (i.as_str(), s)).collect();
+        batch::save_settled(conn, &rows).await?;
+    }
+    Ok(())
 }
 
 /// The answer for an input that brought nothing new; `version` is the customer's, when it was read.

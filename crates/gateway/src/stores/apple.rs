@@ -142,6 +142,7 @@ pub fn transaction_facts(
         store_transaction_id: lineage,
         environment: t.environment.clone(),
         terms: Some(product.terms()),
+        settled: None,
         events,
     })
 }

@@ -19,6 +19,7 @@ fn purchase(product: &str, lineage: &str, events: Vec<StoreEvent>) -> PurchaseFa
         store_transaction_id: lineage.into(),
         environment: Some("Sandbox".into()),
         terms: None,
+        settled: None,
         events,
     }
 }
@@ -486,5 +487,77 @@ both!(
             };
             assert_eq!(snap["version"], expected, "b{c}: {snap}");
         }
+    }
+);
+
+both!(
+    a_decision_reads_the_facts_since_the_latest_renewal_not_the_whole_lineage,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let (a, u) = ids();
+        let t = t0();
+        let day = 86_400_000;
+        let at = |d: i64| t.plus_millis(d * day);
+        let renewal = |n: i64| {
+            ev(
+                &format!("renew-{n}"),
+                at(30 * n),
+                EventKind::Renewed {
+                    expires_at: at(30 * (n + 1)),
+                },
+            )
+        };
+        let first = vec![ev("buy", at(0), bought(at(0))), renewal(0)];
+        decision::apply(
+            &app.db,
+            &a,
+            &u,
+            input("n-0", purchase("premium", "9100", first)),
+            t,
+        )
+        .await
+        .unwrap();
+        for n in 1..=100 {
+            let facts = purchase("premium", "9100", vec![renewal(n)]);
+            decision::apply(&app.db, &a, &u, input(&format!("n-{n}"), facts), at(30 * n))
+                .await
+                .unwrap();
+        }
+        // A fact about an old period arrives late: it is taken into the summary all the same.
+        let late = ev(
+            "auto-off",
+            at(15),
+            EventKind::AutoRenewChanged { enabled: false },
+        );
+        let outcome = decision::apply(
+            &app.db,
+            &a,
+            &u,
+            input("late", purchase("premium", "9100", vec![late])),
+            at(3_001),
+        )
+        .await
+        .unwrap();
+        let view = outcome.state.purchases.values().next().unwrap();
+        assert_eq!(view.expires_at, Some(at(30 * 101)));
+        assert_eq!(view.auto_renew, Some(false));
+
+        let mut conn = app.db.writer().acquire().await.unwrap();
+        let loaded = gateway::db::batch::load(&mut conn, &[(a.to_string(), u.to_string())])
+            .await
+            .unwrap();
+        let facts = &loaded[&(a.to_string(), u.to_string())].facts.purchases[0];
+        assert!(
+            facts.events.len() <= 2,
+            "a decision reads the facts since the latest renewal, not all 103: {}",
+            facts.events.len()
+        );
+        let settled = facts
+            .settled
+            .as_ref()
+            .expect("a summary of the facts is kept");
+        assert_eq!(settled.expires_at, Some(at(30 * 101)));
+        assert_eq!(settled.auto_renew.as_ref().map(|(_, on)| *on), Some(false));
+        assert_eq!(settled.purchased_at, Some(at(0)));
     }
 );
