@@ -125,10 +125,7 @@ fn from_row(row: &AnyRow) -> DbResult<Delivery> {
 /// Fans up to `limit` undispatched outbox events out to the endpoints that want them. Returns how
 /// many events were dispatched.
 pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
-    let mut tx = match db.dialect {
-        Dialect::Sqlite => db.writer().begin_with("BEGIN IMMEDIATE").await?,
-        Dialect::Postgres => db.writer().begin().await?,
-    };
+    let mut tx = db.begin(super::Begin::WriteLocked).await?;
     let lock = match db.dialect {
         Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
         Dialect::Sqlite => "",
@@ -371,10 +368,7 @@ pub async fn finish(
     if outcomes.is_empty() && notes.is_empty() {
         return Ok(());
     }
-    let mut tx = match db.dialect {
-        Dialect::Sqlite => db.writer().begin_with("BEGIN IMMEDIATE").await?,
-        Dialect::Postgres => db.writer().begin().await?,
-    };
+    let mut tx = db.begin(super::Begin::WriteLocked).await?;
     // Customers in sorted order, as every writer locks them.
     let mut sorted: Vec<&Note> = notes.iter().collect();
     sorted.sort_by(|a, b| {

@@ -6,6 +6,9 @@
 //! before anything is acknowledged. Its writers are funnelled through a one-connection pool, so they
 //! queue in process instead of failing with `SQLITE_BUSY`. PostgreSQL is the production store; there the
 //! read and write pools are the same and row locks order writers per customer.
+//!
+//! Every transaction begins through [`Db::begin`] (or [`begin_on`]), never through sqlx's `begin()`
+//! directly: see [`begin_on`] for why.
 
 pub mod apps;
 pub mod audit;
@@ -26,7 +29,7 @@ pub mod signing_keys;
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    AnyPool, Row,
+    Any, AnyPool, Row, Transaction,
     any::{AnyPoolOptions, AnyRow},
     migrate::Migrator,
 };
@@ -179,6 +182,23 @@ impl Db {
         &self.write
     }
 
+    /// Begins a transaction of kind `how` (see [`Begin`]), safely even if the caller is cancelled.
+    pub async fn begin(&self, how: Begin) -> DbResult<Transaction<'static, Any>> {
+        let (pool, statement) = match (how, self.dialect) {
+            (Begin::Write, _) => (&self.write, None),
+            (Begin::WriteLocked, Dialect::Sqlite) => (&self.write, Some("BEGIN IMMEDIATE")),
+            (Begin::WriteLocked, Dialect::Postgres) => (&self.write, None),
+            (Begin::Snapshot, Dialect::Sqlite) => (&self.read, None),
+            // In the BEGIN itself: a `SET TRANSACTION` after it is one more round trip, and fails
+            // outright on a connection that is (wrongly) already inside a transaction.
+            (Begin::Snapshot, Dialect::Postgres) => (
+                &self.read,
+                Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            ),
+        };
+        begin_on(pool, statement).await
+    }
+
     /// Change signals for long polls: writers publish after commit, waiters subscribe.
     pub fn changes(&self) -> &changes::Changes {
         &self.changes
@@ -214,6 +234,51 @@ impl Db {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+}
+
+/// What a transaction is for, which picks its pool and its `BEGIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// A read-modify-write transaction on the write pool.
+    Write,
+    /// As `Write`, but on SQLite the write lock is taken at `BEGIN` (`BEGIN IMMEDIATE`), so a writer
+    /// in another process makes it wait rather than fail later on a stale snapshot. PostgreSQL
+    /// orders writers by row locks and needs nothing more.
+    WriteLocked,
+    /// Several reads that must see one state, on the read pool: `REPEATABLE READ, READ ONLY` on
+    /// PostgreSQL (SQLite's transactions already read one snapshot).
+    Snapshot,
+}
+
+/// Begins a transaction on `pool`, with `statement` instead of a plain `BEGIN` when given.
+///
+/// The `BEGIN` round trip runs in a task of its own, so it completes even when the caller's future is
+/// dropped half-way (a client that goes away, a timeout, a `select!`). sqlx 0.9.0 (launchbadge/sqlx
+/// #4393) raises a PostgreSQL connection's transaction depth only once the reply to `BEGIN` is read;
+/// a future dropped while that reply is in flight leaves the server inside a transaction that sqlx
+/// does not know of, no rollback is queued, and the pool hands the connection on: its next user's
+/// statements run inside that stray transaction (never committed, or committed by a stranger) and
+/// its own `BEGIN` warns "there is already a transaction in progress". Here an abandoned begin
+/// finishes in its task, whose `Transaction` is then dropped, which queues the `ROLLBACK` before the
+/// connection goes back to the pool. Statements inside a transaction need no such care: their
+/// `Transaction` has its depth raised and rolls back when dropped.
+pub async fn begin_on(
+    pool: &AnyPool,
+    statement: Option<&'static str>,
+) -> DbResult<Transaction<'static, Any>> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move {
+        match statement {
+            Some(statement) => pool.begin_with(statement).await,
+            None => pool.begin().await,
+        }
+    });
+    match begun.await {
+        Ok(tx) => Ok(tx?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime itself is stopping.
+        Err(_) => Err(DbError::Sqlx(sqlx::Error::PoolClosed)),
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn put(
     product
         .validate()
         .map_err(|e| ServiceError::bad_request("invalid_product", format!("{e}.")))?;
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(crate::db::Begin::Write).await?;
     let is_new = products::upsert(&mut tx, app, &product, now)
         .await
         .map_err(sku_error)?;
@@ -366,7 +366,7 @@ pub async fn import_csv(
     progress: &(dyn Fn(u64) + Sync),
 ) -> ServiceResult<usize> {
     let rows = parse_csv(data).map_err(rows_error)?;
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(crate::db::Begin::Write).await?;
     let mut errors = Vec::new();
     for (i, (line, product)) in rows.iter().enumerate() {
         match products::upsert(&mut tx, app, product, now).await {

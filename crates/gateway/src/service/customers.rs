@@ -396,7 +396,7 @@ pub async fn spend(
             "`amount` must be a positive whole number.",
         ));
     }
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(db::Begin::Write).await?;
     let mut row = customers::lock(&mut tx, app, id, now).await?;
     let balances = ledger::balances(&mut tx, app, id).await?;
     if let Some((txn, cur, spent)) = ledger::spend_by_key(&mut tx, app, id, idem_key).await? {

@@ -78,7 +78,7 @@ pub async fn transfer(
     (from, to): (&AppUserId, &AppUserId),
     now: Timestamp,
 ) -> ServiceResult<bool> {
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(crate::db::Begin::Write).await?;
     let keys = [
         (app.to_string(), from.to_string()),
         (app.to_string(), to.to_string()),
