@@ -3,6 +3,10 @@
 //! `X-Customer-Token`; its `sub` must be the customer in the path, so one learner cannot read or buy
 //! as another. Keys come from the app's JWKS URL, cached, and fetched again when an unknown `kid`
 //! appears (key rotation), at most once per [`REFRESH_COOLDOWN`].
+//!
+//! A token must carry `exp` and `sub`, and `iss` and `aud` when the app names an issuer or an audience
+//! (which they must then match). `exp`, `nbf` and `iat` are checked against the gateway's clock with
+//! [`LEEWAY_SECS`] of slack: a token issued in the future is as suspect as one not valid yet.
 
 use std::{
     collections::HashMap,
@@ -30,8 +34,9 @@ pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 /// How long a JWKS request may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Allowed leeway on `exp` and `nbf` for clock skew.
-const LEEWAY_SECS: u64 = 30;
+/// Slack on `exp`, `nbf` and `iat`, in seconds: the identity provider's clock and ours may differ by a
+/// little, and a token should not be refused for that; more would stretch a stolen token's life.
+pub const LEEWAY_SECS: u64 = 30;
 
 struct Cached {
     keys: JwkSet,
@@ -53,6 +58,23 @@ impl std::fmt::Debug for JwksCache {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// A NumericDate may have a fraction.
+    #[serde(default)]
+    iat: Option<f64>,
+}
+
+/// Why a token failed jsonwebtoken's checks, as the end of a sentence.
+fn why(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "it has expired (`exp`)".into(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (`nbf`)".into(),
+        ErrorKind::InvalidIssuer => "its issuer (`iss`) is not the one the app names".into(),
+        ErrorKind::InvalidAudience => "its audience (`aud`) is not the one the app names".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("it has no `{claim}` claim"),
+        ErrorKind::InvalidSignature => "its signature does not verify".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn unauthorized(code: &'static str, message: impl Into<String>) -> ServiceError {
@@ -171,15 +193,32 @@ impl JwksCache {
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| bad("the JWKS key cannot verify it"))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // jsonwebtoken checks `iss` and `aud` only when the token has them: a configured one is
+        // required too, or a token minted for another audience without one would pass.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &auth.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &auth.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
-        let data = decode::<Claims>(token, &key, &validation).map_err(|e| bad(&e.to_string()))?;
+        validation.set_required_spec_claims(&required);
+        let data = decode::<Claims>(token, &key, &validation).map_err(|e| bad(&why(&e)))?;
+        // jsonwebtoken does not look at `iat`.
+        let now = jsonwebtoken::get_current_timestamp();
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > (now + LEEWAY_SECS) as f64)
+        {
+            return Err(bad("it was issued in the future (`iat`)"));
+        }
         if data.claims.sub != customer.as_str() {
             return Err(ServiceError::forbidden(
                 "customer_mismatch",
