@@ -121,6 +121,7 @@ pub struct Db {
     committer: std::sync::Arc<std::sync::OnceLock<crate::service::committer::Committer>>,
     apps: std::sync::Arc<apps::Cache>,
     signing: std::sync::Arc<signing_keys::Cache<crate::service::tokens::Keys>>,
+    keys: std::sync::Arc<keys::Liveness>,
 }
 
 impl Db {
@@ -141,6 +142,7 @@ impl Db {
                     committer: Default::default(),
                     apps: Default::default(),
                     signing: Default::default(),
+                    keys: Default::default(),
                 })
             }
             Dialect::Postgres => {
@@ -157,6 +159,7 @@ impl Db {
                     committer: Default::default(),
                     apps: Default::default(),
                     signing: Default::default(),
+                    keys: Default::default(),
                 })
             }
         }
@@ -224,6 +227,11 @@ impl Db {
     /// Entitlement-token keys read recently (see [`signing_keys::Cache`]).
     pub(crate) fn signing_cache(&self) -> &signing_keys::Cache<crate::service::tokens::Keys> {
         &self.signing
+    }
+
+    /// What this process knows of API keys' liveness (see [`keys::Liveness`]).
+    pub fn key_liveness(&self) -> &keys::Liveness {
+        &self.keys
     }
 
     /// True when the database answers.

@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use gateway_core::AppUserId;
@@ -58,6 +58,7 @@ impl std::fmt::Debug for JwksCache {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: f64,
     /// A NumericDate may have a fraction.
     #[serde(default)]
     iat: Option<f64>,
@@ -149,20 +150,21 @@ impl JwksCache {
         })
     }
 
-    /// Checks that `token` is a valid JWT of the app's identity provider for `customer`.
+    /// Checks that `token` is a valid JWT of the app's identity provider for `customer`; when the app
+    /// asks for one, the token's expiry, which ends the reads it holds open.
     pub async fn verify(
         &self,
         app: &App,
         customer: &AppUserId,
         token: Option<&str>,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<Option<SystemTime>> {
         let Some(auth) = app
             .settings
             .customer_auth
             .as_ref()
             .filter(|a| a.mode == CustomerAuthMode::Jwt)
         else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(url) = auth.jwks_url.as_deref() else {
             return Err(unauthorized(
@@ -225,6 +227,8 @@ impl JwksCache {
                 "The customer token belongs to another customer.",
             ));
         }
-        Ok(())
+        let expires = Duration::try_from_secs_f64(data.claims.exp)
+            .map_err(|_| bad("its `exp` is not a time"))?;
+        Ok(Some(SystemTime::UNIX_EPOCH + expires))
     }
 }

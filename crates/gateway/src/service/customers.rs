@@ -482,7 +482,10 @@ fn cross_instance_poll(db: &Db) -> std::time::Duration {
 /// The longest a long poll may hold: under the request timeout, so a poll always answers 200.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
 
-/// The snapshot once its version passes `after_version`, or as it is when `wait` runs out.
+/// The snapshot once its version passes `after_version`, or as it is when `wait` runs out; refused
+/// (401 `key_revoked` or `customer_token_expired`) as soon as `credentials` no longer hold, which is
+/// checked before a snapshot is handed out, whenever this process learns of a revocation, at least
+/// every [`db::keys::LIVE_RECHECK`], and at the customer token's expiry.
 pub async fn snapshot_after(
     db: &Db,
     app: &AppId,
@@ -490,8 +493,12 @@ pub async fn snapshot_after(
     after_version: i64,
     wait: std::time::Duration,
     clock: &dyn gateway_core::Clock,
+    credentials: &super::keys::Credentials,
 ) -> ServiceResult<Snapshot> {
-    let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+    use tokio::time::{Instant, sleep_until};
+    let deadline = Instant::now() + wait.min(MAX_WAIT);
+    let mut revocations = db.key_liveness().revocations();
+    let mut recheck = Instant::from_std(credentials.check(db).await?);
     loop {
         let signal = db.changes().subscribe(app, id);
         let notified = signal.notified();
@@ -499,14 +506,24 @@ pub async fn snapshot_after(
         // Registered before the read, so a commit between the read and the wait still wakes us.
         notified.as_mut().enable();
         let snap = unsigned(db, app, id, clock.now()).await?;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         if snap.version > after_version || now >= deadline {
+            // After the read: a change committed after a revocation this process knows of is never
+            // handed out.
+            credentials.check(db).await?;
             return signed(db, app, snap, clock.now()).await;
         }
-        let pause = (deadline - now).min(cross_instance_poll(db));
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(pause) => {}
+        let reread = now + (deadline - now).min(cross_instance_poll(db));
+        // Between reads only the credentials are checked, mostly from what this process knows.
+        loop {
+            tokio::select! {
+                _ = &mut notified => break,
+                _ = sleep_until(reread) => break,
+                // The sender lives as long as `db`: this never ends in an error.
+                _ = revocations.changed() => {}
+                _ = sleep_until(recheck) => {}
+            }
+            recheck = Instant::from_std(credentials.check(db).await?);
         }
     }
 }

@@ -424,13 +424,13 @@ both!(
 );
 
 /// A stand-in identity provider: a P-256 key, its JWKS served on loopback, and tokens it signs.
-struct IdentityProvider {
-    jwks_url: String,
+pub(crate) struct IdentityProvider {
+    pub(crate) jwks_url: String,
     pem: String,
 }
 
 impl IdentityProvider {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
         let key = rcgen::KeyPair::generate().unwrap();
         let raw = key.public_key_raw();
@@ -455,7 +455,7 @@ impl IdentityProvider {
         }
     }
 
-    fn token(&self, claims: Value) -> String {
+    pub(crate) fn token(&self, claims: Value) -> String {
         Self::sign(&self.pem, claims)
     }
 
