@@ -241,7 +241,7 @@ pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<R
     };
     let state = load_state(&mut tx, app, id).await?;
     let balances = ledger::balances(&mut tx, app, id).await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     let mut purchases: Vec<PurchaseView> = state.purchases.into_values().collect();
     purchases.sort_by(|a, b| {
         b.purchased_at

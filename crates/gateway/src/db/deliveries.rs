@@ -138,7 +138,7 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
     .fetch_all(&mut *tx)
     .await?;
     if events.is_empty() {
-        tx.commit().await?;
+        super::commit(tx).await?;
         return Ok(0);
     }
     let apps: BTreeSet<String> = events
@@ -236,7 +236,7 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
         &marked,
     )
     .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(events.len())
 }
 
@@ -424,7 +424,7 @@ pub async fn finish(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(())
 }
 

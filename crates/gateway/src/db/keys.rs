@@ -228,11 +228,11 @@ async fn revoke_where(db: &Db, app: Option<&AppId>, id: &str, now: Timestamp) ->
     };
     let done = update.execute(&mut *tx).await?;
     if done.rows_affected() != 1 {
-        tx.rollback().await?;
+        super::rollback(tx).await?;
         return Ok(false);
     }
     super::changes::announce_revoked(&mut tx, id).await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     db.key_liveness().revoked(id);
     Ok(true)
 }

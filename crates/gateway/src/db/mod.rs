@@ -7,8 +7,8 @@
 //! queue in process instead of failing with `SQLITE_BUSY`. PostgreSQL is the production store; there the
 //! read and write pools are the same and row locks order writers per customer.
 //!
-//! Every transaction begins through [`Db::begin`] (or [`begin_on`]), never through sqlx's `begin()`
-//! directly: see [`begin_on`] for why.
+//! Every transaction begins through [`Db::begin`] (or [`begin_on`]) and ends through [`commit`] or
+//! [`rollback`], never through sqlx's own: see [`begin_on`] for why.
 
 pub mod apps;
 pub mod audit;
@@ -276,14 +276,32 @@ pub async fn begin_on(
     statement: Option<&'static str>,
 ) -> DbResult<Transaction<'static, Any>> {
     let pool = pool.clone();
-    let begun = tokio::spawn(async move {
+    to_completion(async move {
         match statement {
             Some(statement) => pool.begin_with(statement).await,
             None => pool.begin().await,
         }
-    });
-    match begun.await {
-        Ok(tx) => Ok(tx?),
+    })
+    .await
+}
+
+/// Commits `tx` in a task of its own, as [`begin_on`] begins: a caller dropped while the COMMIT is in
+/// flight would otherwise make sqlx queue a ROLLBACK behind it (harmless, but PostgreSQL then warns
+/// "there is no transaction in progress" in the log). Once sent, a commit is seen through.
+pub async fn commit(tx: Transaction<'static, Any>) -> DbResult<()> {
+    to_completion(tx.commit()).await
+}
+
+/// Rolls `tx` back in a task of its own, for the same reason as [`commit`].
+pub async fn rollback(tx: Transaction<'static, Any>) -> DbResult<()> {
+    to_completion(tx.rollback()).await
+}
+
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+) -> DbResult<T> {
+    match tokio::spawn(work).await {
+        Ok(done) => Ok(done?),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only when the runtime itself is stopping.
         Err(_) => Err(DbError::Sqlx(sqlx::Error::PoolClosed)),

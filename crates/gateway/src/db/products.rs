@@ -187,7 +187,7 @@ pub async fn deactivate(db: &Db, app: &AppId, id: &ProductId, now: Timestamp) ->
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(true)
 }
 

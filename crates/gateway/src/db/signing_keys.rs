@@ -83,7 +83,7 @@ pub async fn add(db: &Db, key: &StoredKey, retire_others_at: Option<Timestamp>) 
     .bind(key.created_at.millis())
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(())
 }
 

@@ -84,7 +84,7 @@ pub async fn put(
     let is_new = products::upsert(&mut tx, app, &product, now)
         .await
         .map_err(sku_error)?;
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     Ok((product, is_new))
 }
 
@@ -382,10 +382,10 @@ pub async fn import_csv(
         progress(i as u64 + 1);
     }
     if !errors.is_empty() {
-        tx.rollback().await?;
+        crate::db::rollback(tx).await?;
         return Err(rows_error(errors));
     }
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     Ok(rows.len())
 }
 

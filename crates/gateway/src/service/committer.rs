@@ -221,7 +221,7 @@ async fn attempt(db: &Db, works: &[Work]) -> ServiceResult<Vec<Step>> {
         .collect();
     crate::db::changes::announce(&mut tx, &changed).await?;
     let decided = started.elapsed();
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     metrics::histogram!("gateway_commit_decide_seconds").record(decided.as_secs_f64());
     metrics::histogram!("gateway_commit_seconds").record(started.elapsed().as_secs_f64());
     Ok(steps)

@@ -400,7 +400,7 @@ pub async fn spend(
     let mut row = customers::lock(&mut tx, app, id, now).await?;
     let balances = ledger::balances(&mut tx, app, id).await?;
     if let Some((txn, cur, spent)) = ledger::spend_by_key(&mut tx, app, id, idem_key).await? {
-        tx.rollback().await?;
+        db::rollback(tx).await?;
         if cur != currency || -spent != amount {
             return Err(ServiceError::conflict(
                 "idempotency_key_reused",
@@ -418,7 +418,7 @@ pub async fn spend(
     }
     let previous = balances.get(&currency).copied().unwrap_or(0);
     if previous < amount {
-        tx.rollback().await?;
+        db::rollback(tx).await?;
         return Err(ServiceError::conflict(
             "insufficient_balance",
             format!("The {currency} balance is {previous}; {amount} cannot be spent."),
@@ -457,7 +457,7 @@ pub async fn spend(
     audit::append(&mut tx, app, id, &mut row, entry).await?;
     customers::save_row(&mut tx, app, id, &row, row.next_change_at, now).await?;
     db::changes::announce(&mut tx, &[(app.to_string(), id.to_string())]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     db.changes().publish(app, id);
     metrics::counter!("gateway_spends_total").increment(1);
     Ok(Spent {

@@ -87,7 +87,7 @@ pub async fn transfer(
     let mut rows = batch::lock_customers(&mut tx, &keys, now).await?;
     let moved = customers::move_purchase(&mut tx, app, store, lineage, (from, to), now).await?;
     if !moved {
-        tx.rollback().await?;
+        crate::db::rollback(tx).await?;
         return Ok(false);
     }
     let mut loaded = batch::load(&mut tx, &keys).await?;
@@ -137,7 +137,7 @@ pub async fn transfer(
         ],
     )
     .await?;
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     db.changes().publish(app, from);
     db.changes().publish(app, to);
     metrics::counter!("gateway_transfers_total").increment(1);
