@@ -2,6 +2,8 @@
 # Measures end-to-end App Store notification throughput: starts a release gateway on a fresh database
 # (SQLite by default, or the PostgreSQL URL given), runs notify-load against it, and stops it.
 #   scripts/notify-load.sh [sqlite|postgres] [notify-load args...]
+# e.g. `postgres --submit --give-up-percent 30 --give-up-within-ms 150`: purchase submissions, a third
+# of them abandoned by their client mid-request; any 5xx fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-sqlite}"; shift || true

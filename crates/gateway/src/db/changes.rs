@@ -1,6 +1,8 @@
 //! Change signals: after a commit changes a customer's snapshot, the writer publishes it here, and
 //! long polls waiting on that customer wake at once. This is the in-process half; waiters also re-read
 //! the database at an interval, which is how a change committed by another instance reaches them.
+//! On PostgreSQL, commits also announce the customers they changed (and the keys they revoked) on
+//! [`CHANNEL`], and [`listen`] passes that on to this instance's waiters.
 
 use std::{
     collections::HashMap,
@@ -99,6 +101,31 @@ pub async fn announce(
     Ok(())
 }
 
+/// Within a transaction on PostgreSQL: tells every instance, at commit, that API key `id` is revoked,
+/// so the long polls and event streams it holds open end at once (see [`super::keys::Liveness`]).
+/// Nothing on SQLite.
+pub async fn announce_revoked(conn: &mut sqlx::AnyConnection, id: &str) -> super::DbResult<()> {
+    if conn.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    let payload = serde_json::to_string(&Announcement::Revoked { revoked_key: id })?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_notify('{CHANNEL}', $1)"
+    )))
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a notification on [`CHANNEL`] says: the customers a commit changed, or a revoked key.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Announcement<S> {
+    Changed(Vec<(S, S)>),
+    Revoked { revoked_key: S },
+}
+
 /// Under PostgreSQL's 8,000-byte limit on a notification's payload.
 const NOTIFY_PAYLOAD_BYTES: usize = 7000;
 
@@ -132,17 +159,19 @@ pub async fn listen(db: super::Db, url: String, shutdown: tokio_util::sync::Canc
                 n = listener.try_recv() => n,
             };
             match next {
-                Ok(Some(n)) => {
-                    let Ok(changed) = serde_json::from_str::<Vec<(String, String)>>(n.payload())
-                    else {
-                        continue;
-                    };
-                    for (app, customer) in changed {
-                        if let (Ok(app), Ok(customer)) = (app.parse(), customer.parse()) {
-                            db.changes().publish(&app, &customer);
+                Ok(Some(n)) => match serde_json::from_str::<Announcement<String>>(n.payload()) {
+                    Ok(Announcement::Changed(changed)) => {
+                        for (app, customer) in changed {
+                            if let (Ok(app), Ok(customer)) = (app.parse(), customer.parse()) {
+                                db.changes().publish(&app, &customer);
+                            }
                         }
                     }
-                }
+                    Ok(Announcement::Revoked { revoked_key }) => {
+                        db.key_liveness().revoked(&revoked_key)
+                    }
+                    Err(_) => continue,
+                },
                 // The connection was lost and is made again: anything may have changed meanwhile.
                 Ok(None) => db.changes().wake_all(),
                 Err(e) => {

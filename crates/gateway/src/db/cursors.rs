@@ -128,7 +128,7 @@ pub async fn release_run(
     finished: Option<Timestamp>,
     (due, now): (Timestamp, Timestamp),
 ) -> DbResult<()> {
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(super::Begin::Write).await?;
     if let Some(end) = finished {
         sqlx::query(
             "UPDATE store_history_runs SET run_start = NULL, run_end = NULL, page_token = NULL \
@@ -161,7 +161,7 @@ pub async fn release_run(
     .bind(owner)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(())
 }
 

@@ -232,13 +232,8 @@ pub struct Recorded {
 
 /// Reads a customer's recorded state in one consistent read; `None` for a customer never seen.
 pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<Recorded>> {
-    let mut tx = db.reader().begin().await?;
-    if db.dialect == super::Dialect::Postgres {
-        // Version, views and balances from one snapshot, not three (SQLite's reads already are).
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-    }
+    // Version, views and balances from one snapshot, not three.
+    let mut tx = db.begin(super::Begin::Snapshot).await?;
     let version: Option<i64> =
         sqlx::query_scalar("SELECT version FROM customers WHERE app_id = $1 AND id = $2")
             .bind(app.as_str())
@@ -250,7 +245,7 @@ pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<R
     };
     let state = load_state(&mut tx, app, id).await?;
     let balances = ledger::balances(&mut tx, app, id).await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     let mut purchases: Vec<PurchaseView> = state.purchases.into_values().collect();
     purchases.sort_by(|a, b| {
         b.purchased_at

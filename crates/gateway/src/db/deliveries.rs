@@ -125,10 +125,7 @@ fn from_row(row: &AnyRow) -> DbResult<Delivery> {
 /// Fans up to `limit` undispatched outbox events out to the endpoints that want them. Returns how
 /// many events were dispatched.
 pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
-    let mut tx = match db.dialect {
-        Dialect::Sqlite => db.writer().begin_with("BEGIN IMMEDIATE").await?,
-        Dialect::Postgres => db.writer().begin().await?,
-    };
+    let mut tx = db.begin(super::Begin::WriteLocked).await?;
     let lock = match db.dialect {
         Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
         Dialect::Sqlite => "",
@@ -141,7 +138,7 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
     .fetch_all(&mut *tx)
     .await?;
     if events.is_empty() {
-        tx.commit().await?;
+        super::commit(tx).await?;
         return Ok(0);
     }
     let apps: BTreeSet<String> = events
@@ -239,7 +236,7 @@ pub async fn dispatch(db: &Db, now: Timestamp, limit: i64) -> DbResult<usize> {
         &marked,
     )
     .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(events.len())
 }
 
@@ -371,10 +368,7 @@ pub async fn finish(
     if outcomes.is_empty() && notes.is_empty() {
         return Ok(());
     }
-    let mut tx = match db.dialect {
-        Dialect::Sqlite => db.writer().begin_with("BEGIN IMMEDIATE").await?,
-        Dialect::Postgres => db.writer().begin().await?,
-    };
+    let mut tx = db.begin(super::Begin::WriteLocked).await?;
     // Customers in sorted order, as every writer locks them.
     let mut sorted: Vec<&Note> = notes.iter().collect();
     sorted.sort_by(|a, b| {
@@ -430,7 +424,7 @@ pub async fn finish(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(())
 }
 

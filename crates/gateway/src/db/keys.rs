@@ -1,11 +1,104 @@
 //! The `api_keys` table. Only a SHA-256 of each key is stored: keys are 256 random bits, so a fast hash
 //! is enough (there is nothing to brute-force), and a lookup is one index probe.
+//!
+//! [`Liveness`] answers "is this key still live?" for reads that stay open (long polls, event
+//! streams) without a query per question: a revocation through this process is known at once, one
+//! through another instance on PostgreSQL arrives by NOTIFY, and anything else (the CLI next to a
+//! SQLite server, a gap in listening) is found by re-reading a key at most every [`LIVE_RECHECK`].
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use gateway_core::{AppId, Timestamp};
 use sqlx::{Row, any::AnyRow};
+use tokio::sync::watch;
 
-use super::{Db, DbError, DbResult, json_col};
+use super::{Begin, Db, DbError, DbResult, json_col};
 use crate::model::{ApiKey, KeyKind, Scope};
+
+/// How often a key that open reads rely on is read again, at most (one query per key and instance,
+/// however many reads it has open): the longest a revocation that no NOTIFY announced (the CLI on
+/// SQLite, a gap in listening) takes to end them.
+pub const LIVE_RECHECK: Duration = Duration::from_secs(5);
+
+/// What this process knows of keys' liveness, and a signal raised on each revocation it hears of.
+#[derive(Debug)]
+pub struct Liveness {
+    /// Key id -> (when last read, live then). A revoked key stays revoked: such an entry is final.
+    known: Mutex<HashMap<String, (Instant, bool)>>,
+    revoked: watch::Sender<u64>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            known: Mutex::new(HashMap::new()),
+            revoked: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Liveness {
+    /// A signal that changes each time this process learns of a revocation.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revoked.subscribe()
+    }
+
+    /// Records that key `id` is revoked, and raises the signal.
+    pub fn revoked(&self, id: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(id.to_owned(), (Instant::now(), false));
+        drop(known);
+        self.revoked.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// What is known of `id` and when it was read, if that was within [`LIVE_RECHECK`]; otherwise
+    /// `None`, and the caller reads it (meanwhile other callers keep the old answer rather than read
+    /// it too).
+    fn cached(&self, id: &str) -> Option<(bool, Instant)> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, live)) = known.get_mut(id) {
+            if !*live || at.elapsed() < LIVE_RECHECK {
+                return Some((*live, *at));
+            }
+            *at = Instant::now();
+            return None;
+        }
+        if known.len() > 10_000 {
+            known.retain(|_, (at, _)| at.elapsed() < LIVE_RECHECK * 100);
+        }
+        None
+    }
+
+    /// Records what a read of key `id` found, and when.
+    fn record(&self, id: &str, live: bool) -> Instant {
+        if !live {
+            self.revoked(id);
+        } else {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            known.insert(id.to_owned(), (Instant::now(), true));
+        }
+        Instant::now()
+    }
+}
+
+/// Whether the stored key `id` is live, and when that was read (at most [`LIVE_RECHECK`] ago): the
+/// answer is good until then plus [`LIVE_RECHECK`].
+pub async fn is_live(db: &Db, id: &str) -> DbResult<(bool, Instant)> {
+    if let Some(known) = db.key_liveness().cached(id) {
+        return Ok(known);
+    }
+    let revoked: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db.reader())
+            .await?;
+    let live = matches!(revoked, Some(None));
+    Ok((live, db.key_liveness().record(id, live)))
+}
 
 /// A key row as listed (never with the key itself).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -109,24 +202,37 @@ pub async fn list_all(db: &Db) -> DbResult<Vec<(Option<String>, KeyInfo)>> {
 
 /// Revokes any key by id (admin keys included); false when there is no such live key.
 pub async fn revoke_any(db: &Db, id: &str, now: Timestamp) -> DbResult<bool> {
-    let done =
-        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now.millis())
-            .bind(id)
-            .execute(db.writer())
-            .await?;
-    Ok(done.rows_affected() == 1)
+    revoke_where(db, None, id, now).await
 }
 
 /// Revokes a key of an app; false when there is no such live key.
 pub async fn revoke(db: &Db, app: &AppId, id: &str, now: Timestamp) -> DbResult<bool> {
-    let done = sqlx::query(
-        "UPDATE api_keys SET revoked_at = $1 WHERE app_id = $2 AND id = $3 AND revoked_at IS NULL",
-    )
+    revoke_where(db, Some(app), id, now).await
+}
+
+/// Revokes key `id` (of `app`, when given), and tells the reads it holds open: those of this process
+/// at once, those of other instances on PostgreSQL by a NOTIFY sent at commit.
+async fn revoke_where(db: &Db, app: Option<&AppId>, id: &str, now: Timestamp) -> DbResult<bool> {
+    let mut tx = db.begin(Begin::Write).await?;
+    let update = sqlx::query(match app {
+        Some(_) => {
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND app_id = $3"
+        }
+        None => "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+    })
     .bind(now.millis())
-    .bind(app.as_str())
-    .bind(id)
-    .execute(db.writer())
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .bind(id);
+    let update = match app {
+        Some(app) => update.bind(app.as_str()),
+        None => update,
+    };
+    let done = update.execute(&mut *tx).await?;
+    if done.rows_affected() != 1 {
+        super::rollback(tx).await?;
+        return Ok(false);
+    }
+    super::changes::announce_revoked(&mut tx, id).await?;
+    super::commit(tx).await?;
+    db.key_liveness().revoked(id);
+    Ok(true)
 }

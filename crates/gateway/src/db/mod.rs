@@ -6,6 +6,9 @@
 //! before anything is acknowledged. Its writers are funnelled through a one-connection pool, so they
 //! queue in process instead of failing with `SQLITE_BUSY`. PostgreSQL is the production store; there the
 //! read and write pools are the same and row locks order writers per customer.
+//!
+//! Every transaction begins through [`Db::begin`] (or [`begin_on`]) and ends through [`commit`] or
+//! [`rollback`], never through sqlx's own: see [`begin_on`] for why.
 
 pub mod apps;
 pub mod audit;
@@ -27,7 +30,7 @@ pub mod unmapped;
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    AnyPool, Row,
+    Any, AnyPool, Row, Transaction,
     any::{AnyPoolOptions, AnyRow},
     migrate::Migrator,
 };
@@ -119,6 +122,7 @@ pub struct Db {
     committer: std::sync::Arc<std::sync::OnceLock<crate::service::committer::Committer>>,
     apps: std::sync::Arc<apps::Cache>,
     signing: std::sync::Arc<signing_keys::Cache<crate::service::tokens::Keys>>,
+    keys: std::sync::Arc<keys::Liveness>,
 }
 
 impl Db {
@@ -139,6 +143,7 @@ impl Db {
                     committer: Default::default(),
                     apps: Default::default(),
                     signing: Default::default(),
+                    keys: Default::default(),
                 })
             }
             Dialect::Postgres => {
@@ -155,6 +160,7 @@ impl Db {
                     committer: Default::default(),
                     apps: Default::default(),
                     signing: Default::default(),
+                    keys: Default::default(),
                 })
             }
         }
@@ -178,6 +184,23 @@ impl Db {
     /// The pool for writes and read-modify-write transactions.
     pub fn writer(&self) -> &AnyPool {
         &self.write
+    }
+
+    /// Begins a transaction of kind `how` (see [`Begin`]), safely even if the caller is cancelled.
+    pub async fn begin(&self, how: Begin) -> DbResult<Transaction<'static, Any>> {
+        let (pool, statement) = match (how, self.dialect) {
+            (Begin::Write, _) => (&self.write, None),
+            (Begin::WriteLocked, Dialect::Sqlite) => (&self.write, Some("BEGIN IMMEDIATE")),
+            (Begin::WriteLocked, Dialect::Postgres) => (&self.write, None),
+            (Begin::Snapshot, Dialect::Sqlite) => (&self.read, None),
+            // In the BEGIN itself: a `SET TRANSACTION` after it is one more round trip, and fails
+            // outright on a connection that is (wrongly) already inside a transaction.
+            (Begin::Snapshot, Dialect::Postgres) => (
+                &self.read,
+                Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            ),
+        };
+        begin_on(pool, statement).await
     }
 
     /// Change signals for long polls: writers publish after commit, waiters subscribe.
@@ -207,6 +230,11 @@ impl Db {
         &self.signing
     }
 
+    /// What this process knows of API keys' liveness (see [`keys::Liveness`]).
+    pub fn key_liveness(&self) -> &keys::Liveness {
+        &self.keys
+    }
+
     /// True when the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
@@ -215,6 +243,69 @@ impl Db {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+}
+
+/// What a transaction is for, which picks its pool and its `BEGIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// A read-modify-write transaction on the write pool.
+    Write,
+    /// As `Write`, but on SQLite the write lock is taken at `BEGIN` (`BEGIN IMMEDIATE`), so a writer
+    /// in another process makes it wait rather than fail later on a stale snapshot. PostgreSQL
+    /// orders writers by row locks and needs nothing more.
+    WriteLocked,
+    /// Several reads that must see one state, on the read pool: `REPEATABLE READ, READ ONLY` on
+    /// PostgreSQL (SQLite's transactions already read one snapshot).
+    Snapshot,
+}
+
+/// Begins a transaction on `pool`, with `statement` instead of a plain `BEGIN` when given.
+///
+/// The `BEGIN` round trip runs in a task of its own, so it completes even when the caller's future is
+/// dropped half-way (a client that goes away, a timeout, a `select!`). sqlx 0.9.0 (launchbadge/sqlx
+/// #4393) raises a PostgreSQL connection's transaction depth only once the reply to `BEGIN` is read;
+/// a future dropped while that reply is in flight leaves the server inside a transaction that sqlx
+/// does not know of, no rollback is queued, and the pool hands the connection on: its next user's
+/// statements run inside that stray transaction (never committed, or committed by a stranger) and
+/// its own `BEGIN` warns "there is already a transaction in progress". Here an abandoned begin
+/// finishes in its task, whose `Transaction` is then dropped, which queues the `ROLLBACK` before the
+/// connection goes back to the pool. Statements inside a transaction need no such care: their
+/// `Transaction` has its depth raised and rolls back when dropped.
+pub async fn begin_on(
+    pool: &AnyPool,
+    statement: Option<&'static str>,
+) -> DbResult<Transaction<'static, Any>> {
+    let pool = pool.clone();
+    to_completion(async move {
+        match statement {
+            Some(statement) => pool.begin_with(statement).await,
+            None => pool.begin().await,
+        }
+    })
+    .await
+}
+
+/// Commits `tx` in a task of its own, as [`begin_on`] begins: a caller dropped while the COMMIT is in
+/// flight would otherwise make sqlx queue a ROLLBACK behind it (harmless, but PostgreSQL then warns
+/// "there is no transaction in progress" in the log). Once sent, a commit is seen through.
+pub async fn commit(tx: Transaction<'static, Any>) -> DbResult<()> {
+    to_completion(tx.commit()).await
+}
+
+/// Rolls `tx` back in a task of its own, for the same reason as [`commit`].
+pub async fn rollback(tx: Transaction<'static, Any>) -> DbResult<()> {
+    to_completion(tx.rollback()).await
+}
+
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+) -> DbResult<T> {
+    match tokio::spawn(work).await {
+        Ok(done) => Ok(done?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime itself is stopping.
+        Err(_) => Err(DbError::Sqlx(sqlx::Error::PoolClosed)),
     }
 }
 

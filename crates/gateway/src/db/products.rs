@@ -171,7 +171,7 @@ pub async fn list(db: &Db, app: &AppId, active_only: bool) -> DbResult<Vec<Produ
 
 /// Marks a product inactive; its history stays. False when there is no such product.
 pub async fn deactivate(db: &Db, app: &AppId, id: &ProductId, now: Timestamp) -> DbResult<bool> {
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(super::Begin::Write).await?;
     let row = sqlx::query("SELECT definition FROM products WHERE app_id = $1 AND id = $2")
         .bind(app.as_str())
         .bind(id.as_str())
@@ -187,7 +187,7 @@ pub async fn deactivate(db: &Db, app: &AppId, id: &ProductId, now: Timestamp) ->
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(true)
 }
 

@@ -63,7 +63,7 @@ pub async fn live(db: &Db, now: Timestamp) -> DbResult<Vec<StoredKey>> {
 /// Adds a key; with `retire_others_at`, every key not retired yet retires then (a rotation). One
 /// transaction, so a reader sees both changes or neither.
 pub async fn add(db: &Db, key: &StoredKey, retire_others_at: Option<Timestamp>) -> DbResult<()> {
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(super::Begin::Write).await?;
     if let Some(at) = retire_others_at {
         sqlx::query(
             "UPDATE signing_keys SET retires_at = $1 WHERE retires_at IS NULL OR retires_at > $1",
@@ -83,7 +83,7 @@ pub async fn add(db: &Db, key: &StoredKey, retire_others_at: Option<Timestamp>) 
     .bind(key.created_at.millis())
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    super::commit(tx).await?;
     Ok(())
 }
 

@@ -50,16 +50,17 @@ impl FromRequestParts<AppState> for Caller {
 pub const CUSTOMER_TOKEN_HEADER: &str = "x-customer-token";
 
 /// For a publishable key acting for `customer`: when the app authenticates customers with JWTs, the
-/// request's customer token must be valid and be that customer's. Secret keys act for any customer.
+/// request's customer token must be valid and be that customer's; its expiry, if so. Secret keys act
+/// for any customer.
 pub async fn customer_access(
     state: &AppState,
     caller: &Caller,
     app: &crate::model::App,
     customer: &gateway_core::AppUserId,
     headers: &axum::http::HeaderMap,
-) -> Result<(), ApiError> {
+) -> Result<Option<std::time::SystemTime>, ApiError> {
     if caller.0.kind != KeyKind::Publishable {
-        return Ok(());
+        return Ok(None);
     }
     let token = headers
         .get(CUSTOMER_TOKEN_HEADER)

@@ -10,7 +10,7 @@ use gateway_core::{Currency, ProductId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Access, AppState, app_for, app_for_customer,
+    Access, AppState, app_for, app_for_customer, app_for_open_read,
     auth::Caller,
     catalog::ProductList,
     error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody},
@@ -74,7 +74,7 @@ pub async fn get_customer(
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
-    let found = app_for_customer(&s, &caller, &app, &user, &headers, READ).await?;
+    let (found, credentials) = app_for_open_read(&s, &caller, &app, &user, &headers, READ).await?;
     let app = found.id.clone();
     let snap = match (poll.wait, poll.after_version) {
         (Some(wait), Some(after)) => {
@@ -89,7 +89,7 @@ pub async fn get_customer(
             }
             let wait = std::time::Duration::from_secs(wait);
             tokio::select! {
-                snap = customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref()) => snap?,
+                snap = customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref(), &credentials) => snap?,
                 // The server is stopping: answer with what there is now.
                 _ = s.shutdown.cancelled() => customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
             }
@@ -320,7 +320,9 @@ pub struct StreamQuery {
 
 /// Server-sent events: an event `snapshot` (its `id` is the version) each time the customer's
 /// snapshot changes, from the moment it is committed; comments keep the connection alive. A client
-/// that reconnects with `Last-Event-ID` gets only what is newer.
+/// that reconnects with `Last-Event-ID` gets only what is newer. When the key is revoked or the
+/// customer token expires, a last event `error` (the error body, code `key_revoked` or
+/// `customer_token_expired`) ends the stream.
 #[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/events", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), StreamQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
     responses((status = 200, description = "`text/event-stream` of `snapshot` events", content_type = "text/event-stream"), (status = "4XX", description = "Refused", body = ErrorBody)))]
 pub async fn events(
@@ -332,16 +334,16 @@ pub async fn events(
 ) -> ApiResult<impl IntoResponse> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let user = parse_user(&user)?;
-    let found = app_for_customer(&s, &caller, &app, &user, &headers, READ).await?;
+    let (found, credentials) = app_for_open_read(&s, &caller, &app, &user, &headers, READ).await?;
     let last_event = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let after = last_event.or(q.after_version).unwrap_or(-1);
     let stopping = s.shutdown.clone().cancelled_owned();
-    let state = (s, found.id, user, after);
+    let state = (s, found.id, user, credentials, after);
     let stream = futures_util::stream::unfold(Some(state), |state| async move {
-        let (s, app, user, after) = state?;
+        let (s, app, user, credentials, after) = state?;
         loop {
             let snap = customers::snapshot_after(
                 &s.db,
@@ -350,6 +352,7 @@ pub async fn events(
                 after,
                 customers::MAX_WAIT,
                 s.clock.as_ref(),
+                &credentials,
             )
             .await;
             match snap {
@@ -362,15 +365,19 @@ pub async fn events(
                         .unwrap_or_else(|_| Event::default().event("error"));
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        Some((s, app, user, version)),
+                        Some((s, app, user, credentials, version)),
                     ));
                 }
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "an event stream ends on an error");
+                    tracing::info!(error = %e, "an event stream ends on an error");
+                    // The last event says why, in the error shape (an internal error is logged
+                    // and not told).
+                    let body = ApiError::from(e).body();
                     let event = Event::default()
                         .event("error")
-                        .data("The snapshot could not be read; reconnect to resume.");
+                        .json_data(&body)
+                        .unwrap_or_else(|_| Event::default().event("error"));
                     return Some((Ok(event), None));
                 }
             }

@@ -220,9 +220,31 @@ pub async fn app_for_customer(
     headers: &axum::http::HeaderMap,
     scopes: &'static [crate::model::Scope],
 ) -> Result<crate::model::App, ApiError> {
+    Ok(
+        app_for_open_read(state, caller, raw, customer, headers, scopes)
+            .await?
+            .0,
+    )
+}
+
+/// [`app_for_customer`] for a read that stays open (a long poll, an event stream): also what it was
+/// let in with, which it checks again while it waits, so a revoked key or an expired customer token
+/// ends it.
+pub async fn app_for_open_read(
+    state: &AppState,
+    caller: &auth::Caller,
+    raw: &str,
+    customer: &AppUserId,
+    headers: &axum::http::HeaderMap,
+    scopes: &'static [crate::model::Scope],
+) -> Result<(crate::model::App, crate::service::keys::Credentials), ApiError> {
     let app = app_for(state, caller, raw, Access::ScopesOrPublishable(scopes)).await?;
-    auth::customer_access(state, caller, &app, customer, headers).await?;
-    Ok(app)
+    let token_expires_at = auth::customer_access(state, caller, &app, customer, headers).await?;
+    let credentials = crate::service::keys::Credentials {
+        key_id: caller.id().to_owned(),
+        token_expires_at,
+    };
+    Ok((app, credentials))
 }
 
 /// Parses a path segment, or answers 400 naming it.

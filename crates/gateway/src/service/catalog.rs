@@ -80,11 +80,11 @@ pub async fn put(
     product
         .validate()
         .map_err(|e| ServiceError::bad_request("invalid_product", format!("{e}.")))?;
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(crate::db::Begin::Write).await?;
     let is_new = products::upsert(&mut tx, app, &product, now)
         .await
         .map_err(sku_error)?;
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     decide_held(db, app, now).await;
     Ok((product, is_new))
 }
@@ -367,7 +367,7 @@ pub async fn import_csv(
     progress: &(dyn Fn(u64) + Sync),
 ) -> ServiceResult<usize> {
     let rows = parse_csv(data).map_err(rows_error)?;
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(crate::db::Begin::Write).await?;
     let mut errors = Vec::new();
     for (i, (line, product)) in rows.iter().enumerate() {
         match products::upsert(&mut tx, app, product, now).await {
@@ -383,10 +383,10 @@ pub async fn import_csv(
         progress(i as u64 + 1);
     }
     if !errors.is_empty() {
-        tx.rollback().await?;
+        crate::db::rollback(tx).await?;
         return Err(rows_error(errors));
     }
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     decide_held(db, app, now).await;
     Ok(rows.len())
 }

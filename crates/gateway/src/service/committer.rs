@@ -216,10 +216,7 @@ async fn attempt(db: &Db, works: &[Work]) -> ServiceResult<Vec<Step>> {
     // A batch reads before it writes. On SQLite it takes the write lock first (`IMMEDIATE`), so a
     // writer in another process (the CLI, a second instance) makes it wait, not fail on a stale
     // snapshot; PostgreSQL orders writers by row and advisory locks.
-    let mut tx = match db.dialect {
-        crate::db::Dialect::Sqlite => db.writer().begin_with("BEGIN IMMEDIATE").await?,
-        crate::db::Dialect::Postgres => db.writer().begin().await?,
-    };
+    let mut tx = db.begin(crate::db::Begin::WriteLocked).await?;
     let steps = batch::run(&mut tx, works).await?;
     let changed: Vec<(String, String)> = steps
         .iter()
@@ -239,7 +236,7 @@ async fn attempt(db: &Db, works: &[Work]) -> ServiceResult<Vec<Step>> {
         .collect();
     crate::db::changes::announce(&mut tx, &changed).await?;
     let decided = started.elapsed();
-    tx.commit().await?;
+    crate::db::commit(tx).await?;
     metrics::histogram!("gateway_commit_decide_seconds").record(decided.as_secs_f64());
     metrics::histogram!("gateway_commit_seconds").record(started.elapsed().as_secs_f64());
     Ok(steps)

@@ -3,10 +3,14 @@
 //! `X-Customer-Token`; its `sub` must be the customer in the path, so one learner cannot read or buy
 //! as another. Keys come from the app's JWKS URL, cached, and fetched again when an unknown `kid`
 //! appears (key rotation), at most once per [`REFRESH_COOLDOWN`].
+//!
+//! A token must carry `exp` and `sub`, and `iss` and `aud` when the app names an issuer or an audience
+//! (which they must then match). `exp`, `nbf` and `iat` are checked against the gateway's clock with
+//! [`LEEWAY_SECS`] of slack: a token issued in the future is as suspect as one not valid yet.
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use gateway_core::AppUserId;
@@ -30,8 +34,9 @@ pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 /// How long a JWKS request may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Allowed leeway on `exp` and `nbf` for clock skew.
-const LEEWAY_SECS: u64 = 30;
+/// Slack on `exp`, `nbf` and `iat`, in seconds: the identity provider's clock and ours may differ by a
+/// little, and a token should not be refused for that; more would stretch a stolen token's life.
+pub const LEEWAY_SECS: u64 = 30;
 
 struct Cached {
     keys: JwkSet,
@@ -53,6 +58,24 @@ impl std::fmt::Debug for JwksCache {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: f64,
+    /// A NumericDate may have a fraction.
+    #[serde(default)]
+    iat: Option<f64>,
+}
+
+/// Why a token failed jsonwebtoken's checks, as the end of a sentence.
+fn why(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "it has expired (`exp`)".into(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (`nbf`)".into(),
+        ErrorKind::InvalidIssuer => "its issuer (`iss`) is not the one the app names".into(),
+        ErrorKind::InvalidAudience => "its audience (`aud`) is not the one the app names".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("it has no `{claim}` claim"),
+        ErrorKind::InvalidSignature => "its signature does not verify".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn unauthorized(code: &'static str, message: impl Into<String>) -> ServiceError {
@@ -127,20 +150,21 @@ impl JwksCache {
         })
     }
 
-    /// Checks that `token` is a valid JWT of the app's identity provider for `customer`.
+    /// Checks that `token` is a valid JWT of the app's identity provider for `customer`; when the app
+    /// asks for one, the token's expiry, which ends the reads it holds open.
     pub async fn verify(
         &self,
         app: &App,
         customer: &AppUserId,
         token: Option<&str>,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<Option<SystemTime>> {
         let Some(auth) = app
             .settings
             .customer_auth
             .as_ref()
             .filter(|a| a.mode == CustomerAuthMode::Jwt)
         else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(url) = auth.jwks_url.as_deref() else {
             return Err(unauthorized(
@@ -171,21 +195,40 @@ impl JwksCache {
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| bad("the JWKS key cannot verify it"))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // jsonwebtoken checks `iss` and `aud` only when the token has them: a configured one is
+        // required too, or a token minted for another audience without one would pass.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &auth.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &auth.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
-        let data = decode::<Claims>(token, &key, &validation).map_err(|e| bad(&e.to_string()))?;
+        validation.set_required_spec_claims(&required);
+        let data = decode::<Claims>(token, &key, &validation).map_err(|e| bad(&why(&e)))?;
+        // jsonwebtoken does not look at `iat`.
+        let now = jsonwebtoken::get_current_timestamp();
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > (now + LEEWAY_SECS) as f64)
+        {
+            return Err(bad("it was issued in the future (`iat`)"));
+        }
         if data.claims.sub != customer.as_str() {
             return Err(ServiceError::forbidden(
                 "customer_mismatch",
                 "The customer token belongs to another customer.",
             ));
         }
-        Ok(())
+        let expires = Duration::try_from_secs_f64(data.claims.exp)
+            .map_err(|_| bad("its `exp` is not a time"))?;
+        Ok(Some(SystemTime::UNIX_EPOCH + expires))
     }
 }

@@ -458,11 +458,11 @@ pub async fn spend(
             "`amount` must be a positive whole number.",
         ));
     }
-    let mut tx = db.writer().begin().await?;
+    let mut tx = db.begin(db::Begin::Write).await?;
     let mut row = customers::lock(&mut tx, app, id, now).await?;
     let balances = ledger::balances(&mut tx, app, id).await?;
     if let Some((txn, cur, spent)) = ledger::spend_by_key(&mut tx, app, id, idem_key).await? {
-        tx.rollback().await?;
+        db::rollback(tx).await?;
         if cur != currency || -spent != amount {
             return Err(ServiceError::conflict(
                 "idempotency_key_reused",
@@ -480,7 +480,7 @@ pub async fn spend(
     }
     let previous = balances.get(&currency).copied().unwrap_or(0);
     if previous < amount {
-        tx.rollback().await?;
+        db::rollback(tx).await?;
         return Err(ServiceError::conflict(
             "insufficient_balance",
             format!("The {currency} balance is {previous}; {amount} cannot be spent."),
@@ -519,7 +519,7 @@ pub async fn spend(
     audit::append(&mut tx, app, id, &mut row, entry).await?;
     customers::save_row(&mut tx, app, id, &row, row.next_change_at, now).await?;
     db::changes::announce(&mut tx, &[(app.to_string(), id.to_string())]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     db.changes().publish(app, id);
     metrics::counter!("gateway_spends_total").increment(1);
     Ok(Spent {
@@ -544,7 +544,10 @@ fn cross_instance_poll(db: &Db) -> std::time::Duration {
 /// The longest a long poll may hold: under the request timeout, so a poll always answers 200.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
 
-/// The snapshot once its version passes `after_version`, or as it is when `wait` runs out.
+/// The snapshot once its version passes `after_version`, or as it is when `wait` runs out; refused
+/// (401 `key_revoked` or `customer_token_expired`) as soon as `credentials` no longer hold, which is
+/// checked before a snapshot is handed out, whenever this process learns of a revocation, at least
+/// every [`db::keys::LIVE_RECHECK`], and at the customer token's expiry.
 pub async fn snapshot_after(
     db: &Db,
     app: &AppId,
@@ -552,8 +555,12 @@ pub async fn snapshot_after(
     after_version: i64,
     wait: std::time::Duration,
     clock: &dyn gateway_core::Clock,
+    credentials: &super::keys::Credentials,
 ) -> ServiceResult<Snapshot> {
-    let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+    use tokio::time::{Instant, sleep_until};
+    let deadline = Instant::now() + wait.min(MAX_WAIT);
+    let mut revocations = db.key_liveness().revocations();
+    let mut recheck = Instant::from_std(credentials.check(db).await?);
     loop {
         let signal = db.changes().subscribe(app, id);
         let notified = signal.notified();
@@ -561,14 +568,24 @@ pub async fn snapshot_after(
         // Registered before the read, so a commit between the read and the wait still wakes us.
         notified.as_mut().enable();
         let snap = unsigned(db, app, id, clock.now()).await?;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         if snap.version > after_version || now >= deadline {
+            // After the read: a change committed after a revocation this process knows of is never
+            // handed out.
+            credentials.check(db).await?;
             return signed(db, app, snap, clock.now()).await;
         }
-        let pause = (deadline - now).min(cross_instance_poll(db));
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(pause) => {}
+        let reread = now + (deadline - now).min(cross_instance_poll(db));
+        // Between reads only the credentials are checked, mostly from what this process knows.
+        loop {
+            tokio::select! {
+                _ = &mut notified => break,
+                _ = sleep_until(reread) => break,
+                // The sender lives as long as `db`: this never ends in an error.
+                _ = revocations.changed() => {}
+                _ = sleep_until(recheck) => {}
+            }
+            recheck = Instant::from_std(credentials.check(db).await?);
         }
     }
 }

@@ -424,13 +424,13 @@ both!(
 );
 
 /// A stand-in identity provider: a P-256 key, its JWKS served on loopback, and tokens it signs.
-struct IdentityProvider {
-    jwks_url: String,
+pub(crate) struct IdentityProvider {
+    pub(crate) jwks_url: String,
     pem: String,
 }
 
 impl IdentityProvider {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
         let key = rcgen::KeyPair::generate().unwrap();
         let raw = key.public_key_raw();
@@ -455,7 +455,7 @@ impl IdentityProvider {
         }
     }
 
-    fn token(&self, claims: Value) -> String {
+    pub(crate) fn token(&self, claims: Value) -> String {
         Self::sign(&self.pem, claims)
     }
 
@@ -553,6 +553,92 @@ both!(
         .await
         .expect(201);
         app.get("/v1/apps/acme/customers/u1").await.expect(200);
+    }
+);
+
+/// Seconds since the epoch, as JWT claims count them.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+both!(
+    customer_jwts_must_name_the_configured_issuer_and_audience_and_be_valid_now,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let idp = IdentityProvider::start().await;
+        app.patch("/v1/apps/acme", json!({"customer_auth": {"mode": "jwt", "jwks_url": idp.jwks_url, "issuer": "https://id.acme.edu", "audience": "acme-app"}})).await.expect(200);
+        let pk = app.key("acme", "publishable", &[]).await;
+        let now = unix_now();
+        let good = json!({"sub": "u1", "iss": "https://id.acme.edu", "aud": "acme-app", "exp": now + 600, "iat": now, "nbf": now});
+        let read = |claims: Value| {
+            let token = idp.token(claims);
+            let (app, pk) = (&app, pk.clone());
+            async move {
+                app.request(
+                    Method::GET,
+                    "/v1/apps/acme/customers/u1",
+                    Some(&pk),
+                    None,
+                    &[("x-customer-token", token.as_str())],
+                )
+                .await
+            }
+        };
+        let with = |changes: Value| {
+            let mut claims = good.clone();
+            for (k, v) in changes.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            claims
+        };
+        read(good.clone()).await.expect(200);
+        let leeway = gateway::service::customer_auth::LEEWAY_SECS as i64;
+        for (changes, why) in [
+            (json!({"iss": null}), "no `iss`"),
+            (json!({"aud": null}), "no `aud`"),
+            (json!({"aud": "another-app"}), "another audience"),
+            (
+                json!({"aud": ["another-app"]}),
+                "another audience, as a list",
+            ),
+            (json!({"iss": "https://evil.example"}), "another issuer"),
+            (json!({"nbf": now + leeway + 120}), "not valid yet"),
+            (json!({"iat": now + leeway + 120}), "issued in the future"),
+            (json!({"exp": now - leeway - 120}), "expired"),
+        ] {
+            let answer = read(with(changes)).await;
+            assert_eq!(answer.status, 401, "{why}: {}", answer.body);
+            answer.error(401, "invalid_customer_token");
+        }
+        // Within the leeway, clocks that differ a little are forgiven.
+        for changes in [
+            json!({"nbf": now + leeway / 2}),
+            json!({"iat": now + leeway / 2}),
+            json!({"aud": ["acme-app", "another-app"]}),
+            json!({"iat": null, "nbf": null}),
+        ] {
+            read(with(changes)).await.expect(200);
+        }
+        // An app that names neither issuer nor audience does not ask for them.
+        app.patch(
+            "/v1/apps/acme",
+            json!({"customer_auth": {"mode": "jwt", "jwks_url": idp.jwks_url}}),
+        )
+        .await
+        .expect(200);
+        read(with(json!({"iss": null, "aud": null})))
+            .await
+            .expect(200);
+        read(with(json!({"nbf": now + leeway + 120})))
+            .await
+            .error(401, "invalid_customer_token");
     }
 );
 

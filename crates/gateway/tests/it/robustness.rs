@@ -292,3 +292,72 @@ both!(
         .error(400, "invalid_stripe");
     }
 );
+
+both!(
+    a_begin_cancelled_in_flight_leaves_no_transaction_on_the_connection,
+    |app: TestApp| async move {
+        use std::{future::Future, task::Poll};
+        sqlx::query("CREATE TABLE begin_probe (n INTEGER NOT NULL)")
+            .execute(app.db.writer())
+            .await
+            .unwrap();
+        // One connection, handed out without a test ping: once it is idle, the first poll of a begin
+        // takes it at once, sends BEGIN and waits for the reply. Before `db::begin_on` ran the BEGIN
+        // in a task of its own, dropping the begin then left PostgreSQL inside a transaction on a
+        // connection the pool handed on (sqlx #4393).
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect(&app.test_db.url)
+            .await
+            .unwrap();
+        // On PostgreSQL the reply to this BEGIN comes 100 ms after it is sent, so the begin is surely
+        // still in flight when it is dropped. SQLite's worker thread may answer within the first
+        // poll; what follows must hold either way.
+        let slow_begin = match app.backend {
+            Backend::Postgres => Some("BEGIN; SELECT pg_sleep(0.1)"),
+            Backend::Sqlite => None,
+        };
+        for n in 0..5 {
+            while pool.num_idle() < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            {
+                let mut begin = std::pin::pin!(gateway::db::begin_on(&pool, slow_begin));
+                let first = std::future::poll_fn(|cx| Poll::Ready(begin.as_mut().poll(cx))).await;
+                if app.backend == Backend::Postgres {
+                    assert!(first.is_pending(), "the BEGIN is in flight");
+                }
+                // Dropped here, as a request whose client went away drops its handler.
+            }
+            // The next user of the connection writes without a transaction: that write is committed
+            // (another connection sees it), not held in a transaction left open by the dropped begin.
+            sqlx::query("INSERT INTO begin_probe (n) VALUES ($1)")
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
+            let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM begin_probe WHERE n = $1")
+                .bind(n)
+                .fetch_one(app.db.reader())
+                .await
+                .unwrap();
+            assert_eq!(seen, 1, "round {n}: the write was committed");
+            // And a transaction begun there is a fresh one, which commits what it wrote.
+            let mut tx = gateway::db::begin_on(&pool, None).await.unwrap();
+            sqlx::query("INSERT INTO begin_probe (n) VALUES ($1)")
+                .bind(100 + n)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM begin_probe WHERE n = $1")
+                .bind(100 + n)
+                .fetch_one(app.db.reader())
+                .await
+                .unwrap();
+            assert_eq!(seen, 1, "round {n}: the transaction committed");
+        }
+        pool.close().await;
+    }
+);

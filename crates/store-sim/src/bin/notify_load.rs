@@ -10,6 +10,11 @@
 //! the app at it, gives every notification a customer of its own (so each one enrolls a learner),
 //! and reports how long each purchase took to reach the LMS: from sending the notification to the
 //! LMS taking the enrollment call.
+//!
+//! With `--submit`, the same purchases are submitted as an app submits them (`POST .../purchases`
+//! with the signed transaction), which answers with the customer's snapshot. With `--give-up-percent`,
+//! that share of the clients' requests is abandoned at a moment within `--give-up-within-ms`, the
+//! connection dropped, as by a client that goes away: the gateway must stay whole for the others.
 
 use std::{
     sync::Arc,
@@ -45,6 +50,49 @@ struct Args {
     /// notification).
     #[arg(long)]
     lms: bool,
+    /// Submit purchases (`POST /v1/apps/{app}/purchases`) instead of sending notifications.
+    #[arg(long)]
+    submit: bool,
+    /// Percent of requests the client abandons before the answer (dropping the connection).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    give_up_percent: u64,
+    /// An abandoned request is dropped at a moment spread over this many milliseconds.
+    #[arg(long, default_value_t = 20)]
+    give_up_within_ms: u64,
+}
+
+/// How one request ended.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    client_errors: usize,
+    server_errors: usize,
+    no_answer: usize,
+    given_up: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.ok += other.ok;
+        self.client_errors += other.client_errors;
+        self.server_errors += other.server_errors;
+        self.no_answer += other.no_answer;
+        self.given_up += other.given_up;
+    }
+
+    fn failures(&self) -> usize {
+        self.client_errors + self.server_errors + self.no_answer
+    }
+}
+
+/// When request `i` is abandoned, if it is: spread evenly by a multiplicative hash, so a run is
+/// repeatable and needs no random source.
+fn give_up_after(i: usize, percent: u64, within_ms: u64) -> Option<Duration> {
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if (h >> 32) % 100 >= percent {
+        return None;
+    }
+    Some(Duration::from_micros((h >> 8) % (within_ms.max(1) * 1000)))
 }
 
 const COURSE: &str = "course-v1:Load+C1+2026";
@@ -52,6 +100,9 @@ const COURSE: &str = "course-v1:Load+C1+2026";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if args.lms && args.give_up_percent > 0 {
+        bail!("--lms counts an enrollment per request: it cannot be used with --give-up-percent");
+    }
     if args.lms {
         args.customers = args.count;
     }
@@ -130,6 +181,14 @@ async fn main() -> anyhow::Result<()> {
         let tx = json!({"transactionId": id, "originalTransactionId": id, "bundleId": bundle, "productId": "edu.load.course",
             "purchaseDate": now, "signedDate": now, "environment": "Sandbox", "type": "Non-Consumable",
             "inAppOwnershipType": "PURCHASED", "appAccountToken": tokens[i % tokens.len()]});
+        if args.submit {
+            let customer = format!("c{}", i % tokens.len());
+            bodies.push(
+                json!({"app_user_id": customer, "store": "app_store", "signed_transaction": chain.sign(&tx)?})
+                    .to_string(),
+            );
+            continue;
+        }
         let uuid = uuid::Uuid::new_v4().to_string();
         bodies.push(chain.notification(&Notification {
             notification_type: "ONE_TIME_CHARGE",
@@ -143,49 +202,71 @@ async fn main() -> anyhow::Result<()> {
     }
     let bodies = Arc::new(bodies);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let url = Arc::new(format!(
-        "{}/v1/apps/{app}/notifications/app_store",
-        args.gateway
-    ));
+    let url = Arc::new(if args.submit {
+        format!("{}/v1/apps/{app}/purchases", args.gateway)
+    } else {
+        format!("{}/v1/apps/{app}/notifications/app_store", args.gateway)
+    });
+    let key = Arc::new(args.admin_key.clone());
+    let (give_up_percent, give_up_within_ms) = (args.give_up_percent, args.give_up_within_ms);
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.clients.max(1) {
-        let (http, bodies, next, url) = (http.clone(), bodies.clone(), next.clone(), url.clone());
+        let (http, bodies, next, url, key) = (
+            http.clone(),
+            bodies.clone(),
+            next.clone(),
+            url.clone(),
+            key.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut sent_at = Vec::new();
-            let mut failures = 0usize;
+            let mut tally = Tally::default();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 let t = Instant::now();
                 sent_at.push((i, t));
-                let ok = http
+                let send = http
                     .post(url.as_str())
+                    .bearer_auth(key.as_str())
                     .header("content-type", "application/json")
                     .body(body.clone())
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                    .send();
+                let answer = match give_up_after(i, give_up_percent, give_up_within_ms) {
+                    Some(after) => match tokio::time::timeout(after, send).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            tally.given_up += 1;
+                            continue;
+                        }
+                    },
+                    None => send.await,
+                };
                 latencies.push(t.elapsed());
-                if !ok {
-                    failures += 1;
+                match answer.map(|r| r.status()) {
+                    Ok(s) if s.is_success() => tally.ok += 1,
+                    Ok(s) if s.is_server_error() => tally.server_errors += 1,
+                    Ok(_) => tally.client_errors += 1,
+                    Err(_) => tally.no_answer += 1,
                 }
             }
-            (latencies, sent_at, failures)
+            (latencies, sent_at, tally)
         }));
     }
     let mut latencies: Vec<Duration> = Vec::new();
     let mut sent_at: Vec<Option<Instant>> = vec![None; args.count];
-    let mut failures = 0;
+    let mut tally = Tally::default();
     for w in workers {
-        let (l, s, f) = w.await?;
+        let (l, s, t) = w.await?;
         latencies.extend(l);
         for (i, t) in s {
             sent_at[i] = Some(t);
         }
-        failures += f;
+        tally.add(&t);
     }
+    let failures = tally.failures();
     let elapsed = started.elapsed();
     latencies.sort();
     let pct = |p: f64| {
@@ -194,8 +275,13 @@ async fn main() -> anyhow::Result<()> {
             .copied()
             .unwrap_or_default()
     };
+    let what = if args.submit {
+        "submissions"
+    } else {
+        "notifications"
+    };
     println!(
-        "{} notifications from {} clients in {:.2} s: {:.0} notifications/s; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} failed",
+        "{} {what} answered from {} clients in {:.2} s: {:.0} {what}/s; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} failed ({} 5xx, {} 4xx, {} unanswered); {} given up by the client",
         latencies.len(),
         args.clients,
         elapsed.as_secs_f64(),
@@ -203,10 +289,14 @@ async fn main() -> anyhow::Result<()> {
         pct(0.50).as_secs_f64() * 1000.0,
         pct(0.99).as_secs_f64() * 1000.0,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
-        failures
+        failures,
+        tally.server_errors,
+        tally.client_errors,
+        tally.no_answer,
+        tally.given_up,
     );
     if failures > 0 {
-        bail!("{failures} notifications were not answered 2xx");
+        bail!("{failures} {what} were not answered 2xx");
     }
     if let Some(lms) = lms {
         report_enrollments(&lms, &sent_at).await?;
