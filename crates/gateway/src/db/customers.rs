@@ -99,18 +99,6 @@ pub async fn manual_fact_by_request_key(
     )
 }
 
-/// When the clock alone next changes a customer's recorded state, if ever; `None` for a customer
-/// never seen too.
-pub async fn next_change_at(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<Timestamp>> {
-    let next: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT next_change_at FROM customers WHERE app_id = $1 AND id = $2")
-            .bind(app.as_str())
-            .bind(id.as_str())
-            .fetch_optional(db.reader())
-            .await?;
-    Ok(next.flatten().map(Timestamp::from_millis))
-}
-
 /// Moves a purchase lineage from one customer to another; false when `from` does not hold it.
 pub async fn move_purchase(
     conn: &mut AnyConnection,
@@ -225,6 +213,8 @@ pub async fn purchase_owner(
 #[derive(Debug, Clone, Default)]
 pub struct Recorded {
     pub version: i64,
+    /// When the clock alone next changes this state (an expiry), if ever.
+    pub next_change_at: Option<Timestamp>,
     pub purchases: Vec<PurchaseView>,
     pub entitlements: Vec<EntitlementView>,
     pub balances: BTreeMap<gateway_core::Currency, i64>,
@@ -234,15 +224,19 @@ pub struct Recorded {
 pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<Recorded>> {
     // Version, views and balances from one snapshot, not three.
     let mut tx = db.begin(super::Begin::Snapshot).await?;
-    let version: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM customers WHERE app_id = $1 AND id = $2")
+    let row =
+        sqlx::query("SELECT version, next_change_at FROM customers WHERE app_id = $1 AND id = $2")
             .bind(app.as_str())
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-    let Some(version) = version else {
+    let Some(row) = row else {
         return Ok(None);
     };
+    let version: i64 = row.try_get("version")?;
+    let next_change_at = row
+        .try_get::<Option<i64>, _>("next_change_at")?
+        .map(Timestamp::from_millis);
     let state = load_state(&mut tx, app, id).await?;
     let balances = ledger::balances(&mut tx, app, id).await?;
     super::commit(tx).await?;
@@ -254,6 +248,7 @@ pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<R
     });
     Ok(Some(Recorded {
         version,
+        next_change_at,
         purchases,
         entitlements: state.entitlements.into_values().collect(),
         balances,

@@ -50,10 +50,13 @@ pub async fn snapshot(
 
 /// [`snapshot`] without its entitlement token, for callers that only look at it.
 async fn unsigned(db: &Db, app: &AppId, id: &AppUserId, now: Timestamp) -> ServiceResult<Snapshot> {
-    if decision::due(db, app, id, now).await? {
+    // One read in the usual case; a state the clock has overtaken (an expiry passed) is decided first
+    // and read again.
+    let mut rec = customers::recorded(db, app, id).await?.unwrap_or_default();
+    if rec.next_change_at.is_some_and(|t| t <= now) {
         decision::reevaluate(db, app, id, now).await?;
+        rec = customers::recorded(db, app, id).await?.unwrap_or_default();
     }
-    let rec = customers::recorded(db, app, id).await?.unwrap_or_default();
     Ok(Snapshot {
         app_user_id: id.clone(),
         version: rec.version,

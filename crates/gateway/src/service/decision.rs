@@ -10,7 +10,7 @@ use super::{
     ServiceError, ServiceResult,
     batch::{Done, Work},
 };
-use crate::db::{Db, customers};
+use crate::db::Db;
 
 /// An input to decide on.
 #[derive(Debug, Clone)]
@@ -110,15 +110,4 @@ pub async fn reevaluate(
         transfer: false,
     };
     apply(db, app, customer, input, now).await
-}
-
-/// True when the recorded state of a customer may be stale because the clock passed its next change.
-pub async fn due(
-    db: &Db,
-    app: &AppId,
-    customer: &AppUserId,
-    now: Timestamp,
-) -> ServiceResult<bool> {
-    let next = customers::next_change_at(db, app, customer).await?;
-    Ok(next.is_some_and(|t| t <= now))
 }

@@ -188,17 +188,9 @@ pub async fn submit(
                 "This transaction's appAccountToken was issued to another customer.",
             ));
         }
+        // A lineage another customer holds is refused by the decision itself, under the lineage's
+        // lock (`purchase_of_another_customer`): a check here would cost a read and could race.
         let facts = apple::transaction_facts(t, db::new_id("pur"), &product)?;
-        if let Some(owner) =
-            recorded::purchase_owner(db, &app.id, Store::AppStore, &facts.store_transaction_id)
-                .await?
-            && owner != customer.as_str()
-        {
-            return Err(ServiceError::conflict(
-                "purchase_of_another_customer",
-                "This store purchase belongs to another customer of this app.",
-            ));
-        }
         if lineage.is_none() {
             lineage = Some(facts.store_transaction_id.clone());
             label = format!("{} ({sku})", t.transaction_id.as_deref().unwrap_or("?"));
