@@ -5,9 +5,14 @@
 //! - [`db`]: storage on SQLite or PostgreSQL; all SQL lives there.
 //! - [`service`]: use cases, one function per thing a caller can ask.
 //! - [`http`]: the router, extractors and one module per resource.
-//! - [`jobs`]: background work (expiry), claimed in the database.
+//! - [`jobs`]: background work, claimed or leased in the database: expiry, outbound deliveries
+//!   (webhooks, Open edX, store actions), recovery from the App Store's notification history, and
+//!   housekeeping (old idempotent answers, inputs held for SKUs mapped since).
 //! - [`model`]: apps, keys and secrets.
-//! - [`stores`]: store adapters (the App Store).
+//! - [`stores`]: store adapters (the App Store: signed data, the Server API, legacy receipts).
+//!
+//! The binary (`main.rs`) adds the command line, including the `demo` and `sim` commands that drive
+//! the store simulator.
 //! - [`telemetry`]: logs and metrics.
 
 pub mod config;

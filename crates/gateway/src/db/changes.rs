@@ -1,8 +1,11 @@
-//! Change signals: after a commit changes a customer's snapshot, the writer publishes it here, and
-//! long polls waiting on that customer wake at once. This is the in-process half; waiters also re-read
-//! the database at an interval, which is how a change committed by another instance reaches them.
-//! On PostgreSQL, commits also announce the customers they changed (and the keys they revoked) on
-//! [`CHANNEL`], and [`listen`] passes that on to this instance's waiters.
+//! Change signals: after a commit changes a customer's snapshot, the writer publishes it here, and the
+//! long polls and event streams waiting on that customer, and the delivery worker, wake at once.
+//!
+//! Across instances: on PostgreSQL a committing transaction announces the customers it changed (and
+//! the keys it revoked) on [`CHANNEL`] with one `NOTIFY`, delivered only if it commits, and every
+//! instance's [`listen`] task wakes its own waiters from it (and all of them after a gap in what it
+//! heard). On SQLite one process writes. Waiters still re-read the database at an interval, as a
+//! safety net.
 
 use std::{
     collections::HashMap,

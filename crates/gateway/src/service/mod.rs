@@ -1,5 +1,13 @@
 //! Use cases: each public function is one thing a caller can ask of the gateway, built from storage
-//! (`db`), the pure core and, later, the store clients. Handlers call exactly one of these.
+//! (`db`), the pure core and the store clients (`stores`). Handlers call exactly one of these.
+//!
+//! Decisions go through one path: a use case verifies its input and hands it to [`decision::apply`]
+//! (or, for store notifications, to the [`committer`] directly); the committer runs waiting inputs as
+//! one [`batch`] in one transaction. Around it: [`purchases`] (submissions and restores),
+//! [`notifications`] (App Store Server Notifications, and inputs held for unmapped SKUs),
+//! [`recovery`] (Apple's notification history), [`customers`] (snapshots, grants, revokes, spends,
+//! long polls), [`webhooks`], [`openedx`] and [`store_actions`] (what the delivery worker sends),
+//! [`tokens`] (entitlement tokens), [`apps`], [`catalog`], [`keys`] and [`customer_auth`].
 
 pub mod apps;
 pub mod batch;
