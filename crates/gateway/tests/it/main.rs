@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod customers;
 mod decisions;
+mod edge;
 mod instant;
 mod openedx;
 mod robustness;
