@@ -8,6 +8,7 @@ mod app_store_api;
 mod apps;
 mod catalog;
 mod cli;
+mod contract;
 mod customers;
 mod decisions;
 mod edge;
