@@ -147,11 +147,30 @@ pub enum ProductError {
     NoEntitlements(&'static str),
     #[error("entitlement {0} is listed twice")]
     DuplicateEntitlement(String),
+    #[error("`store_skus.{field}` {error}")]
+    Sku {
+        field: &'static str,
+        error: crate::text::TextError,
+    },
 }
 
 impl Product {
     /// Checks the rules that tie kind, consumable and time box together.
     pub fn validate(&self) -> Result<(), ProductError> {
+        // SKUs are database keys (a SKU maps to one product): bounded like every store id.
+        let skus = &self.store_skus;
+        for (field, sku) in [
+            ("app_store", &skus.app_store),
+            ("play_store", &skus.play_store),
+            ("play_base_plan", &skus.play_base_plan),
+            ("stripe_price", &skus.stripe_price),
+        ] {
+            if let Some(sku) = sku {
+                crate::text::STORE_ID
+                    .check(sku)
+                    .map_err(|error| ProductError::Sku { field, error })?;
+            }
+        }
         match (self.kind, &self.consumable) {
             (ProductKind::Consumable, None) => return Err(ProductError::ConsumableMissing),
             (ProductKind::Consumable, Some(c)) if c.amount <= 0 => {
@@ -252,5 +271,22 @@ mod tests {
             p.validate(),
             Err(ProductError::NoEntitlements("subscription"))
         );
+        p = course("cs101");
+        p.store_skus.app_store = Some("s".repeat(5000));
+        assert!(matches!(
+            p.validate(),
+            Err(ProductError::Sku {
+                field: "app_store",
+                ..
+            })
+        ));
+        p.store_skus.app_store = Some("edu.acme\0cs101".into());
+        assert!(matches!(
+            p.validate(),
+            Err(ProductError::Sku {
+                field: "app_store",
+                ..
+            })
+        ));
     }
 }

@@ -18,6 +18,8 @@ pub enum IdError {
         allowed: &'static str,
         found: char,
     },
+    #[error("{kind} may not be \".\" or \"..\", which a URL path reads as a step between folders")]
+    DotSegment { kind: &'static str },
 }
 
 fn check(
@@ -40,18 +42,53 @@ fn check(
             found,
         });
     }
+    // Ids travel in URL paths, where clients resolve these two away before sending.
+    if value == "." || value == ".." {
+        return Err(IdError::DotSegment { kind });
+    }
     Ok(())
 }
 
+/// The OpenAPI schema of an id: the same length and characters as its check (a test compares them).
+#[cfg(feature = "openapi")]
+fn id_schema(
+    description: &str,
+    max: usize,
+    pattern: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .into()
+}
+
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $allowed:literal, $ok:expr) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $allowed:literal, $ok:expr, $pattern:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         pub struct $name(String);
 
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema(concat!("1 to ", stringify!($max), " characters: ", $allowed, "; not \".\" or \"..\""), $max, $pattern)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
+
         impl $name {
+            /// The longest value, in characters.
+            pub const MAX_LEN: usize = $max;
+            /// What the value may hold, as a pattern (for the OpenAPI document).
+            pub const PATTERN: &str = $pattern;
+
             /// Checks `value` and wraps it.
             pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
@@ -95,32 +132,60 @@ fn token_char(c: char) -> bool {
     c.is_ascii_graphic() && c != '/' && c != '?' && c != '#' && c != '%'
 }
 
+/// [`slug_char`]s, not `.` or `..`.
+const SLUG: &str =
+    r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)$";
+
+/// [`token_char`]s, not `.` or `..`.
+const TOKEN: &str = r#"^([!"$&-,\-0-9:->@-~][!"$&-.0-9:->@-~]*|\.[!"$&-,\-0-9:->@-~][!"$&-.0-9:->@-~]*|\.\.[!"$&-.0-9:->@-~]+)$"#;
+
 string_id!(
     /// An app (tenant) id chosen by the operator: `acme-courses`.
-    AppId, "app id", 64, "letters, digits, '-', '_' and '.'", slug_char
+    AppId, "app id", 64, "letters, digits, '-', '_' and '.'", slug_char, SLUG
 );
 string_id!(
     /// A logical product id: `edu.acme.course.cs101`.
-    ProductId, "product id", 128, "letters, digits, '-', '_' and '.'", slug_char
+    ProductId, "product id", 128, "letters, digits, '-', '_' and '.'", slug_char, SLUG
 );
 string_id!(
     /// An entitlement id. Open edX course keys (`course-v1:Acme+CS101+2026`) must fit, so `:` and `+`
     /// are allowed too.
-    EntitlementId, "entitlement id", 255, "printable ASCII without spaces, '/', '?', '#' or '%'", token_char
+    EntitlementId, "entitlement id", 255, "printable ASCII without spaces, '/', '?', '#' or '%'", token_char, TOKEN
 );
 string_id!(
     /// The operator's own user id for a customer.
-    AppUserId, "app_user_id", 255, "printable ASCII without spaces, '/', '?', '#' or '%'", token_char
+    AppUserId, "app_user_id", 255, "printable ASCII without spaces, '/', '?', '#' or '%'", token_char, TOKEN
+);
+string_id!(
+    /// An id the gateway made and handed out: a key's, an order's, a webhook endpoint's, a delivery's
+    /// (`dlv_0192...`). Checked before any lookup, so a NUL or a megabyte never reaches the database.
+    ResourceId, "id", 128, "letters, digits, '-', '_' and '.'", slug_char, SLUG
 );
 
 /// An ISO 4217 currency code, or an operator's virtual currency code (`COINS`): 2 to 16 upper-case
 /// letters, digits or `_`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Currency(String);
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        id_schema(
+            "An ISO 4217 code or a virtual currency: 2 to 16 upper-case letters, digits or '_'",
+            16,
+            Currency::PATTERN,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Currency {}
+
 impl Currency {
+    /// What a currency code may hold, as a pattern (for the OpenAPI document).
+    pub const PATTERN: &str = "^[A-Z0-9_]{2,16}$";
+
     pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
         let value = value.into();
         check(
@@ -216,6 +281,39 @@ mod tests {
         assert!(Currency::parse("USD").is_ok());
         assert!(Currency::parse("coins").is_err());
         assert!(Currency::parse("C").is_err());
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for id in [".", ".."] {
+            assert_eq!(
+                AppUserId::parse(id),
+                Err(IdError::DotSegment {
+                    kind: "app_user_id"
+                })
+            );
+            assert!(ProductId::parse(id).is_err());
+        }
+        assert!(AppUserId::parse("...").is_ok());
+        assert!(ProductId::parse(".hidden").is_ok());
+    }
+
+    /// Whether `value` fits what the OpenAPI document states: the pattern and the length.
+    fn stated(pattern: &str, max: usize, value: &str) -> bool {
+        regex::Regex::new(pattern).unwrap().is_match(value) && value.chars().count() <= max
+    }
+
+    proptest::proptest! {
+        /// Each id's check admits exactly what its pattern and length admit.
+        #[test]
+        fn the_checks_are_the_patterns(s in "[ -~]{0,5}|\\.{1,3}|[a-z.]{60,70}|\\PC{0,4}|[\\x00-\\x1f]") {
+            proptest::prop_assert_eq!(AppId::parse(s.as_str()).is_ok(), stated(AppId::PATTERN, 64, &s));
+            proptest::prop_assert_eq!(ProductId::parse(s.as_str()).is_ok(), stated(ProductId::PATTERN, 128, &s));
+            proptest::prop_assert_eq!(ResourceId::parse(s.as_str()).is_ok(), stated(ResourceId::PATTERN, 128, &s));
+            proptest::prop_assert_eq!(AppUserId::parse(s.as_str()).is_ok(), stated(AppUserId::PATTERN, 255, &s));
+            proptest::prop_assert_eq!(EntitlementId::parse(s.as_str()).is_ok(), stated(EntitlementId::PATTERN, 255, &s));
+            proptest::prop_assert_eq!(Currency::parse(s.as_str()).is_ok(), stated(Currency::PATTERN, 16, &s));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! reads (time is an argument), so every rule can be unit-tested, property-tested and benchmarked alone.
 //!
 //! - [`ids`]: parsed identifiers (apps, products, entitlements, customers, currencies).
+//! - [`text`]: the length and characters of every other text field, for checks and the document.
 //! - [`time`]: [`Timestamp`](time::Timestamp) and the [`Clock`](time::Clock) seam.
 //! - [`duration`]: ISO 8601 durations (`P30D`) for time-boxed products.
 //! - [`catalog`]: products, their kinds, store SKUs, entitlements and consumable amounts.
@@ -21,11 +22,12 @@ pub mod facts;
 pub mod ids;
 pub mod ledger;
 pub mod purchase;
+pub mod text;
 pub mod time;
 
 pub use catalog::{ConsumableSpec, EntitlementSpec, Product, ProductKind, StoreSkus, Terms};
 pub use decide::{CustomerFacts, CustomerState, Effect, EntitlementStatus, EntitlementView};
 pub use facts::{EventKind, ManualAction, ManualFact, StoreEvent};
-pub use ids::{AppId, AppUserId, Currency, EntitlementId, IdError, ProductId, Store};
+pub use ids::{AppId, AppUserId, Currency, EntitlementId, IdError, ProductId, ResourceId, Store};
 pub use purchase::{PurchaseFacts, PurchaseState, PurchaseStatus, Settled};
 pub use time::{Clock, FixedClock, SystemClock, Timestamp};

@@ -455,5 +455,6 @@ impl SignedDataVerifier {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(payload: serde_json::Value) -> Result<T, VerifyError> {
+    super::models::check_text(&payload).map_err(VerifyError::InvalidPayload)?;
     serde_json::from_value(payload).map_err(|e| VerifyError::InvalidPayload(e.to_string()))
 }

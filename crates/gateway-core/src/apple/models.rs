@@ -4,6 +4,58 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::text;
+
+/// The fields of Apple's payloads that the gateway keeps as database keys or looks rows up by: each
+/// must pass [`text::STORE_ID`] wherever it appears. Apple's own are short ASCII (digits, UUIDs,
+/// reverse-DNS ids).
+const ID_FIELDS: [&str; 11] = [
+    "notificationUUID",
+    "transactionId",
+    "originalTransactionId",
+    "webOrderLineItemId",
+    "productId",
+    "autoRenewProductId",
+    "bundleId",
+    "appAccountToken",
+    "subscriptionGroupIdentifier",
+    "requestIdentifier",
+    "externalPurchaseId",
+];
+
+/// The longest string a payload may carry anywhere: a nested JWS fits many times over.
+pub const MAX_STRING_LEN: usize = 65_536;
+
+/// Checks the text of a decoded payload before any of it is kept: no NUL anywhere (PostgreSQL cannot
+/// store one), no string longer than [`MAX_STRING_LEN`], and every id of [`ID_FIELDS`] a short printable
+/// token, so even a validly signed payload cannot put an over-long or NUL-bearing key in the database.
+pub fn check_text(value: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let string = |field: &str, s: &str| {
+        if s.contains('\0') {
+            return Err(format!("`{field}` contains NUL"));
+        }
+        if s.chars().count() > MAX_STRING_LEN {
+            return Err(format!(
+                "`{field}` is longer than {MAX_STRING_LEN} characters"
+            ));
+        }
+        Ok(())
+    };
+    match value {
+        Value::String(s) => string("a value", s),
+        Value::Array(items) => items.iter().try_for_each(check_text),
+        Value::Object(fields) => fields.iter().try_for_each(|(k, v)| {
+            string("a field name", k)?;
+            if let (true, Value::String(s)) = (ID_FIELDS.contains(&k.as_str()), v) {
+                text::STORE_ID.check(s).map_err(|e| format!("`{k}` {e}"))?;
+            }
+            check_text(v).map_err(|e| e.replace("a value", k))
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Unix milliseconds that Apple may write as a fraction (`1697679936049.7297`) or a negative number.
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let v: Option<serde_json::Number> = Option::deserialize(d)?;

@@ -11,6 +11,7 @@ use super::{
     Access, AppState, app_for,
     auth::Caller,
     error::{ApiError, ApiJson, ApiResult, ErrorBody},
+    parse_id,
 };
 use crate::{
     db::{self, keys::KeyInfo},
@@ -138,6 +139,7 @@ pub async fn revoke_key(
     caller: Caller,
     Path((app, key_id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
+    let key_id = parse_id(&key_id, "key_id")?.to_string();
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     if db::keys::revoke(&s.db, &app, &key_id, s.clock.now()).await? {
         tracing::info!(app = %app, key_id = %key_id, "key revoked");
@@ -208,6 +210,7 @@ pub async fn revoke_any_key(
     Path(key_id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
+    let key_id = parse_id(&key_id, "key_id")?.to_string();
     if db::keys::revoke_any(&s.db, &key_id, s.clock.now()).await? {
         tracing::info!(key_id = %key_id, "key revoked");
         Ok(StatusCode::NO_CONTENT)

@@ -46,7 +46,8 @@ pub struct OrderAnswer {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
-    /// Seconds to hold the answer (at most 50) when `after_version` is given.
+    /// Seconds to hold the answer when `after_version` is given.
+    #[param(minimum = 0, maximum = 50)]
     wait: Option<u64>,
     /// The version the caller has; the answer comes as soon as the snapshot is newer.
     after_version: Option<i64>,
@@ -76,17 +77,18 @@ pub async fn get_customer(
     let user = parse_user(&user)?;
     let (found, credentials) = app_for_open_read(&s, &caller, &app, &user, &headers, READ).await?;
     let app = found.id.clone();
+    // Checked whether or not it is used, as the document states it.
+    if poll.wait.is_some_and(|w| w > customers::MAX_WAIT.as_secs()) {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            format!(
+                "`wait` is at most {} seconds.",
+                customers::MAX_WAIT.as_secs()
+            ),
+        ));
+    }
     let snap = match (poll.wait, poll.after_version) {
         (Some(wait), Some(after)) => {
-            if wait > customers::MAX_WAIT.as_secs() {
-                return Err(ApiError::bad_request(
-                    "invalid_wait",
-                    format!(
-                        "`wait` is at most {} seconds.",
-                        customers::MAX_WAIT.as_secs()
-                    ),
-                ));
-            }
             let wait = std::time::Duration::from_secs(wait);
             tokio::select! {
                 snap = customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref(), &credentials) => snap?,
@@ -117,7 +119,8 @@ pub async fn offerings(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TimelineQuery {
-    /// At most this many rows (1 to 500; 100 by default).
+    /// At most this many rows (100 by default).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// Only rows before this `seq`: the last `seq` of the previous page.
     before: Option<i64>,

@@ -12,21 +12,20 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 
+use gateway_core::text::IDEMPOTENCY_KEY;
+
 use super::{
     AppState,
-    auth::bearer,
+    auth::{Caller, bearer},
     error::{ApiError, too_large},
 };
 use crate::{
     db::idempotency::{self, Claim},
-    service::keys::hash_key,
+    service::keys::{self, hash_key},
 };
 
 /// The largest body kept; the request limit is the same.
 pub const BODY_LIMIT: usize = 1024 * 1024;
-
-/// Longest key accepted.
-const MAX_KEY_LEN: usize = 255;
 
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let is_write = matches!(
@@ -37,14 +36,22 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let (Some(key), true) = (key, is_write) else {
         return next.run(req).await;
     };
-    let key = match key.to_str() {
-        Ok(k)
-            if !k.is_empty()
-                && k.len() <= MAX_KEY_LEN
-                && k.chars().all(|c| c.is_ascii_graphic()) =>
-        {
-            k.to_owned()
+    let (mut parts, body) = req.into_parts();
+    let Some(token) = bearer(&parts).map(str::to_owned) else {
+        // No caller to scope the key to: let authentication answer.
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    // The key is checked before anything else about the request, this header included: a caller
+    // without a valid key learns 401, never what else is wrong.
+    match keys::authenticate(&state.db, &token, state.bootstrap_hash.as_deref()).await {
+        Ok(Some(caller)) => {
+            parts.extensions.insert(Caller(caller));
         }
+        Ok(None) => return next.run(Request::from_parts(parts, body)).await,
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let key = match key.to_str() {
+        Ok(k) if IDEMPOTENCY_KEY.check(k).is_ok() => k.to_owned(),
         _ => {
             return ApiError::bad_request(
                 "invalid_idempotency_key",
@@ -53,11 +60,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             .into_response();
         }
     };
-    let (parts, body) = req.into_parts();
-    let Some(token) = bearer(&parts) else {
-        // No caller to scope the key to: let authentication answer.
-        return next.run(Request::from_parts(parts, body)).await;
-    };
+    let token = token.as_str();
     let owner = hash_key(token);
     let bytes = match to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,

@@ -15,7 +15,7 @@ pub mod webhooks;
 use std::{sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit, middleware};
-use gateway_core::{AppId, AppUserId, Clock, EntitlementId, ProductId};
+use gateway_core::{AppId, AppUserId, Clock, EntitlementId, ProductId, ResourceId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -255,6 +255,12 @@ pub fn parse_app(raw: &str) -> Result<AppId, ApiError> {
             format!("The app id in the path is not valid: {e}."),
         )
     })
+}
+
+/// Parses an id the gateway made (a key's, an endpoint's, a delivery's), or answers 400 naming it.
+pub fn parse_id(raw: &str, name: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::parse(raw)
+        .map_err(|e| ApiError::bad_request("invalid_id", format!("`{name}` is not valid: {e}.")))
 }
 
 pub fn parse_user(raw: &str) -> Result<AppUserId, ApiError> {

@@ -70,9 +70,14 @@ pub async fn submit(
         .as_deref()
         .map(super::parse_product)
         .transpose()?;
+    let order_id = body
+        .order_id
+        .as_deref()
+        .map(|o| super::parse_id(o, "order_id"))
+        .transpose()?;
     let submission = Submission {
         store,
-        order_id: body.order_id,
+        order_id: order_id.map(|o| o.to_string()),
         product_id,
         signed_transaction: body.signed_transaction,
         transaction_id: body.transaction_id,

@@ -6,12 +6,14 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
+use gateway_core::{AppUserId, ResourceId};
 use serde::{Deserialize, Serialize};
 
 use super::{
     Access, AppState, app_for,
     auth::Caller,
     error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody},
+    parse_id,
 };
 use crate::{
     db::deliveries::{self, Delivery, Filter, Status},
@@ -67,9 +69,11 @@ pub async fn get_endpoint(
     caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id, "endpoint_id")?;
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
+    let id = id.as_str();
     Ok(ApiJson(webhooks::view(
-        &webhooks::get(&s.db, &app, &id).await?,
+        &webhooks::get(&s.db, &app, id).await?,
         None,
     )))
 }
@@ -83,9 +87,10 @@ pub async fn patch_endpoint(
     Path((app, id)): Path<(String, String)>,
     ApiJson(patch): ApiJson<EndpointPatch>,
 ) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id, "endpoint_id")?;
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     Ok(ApiJson(
-        webhooks::update(&s.db, &app, &id, patch, s.clock.now()).await?,
+        webhooks::update(&s.db, &app, id.as_str(), patch, s.clock.now()).await?,
     ))
 }
 
@@ -99,6 +104,7 @@ pub async fn rotate_secret(
     Path((app, id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id, "endpoint_id")?;
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     // The body is optional: no body rotates with the defaults.
     let rotation: Rotation = if body.iter().all(u8::is_ascii_whitespace) {
@@ -112,21 +118,23 @@ pub async fn rotate_secret(
         })?
     };
     Ok(ApiJson(
-        webhooks::rotate(&s.db, &app, &id, rotation, s.clock.now()).await?,
+        webhooks::rotate(&s.db, &app, id.as_str(), rotation, s.clock.now()).await?,
     ))
 }
 
-/// Which deliveries to list.
+/// Which deliveries to list. Ids are checked as ids before they reach the database.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// `pending`, `delivered` or `dead`.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
-    endpoint_id: Option<String>,
-    app_user_id: Option<String>,
+    endpoint_id: Option<ResourceId>,
+    app_user_id: Option<AppUserId>,
     /// Only deliveries older than this delivery id (the last of the previous page).
-    before: Option<String>,
-    /// At most this many (default 50, at most 500).
+    before: Option<ResourceId>,
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -167,9 +175,9 @@ pub async fn list_deliveries(
     }
     let filter = Filter {
         status,
-        endpoint_id: q.endpoint_id,
-        customer_id: q.app_user_id,
-        before: q.before,
+        endpoint_id: q.endpoint_id.map(|id| id.to_string()),
+        customer_id: q.app_user_id.map(|id| id.to_string()),
+        before: q.before.map(|id| id.to_string()),
         limit,
     };
     Ok(ApiJson(DeliveryList {
@@ -193,6 +201,7 @@ pub async fn get_delivery(
     caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id, "delivery_id")?.to_string();
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let found = deliveries::get(&s.db, &app, &id)
         .await?
@@ -208,6 +217,7 @@ pub async fn retry_delivery(
     caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id, "delivery_id")?.to_string();
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let found = deliveries::get(&s.db, &app, &id)
         .await?

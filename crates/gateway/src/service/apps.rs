@@ -5,7 +5,9 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ServiceError, ServiceResult};
+use gateway_core::text;
+
+use super::{Kind, ServiceError, ServiceResult, opt_text};
 use crate::{
     db::{Db, apps},
     model::{
@@ -68,90 +70,107 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
 }
 
 fn check_url(field: &str, value: Option<&str>) -> ServiceResult<()> {
-    if let Some(v) = value {
-        let ok = url::Url::parse(v)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !ok {
-            return Err(invalid(
-                "invalid_url",
-                format!("`{field}` must be an http or https URL; got {v:?}."),
-            ));
-        }
-    }
-    Ok(())
+    opt_text(&text::URL_TEXT, "invalid_url", field, value)
 }
 
-/// Checks settings that serde's types do not already hold.
+/// Checks settings that serde's types do not already hold: the lengths and characters of every field
+/// (stated in the OpenAPI document from the same rules), then what ties fields together.
 fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
-    if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(invalid(
-            "invalid_name",
-            "`name` must be 1 to 200 characters.",
-        ));
-    }
+    super::text(&text::NAME, "invalid_name", "name", name)?;
     for c in &s.embargoed_countries {
-        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
-            return Err(invalid(
-                "invalid_country",
-                format!(
-                    "`embargoed_countries` holds ISO 3166 alpha-2 codes such as \"CU\"; got {c:?}."
-                ),
-            ));
-        }
+        super::text(&text::COUNTRY, "invalid_country", "embargoed_countries", c)?;
     }
     if let Some(a) = &s.app_store {
-        if a.bundle_id.trim().is_empty() {
-            return Err(invalid(
+        let field = |f: &str| format!("app_store.{f}");
+        super::text(
+            &text::STORE_ID,
+            "invalid_app_store",
+            &field("bundle_id"),
+            &a.bundle_id,
+        )?;
+        opt_text(
+            &text::STORE_ID,
+            "invalid_app_store",
+            &field("issuer_id"),
+            a.issuer_id.as_deref(),
+        )?;
+        opt_text(
+            &text::STORE_ID,
+            "invalid_app_store",
+            &field("key_id"),
+            a.key_id.as_deref(),
+        )?;
+        opt_text(
+            &text::PRIVATE_KEY_PEM,
+            "invalid_app_store",
+            &field("private_key_pem"),
+            a.private_key_pem.as_ref().map(Secret::expose),
+        )?;
+        for cert in a.root_certificates_pem.iter().flatten() {
+            super::text(
+                &text::CERTIFICATE_PEM,
                 "invalid_app_store",
-                "`app_store.bundle_id` must not be empty.",
-            ));
+                &field("root_certificates_pem"),
+                cert,
+            )?;
         }
+        opt_text(
+            &text::SECRET_TEXT,
+            "invalid_app_store",
+            &field("shared_secret"),
+            a.shared_secret.as_ref().map(Secret::expose),
+        )?;
+        check_url(&field("api_base_url"), a.api_base_url.as_deref())?;
+        check_url(
+            &field("verify_receipt_url"),
+            a.verify_receipt_url.as_deref(),
+        )?;
+        check_url(
+            &field("verify_receipt_sandbox_url"),
+            a.verify_receipt_sandbox_url.as_deref(),
+        )?;
         if a.environment == crate::model::AppleEnvironment::Production && a.app_apple_id.is_none() {
             return Err(invalid(
                 "invalid_app_store",
                 "A Production `app_store` needs `app_apple_id` (the app's Apple ID in App Store Connect): Apple's notifications are checked against it.",
             ));
         }
-        check_url("app_store.api_base_url", a.api_base_url.as_deref())?;
-        check_url(
-            "app_store.verify_receipt_url",
-            a.verify_receipt_url.as_deref(),
-        )?;
-        check_url(
-            "app_store.verify_receipt_sandbox_url",
-            a.verify_receipt_sandbox_url.as_deref(),
-        )?;
-        if let Some(pem) = &a.private_key_pem
-            && !pem.expose().contains("BEGIN PRIVATE KEY")
-        {
-            return Err(invalid(
-                "invalid_app_store",
-                "`app_store.private_key_pem` must be the PKCS#8 PEM of the .p8 key Apple issued.",
-            ));
-        }
-        for cert in a.root_certificates_pem.iter().flatten() {
-            if !cert.contains("BEGIN CERTIFICATE") {
-                return Err(invalid(
-                    "invalid_app_store",
-                    "`app_store.root_certificates_pem` must hold PEM certificates.",
-                ));
-            }
-        }
     }
     if let Some(p) = &s.play_store {
-        if p.package_name.trim().is_empty() {
-            return Err(invalid(
-                "invalid_play_store",
-                "`play_store.package_name` must not be empty.",
-            ));
-        }
-        check_url("play_store.api_base_url", p.api_base_url.as_deref())?;
+        let field = |f: &str| format!("play_store.{f}");
+        super::text(
+            &text::STORE_ID,
+            "invalid_play_store",
+            &field("package_name"),
+            &p.package_name,
+        )?;
+        opt_text(
+            &text::STORE_ID,
+            "invalid_play_store",
+            &field("pubsub_audience"),
+            p.pubsub_audience.as_deref(),
+        )?;
+        opt_text(
+            &text::SECRET_TEXT,
+            "invalid_play_store",
+            &field("push_token"),
+            p.push_token.as_ref().map(Secret::expose),
+        )?;
+        check_url(&field("api_base_url"), p.api_base_url.as_deref())?;
         if let Some(sa) = &p.service_account_json {
+            super::text(
+                &text::JSON_TEXT,
+                "invalid_play_store",
+                &field("service_account_json"),
+                sa.expose(),
+            )?;
             let parsed: Result<Value, _> = serde_json::from_str(sa.expose());
             if !parsed
                 .is_ok_and(|v| v.get("private_key").is_some() && v.get("client_email").is_some())
             {
-                return Err(invalid(
+                // Text of the right shape that is not a key file: the document cannot state this.
+                return Err(ServiceError::new(
+                    Kind::Unprocessable,
                     "invalid_play_store",
                     "`play_store.service_account_json` must be a Google service account key file (JSON with client_email and private_key).",
                 ));
@@ -159,31 +178,58 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
         }
     }
     if let Some(st) = &s.stripe {
+        opt_text(
+            &text::SECRET_TEXT,
+            "invalid_stripe",
+            "stripe.secret_key",
+            st.secret_key.as_ref().map(Secret::expose),
+        )?;
         check_url("stripe.api_base_url", st.api_base_url.as_deref())?;
-        if st
-            .webhook_secret
-            .as_ref()
-            .is_none_or(|s| s.expose().is_empty())
-        {
-            return Err(invalid(
+        match &st.webhook_secret {
+            Some(secret) => super::text(
+                &text::SECRET_TEXT,
                 "invalid_stripe",
-                "`stripe.webhook_secret` is required: the endpoint's signing secret (`whsec_...`).",
-            ));
+                "stripe.webhook_secret",
+                secret.expose(),
+            )?,
+            None => {
+                return Err(invalid(
+                    "invalid_stripe",
+                    "`stripe.webhook_secret` is required: the endpoint's signing secret (`whsec_...`).",
+                ));
+            }
         }
     }
-    if let Some(rc) = &s.revenuecat
-        && rc
-            .webhook_authorization
-            .as_ref()
-            .is_none_or(|s| s.expose().is_empty())
-    {
-        return Err(invalid(
-            "invalid_revenuecat",
-            "`revenuecat.webhook_authorization` is required: the Authorization header RevenueCat sends.",
-        ));
+    if let Some(rc) = &s.revenuecat {
+        match &rc.webhook_authorization {
+            Some(auth) => super::text(
+                &text::SECRET_TEXT,
+                "invalid_revenuecat",
+                "revenuecat.webhook_authorization",
+                auth.expose(),
+            )?,
+            None => {
+                return Err(invalid(
+                    "invalid_revenuecat",
+                    "`revenuecat.webhook_authorization` is required: the Authorization header RevenueCat sends.",
+                ));
+            }
+        }
     }
     if let Some(ca) = &s.customer_auth {
         check_url("customer_auth.jwks_url", ca.jwks_url.as_deref())?;
+        opt_text(
+            &text::STORE_ID,
+            "invalid_customer_auth",
+            "customer_auth.issuer",
+            ca.issuer.as_deref(),
+        )?;
+        opt_text(
+            &text::STORE_ID,
+            "invalid_customer_auth",
+            "customer_auth.audience",
+            ca.audience.as_deref(),
+        )?;
         if ca.mode == CustomerAuthMode::Jwt && ca.jwks_url.is_none() {
             return Err(invalid(
                 "invalid_customer_auth",

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use gateway_core::{
     AppId, ConsumableSpec, Currency, EntitlementId, EntitlementSpec, Product, ProductId,
-    ProductKind, StoreSkus, Timestamp, duration::IsoDuration,
+    ProductKind, StoreSkus, Timestamp, catalog::ProductError, duration::IsoDuration,
 };
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ServiceError, ServiceResult};
+use super::{Kind, ServiceError, ServiceResult};
 use crate::db::{Db, products};
 
 /// The body of `PUT /v1/apps/{app}/products/{product_id}`.
@@ -43,7 +43,9 @@ impl ProductBody {
     /// The product this body describes under `id`, or why the two disagree.
     pub fn into_product(self, id: ProductId) -> ServiceResult<Product> {
         if self.id.as_ref().is_some_and(|body| *body != id) {
-            return Err(ServiceError::bad_request(
+            // Each fits the document alone; that they differ is more than it can state.
+            return Err(ServiceError::new(
+                Kind::Unprocessable,
                 "id_mismatch",
                 "The body's `id` is not the product id of the path.",
             ));
@@ -77,9 +79,15 @@ pub async fn put(
     product: Product,
     now: Timestamp,
 ) -> ServiceResult<(Product, bool)> {
-    product
-        .validate()
-        .map_err(|e| ServiceError::bad_request("invalid_product", format!("{e}.")))?;
+    product.validate().map_err(|e| match e {
+        // The document states every rule of a product but this one (a list unique by a field).
+        ProductError::DuplicateEntitlement(_) => ServiceError::new(
+            Kind::Unprocessable,
+            "duplicate_entitlement",
+            format!("{e}."),
+        ),
+        _ => ServiceError::bad_request("invalid_product", format!("{e}.")),
+    })?;
     let mut tx = db.begin(crate::db::Begin::Write).await?;
     let is_new = products::upsert(&mut tx, app, &product, now)
         .await

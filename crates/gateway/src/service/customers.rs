@@ -154,26 +154,27 @@ pub async fn create_order(
             "`product_ids` must name at least one product.",
         ));
     }
-    let country = country.map(|c| c.trim().to_ascii_uppercase());
+    super::opt_text(
+        &gateway_core::text::ANY_CASE_COUNTRY,
+        "invalid_country",
+        "country",
+        country.as_deref(),
+    )?;
+    let country = country.map(|c| c.to_ascii_uppercase());
     if country.is_none() && !app.settings.embargoed_countries.is_empty() {
-        return Err(ServiceError::bad_request(
+        // A rule of this app's settings, not of the request's shape.
+        return Err(ServiceError::conflict(
             "country_required",
             "This app refuses purchases from some countries: give the buyer's `country` (ISO 3166 alpha-2).",
         ));
     }
-    if let Some(c) = &country {
-        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
-            return Err(ServiceError::bad_request(
-                "invalid_country",
-                format!("`country` must be an ISO 3166 alpha-2 code such as \"US\"; got {c:?}."),
-            ));
-        }
-        if app.settings.embargoed_countries.contains(c) {
-            return Err(ServiceError::forbidden(
-                "embargoed",
-                format!("Purchases from {c} are not allowed by this app."),
-            ));
-        }
+    if let Some(c) = &country
+        && app.settings.embargoed_countries.contains(c)
+    {
+        return Err(ServiceError::forbidden(
+            "embargoed",
+            format!("Purchases from {c} are not allowed by this app."),
+        ));
     }
     for pid in &product_ids {
         let product = products::get(db, &app.id, pid).await?.ok_or_else(|| {
@@ -304,7 +305,9 @@ pub async fn grant(
     } = grant;
     let reason = super::reason(&reason)?;
     if expires_at.is_some_and(|e| e <= now) {
-        return Err(ServiceError::bad_request(
+        // Fits the document (a time), refused for when it is: the document cannot state that.
+        return Err(ServiceError::new(
+            super::Kind::Unprocessable,
             "invalid_expires_at",
             "`expires_at` must be in the future.",
         ));

@@ -25,6 +25,8 @@ pub mod store_actions;
 pub mod tokens;
 pub mod webhooks;
 
+use gateway_core::text::{TextError, TextRule};
+
 use crate::db::DbError;
 
 /// The HTTP status class of a caller's mistake.
@@ -98,20 +100,37 @@ impl From<sqlx::Error> for ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+/// Checks text against its rule, refusing it with `code` and a sentence naming `field`.
+pub fn text(rule: &TextRule, code: &'static str, field: &str, value: &str) -> ServiceResult<()> {
+    rule.check(value)
+        .map_err(|e| ServiceError::bad_request(code, format!("`{field}` {e}.")))
+}
+
+/// [`text`] for a value that may be absent.
+pub fn opt_text(
+    rule: &TextRule,
+    code: &'static str,
+    field: &str,
+    value: Option<&str>,
+) -> ServiceResult<()> {
+    value.map_or(Ok(()), |v| text(rule, code, field, v))
+}
+
 /// Checks a free-text reason an operator must give.
 pub fn reason(value: &str) -> ServiceResult<String> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(ServiceError::bad_request(
-            "reason_required",
-            "Give a `reason`: it is kept in the customer's audit log.",
-        ));
-    }
-    if trimmed.chars().count() > 1000 {
-        return Err(ServiceError::bad_request(
+    match gateway_core::text::REASON.check(value) {
+        Ok(()) => Ok(value.trim().to_owned()),
+        Err(TextError::TooLong { .. }) => Err(ServiceError::bad_request(
             "reason_too_long",
             "A `reason` may be at most 1000 characters.",
-        ));
+        )),
+        Err(TextError::Control(_)) => Err(ServiceError::bad_request(
+            "invalid_reason",
+            "A `reason` may not contain control characters.",
+        )),
+        Err(_) => Err(ServiceError::bad_request(
+            "reason_required",
+            "Give a `reason`: it is kept in the customer's audit log.",
+        )),
     }
-    Ok(trimmed.to_owned())
 }

@@ -23,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{ServiceError, ServiceResult, webhooks::Sent};
+use super::{ServiceResult, webhooks::Sent};
 use crate::db::endpoints::Endpoint;
 
 /// The event types the connector acts on.
@@ -96,19 +96,16 @@ pub struct SettingsView {
 
 impl Settings {
     pub fn check(&self) -> ServiceResult<()> {
-        if self.client_id.trim().is_empty() || self.client_secret.is_empty() {
-            return Err(ServiceError::bad_request(
-                "invalid_openedx_settings",
-                "`openedx.client_id` and `openedx.client_secret` are required.",
-            ));
-        }
-        if self.default_mode.trim().is_empty() {
-            return Err(ServiceError::bad_request(
-                "invalid_openedx_settings",
-                "`openedx.default_mode` may not be empty.",
-            ));
-        }
-        Ok(())
+        use gateway_core::text::{SECRET_TEXT, STORE_ID};
+        let code = "invalid_openedx_settings";
+        super::text(&STORE_ID, code, "openedx.client_id", &self.client_id)?;
+        super::text(
+            &SECRET_TEXT,
+            code,
+            "openedx.client_secret",
+            &self.client_secret,
+        )?;
+        super::text(&STORE_ID, code, "openedx.default_mode", &self.default_mode)
     }
 
     pub fn view(&self) -> SettingsView {

@@ -2,7 +2,9 @@
 //! store's own means, maps it to the catalog and the customer, and decides. A client's word changes
 //! nothing until the store said the same (invariant 1): only verified data becomes facts.
 
-use gateway_core::{AppUserId, Timestamp, apple::VerifyError, decide::PurchaseView, ids::Store};
+use gateway_core::{
+    AppUserId, Timestamp, apple::VerifyError, decide::PurchaseView, ids::Store, text,
+};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -90,6 +92,24 @@ pub async fn submit(
             "`purchase_token` and `checkout_session_id` belong to Google Play and Stripe, not the App Store.",
         ));
     }
+    super::opt_text(
+        &text::SIGNED_DATA,
+        "invalid_signed_transaction",
+        "signed_transaction",
+        submission.signed_transaction.as_deref(),
+    )?;
+    super::opt_text(
+        &text::STORE_ID,
+        "invalid_transaction_id",
+        "transaction_id",
+        submission.transaction_id.as_deref(),
+    )?;
+    super::opt_text(
+        &text::RECEIPT,
+        "invalid_receipt_data",
+        "receipt_data",
+        submission.receipt_data.as_deref(),
+    )?;
     if let Some(order_id) = &submission.order_id {
         let order = orders::by_id(db, &app.id, order_id).await?.ok_or_else(|| {
             ServiceError::not_found(
@@ -111,13 +131,13 @@ pub async fn submit(
         submission.transaction_id,
         submission.receipt_data,
     ) {
-        (Some(jws), _, _) => (
+        (Some(jws), None, None) => (
             vec![verifier.verify_transaction(&jws, now)?],
             jws,
             "transaction",
         ),
         // Only an id: the gateway asks Apple for the transaction, then verifies it as any other.
-        (None, Some(id), _) => {
+        (None, Some(id), None) => {
             let jws = apple_store
                 .api
                 .transaction_info(app, verifier.environment(), &id)
@@ -147,6 +167,14 @@ pub async fn submit(
             return Err(ServiceError::bad_request(
                 "signed_transaction_required",
                 "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation), its `transaction_id`, or a legacy `receipt_data`.",
+            ));
+        }
+        // One purchase, one proof: a body with two could name two purchases, and picking one would
+        // silently drop the other.
+        _ => {
+            return Err(ServiceError::bad_request(
+                "one_proof_only",
+                "Send exactly one of `signed_transaction`, `transaction_id` and `receipt_data`.",
             ));
         }
     };
@@ -287,6 +315,26 @@ pub async fn restore(
             format!("A restore carries at most {MAX_RESTORE} transactions."),
         ));
     }
+    for jws in &signed_transactions {
+        super::text(
+            &text::SIGNED_DATA,
+            "invalid_signed_transaction",
+            "signed_transactions",
+            jws,
+        )?;
+    }
+    super::opt_text(
+        &text::RECEIPT,
+        "invalid_receipt_data",
+        "receipt_data",
+        receipt_data.as_deref(),
+    )?;
+    if signed_transactions.is_empty() && receipt_data.is_none() {
+        return Err(ServiceError::bad_request(
+            "nothing_to_restore",
+            "Send `signed_transactions` or a `receipt_data` to restore.",
+        ));
+    }
     let verifier = apple_store.verifiers.for_app(app)?;
     let mut transactions = Vec::new();
     for jws in &signed_transactions {
@@ -304,9 +352,10 @@ pub async fn restore(
         transactions.extend(verified.transactions);
     }
     if transactions.is_empty() {
-        return Err(ServiceError::bad_request(
+        return Err(ServiceError::new(
+            Kind::Unprocessable,
             "nothing_to_restore",
-            "Send `signed_transactions` or a `receipt_data` to restore.",
+            "The receipt holds no transactions to restore.",
         ));
     }
     let raw = serde_json::json!({"signed_transactions": signed_transactions, "receipt_data": receipt_data}).to_string();

@@ -4,7 +4,7 @@
 //! of `id.timestamp.body`, one per active secret, space-separated). Secrets are `whsec_<base64>`.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use gateway_core::{AppId, Timestamp};
+use gateway_core::{AppId, Timestamp, text};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -163,16 +163,7 @@ pub fn view(e: &Endpoint, new_secret: Option<String>) -> EndpointView {
 }
 
 fn check_url(url: &str) -> ServiceResult<()> {
-    let parsed = url::Url::parse(url).map_err(|e| {
-        ServiceError::bad_request("invalid_url", format!("`url` is not a URL: {e}."))
-    })?;
-    if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
-        return Err(ServiceError::bad_request(
-            "invalid_url",
-            "`url` must be an http:// or https:// URL with a host.",
-        ));
-    }
-    Ok(())
+    super::text(&text::URL_TEXT, "invalid_url", "url", url)
 }
 
 fn check_events(kind: &str, events: &[String]) -> ServiceResult<Vec<String>> {
@@ -206,12 +197,7 @@ fn secret_key(secret: &str) -> Option<Vec<u8>> {
 }
 
 fn check_secret(secret: &str) -> ServiceResult<()> {
-    secret_key(secret).map(|_| ()).ok_or_else(|| {
-        ServiceError::bad_request(
-            "invalid_secret",
-            "A secret is `whsec_` followed by the base64 of 16 to 64 random bytes.",
-        )
-    })
+    super::text(&text::WEBHOOK_SECRET, "invalid_secret", "secret", secret)
 }
 
 fn generate_secret() -> String {
@@ -228,6 +214,12 @@ pub async fn create(
     now: Timestamp,
 ) -> ServiceResult<EndpointView> {
     check_url(&body.url)?;
+    super::text(
+        &text::DESCRIPTION,
+        "invalid_description",
+        "description",
+        &body.description,
+    )?;
     let kind = body.kind.as_str();
     let events = check_events(kind, &body.events)?;
     let (secrets, generated, config) = match body.kind {
@@ -325,6 +317,7 @@ pub async fn update(
         e.config = serde_json::to_value(&settings).map_err(crate::db::DbError::from)?;
     }
     if let Some(d) = patch.description {
+        super::text(&text::DESCRIPTION, "invalid_description", "description", &d)?;
         e.description = d;
     }
     if let Some(a) = patch.active {
@@ -521,5 +514,30 @@ mod tests {
         assert!(check_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(check_secret("whsec_not base64!").is_err());
         assert!(check_secret("whsec_c2hvcnQ=").is_err());
+    }
+
+    /// The rule the document states admits exactly the secrets that decode to a usable key.
+    #[test]
+    fn the_secret_rule_is_what_decodes() {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for n in 0..=80usize {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            let secret = format!("whsec_{}", STANDARD.encode(&bytes));
+            assert_eq!(secret_key(&secret).is_some(), (16..=64).contains(&n));
+            // Each character in the last data position: non-canonical trailing bits included.
+            let last = secret.trim_end_matches('=').len() - 1;
+            for c in alphabet {
+                let mut variant = secret.clone().into_bytes();
+                if last >= 6 {
+                    variant[last] = *c;
+                }
+                let variant = String::from_utf8(variant).unwrap();
+                assert_eq!(
+                    check_secret(&variant).is_ok(),
+                    secret_key(&variant).is_some(),
+                    "{variant}"
+                );
+            }
+        }
     }
 }

@@ -258,11 +258,21 @@ async fn post(
             "Apple's verifyReceipt failed; try again later.",
         ));
     }
-    res.json().await.map_err(|_| {
+    let not_a_receipt = || {
         ServiceError::new(
             Kind::Unavailable,
             "store_unavailable",
             "Apple's verifyReceipt answered with something that is not a receipt.",
         )
-    })
+    };
+    let value: serde_json::Value = res.json().await.map_err(|_| not_a_receipt())?;
+    // The same bounds as signed payloads: nothing from the answer reaches the database unchecked.
+    gateway_core::apple::models::check_text(&value).map_err(|e| {
+        ServiceError::new(
+            Kind::Unprocessable,
+            "malformed_receipt",
+            format!("Apple's answer about this receipt cannot be kept: {e}."),
+        )
+    })?;
+    serde_json::from_value(value).map_err(|_| not_a_receipt())
 }

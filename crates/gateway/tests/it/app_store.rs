@@ -199,11 +199,15 @@ both!(
                 store.transaction("5004", "edu.acme.unknown", t, json!({})),
                 "unknown_product",
             ),
-            ("garbage".to_owned(), "malformed_signed_data"),
+            ("garbage.not.jws".to_owned(), "malformed_signed_data"),
         ];
         for (jws, code) in cases {
             submit(&app, "u1", &jws).await.error(422, code);
         }
+        // Not even the shape of a JWS: refused by the document's own rule.
+        submit(&app, "u1", "garbage")
+            .await
+            .error(400, "invalid_signed_transaction");
         app.request(
             Method::POST,
             "/v1/apps/acme/purchases",
@@ -853,9 +857,12 @@ both!(
         restore("third", vec![])
             .await
             .error(400, "nothing_to_restore");
-        restore("third", vec!["garbage".into()])
+        restore("third", vec!["garbage.not.jws".into()])
             .await
             .error(422, "malformed_signed_data");
+        restore("third", vec!["garbage".into()])
+            .await
+            .error(400, "invalid_signed_transaction");
     }
 );
 

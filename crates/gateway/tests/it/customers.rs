@@ -167,7 +167,7 @@ both!(bad_grants_change_nothing, |app: TestApp| async move {
         json!({"entitlement_id": "pass", "reason": "x", "expires_at": "2020-01-01T00:00:00Z"}),
     )
     .await
-    .error(400, "invalid_expires_at");
+    .error(422, "invalid_expires_at");
     app.post(
         &format!("{c}/grants"),
         json!({"entitlement_id": "pass", "reason": "x", "expires_at": "soon"}),
@@ -394,7 +394,7 @@ both!(
         let before = app.count("orders").await;
         app.post(path, json!({"product_ids": ["cs101"]}))
             .await
-            .error(400, "country_required");
+            .error(409, "country_required");
         app.post(path, json!({"product_ids": ["cs101"], "country": "CU"}))
             .await
             .error(403, "embargoed");

@@ -271,7 +271,7 @@ both!(
         assert_eq!(written, product);
         app.put("/v1/apps/acme/products/other", product)
             .await
-            .error(400, "id_mismatch");
+            .error(422, "id_mismatch");
 
         app.post("/v1/apps", json!({"id": "web", "name": "Web", "stripe": {"webhook_secret": "whsec_abc", "secret_key": "sk_live_x"}, "revenuecat": {"webhook_authorization": "Bearer rc"}})).await.expect(201);
         let patched = app
