@@ -147,6 +147,8 @@ pub enum ProductError {
     NoEntitlements(&'static str),
     #[error("entitlement {0} is listed twice")]
     DuplicateEntitlement(String),
+    #[error("`access_duration` {0}")]
+    Duration(crate::duration::DurationError),
     #[error("`store_skus.{field}` {error}")]
     Sku {
         field: &'static str,
@@ -182,6 +184,9 @@ impl Product {
             (ProductKind::Consumable, Some(_)) => {}
             (_, Some(_)) => return Err(ProductError::ConsumableNotAllowed),
             (_, None) => {}
+        }
+        if let Some(d) = &self.access_duration {
+            d.check_range().map_err(ProductError::Duration)?;
         }
         if self.access_duration.is_some() && self.expires_at.is_some() {
             return Err(ProductError::BothEnds);

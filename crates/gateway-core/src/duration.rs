@@ -29,51 +29,79 @@ pub const MAX_DAYS: u64 = 36_525;
 #[error("{0:?} is not an ISO 8601 duration of at most 100 years, such as P30D, P1M, P1Y or PT12H")]
 pub struct DurationError(pub String);
 
-impl FromStr for IsoDuration {
-    type Err = DurationError;
+impl IsoDuration {
+    /// The shape of a duration, as the OpenAPI document states it: `P`, then date units in the order
+    /// Y, M, W, D, then `T` and time units in the order H, M, S; at least one unit; at most nine digits
+    /// each. Written without lookaround so every client's regex engine reads it alike.
+    pub const PATTERN: &str = concat!(
+        "^P(([0-9]{1,9}Y([0-9]{1,9}M)?([0-9]{1,9}W)?([0-9]{1,9}D)?|[0-9]{1,9}M([0-9]{1,9}W)?([0-9]{1,9}D)?",
+        "|[0-9]{1,9}W([0-9]{1,9}D)?|[0-9]{1,9}D)",
+        "(T([0-9]{1,9}H([0-9]{1,9}M)?([0-9]{1,9}S)?|[0-9]{1,9}M([0-9]{1,9}S)?|[0-9]{1,9}S))?",
+        "|T([0-9]{1,9}H([0-9]{1,9}M)?([0-9]{1,9}S)?|[0-9]{1,9}M([0-9]{1,9}S)?|[0-9]{1,9}S))$"
+    );
 
-    fn from_str(s: &str) -> Result<Self, DurationError> {
+    /// Reads [`IsoDuration::PATTERN`], without the range [`IsoDuration::check_range`] adds.
+    pub fn parse_shape(s: &str) -> Result<Self, DurationError> {
         let err = || DurationError(s.to_owned());
         let rest = s.strip_prefix('P').ok_or_else(err)?;
         let mut out = IsoDuration::default();
         let mut in_time = false;
         let mut number = String::new();
-        let mut any = false;
-        let mut time_units = 0;
+        let mut units = 0;
+        // The rank of the last unit read: units come in their order, each at most once.
+        let mut last = 0;
         for c in rest.chars() {
             match c {
-                '0'..='9' => number.push(c),
-                'T' if !in_time && number.is_empty() => in_time = true,
+                '0'..='9' if number.len() < 9 => number.push(c),
+                'T' if !in_time && number.is_empty() => {
+                    in_time = true;
+                    last = 4;
+                }
                 unit => {
                     let n: u32 = number.parse().map_err(|_| err())?;
                     number.clear();
-                    any = true;
-                    if in_time {
-                        time_units += 1;
-                    }
-                    let slot = match (in_time, unit) {
-                        (false, 'Y') => &mut out.years,
-                        (false, 'M') => &mut out.months,
-                        (false, 'W') => &mut out.weeks,
-                        (false, 'D') => &mut out.days,
-                        (true, 'H') => &mut out.hours,
-                        (true, 'M') => &mut out.minutes,
-                        (true, 'S') => &mut out.seconds,
+                    units += 1;
+                    let (rank, slot) = match (in_time, unit) {
+                        (false, 'Y') => (1, &mut out.years),
+                        (false, 'M') => (2, &mut out.months),
+                        (false, 'W') => (3, &mut out.weeks),
+                        (false, 'D') => (4, &mut out.days),
+                        (true, 'H') => (5, &mut out.hours),
+                        (true, 'M') => (6, &mut out.minutes),
+                        (true, 'S') => (7, &mut out.seconds),
                         _ => return Err(err()),
                     };
+                    if rank <= last {
+                        return Err(err());
+                    }
+                    last = rank;
                     *slot = n;
                 }
             }
         }
-        if !number.is_empty()
-            || !any
-            || (in_time && time_units == 0)
-            || out == IsoDuration::default()
-            || out.approx_days() > MAX_DAYS
-        {
+        if !number.is_empty() || units == 0 || (in_time && last == 4) {
             return Err(err());
         }
         Ok(out)
+    }
+
+    /// The range the gateway takes: longer than nothing, at most [`MAX_DAYS`]. A sum over units, which
+    /// no pattern can state.
+    pub fn check_range(&self) -> Result<(), DurationError> {
+        if *self == IsoDuration::default() || self.approx_days() > MAX_DAYS {
+            return Err(DurationError(self.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for IsoDuration {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, DurationError> {
+        let d = Self::parse_shape(s)?;
+        d.check_range().map_err(|_| DurationError(s.to_owned()))?;
+        Ok(d)
     }
 }
 
@@ -108,11 +136,11 @@ impl Serialize for IsoDuration {
     }
 }
 
+/// The shape only: a product's [`check_range`](IsoDuration::check_range) is a rule of its own, so an
+/// API body of the right shape and the wrong length is told apart from one of the wrong shape.
 impl<'de> Deserialize<'de> for IsoDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        IsoDuration::parse_shape(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -122,7 +150,10 @@ impl utoipa::PartialSchema for IsoDuration {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .description(Some("An ISO 8601 duration such as P30D, P1M or P1Y"))
+            .pattern(Some(IsoDuration::PATTERN))
+            .description(Some(
+                "An ISO 8601 duration such as P30D, P1M or P1Y: longer than nothing and at most 100 years in total (a longer one is refused with 422)",
+            ))
             .examples(["P30D"])
             .into()
     }
@@ -201,11 +232,24 @@ mod tests {
             "P1.5D",
             "P0D",
             "P1DT",
+            "P1D1Y",
+            "P1D2D",
+            "PT1H1H",
+            "P0000000001D",
         ] {
             assert!(
                 bad.parse::<IsoDuration>().is_err(),
                 "{bad} should be refused"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The parser reads exactly the documented pattern.
+        #[test]
+        fn the_shape_is_the_pattern(s in "P[0-9YMWDTHS]{0,8}|P[0-9]{1,10}[YMWD]|[PT0-9DHMS]{0,5}") {
+            let stated = regex::Regex::new(IsoDuration::PATTERN).unwrap().is_match(&s);
+            proptest::prop_assert_eq!(IsoDuration::parse_shape(&s).is_ok(), stated, "{}", s);
         }
     }
 

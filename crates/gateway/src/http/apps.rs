@@ -25,7 +25,7 @@ use crate::{
 /// Creates an app (admin key).
 #[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = NewApp,
     responses((status = 201, description = "The app; secrets are shown as `<name>_set: true`", body = AppView),
-              (status = 409, description = "`app_exists`", body = ErrorBody), (status = "4XX", description = "Refused", body = ErrorBody)))]
+              (status = 409, description = "`app_exists`", body = ErrorBody), (status = 422, description = "`invalid_play_store`: `service_account_json` is not a Google service account key file", body = ErrorBody)))]
 pub async fn create_app(
     State(s): State<AppState>,
     caller: Caller,
@@ -38,7 +38,7 @@ pub async fn create_app(
 }
 
 /// Reads an app.
-#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = gateway_core::AppId, Path)),
     responses((status = 200, body = AppView), (status = 404, description = "`app_not_found`", body = ErrorBody)))]
 pub async fn get_app(
     State(s): State<AppState>,
@@ -58,8 +58,8 @@ pub async fn get_app(
 
 /// Changes an app's settings (admin key). A field present replaces the stored one (`null` removes a
 /// store); a secret not restated is kept.
-#[utoipa::path(patch, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), request_body = AppPatch,
-    responses((status = 200, body = AppView), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/v1/apps/{app}", tag = "apps", params(("app" = gateway_core::AppId, Path)), request_body = AppPatch,
+    responses((status = 200, body = AppView), (status = 409, description = "`invalid_stripe` or `invalid_revenuecat`: a required secret is neither in the patch nor stored", body = ErrorBody), (status = 422, description = "`invalid_play_store`: `service_account_json` is not a Google service account key file", body = ErrorBody)))]
 pub async fn patch_app(
     State(s): State<AppState>,
     caller: Caller,
@@ -98,7 +98,7 @@ pub struct KeyList {
 }
 
 /// Creates a key of an app (admin key). The key is in this answer only.
-#[utoipa::path(post, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = String, Path)), request_body = NewKeyBody,
+#[utoipa::path(post, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = gateway_core::AppId, Path)), request_body = NewKeyBody,
     responses((status = 201, body = NewKeyAnswer), (status = 400, description = "`invalid_scope`", body = ErrorBody)))]
 pub async fn create_key(
     State(s): State<AppState>,
@@ -119,7 +119,7 @@ pub async fn create_key(
 }
 
 /// Lists an app's keys (never the keys themselves).
-#[utoipa::path(get, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = String, Path)), responses((status = 200, body = KeyList)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/keys", tag = "apps", params(("app" = gateway_core::AppId, Path)), responses((status = 200, body = KeyList)))]
 pub async fn list_keys(
     State(s): State<AppState>,
     caller: Caller,
@@ -132,7 +132,7 @@ pub async fn list_keys(
 }
 
 /// Revokes a key of an app at once.
-#[utoipa::path(delete, path = "/v1/apps/{app}/keys/{key_id}", tag = "apps", params(("app" = String, Path), ("key_id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/apps/{app}/keys/{key_id}", tag = "apps", params(("app" = gateway_core::AppId, Path), ("key_id" = gateway_core::ResourceId, Path)),
     responses((status = 204, description = "Revoked"), (status = 404, description = "`key_not_found`", body = ErrorBody)))]
 pub async fn revoke_key(
     State(s): State<AppState>,
@@ -202,7 +202,7 @@ pub async fn list_all_keys(
 
 /// Revokes any key at once, admin keys included (admin key). The bootstrap key is configuration, not
 /// a stored key: remove it from the configuration instead.
-#[utoipa::path(delete, path = "/v1/keys/{key_id}", tag = "apps", params(("key_id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/keys/{key_id}", tag = "apps", params(("key_id" = gateway_core::ResourceId, Path)),
     responses((status = 204, description = "Revoked"), (status = 404, description = "`key_not_found`", body = ErrorBody)))]
 pub async fn revoke_any_key(
     State(s): State<AppState>,

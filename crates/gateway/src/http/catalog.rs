@@ -35,7 +35,7 @@ const READ: &[Scope] = &[Scope::Catalog, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Catalog];
 
 /// Lists the products of an app.
-#[utoipa::path(get, path = "/v1/apps/{app}/products", tag = "catalog", params(("app" = String, Path)), responses((status = 200, body = ProductList), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/products", tag = "catalog", params(("app" = gateway_core::AppId, Path)), responses((status = 200, body = ProductList)))]
 pub async fn list_products(
     State(s): State<AppState>,
     caller: Caller,
@@ -47,8 +47,8 @@ pub async fn list_products(
 }
 
 /// Creates or replaces a product.
-#[utoipa::path(put, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), request_body = ProductBody,
-    responses((status = 201, description = "Created", body = Product), (status = 200, description = "Replaced", body = Product), (status = 409, description = "`sku_taken`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(put, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = gateway_core::AppId, Path), ("product_id" = gateway_core::ProductId, Path)), request_body = ProductBody,
+    responses((status = 201, description = "Created", body = Product), (status = 200, description = "Replaced", body = Product), (status = 409, description = "`sku_taken`", body = ErrorBody), (status = 422, description = "`id_mismatch` (the body's `id` is not the path's), `duplicate_entitlement` or `invalid_duration` (over 100 years in total, or nothing)", body = ErrorBody)))]
 pub async fn put_product(
     State(s): State<AppState>,
     caller: Caller,
@@ -68,7 +68,7 @@ pub async fn put_product(
 }
 
 /// Reads a product.
-#[utoipa::path(get, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, body = Product), (status = 404, description = "`product_not_found`", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = gateway_core::AppId, Path), ("product_id" = gateway_core::ProductId, Path)), responses((status = 200, body = Product), (status = 404, description = "`product_not_found`", body = ErrorBody)))]
 pub async fn get_product(
     State(s): State<AppState>,
     caller: Caller,
@@ -80,7 +80,7 @@ pub async fn get_product(
 }
 
 /// Deactivates a product: it is no longer offered; purchases of it keep their access and history.
-#[utoipa::path(delete, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = String, Path), ("product_id" = String, Path)), responses((status = 200, description = "The product, inactive", body = Product), (status = 404, description = "`product_not_found`", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/apps/{app}/products/{product_id}", tag = "catalog", params(("app" = gateway_core::AppId, Path), ("product_id" = gateway_core::ProductId, Path)), responses((status = 200, description = "The product, inactive", body = Product), (status = 404, description = "`product_not_found`", body = ErrorBody)))]
 pub async fn delete_product(
     State(s): State<AppState>,
     caller: Caller,
@@ -94,9 +94,9 @@ pub async fn delete_product(
 }
 
 /// Imports products from CSV, all or nothing; every bad row is reported with its line number.
-#[utoipa::path(post, path = "/v1/apps/{app}/products/import", tag = "catalog", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/products/import", tag = "catalog", params(("app" = gateway_core::AppId, Path)),
     request_body(content = String, content_type = "text/csv", description = "Columns: product_id, kind, active, app_store, play_store, play_base_plan, stripe_price, entitlements (ids separated by `;`, or a JSON list of `{id, attributes}`), consumable_currency, consumable_amount, access_duration, expires_at"),
-    responses((status = 200, body = Imported), (status = 400, description = "`invalid_csv`, with `details: [{line, message}]` naming every bad row", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+    responses((status = 200, body = Imported), (status = 422, description = "`invalid_csv`, with `details: [{line, message}]` naming every bad row", body = ErrorBody)))]
 pub async fn import_products(
     State(s): State<AppState>,
     caller: Caller,
@@ -122,7 +122,7 @@ pub async fn import_products(
 }
 
 /// Exports the catalog as CSV, in the import format.
-#[utoipa::path(get, path = "/v1/apps/{app}/products/export", tag = "catalog", params(("app" = String, Path)), responses((status = 200, content_type = "text/csv", body = String)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/products/export", tag = "catalog", params(("app" = gateway_core::AppId, Path)), responses((status = 200, content_type = "text/csv", body = String)))]
 pub async fn export_products(
     State(s): State<AppState>,
     caller: Caller,

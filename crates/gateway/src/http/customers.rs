@@ -65,8 +65,8 @@ const READ: &[Scope] = &[Scope::Customers, Scope::Read];
 const WRITE: &[Scope] = &[Scope::Customers];
 
 /// The customer snapshot.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), PollQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
-    responses((status = 200, description = "The snapshot; a customer never seen has version 0", body = Snapshot), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}", tag = "customers", params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path), PollQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
+    responses((status = 200, description = "The snapshot; a customer never seen has version 0", body = Snapshot)))]
 pub async fn get_customer(
     State(s): State<AppState>,
     caller: Caller,
@@ -102,7 +102,7 @@ pub async fn get_customer(
 }
 
 /// The active products this customer may buy now, with their store SKUs.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/offerings", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), responses((status = 200, body = ProductList), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/offerings", tag = "customers", params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path)), responses((status = 200, body = ProductList)))]
 pub async fn offerings(
     State(s): State<AppState>,
     caller: Caller,
@@ -127,8 +127,8 @@ pub struct TimelineQuery {
 }
 
 /// The customer's audit trail, newest first; page with `before` = the last `seq` seen.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/timeline", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), TimelineQuery),
-    responses((status = 200, body = Timeline), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/timeline", tag = "customers", params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path), TimelineQuery),
+    responses((status = 200, body = Timeline)))]
 pub async fn timeline(
     State(s): State<AppState>,
     caller: Caller,
@@ -150,8 +150,8 @@ pub struct OrderBody {
 }
 
 /// Starts an order and issues `app_account_token` (Apple) and `obfuscated_account_id` (Play).
-#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/orders", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), request_body = OrderBody,
-    responses((status = 201, body = OrderAnswer), (status = 403, description = "`embargoed`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/orders", tag = "customers", params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path)), request_body = OrderBody,
+    responses((status = 201, body = OrderAnswer), (status = 403, description = "`embargoed`", body = ErrorBody), (status = 404, description = "`product_not_found`", body = ErrorBody), (status = 409, description = "`country_required` (the app has an embargo) or `product_inactive`", body = ErrorBody)))]
 pub async fn create_order(
     State(s): State<AppState>,
     caller: Caller,
@@ -202,8 +202,8 @@ pub struct GrantBody {
 }
 
 /// Grants an entitlement or a product by hand, with a reason.
-#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/grants", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path)), request_body = GrantBody,
-    responses((status = 201, description = "The snapshot after the grant", body = Snapshot), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/grants", tag = "customers", params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path)), request_body = GrantBody,
+    responses((status = 201, description = "The snapshot after the grant", body = Snapshot), (status = 404, description = "`product_not_found`", body = ErrorBody), (status = 422, description = "`invalid_expires_at`: `expires_at` is not in the future", body = ErrorBody)))]
 pub async fn grant(
     State(s): State<AppState>,
     caller: Caller,
@@ -241,8 +241,8 @@ pub struct ReasonBody {
 
 /// Revokes an entitlement by hand, with a reason.
 #[utoipa::path(delete, path = "/v1/apps/{app}/customers/{app_user_id}/grants/{entitlement_id}", tag = "customers",
-    params(("app" = String, Path), ("app_user_id" = String, Path), ("entitlement_id" = String, Path)), request_body = ReasonBody,
-    responses((status = 200, description = "The snapshot after the revoke", body = Snapshot), (status = 404, description = "`entitlement_not_found`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+    params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path), ("entitlement_id" = gateway_core::EntitlementId, Path)), request_body = ReasonBody,
+    responses((status = 200, description = "The snapshot after the revoke", body = Snapshot), (status = 404, description = "`entitlement_not_found`", body = ErrorBody)))]
 pub async fn revoke(
     State(s): State<AppState>,
     caller: Caller,
@@ -270,9 +270,9 @@ pub struct SpendBody {
 
 /// Spends from a consumable balance; needs `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/balances/{currency}/spend", tag = "customers",
-    params(("app" = String, Path), ("app_user_id" = String, Path), ("currency" = String, Path), ("Idempotency-Key" = String, Header, description = "Required: a retry with the same key spends nothing more")),
+    params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path), ("currency" = gateway_core::Currency, Path), ("Idempotency-Key" = String, Header, description = "Required: a retry with the same key spends nothing more")),
     request_body = SpendBody,
-    responses((status = 200, body = Spent), (status = 409, description = "`insufficient_balance`", body = ErrorBody), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+    responses((status = 200, body = Spent), (status = 409, description = "`insufficient_balance`", body = ErrorBody)))]
 pub async fn spend(
     State(s): State<AppState>,
     caller: Caller,
@@ -326,8 +326,8 @@ pub struct StreamQuery {
 /// that reconnects with `Last-Event-ID` gets only what is newer. When the key is revoked or the
 /// customer token expires, a last event `error` (the error body, code `key_revoked` or
 /// `customer_token_expired`) ends the stream.
-#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/events", tag = "customers", params(("app" = String, Path), ("app_user_id" = String, Path), StreamQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
-    responses((status = 200, description = "`text/event-stream` of `snapshot` events", content_type = "text/event-stream"), (status = "4XX", description = "Refused", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/customers/{app_user_id}/events", tag = "customers", params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path), StreamQuery, ("X-Customer-Token" = Option<String>, Header, description = "The customer's JWT, for publishable keys of apps with `customer_auth.mode: jwt`")),
+    responses((status = 200, description = "`text/event-stream` of `snapshot` events", content_type = "text/event-stream")))]
 pub async fn events(
     State(s): State<AppState>,
     caller: Caller,

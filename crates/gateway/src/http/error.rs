@@ -156,24 +156,49 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request("invalid_body", "The body could not be read.")
             }
         })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(
-                "malformed_json",
-                format!("The body is not valid JSON: {e}."),
-            )
-        })?;
-        if has_nul(&value) {
-            return Err(ApiError::bad_request(
-                "invalid_character",
-                "Text in the body may not contain the NUL character (\\u0000).",
-            ));
+        json_body(&bytes).map(ApiJson)
+    }
+}
+
+/// Reads a JSON body into `T`: malformed JSON, a NUL anywhere and a body that does not fit are 400s.
+pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("The body is not valid JSON: {e}."),
+        )
+    })?;
+    if has_nul(&value) {
+        return Err(ApiError::bad_request(
+            "invalid_character",
+            "Text in the body may not contain the NUL character (\\u0000).",
+        ));
+    }
+    whole_numbers_as_integers(&mut value);
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("The body does not fit this call: {e}."),
+        )
+    })
+}
+
+/// JSON has one number type, and `1.0` is an integer to JSON Schema: a whole number written with a
+/// fraction is taken where an integer is, as the document promises.
+fn whole_numbers_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && (i64::MIN as f64..i64::MAX as f64).contains(&f)
+            {
+                *v = Value::from(f as i64);
+            }
         }
-        serde_json::from_value(value).map(ApiJson).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
-                format!("The body does not fit this call: {e}."),
-            )
-        })
+        Value::Array(a) => a.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(o) => o.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
     }
 }
 

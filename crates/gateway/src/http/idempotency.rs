@@ -3,9 +3,11 @@
 //! is refused until it finishes. Answers of the gateway's own failures (5xx) are not kept, so a retry
 //! runs again.
 
+use std::{collections::HashSet, sync::Arc};
+
 use axum::{
     body::{Body, to_bytes},
-    extract::{Request, State},
+    extract::{MatchedPath, Request, State},
     http::{HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -27,11 +29,41 @@ use crate::{
 /// The largest body kept; the request limit is the same.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let is_write = matches!(
-        *req.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
+/// The writes the API serves, as (method, route template): only those take an `Idempotency-Key`, so
+/// a method or path no route takes is answered 405 or 404, never a replay or a key conflict.
+#[derive(Debug, Default)]
+pub struct Writes(HashSet<(Method, String)>);
+
+impl Writes {
+    /// The writes of the OpenAPI document (whose path templates are the router's).
+    pub fn of(doc: &serde_json::Value) -> Self {
+        let mut writes = HashSet::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+                if let Ok(m) = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    && matches!(
+                        m,
+                        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+                    )
+                {
+                    writes.insert((m, path.clone()));
+                }
+            }
+        }
+        Self(writes)
+    }
+}
+
+pub async fn layer(
+    State((state, writes)): State<(AppState, Arc<Writes>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let is_write = req.extensions().get::<MatchedPath>().is_some_and(|p| {
+        writes
+            .0
+            .contains(&(req.method().clone(), p.as_str().to_owned()))
+    });
     let key = req.headers().get("idempotency-key").cloned();
     let (Some(key), true) = (key, is_write) else {
         return next.run(req).await;

@@ -5,6 +5,7 @@ pub mod apps;
 pub mod auth;
 pub mod catalog;
 pub mod customers;
+pub mod doc;
 pub mod error;
 pub mod idempotency;
 pub mod notifications;
@@ -65,6 +66,7 @@ pub struct AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    components(schemas(gateway_core::ResourceId)),
     security(("api_key" = [])),
     tags(
         (name = "apps", description = "Apps (tenants) and their keys"),
@@ -138,15 +140,16 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI document.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
+/// The OpenAPI document, as served.
+pub fn openapi() -> serde_json::Value {
+    doc::document(&api().1)
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(doc::document(&doc));
+    let writes = Arc::new(idempotency::Writes::of(&doc));
     api.route(
         "/openapi.json",
         axum::routing::get(move || {
@@ -165,7 +168,7 @@ pub fn router(state: AppState) -> Router {
     // and the idempotency layer), so its 413 speaks the error shape.
     .layer(DefaultBodyLimit::max(idempotency::BODY_LIMIT))
     .layer(middleware::from_fn_with_state(
-        state.clone(),
+        (state.clone(), writes),
         idempotency::layer,
     ))
     .layer(middleware::from_fn(ops::track))

@@ -19,9 +19,11 @@ use crate::{
 
 /// App Store Server Notifications V2. Answered 200 once the raw body is durable; a verified duplicate
 /// is answered 200 and changes nothing; a forged or malformed one gets a 4xx and is not stored.
-#[utoipa::path(post, path = "/v1/apps/{app}/notifications/app_store", tag = "notifications", security(()), params(("app" = String, Path)),
-    request_body(content = String, content_type = "application/json", description = "`{\"signedPayload\": \"<JWS>\"}`"),
-    responses((status = 200, body = notifications::Received), (status = "4XX", description = "Refused and not stored", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/app_store", tag = "notifications", security(()), params(("app" = gateway_core::AppId, Path)),
+    request_body(content = notifications::Envelope, description = "App Store Server Notifications V2: `{\"signedPayload\": \"<JWS>\"}`"),
+    responses((status = 200, body = notifications::Received),
+              (status = 409, description = "`store_not_configured`: the app has no `app_store` settings", body = ErrorBody),
+              (status = 422, description = "The signed data was refused (`invalid_signature`, `untrusted_certificate_chain`, `wrong_app`, `malformed_signed_data`, ...) and not stored", body = ErrorBody)))]
 pub async fn app_store(
     State(s): State<AppState>,
     Path(app): Path<String>,
@@ -49,9 +51,12 @@ pub struct RecoverRequest {
 /// Reads Apple's Notification History for a window and takes every notification the gateway missed
 /// (after an outage, say); those it has are duplicates and change nothing. The recovery job does the
 /// same every 15 minutes from where it last stopped.
-#[utoipa::path(post, path = "/v1/apps/{app}/notifications/app_store/recover", tag = "notifications", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/app_store/recover", tag = "notifications", params(("app" = gateway_core::AppId, Path)),
     request_body = RecoverRequest,
-    responses((status = 200, body = recovery::Recovered), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody), (status = 503, description = "The App Store did not answer", body = ErrorBody)))]
+    responses((status = 200, body = recovery::Recovered),
+              (status = 409, description = "`store_not_configured`: the app has no App Store Server API key", body = ErrorBody),
+              (status = 422, description = "`invalid_window` (`start` is not before `end` within the 180 days Apple keeps), or the App Store refused the request", body = ErrorBody),
+              (status = 503, description = "The App Store did not answer", body = ErrorBody)))]
 pub async fn recover_app_store(
     State(s): State<AppState>,
     caller: Caller,

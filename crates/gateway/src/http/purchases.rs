@@ -44,10 +44,12 @@ pub struct PurchaseBody {
 }
 
 /// Submits a store purchase: verified with the store, mapped to the catalog, decided.
-#[utoipa::path(post, path = "/v1/apps/{app}/purchases", tag = "customers", params(("app" = String, Path)), request_body = PurchaseBody,
+#[utoipa::path(post, path = "/v1/apps/{app}/purchases", tag = "customers", params(("app" = gateway_core::AppId, Path)), request_body = PurchaseBody,
     responses((status = 200, description = "The decision and the customer after it", body = Submitted),
-              (status = 422, description = "The store's signature or data was refused (`invalid_signature`, `untrusted_certificate_chain`, `wrong_app`, `wrong_environment`, `unknown_product`, ...)", body = ErrorBody),
-              (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+              (status = 404, description = "`order_not_found`", body = ErrorBody),
+              (status = 409, description = "`product_mismatch`, `order_of_another_customer`, `transaction_of_another_customer`, `purchase_of_another_customer` or `store_not_configured`", body = ErrorBody),
+              (status = 503, description = "`store_unavailable`: the App Store did not answer; try again", body = ErrorBody),
+              (status = 422, description = "The store's signature or data was refused (`invalid_signature`, `untrusted_certificate_chain`, `wrong_app`, `wrong_environment`, `unknown_product`, ...)", body = ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
     caller: Caller,
@@ -121,9 +123,11 @@ pub struct RestoreBody {
 /// Restores a customer's store purchases; a purchase another customer holds moves by the app's
 /// `transfer_policy`.
 #[utoipa::path(post, path = "/v1/apps/{app}/customers/{app_user_id}/restore", tag = "customers",
-    params(("app" = String, Path), ("app_user_id" = String, Path)), request_body = RestoreBody,
+    params(("app" = gateway_core::AppId, Path), ("app_user_id" = gateway_core::AppUserId, Path)), request_body = RestoreBody,
     responses((status = 200, description = "The customer's snapshot after the restore", body = crate::service::customers::Snapshot),
-              (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+              (status = 409, description = "`store_not_configured`", body = ErrorBody),
+              (status = 422, description = "The store's signature or data was refused, or the receipt holds nothing to restore", body = ErrorBody),
+              (status = 503, description = "`store_unavailable`: the App Store did not answer; try again", body = ErrorBody)))]
 pub async fn restore(
     State(s): State<AppState>,
     caller: Caller,

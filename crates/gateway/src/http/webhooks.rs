@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Access, AppState, app_for,
     auth::Caller,
-    error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody},
+    error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody, json_body},
     parse_id,
 };
 use crate::{
@@ -31,8 +31,8 @@ pub struct EndpointList {
 }
 
 /// Creates a webhook endpoint. Its signing secret is in `new_secret`, this once.
-#[utoipa::path(post, path = "/v1/apps/{app}/webhook_endpoints", tag = "fulfilment", params(("app" = String, Path)), request_body = NewEndpoint,
-    responses((status = 201, body = EndpointView), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/webhook_endpoints", tag = "fulfilment", params(("app" = gateway_core::AppId, Path)), request_body = NewEndpoint,
+    responses((status = 201, body = EndpointView)))]
 pub async fn create_endpoint(
     State(s): State<AppState>,
     caller: Caller,
@@ -45,8 +45,8 @@ pub async fn create_endpoint(
 }
 
 /// Lists an app's endpoints.
-#[utoipa::path(get, path = "/v1/apps/{app}/webhook_endpoints", tag = "fulfilment", params(("app" = String, Path)),
-    responses((status = 200, body = EndpointList), (status = "4XX", description = "Refused", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/webhook_endpoints", tag = "fulfilment", params(("app" = gateway_core::AppId, Path)),
+    responses((status = 200, body = EndpointList)))]
 pub async fn list_endpoints(
     State(s): State<AppState>,
     caller: Caller,
@@ -62,7 +62,7 @@ pub async fn list_endpoints(
 }
 
 /// Reads an endpoint (never its secrets).
-#[utoipa::path(get, path = "/v1/apps/{app}/webhook_endpoints/{endpoint_id}", tag = "fulfilment", params(("app" = String, Path), ("endpoint_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/webhook_endpoints/{endpoint_id}", tag = "fulfilment", params(("app" = gateway_core::AppId, Path), ("endpoint_id" = gateway_core::ResourceId, Path)),
     responses((status = 200, body = EndpointView), (status = 404, description = "`endpoint_not_found`", body = ErrorBody)))]
 pub async fn get_endpoint(
     State(s): State<AppState>,
@@ -79,8 +79,8 @@ pub async fn get_endpoint(
 }
 
 /// Changes an endpoint's URL, event filter, description, or pauses it (`active: false`).
-#[utoipa::path(patch, path = "/v1/apps/{app}/webhook_endpoints/{endpoint_id}", tag = "fulfilment", params(("app" = String, Path), ("endpoint_id" = String, Path)), request_body = EndpointPatch,
-    responses((status = 200, body = EndpointView), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/v1/apps/{app}/webhook_endpoints/{endpoint_id}", tag = "fulfilment", params(("app" = gateway_core::AppId, Path), ("endpoint_id" = gateway_core::ResourceId, Path)), request_body = EndpointPatch,
+    responses((status = 200, body = EndpointView)))]
 pub async fn patch_endpoint(
     State(s): State<AppState>,
     caller: Caller,
@@ -96,8 +96,8 @@ pub async fn patch_endpoint(
 
 /// Rotates the signing secret: the new one is in `new_secret`, this once; the old ones keep signing
 /// beside it for `overlap_seconds`.
-#[utoipa::path(post, path = "/v1/apps/{app}/webhook_endpoints/{endpoint_id}/rotate_secret", tag = "fulfilment", params(("app" = String, Path), ("endpoint_id" = String, Path)), request_body = Rotation,
-    responses((status = 200, body = EndpointView), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/apps/{app}/webhook_endpoints/{endpoint_id}/rotate_secret", tag = "fulfilment", params(("app" = gateway_core::AppId, Path), ("endpoint_id" = gateway_core::ResourceId, Path)), request_body(content = Option<Rotation>, description = "Optional: no body rotates with the defaults"),
+    responses((status = 200, body = EndpointView), (status = 409, description = "`not_a_webhook`: only webhook endpoints have signing secrets", body = ErrorBody)))]
 pub async fn rotate_secret(
     State(s): State<AppState>,
     caller: Caller,
@@ -106,16 +106,11 @@ pub async fn rotate_secret(
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "endpoint_id")?;
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
-    // The body is optional: no body rotates with the defaults.
+    // The body is optional: no body (or `null`) rotates with the defaults.
     let rotation: Rotation = if body.iter().all(u8::is_ascii_whitespace) {
         Rotation::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
-                format!("The body is not a valid rotation: {e}."),
-            )
-        })?
+        json_body::<Option<Rotation>>(&body)?.unwrap_or_default()
     };
     Ok(ApiJson(
         webhooks::rotate(&s.db, &app, id.as_str(), rotation, s.clock.now()).await?,
@@ -145,8 +140,8 @@ pub struct DeliveryList {
 }
 
 /// Lists an app's deliveries, newest first.
-#[utoipa::path(get, path = "/v1/apps/{app}/deliveries", tag = "fulfilment", params(("app" = String, Path), DeliveryQuery),
-    responses((status = 200, body = DeliveryList), (status = "4XX", description = "Refused", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/apps/{app}/deliveries", tag = "fulfilment", params(("app" = gateway_core::AppId, Path), DeliveryQuery),
+    responses((status = 200, body = DeliveryList)))]
 pub async fn list_deliveries(
     State(s): State<AppState>,
     caller: Caller,
@@ -194,7 +189,7 @@ fn delivery_not_found(id: &str) -> ApiError {
 }
 
 /// Reads a delivery.
-#[utoipa::path(get, path = "/v1/apps/{app}/deliveries/{delivery_id}", tag = "fulfilment", params(("app" = String, Path), ("delivery_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/deliveries/{delivery_id}", tag = "fulfilment", params(("app" = gateway_core::AppId, Path), ("delivery_id" = gateway_core::ResourceId, Path)),
     responses((status = 200, body = Delivery), (status = 404, description = "`delivery_not_found`", body = ErrorBody)))]
 pub async fn get_delivery(
     State(s): State<AppState>,
@@ -210,7 +205,7 @@ pub async fn get_delivery(
 }
 
 /// Sends a dead (or pending) delivery again now, with a fresh retry window.
-#[utoipa::path(post, path = "/v1/apps/{app}/deliveries/{delivery_id}/retry", tag = "fulfilment", params(("app" = String, Path), ("delivery_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/deliveries/{delivery_id}/retry", tag = "fulfilment", params(("app" = gateway_core::AppId, Path), ("delivery_id" = gateway_core::ResourceId, Path)),
     responses((status = 200, body = Delivery), (status = 404, description = "`delivery_not_found`", body = ErrorBody), (status = 409, description = "`delivery_delivered`", body = ErrorBody)))]
 pub async fn retry_delivery(
     State(s): State<AppState>,
@@ -257,7 +252,7 @@ pub struct Rotated {
 /// Rotates the entitlement-token signing key (admin key): the new key signs from now on; the old
 /// ones stay published for `overlap_seconds`.
 #[utoipa::path(post, path = "/v1/signing_keys/rotate", tag = "fulfilment", request_body = crate::service::tokens::Rotation,
-    responses((status = 200, body = Rotated), (status = "4XX", description = "Refused; nothing changed", body = ErrorBody)))]
+    responses((status = 200, body = Rotated)))]
 pub async fn rotate_signing_key(
     State(s): State<AppState>,
     caller: Caller,

@@ -74,8 +74,10 @@ fn check_url(field: &str, value: Option<&str>) -> ServiceResult<()> {
 }
 
 /// Checks settings that serde's types do not already hold: the lengths and characters of every field
-/// (stated in the OpenAPI document from the same rules), then what ties fields together.
-fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
+/// (stated in the OpenAPI document from the same rules), then what ties fields together. A required
+/// secret that is missing is refused as `missing`: a creation's body must state it (400), a patch may
+/// leave out the stored one, so there it is the stored state that lacks it (409).
+fn validate(name: &str, s: &AppSettings, missing: Kind) -> ServiceResult<()> {
     super::text(&text::NAME, "invalid_name", "name", name)?;
     for c in &s.embargoed_countries {
         super::text(&text::COUNTRY, "invalid_country", "embargoed_countries", c)?;
@@ -193,7 +195,8 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
                 secret.expose(),
             )?,
             None => {
-                return Err(invalid(
+                return Err(ServiceError::new(
+                    missing,
                     "invalid_stripe",
                     "`stripe.webhook_secret` is required: the endpoint's signing secret (`whsec_...`).",
                 ));
@@ -209,7 +212,8 @@ fn validate(name: &str, s: &AppSettings) -> ServiceResult<()> {
                 auth.expose(),
             )?,
             None => {
-                return Err(invalid(
+                return Err(ServiceError::new(
+                    missing,
                     "invalid_revenuecat",
                     "`revenuecat.webhook_authorization` is required: the Authorization header RevenueCat sends.",
                 ));
@@ -259,7 +263,7 @@ pub async fn create(db: &Db, body: NewApp, now: Timestamp) -> ServiceResult<App>
         transfer_policy: body.transfer_policy,
         account_salt: new_salt(),
     };
-    validate(&body.name, &settings)?;
+    validate(&body.name, &settings, Kind::BadRequest)?;
     let app = App {
         id,
         name: body.name.trim().to_owned(),
@@ -343,7 +347,7 @@ pub async fn update(db: &Db, id: &AppId, patch: AppPatch, now: Timestamp) -> Ser
     if let Some(v) = patch.transfer_policy {
         app.settings.transfer_policy = v;
     }
-    validate(&app.name, &app.settings)?;
+    validate(&app.name, &app.settings, Kind::Conflict)?;
     app.updated_at = now;
     apps::update(db, &app).await?;
     Ok(app)

@@ -80,12 +80,16 @@ pub async fn put(
     now: Timestamp,
 ) -> ServiceResult<(Product, bool)> {
     product.validate().map_err(|e| match e {
-        // The document states every rule of a product but this one (a list unique by a field).
+        // The document states every rule of a product but these: a list unique by a field, and a
+        // duration's total length.
         ProductError::DuplicateEntitlement(_) => ServiceError::new(
             Kind::Unprocessable,
             "duplicate_entitlement",
             format!("{e}."),
         ),
+        ProductError::Duration(_) => {
+            ServiceError::new(Kind::Unprocessable, "invalid_duration", format!("{e}."))
+        }
         _ => ServiceError::bad_request("invalid_product", format!("{e}.")),
     })?;
     let mut tx = db.begin(crate::db::Begin::Write).await?;
@@ -354,9 +358,12 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<(u64, Product)>, Vec<RowError>> {
     }
 }
 
+/// A CSV body of the right content type whose rows are refused: the document can only say "CSV
+/// text", so the rows' rules are told by 422 and the `details`.
 fn rows_error(errors: Vec<RowError>) -> ServiceError {
     let n = errors.len();
-    ServiceError::bad_request(
+    ServiceError::new(
+        Kind::Unprocessable,
         "invalid_csv",
         format!(
             "The file was not imported: {n} row{} refused; see `details`.",

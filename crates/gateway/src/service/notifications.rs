@@ -21,9 +21,9 @@ use crate::{
     stores::apple::Verifiers,
 };
 
-/// Apple's envelope.
-#[derive(Debug, Deserialize)]
-struct Envelope {
+/// Apple's envelope. Other fields are ignored, as Apple may add some.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Envelope {
     #[serde(rename = "signedPayload")]
     signed_payload: String,
 }
@@ -51,6 +51,12 @@ pub async fn receive_apple(
             "The body is not an App Store Server Notification V2 (`{\"signedPayload\": ...}`).",
         )
     })?;
+    super::text(
+        &gateway_core::text::SIGNED_DATA,
+        "malformed_notification",
+        "signedPayload",
+        &envelope.signed_payload,
+    )?;
     let verifier = verifiers.for_app(app)?;
     let n = verifier.verify_notification(&envelope.signed_payload, now)?;
     let raw = String::from_utf8_lossy(body).into_owned();

@@ -99,7 +99,7 @@ pub async fn submit(
         submission.signed_transaction.as_deref(),
     )?;
     super::opt_text(
-        &text::STORE_ID,
+        &text::TRANSACTION_ID,
         "invalid_transaction_id",
         "transaction_id",
         submission.transaction_id.as_deref(),

@@ -241,7 +241,9 @@ fn window(
     }
     let start = start.max(now.plus_millis(-HISTORY_MS));
     if start >= end {
-        return Err(ServiceError::bad_request(
+        // Two times, each of the right shape, that do not make a window: more than a schema states.
+        return Err(ServiceError::new(
+            super::Kind::Unprocessable,
             "invalid_window",
             "`start` must be before `end`, and within Apple's 180 days of history.",
         ));

@@ -189,6 +189,7 @@ pub async fn jwks(db: &Db, now: Timestamp) -> ServiceResult<serde_json::Value> {
 /// A key rotation.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SigningKeyRotation)]
 pub struct Rotation {
     /// How long the current keys stay published beside the new one (default 86400, at least the
     /// token lifetime of 300).

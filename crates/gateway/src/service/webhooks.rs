@@ -96,6 +96,7 @@ pub struct EndpointPatch {
 /// A secret rotation.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SecretRotation)]
 pub struct Rotation {
     /// The new secret; when absent one is generated and shown once.
     #[serde(default)]
@@ -304,11 +305,23 @@ pub async fn update(
         e.url = url;
     }
     if let Some(events) = patch.events {
-        e.events = check_events(&e.kind, &events)?;
+        // A type no endpoint takes breaks the document; one that this endpoint's kind does not take
+        // is refused by the endpoint as it stands.
+        check_events("webhook", &events)?;
+        e.events = check_events(&e.kind, &events).map_err(|_| {
+            ServiceError::conflict(
+                "unknown_event_type",
+                format!(
+                    "A {} endpoint takes only the event types {}.",
+                    e.kind,
+                    openedx::EVENT_TYPES.join(", ")
+                ),
+            )
+        })?;
     }
     if let Some(settings) = patch.openedx {
         if e.kind != "openedx" {
-            return Err(ServiceError::bad_request(
+            return Err(ServiceError::conflict(
                 "invalid_endpoint",
                 "`openedx` settings belong to endpoints of kind `openedx`.",
             ));

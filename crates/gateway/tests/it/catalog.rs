@@ -178,7 +178,7 @@ ok1,non_consumable,,e5,,,\n";
                 csv.as_bytes().to_vec(),
             )
             .await
-            .error(400, "invalid_csv");
+            .error(422, "invalid_csv");
         let lines: Vec<u64> = body["error"]["details"]
             .as_array()
             .unwrap()
@@ -198,7 +198,7 @@ ok1,non_consumable,,e5,,,\n";
                 csv.as_bytes().to_vec(),
             )
             .await
-            .error(400, "invalid_csv");
+            .error(422, "invalid_csv");
         assert_eq!(body["error"]["details"][0]["line"], 3);
         assert_eq!(
             app.count("products").await,
@@ -214,7 +214,7 @@ ok1,non_consumable,,e5,,,\n";
                 b"id,kind\nx,consumable\n".to_vec(),
             )
             .await
-            .error(400, "invalid_csv");
+            .error(422, "invalid_csv");
         assert_eq!(body["error"]["details"][0]["line"], 1);
         app.send_raw(
             Method::POST,
@@ -284,7 +284,7 @@ both!(
             "what was granted stays what it was"
         );
         app.put("/v1/apps/acme/products/big", json!({"kind": "consumable", "consumable": {"currency": "COINS", "amount": 9_223_372_036_854_775_807_i64}})).await.error(400, "invalid_product");
-        app.put("/v1/apps/acme/products/long", json!({"kind": "non_renewing", "access_duration": "P8000Y", "entitlements": [{"id": "x"}]})).await.error(400, "invalid_body");
+        app.put("/v1/apps/acme/products/long", json!({"kind": "non_renewing", "access_duration": "P8000Y", "entitlements": [{"id": "x"}]})).await.error(422, "invalid_duration");
     }
 );
 
@@ -317,18 +317,18 @@ both!(
             "product_id,kind,entitlements\r\np1,nope,e\r\np2,non_consumable,e\r\np3,bad,e\r\n",
         )
         .await
-        .error(400, "invalid_csv");
+        .error(422, "invalid_csv");
         assert_eq!(lines(body), vec![2, 4]);
         // A blank line, then a quoted cell over two lines.
         let body = import(
             "product_id,kind,entitlements\np1,non_consumable,e1\n\np2,nope,\"a\nb\"\np3,wrong,e3\n",
         )
         .await
-        .error(400, "invalid_csv");
+        .error(422, "invalid_csv");
         assert_eq!(lines(body), vec![4, 6]);
         let body = import("product_id,kind,kind\np1,non_consumable,consumable\n")
             .await
-            .error(400, "invalid_csv");
+            .error(422, "invalid_csv");
         assert!(
             body["error"]["details"][0]["message"]
                 .as_str()
@@ -338,7 +338,7 @@ both!(
         );
         import("product_id,kind,entitlements\np1,non_consumable,e\u{0}\n")
             .await
-            .error(400, "invalid_csv");
+            .error(422, "invalid_csv");
         assert_eq!(app.count("products").await, 0);
         app.put("/v1/apps/acme/products/p1", json!({"kind": "non_consumable", "entitlements": [{"id": "e", "attributes": {"note": "a\u{0}b"}}]})).await.error(400, "invalid_character");
     }

@@ -97,3 +97,161 @@ both!(
         .expect(200);
     }
 );
+
+both!(
+    what_the_document_allows_is_taken,
+    |app: TestApp| async move {
+        app.create_app("acme").await;
+        // JSON Schema counts 1.0 as an integer.
+        app.post("/v1/signing_keys/rotate", json!({"overlap_seconds": 300.0}))
+            .await
+            .expect(200);
+        // A rotation's body is optional; `null` is no body.
+        let endpoint = app
+            .post(
+                "/v1/apps/acme/webhook_endpoints",
+                json!({"url": "https://example.com/hook"}),
+            )
+            .await
+            .expect(201);
+        let path = format!(
+            "/v1/apps/acme/webhook_endpoints/{}/rotate_secret",
+            endpoint["id"].as_str().unwrap()
+        );
+        app.send_raw(Method::POST, &path, "application/json", b"null".to_vec())
+            .await
+            .expect(200);
+        // A method no route takes is 405, whatever Idempotency-Key it carries.
+        for _ in 0..2 {
+            app.request(
+                Method::PUT,
+                "/v1/apps/acme/products/import",
+                Some(ADMIN_KEY),
+                Some(json!({})),
+                &[("idempotency-key", "same")],
+            )
+            .await
+            .error(405, "method_not_allowed");
+        }
+    }
+);
+
+/// A sample value for each path parameter: what the seeded catalog has, or a made-up id.
+fn sample(param: &str) -> &'static str {
+    match param {
+        "app" => "acme",
+        "app_user_id" => "u1",
+        "product_id" => "cs101",
+        "entitlement_id" => "premium",
+        "currency" => "COINS",
+        _ => "xyz_0192",
+    }
+}
+
+// Every operation of the document, called without a key, with a body it does not take, with an id
+// that breaks its pattern, and with a bare body: whatever the server answers is a status the
+// document lists for that operation.
+both!(
+    every_answer_is_a_documented_status,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let doc = app
+            .request(Method::GET, "/openapi.json", None, None, &[])
+            .await
+            .expect(200);
+        let mut checked = 0;
+        for (template, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let documented: Vec<String> = op["responses"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect();
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let params: Vec<&str> = template
+                    .split('/')
+                    .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .collect();
+                let fill = |bad: Option<&str>| {
+                    let mut path = template.clone();
+                    for p in &params {
+                        let value = if Some(*p) == bad { "a%00b" } else { sample(p) };
+                        path = path.replace(&format!("{{{p}}}"), value);
+                    }
+                    path
+                };
+                let secured = op["security"] != serde_json::json!([{}]);
+                let mut answers = Vec::new();
+                if secured {
+                    let a = app
+                        .request(method.clone(), &fill(None), None, None, &[])
+                        .await;
+                    answers.push(("no key", a.status.as_u16()));
+                }
+                if op.get("requestBody").is_some() {
+                    let a = app
+                        .send_raw(
+                            method.clone(),
+                            &fill(None),
+                            "application/xml",
+                            b"<a/>".to_vec(),
+                        )
+                        .await;
+                    answers.push(("an XML body", a.status.as_u16()));
+                    let a = app
+                        .request(
+                            method.clone(),
+                            &fill(None),
+                            Some(ADMIN_KEY),
+                            Some(json!({})),
+                            &[],
+                        )
+                        .await;
+                    answers.push(("an empty object", a.status.as_u16()));
+                }
+                for p in &params {
+                    let a = app
+                        .request(method.clone(), &fill(Some(p)), Some(ADMIN_KEY), None, &[])
+                        .await;
+                    answers.push(("a NUL in an id", a.status.as_u16()));
+                }
+                for (what, status) in answers {
+                    assert!(
+                        documented.contains(&status.to_string()),
+                        "{method} {template} with {what} answered {status}, which the document does not list ({documented:?})"
+                    );
+                    checked += 1;
+                }
+                if secured
+                    && matches!(
+                        method,
+                        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+                    )
+                {
+                    let params = op["parameters"].as_array().unwrap();
+                    assert!(
+                        params.iter().any(|p| p["name"] == "Idempotency-Key"),
+                        "{method} {template} does not document Idempotency-Key"
+                    );
+                }
+            }
+        }
+        assert!(checked > 80, "only {checked} answers were checked");
+        // Ids in paths state their rule.
+        let schemas = &doc["components"]["schemas"];
+        for id in [
+            "AppId",
+            "AppUserId",
+            "ProductId",
+            "EntitlementId",
+            "ResourceId",
+            "Currency",
+        ] {
+            assert!(
+                schemas[id]["pattern"].is_string() && schemas[id]["maxLength"].is_u64(),
+                "{id}"
+            );
+        }
+    }
+);

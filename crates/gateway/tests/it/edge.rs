@@ -154,7 +154,7 @@ both!(
                 csv.into_bytes(),
             )
             .await
-            .error(400, "invalid_csv");
+            .error(422, "invalid_csv");
         assert_eq!(answer["error"]["details"][0]["line"], 3, "{answer}");
         assert_eq!(answer["error"]["details"].as_array().unwrap().len(), 1);
         assert_eq!(app.counts().await, counts, "a refused SKU changed nothing");
@@ -215,9 +215,13 @@ both!(
     |app: TestApp| async move {
         let chain = apple_app(&app).await;
         let counts = app.counts().await;
+        // Over the documented length of a signed payload: refused before it is read.
         let huge = "u".repeat(600 * 1024);
+        notify(&app, notification(&chain, &huge, None))
+            .await
+            .error(400, "malformed_notification");
         for body in [
-            notification(&chain, &huge, None),
+            notification(&chain, &"u".repeat(300), None),
             notification(&chain, "a\0b", None),
             notification(&chain, "", None),
             notification(&chain, "n-1", Some(transaction(&chain, "7\u{0}7"))),
