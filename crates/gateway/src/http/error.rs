@@ -174,6 +174,14 @@ pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "Text in the body may not contain the NUL character (\\u0000).",
         ));
     }
+    // Every body of the API is an object (or `null` for an optional one); serde would also take a
+    // list for a struct, by position.
+    if !(value.is_object() || value.is_null()) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "The body must be a JSON object.",
+        ));
+    }
     whole_numbers_as_integers(&mut value);
     serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request(

@@ -255,3 +255,19 @@ both!(
         }
     }
 );
+
+both!(a_body_is_an_object_not_a_list, |app: TestApp| async move {
+    app.seed_catalog("acme").await;
+    let keys = app.count("signing_keys").await;
+    app.post("/v1/signing_keys/rotate", json!([]))
+        .await
+        .error(400, "invalid_body");
+    app.post(
+        "/v1/apps/acme/customers/u1/grants",
+        json!(["cs101", "a reason"]),
+    )
+    .await
+    .error(400, "invalid_body");
+    assert_eq!(app.count("signing_keys").await, keys, "nothing changed");
+    assert_eq!(app.count("customers").await, 0);
+});
