@@ -17,11 +17,11 @@ pub async fn get(db: &Db, app: &AppId, name: &str) -> DbResult<Option<Timestamp>
     Ok(value.map(Timestamp::from_millis))
 }
 
-/// Moves the cursor `name` of `app` forward to `to` (never back, should two instances race).
-pub async fn advance(
-    db: &Db,
-    app: &AppId,
-    name: &str,
+/// Moves the cursor `name` of `app` forward to `to` (never back, should two instances race), on the
+/// caller's transaction.
+async fn advance(
+    conn: &mut sqlx::AnyConnection,
+    (app, name): (&AppId, &str),
     to: Timestamp,
     now: Timestamp,
 ) -> DbResult<()> {
@@ -34,7 +34,7 @@ pub async fn advance(
     .bind(name)
     .bind(to.millis())
     .bind(now.millis())
-    .execute(db.writer())
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -139,17 +139,7 @@ pub async fn release_run(
         .bind(owner)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO store_cursors (app_id, name, value, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (app_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
-             WHERE store_cursors.value < excluded.value",
-        )
-        .bind(app.as_str())
-        .bind(name)
-        .bind(end.millis())
-        .bind(now.millis())
-        .execute(&mut *tx)
-        .await?;
+        advance(&mut tx, (app, name), end, now).await?;
     }
     sqlx::query(
         "UPDATE store_history_runs SET lease_owner = NULL, leased_until = NULL, due_at = $1, failures = 0 \
