@@ -84,19 +84,18 @@ pub async fn recover_apple(
     let mut out = Recovered::new(start, end);
     let mut token: Option<String> = None;
     loop {
-        let page = read_page(api, app, env, (start, end), token.as_deref()).await?;
-        take_page(
+        token = next_page(
             db,
-            verifiers,
+            (verifiers, api),
             app,
-            &page.notification_history,
+            (env, start, end),
+            token,
             now,
             &mut out,
         )
         .await?;
-        match next_token(&page)? {
-            Some(next) => token = Some(next),
-            None => return Ok(out),
+        if token.is_none() {
+            return Ok(out);
         }
     }
 }
@@ -175,17 +174,16 @@ async fn read_run(
     let mut out = Recovered::new(start, end);
     let mut token = run.page_token.clone();
     for _ in 0..PAGES_PER_STEP {
-        let page = read_page(api, app, env, (start, end), token.as_deref()).await?;
-        take_page(
+        token = next_page(
             db,
-            verifiers,
+            (verifiers, api),
             app,
-            &page.notification_history,
+            (env, start, end),
+            token,
             now,
             &mut out,
         )
         .await?;
-        token = next_token(&page)?;
         let until = now.plus_millis(LEASE_MS);
         if !cursors::save_page(
             db,
@@ -202,13 +200,9 @@ async fn read_run(
             ));
         }
         if token.is_none() {
-            metrics::counter!("gateway_notifications_recovered_total", "store" => "app_store")
-                .increment(out.recovered as u64);
             return Ok((out, true));
         }
     }
-    metrics::counter!("gateway_notifications_recovered_total", "store" => "app_store")
-        .increment(out.recovered as u64);
     Ok((out, false))
 }
 
@@ -249,6 +243,25 @@ fn window(
         ));
     }
     Ok((start, verifiers.for_app(app)?.environment()))
+}
+
+/// Reads the page at `token` of the window and takes its notifications; returns the next page's
+/// token, `None` at the window's end.
+async fn next_page(
+    db: &Db,
+    (verifiers, api): (&Verifiers, &AppStoreApi),
+    app: &App,
+    (env, start, end): (AppleEnvironment, Timestamp, Timestamp),
+    token: Option<String>,
+    now: Timestamp,
+    out: &mut Recovered,
+) -> ServiceResult<Option<String>> {
+    let page = read_page(api, app, env, (start, end), token.as_deref()).await?;
+    let before = out.recovered;
+    take_page(db, verifiers, app, &page.notification_history, now, out).await?;
+    metrics::counter!("gateway_notifications_recovered_total", "store" => "app_store")
+        .increment((out.recovered - before) as u64);
+    next_token(&page)
 }
 
 async fn read_page(
