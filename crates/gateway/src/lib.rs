@@ -66,7 +66,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
             .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
-        lms_tokens: Arc::new(service::openedx::Tokens::default()),
+        lms: Arc::new(service::openedx::Caches::default()),
         shutdown: CancellationToken::new(),
     })
 }
@@ -96,7 +96,7 @@ pub async fn run(
         |s| async move {
             let senders = jobs::deliveries::Senders {
                 http: s.outbound.clone(),
-                lms_tokens: s.lms_tokens.clone(),
+                lms: s.lms.clone(),
                 apple_api: s.apple_api.clone(),
             };
             jobs::deliveries::step(&s.db, &s.clock, &senders).await

@@ -1,15 +1,36 @@
-//! A stand-in Open edX LMS with the two calls the gateway's connector makes, checked as the LMS does:
+//! A stand-in Open edX LMS that refuses what the real one refuses. Each rule names the edx-platform
+//! code it follows (`openedx/core/djangoapps/enrollments/views.py` unless said otherwise):
 //!
-//! - `POST /oauth2/access_token`: form `grant_type=client_credentials`, `client_id`, `client_secret`,
-//!   `token_type=jwt`; answers `{access_token, token_type: "JWT", expires_in, scope}` or 401.
-//! - `POST /api/enrollment/v1/enrollment` with `Authorization: JWT <token>` and
-//!   `{user, mode, is_active, course_details: {course_id}}`: sets the enrollment and answers it; 401
-//!   without a token it issued, 400 without the fields.
+//! - `POST /oauth2/access_token` (`oauth_dispatch` `AccessTokenView`, `jwt.create_jwt_token_dict`):
+//!   client credentials with `token_type=jwt` give `{access_token, token_type: "JWT", expires_in:
+//!   3600, scope}`, a signed JWT whose user is the OAuth application's owner; bad credentials 401
+//!   `{"error": "invalid_client"}`, another grant type 400 `unsupported_grant_type`.
+//! - Authentication (`JwtAuthentication`): `Authorization: JWT <token>`; none 401 "Authentication
+//!   credentials were not provided.", an expired token 401 "Token has expired.", another 401 "Invalid
+//!   token.".
+//! - Throttle (`EnrollmentUserThrottle`): 120 calls a minute for staff, 40 for others, per user across
+//!   the enrollment views (per address for the anonymous course view), a sliding window of the calls
+//!   let through, 429 with `Retry-After` and DRF's "Request was throttled." when over. It can be
+//!   turned off, as `RateLimitConfiguration` turns it off (`@can_disable_rate_limit`).
+//! - `POST /api/enrollment/v1/enrollment` (`EnrollmentListView.post`), checks in the LMS's order: a
+//!   course id (400), a non-staff caller naming another user (404, empty body), a non-staff caller
+//!   asking for a paid mode (403), an unknown user (406), an embargo (403), `is_active` not a JSON
+//!   boolean (400); then, for a staff caller changing an existing enrollment, the deactivation
+//!   "Enrollment mode mismatch" (400) and `update_enrollment`, which checks only the mode; otherwise
+//!   `add_enrollment`: the mode (default audit) must be offered and unexpired (`validate_course_mode`,
+//!   400 with `course_details`), an enrollment filter may refuse (403), a closed course refuses a new
+//!   enrollment (400), and an existing active enrollment is answered unchanged.
+//! - `GET /api/enrollment/v1/enrollment/{user},{course_id}` (`EnrollmentView.get`): staff only for
+//!   another user (404, empty body); not enrolled, or no such user, 200 with an empty body.
+//! - `GET /api/enrollment/v1/course/{course_id}` (`EnrollmentCourseDetailView`): no authentication;
+//!   the run's unexpired modes (all with `include_expired`); unknown course 400.
+//! - Modes (`CourseMode.modes_for_course`): a run whose modes are all gone, or that has none, offers
+//!   `audit` alone, implicitly.
 //!
-//! It keeps every enrollment and when each call arrived, and can be told to fail (an outage).
+//! It keeps every enrollment and each call it took, and can be told to fail (an outage).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU16, AtomicUsize, Ordering},
@@ -19,11 +40,25 @@ use std::{
 
 use axum::{
     Form, Json,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::IntoResponse,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::SimClock;
+
+/// How long a token lives (`JWT_ACCESS_TOKEN_EXPIRE_SECONDS`).
+pub const TOKEN_SECONDS: i64 = 3600;
+
+/// `EnrollmentUserThrottle.THROTTLE_RATES`.
+pub const STAFF_PER_MINUTE: usize = 120;
+pub const USER_PER_MINUTE: usize = 40;
+
+/// The username of the OAuth application's owner [`Lms::new`] makes.
+pub const OWNER: &str = "gateway-service";
 
 /// An enrollment as the LMS holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +67,7 @@ pub struct Enrollment {
     pub is_active: bool,
 }
 
-/// One enrollment call the LMS took.
+/// One enrollment call the LMS took (and answered 2xx).
 #[derive(Debug, Clone)]
 pub struct Call {
     pub user: String,
@@ -42,15 +77,62 @@ pub struct Call {
     pub body: Value,
 }
 
+/// A course mode (`CourseMode`).
+#[derive(Debug, Clone)]
+pub struct Mode {
+    pub slug: String,
+    /// When it stops being offered (Unix ms); `None`: never.
+    pub expires_at: Option<i64>,
+}
+
+impl Mode {
+    pub fn new(slug: &str) -> Mode {
+        Mode {
+            slug: slug.to_owned(),
+            expires_at: None,
+        }
+    }
+
+    pub fn expiring(slug: &str, at_ms: i64) -> Mode {
+        Mode {
+            slug: slug.to_owned(),
+            expires_at: Some(at_ms),
+        }
+    }
+}
+
+/// A course run.
+#[derive(Debug, Clone, Default)]
+pub struct Course {
+    /// Its modes; none: `audit` alone, implicitly.
+    pub modes: Vec<Mode>,
+    /// When enrollment closes (Unix ms).
+    pub enrollment_end: Option<i64>,
+}
+
 #[derive(Default)]
+struct World {
+    users: HashMap<String, bool>,
+    courses: HashMap<String, Course>,
+    enrollments: HashMap<(String, String), (Enrollment, i64)>,
+    embargoed: HashSet<String>,
+    filtered: HashSet<String>,
+    calls: Vec<Call>,
+    /// The calls let through, by throttle key, newest first.
+    history: HashMap<String, VecDeque<i64>>,
+    throttled: usize,
+}
+
 struct Inner {
     client_id: String,
     client_secret: String,
-    tokens: Mutex<Vec<String>>,
+    owner: String,
+    key: Vec<u8>,
+    clock: Mutex<SimClock>,
+    throttle_on: std::sync::atomic::AtomicBool,
     token_calls: AtomicUsize,
-    enrollments: Mutex<HashMap<(String, String), Enrollment>>,
-    calls: Mutex<Vec<Call>>,
     fail_with: AtomicU16,
+    state: Mutex<World>,
 }
 
 /// The stand-in LMS; clones share it.
@@ -59,110 +141,72 @@ pub struct Lms {
     inner: Arc<Inner>,
 }
 
-async fn token(
-    State(lms): State<Lms>,
-    Form(form): Form<HashMap<String, String>>,
-) -> impl IntoResponse {
-    let s = &lms.inner;
-    s.token_calls.fetch_add(1, Ordering::SeqCst);
-    let field = |k: &str| form.get(k).map(String::as_str);
-    let ok = field("grant_type") == Some("client_credentials")
-        && field("client_id") == Some(s.client_id.as_str())
-        && field("client_secret") == Some(s.client_secret.as_str())
-        && field("token_type") == Some("jwt");
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_client"})),
-        );
-    }
-    let t = format!("eyJ.{}.sig", uuid::Uuid::new_v4().simple());
-    s.tokens.lock().unwrap().push(t.clone());
-    (
-        StatusCode::OK,
-        Json(
-            json!({"access_token": t, "token_type": "JWT", "expires_in": 3600, "scope": "read write"}),
-        ),
-    )
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    sub: String,
+    preferred_username: String,
+    administrator: bool,
+    grant_type: String,
+    scopes: Vec<String>,
+    version: String,
+    iat: i64,
+    exp: i64,
 }
 
-async fn enroll(
-    State(lms): State<Lms>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> impl IntoResponse {
-    let s = &lms.inner;
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let known = auth
-        .strip_prefix("JWT ")
-        .is_some_and(|t| s.tokens.lock().unwrap().iter().any(|k| k == t));
-    if !known {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"detail": "Authentication credentials were not provided."})),
-        );
-    }
-    let fail = s.fail_with.load(Ordering::SeqCst);
-    if fail != 0 {
-        return (
-            StatusCode::from_u16(fail).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            Json(json!({"message": "unavailable"})),
-        );
-    }
-    let (Some(user), Some(course), Some(mode)) = (
-        body["user"].as_str(),
-        body["course_details"]["course_id"].as_str(),
-        body["mode"].as_str(),
-    ) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"message": "user, mode and course_details.course_id are required"})),
-        );
-    };
-    let enrollment = Enrollment {
-        mode: mode.to_owned(),
-        is_active: body["is_active"].as_bool().unwrap_or(true),
-    };
-    s.enrollments
-        .lock()
-        .unwrap()
-        .insert((user.to_owned(), course.to_owned()), enrollment.clone());
-    s.calls.lock().unwrap().push(Call {
-        user: user.to_owned(),
-        course_id: course.to_owned(),
-        enrollment: enrollment.clone(),
-        at: Instant::now(),
-        body: body.clone(),
-    });
-    (
-        StatusCode::OK,
-        Json(
-            json!({"user": user, "mode": mode, "is_active": enrollment.is_active,
-            "course_details": {"course_id": course}}),
-        ),
-    )
+fn message(status: StatusCode, text: String) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+fn detail(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "detail": text }))).into_response()
+}
+
+fn empty(status: StatusCode) -> Response {
+    status.into_response()
+}
+
+fn iso(ms: Option<i64>) -> Value {
+    ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    })
+    .and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .map_or(Value::Null, Value::String)
 }
 
 impl Lms {
-    /// An LMS whose OAuth2 application has these credentials.
+    /// An LMS whose OAuth2 application has these credentials, owned by the staff user [`OWNER`], on
+    /// the system clock, its throttle on.
     pub fn new(client_id: &str, client_secret: &str) -> Lms {
+        let mut state = World::default();
+        state.users.insert(OWNER.to_owned(), true);
         Lms {
             inner: Arc::new(Inner {
                 client_id: client_id.to_owned(),
                 client_secret: client_secret.to_owned(),
-                ..Default::default()
+                owner: OWNER.to_owned(),
+                key: uuid::Uuid::new_v4().as_bytes().to_vec(),
+                clock: Mutex::new(SimClock::system()),
+                throttle_on: true.into(),
+                token_calls: AtomicUsize::new(0),
+                fail_with: AtomicU16::new(0),
+                state: Mutex::new(state),
             }),
         }
     }
 
     /// Its routes.
     pub fn router(&self) -> axum::Router {
+        use axum::routing::{get, post};
         axum::Router::new()
-            .route("/oauth2/access_token", axum::routing::post(token))
-            .route("/api/enrollment/v1/enrollment", axum::routing::post(enroll))
+            .route("/oauth2/access_token", post(token))
+            .route("/api/enrollment/v1/enrollment", post(enroll))
+            .route("/api/enrollment/v1/enrollment/{spec}", get(read))
+            .route("/api/enrollment/v1/course/{course_id}", get(course))
             .with_state(self.clone())
     }
 
@@ -177,19 +221,80 @@ impl Lms {
         Ok(url)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, World> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> i64 {
+        self.inner
+            .clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .now_ms()
+    }
+
+    /// Reads time from `clock` (a test's, say) for tokens, mode expiry and the throttle.
+    pub fn set_clock(&self, clock: SimClock) {
+        *self.inner.clock.lock().unwrap_or_else(|e| e.into_inner()) = clock;
+    }
+
+    /// A learner account.
+    pub fn add_user(&self, username: &str) {
+        self.state()
+            .users
+            .entry(username.to_owned())
+            .or_insert(false);
+    }
+
+    /// Gives or takes away a user's staff status (`is_staff`).
+    pub fn set_staff(&self, username: &str, staff: bool) {
+        self.state().users.insert(username.to_owned(), staff);
+    }
+
+    /// A course run and its modes.
+    pub fn add_course(&self, course_id: &str, course: Course) {
+        self.state().courses.insert(course_id.to_owned(), course);
+    }
+
+    /// Embargoes a user (as from a restricted country) from every course.
+    pub fn embargo(&self, username: &str) {
+        self.state().embargoed.insert(username.to_owned());
+    }
+
+    /// An enrollment filter (`CourseEnrollmentStarted`) that refuses every enrollment in a course.
+    pub fn filter_out(&self, course_id: &str) {
+        self.state().filtered.insert(course_id.to_owned());
+    }
+
+    /// Turns the throttle on or off (`RateLimitConfiguration.enabled`).
+    pub fn throttle(&self, on: bool) {
+        self.inner.throttle_on.store(on, Ordering::SeqCst);
+    }
+
+    /// How many calls the throttle refused.
+    pub fn throttled(&self) -> usize {
+        self.state().throttled
+    }
+
+    /// Sets an enrollment directly, as a change on the LMS (a learner's upgrade, a support action).
+    pub fn set_enrollment(&self, user: &str, course_id: &str, enrollment: Enrollment) {
+        let now = self.now();
+        self.state()
+            .enrollments
+            .insert((user.to_owned(), course_id.to_owned()), (enrollment, now));
+    }
+
     /// `user`'s enrollment in `course_id`, if any.
     pub fn enrollment(&self, user: &str, course_id: &str) -> Option<Enrollment> {
-        self.inner
+        self.state()
             .enrollments
-            .lock()
-            .unwrap()
             .get(&(user.to_owned(), course_id.to_owned()))
-            .cloned()
+            .map(|(e, _)| e.clone())
     }
 
     /// Every enrollment call taken, in order.
     pub fn calls(&self) -> Vec<Call> {
-        self.inner.calls.lock().unwrap().clone()
+        self.state().calls.clone()
     }
 
     /// How many tokens were asked for.
@@ -200,5 +305,441 @@ impl Lms {
     /// Answer enrollment calls with `status` (an outage); 0 works normally again.
     pub fn fail_with(&self, status: u16) {
         self.inner.fail_with.store(status, Ordering::SeqCst);
+    }
+
+    /// The user a request authenticates as, or the 401 the LMS answers (`JwtAuthentication`).
+    fn authenticate(&self, headers: &HeaderMap) -> Result<String, Box<Response>> {
+        let Some(auth) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            let mut res = detail(
+                StatusCode::UNAUTHORIZED,
+                "Authentication credentials were not provided.",
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "JWT realm=\"api\"".parse().unwrap(),
+            );
+            return Err(Box::new(res));
+        };
+        let invalid = || Box::new(detail(StatusCode::UNAUTHORIZED, "Invalid token."));
+        let token = auth.strip_prefix("JWT ").ok_or_else(invalid)?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.set_audience(&["openedx"]);
+        let claims = jsonwebtoken::decode::<Claims>(
+            token,
+            &jsonwebtoken::DecodingKey::from_secret(&self.inner.key),
+            &validation,
+        )
+        .map_err(|_| invalid())?
+        .claims;
+        if claims.exp * 1000 <= self.now() {
+            return Err(Box::new(detail(
+                StatusCode::UNAUTHORIZED,
+                "Token has expired.",
+            )));
+        }
+        Ok(claims.preferred_username)
+    }
+
+    /// Counts a call against the throttle of `key` (`SimpleRateThrottle.allow_request`), or the 429.
+    fn throttle_check(&self, key: &str, per_minute: usize) -> Result<(), Box<Response>> {
+        if !self.inner.throttle_on.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = self.now();
+        let mut state = self.state();
+        let history = state.history.entry(key.to_owned()).or_default();
+        while history.back().is_some_and(|&t| t <= now - 60_000) {
+            history.pop_back();
+        }
+        if history.len() < per_minute {
+            history.push_front(now);
+            return Ok(());
+        }
+        // `SimpleRateThrottle.wait`: the time left for the oldest call, shared over the calls left.
+        let remaining = 60_000 - (now - history.back().copied().unwrap_or(now));
+        let available = (per_minute as i64 - history.len() as i64 + 1).max(1);
+        let wait = ((remaining as f64 / available as f64) / 1000.0)
+            .ceil()
+            .max(1.0) as u64;
+        state.throttled += 1;
+        let unit = if wait == 1 { "second" } else { "seconds" };
+        let mut res = detail(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Request was throttled. Expected available in {wait} {unit}."),
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, wait.to_string().parse().unwrap());
+        Err(Box::new(res))
+    }
+
+    fn is_staff(&self, user: &str) -> bool {
+        self.state().users.get(user).copied().unwrap_or(false)
+    }
+
+    /// The modes `course` offers at `now` (`CourseMode.modes_for_course`).
+    fn modes(course: &Course, now: i64, include_expired: bool) -> Vec<Mode> {
+        let live: Vec<Mode> = course
+            .modes
+            .iter()
+            .filter(|m| include_expired || m.expires_at.is_none_or(|at| at > now))
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            vec![Mode::new("audit")]
+        } else {
+            live
+        }
+    }
+
+    /// `CourseSerializer`.
+    fn course_details(&self, course_id: &str, include_expired: bool) -> Value {
+        let now = self.now();
+        let state = self.state();
+        let Some(course) = state.courses.get(course_id) else {
+            return Value::Null;
+        };
+        let modes: Vec<Value> = Self::modes(course, now, include_expired)
+            .iter()
+            .map(|m| {
+                let mut name = m.slug.clone();
+                if let Some(first) = name.get_mut(0..1) {
+                    first.make_ascii_uppercase();
+                }
+                json!({"slug": m.slug, "name": name,
+                    "min_price": if m.slug == "audit" || m.slug == "honor" { 0 } else { 49 },
+                    "suggested_prices": "", "currency": "usd",
+                    "expiration_datetime": iso(m.expires_at), "description": null,
+                    "sku": null, "bulk_sku": null})
+            })
+            .collect();
+        json!({"course_id": course_id, "course_name": format!("Course {course_id}"),
+            "enrollment_start": null, "enrollment_end": iso(course.enrollment_end),
+            "course_start": null, "course_end": null, "invite_only": false,
+            "course_modes": modes, "pacing_type": "Self Paced"})
+    }
+
+    /// `CourseEnrollmentSerializer`.
+    fn serialized(&self, user: &str, course_id: &str) -> Value {
+        let found = self
+            .state()
+            .enrollments
+            .get(&(user.to_owned(), course_id.to_owned()))
+            .cloned();
+        match found {
+            None => Value::Null,
+            Some((e, created)) => json!({"created": iso(Some(created)), "mode": e.mode,
+                "is_active": e.is_active, "user": user,
+                "course_details": self.course_details(course_id, false)}),
+        }
+    }
+
+    fn record(&self, user: &str, course_id: &str, enrollment: Enrollment, body: &Value) {
+        let now = self.now();
+        let mut state = self.state();
+        let key = (user.to_owned(), course_id.to_owned());
+        let created = state.enrollments.get(&key).map_or(now, |(_, c)| *c);
+        state.enrollments.insert(key, (enrollment.clone(), created));
+        state.calls.push(Call {
+            user: user.to_owned(),
+            course_id: course_id.to_owned(),
+            enrollment,
+            at: Instant::now(),
+            body: body.clone(),
+        });
+    }
+}
+
+async fn token(State(lms): State<Lms>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let s = &lms.inner;
+    s.token_calls.fetch_add(1, Ordering::SeqCst);
+    let field = |k: &str| form.get(k).map(String::as_str);
+    if field("client_id") != Some(s.client_id.as_str())
+        || field("client_secret") != Some(s.client_secret.as_str())
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if field("grant_type") != Some("client_credentials") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "unsupported_grant_type"})),
+        )
+            .into_response();
+    }
+    let now = lms.now() / 1000;
+    let claims = Claims {
+        iss: "http://lms.example/oauth2".into(),
+        aud: "openedx".into(),
+        sub: uuid::Uuid::new_v4().simple().to_string(),
+        preferred_username: s.owner.clone(),
+        administrator: lms.is_staff(&s.owner),
+        grant_type: "client-credentials".into(),
+        scopes: vec!["read".into(), "write".into()],
+        version: "1.2.0".into(),
+        iat: now,
+        exp: now + TOKEN_SECONDS,
+    };
+    let Ok(jwt) = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&s.key),
+    ) else {
+        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let answer = if field("token_type").is_some_and(|t| t.eq_ignore_ascii_case("jwt")) {
+        json!({"access_token": jwt, "token_type": "JWT", "expires_in": TOKEN_SECONDS,
+            "scope": "read write email profile"})
+    } else {
+        // An opaque DOT token, which the Enrollment API's `JWT` scheme does not take.
+        json!({"access_token": uuid::Uuid::new_v4().simple().to_string(), "token_type": "Bearer",
+            "expires_in": TOKEN_SECONDS, "scope": "read write"})
+    };
+    (StatusCode::OK, Json(answer)).into_response()
+}
+
+/// The throttle of an authenticated caller (`EnrollmentUserThrottle.allow_request`).
+fn throttle_user(lms: &Lms, caller: &str) -> Result<(), Box<Response>> {
+    let staff = lms.is_staff(caller);
+    let (scope, rate) = if staff {
+        ("staff", STAFF_PER_MINUTE)
+    } else {
+        ("user", USER_PER_MINUTE)
+    };
+    lms.throttle_check(&format!("throttle_{scope}_{caller}"), rate)
+}
+
+/// `EnrollmentListView.post`.
+async fn enroll(State(lms): State<Lms>, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match lms.authenticate(&headers) {
+        Ok(c) => c,
+        Err(res) => return *res,
+    };
+    if let Err(res) = throttle_user(&lms, &caller) {
+        return *res;
+    }
+    let fail = lms.inner.fail_with.load(Ordering::SeqCst);
+    if fail != 0 {
+        return message(
+            StatusCode::from_u16(fail).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "unavailable".into(),
+        );
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return detail(StatusCode::BAD_REQUEST, "JSON parse error");
+    };
+    let username = body["user"].as_str().unwrap_or(&caller).to_owned();
+    let Some(course_id) = body["course_details"]["course_id"]
+        .as_str()
+        .filter(|c| !c.is_empty())
+    else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Course ID must be specified to create a new enrollment.".into(),
+        );
+    };
+    if !course_id.starts_with("course-v1:") || course_id.matches('+').count() != 2 {
+        return message(
+            StatusCode::BAD_REQUEST,
+            format!("No course '{course_id}' found for enrollment"),
+        );
+    }
+    let staff = lms.is_staff(&caller);
+    // A non-staff caller may not enroll someone else: the LMS hides them (404, no body).
+    if username != caller && !staff {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    let mode = match &body["mode"] {
+        Value::Null => None,
+        Value::String(m) => Some(m.clone()),
+        other => Some(other.to_string()),
+    };
+    if !staff && !matches!(mode.as_deref(), None | Some("audit" | "honor")) {
+        return message(
+            StatusCode::FORBIDDEN,
+            format!(
+                "User does not have permission to create enrollment with mode [{}].",
+                mode.unwrap_or_default()
+            ),
+        );
+    }
+    if !lms.state().users.contains_key(&username) {
+        return message(
+            StatusCode::NOT_ACCEPTABLE,
+            format!("The user {username} does not exist."),
+        );
+    }
+    if lms.state().embargoed.contains(&username) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "message": format!("Users from this location cannot access the course '{course_id}'."),
+                "user_message_url": "http://lms.example/embargo/blocked-message/enrollment/default/"
+            })),
+        )
+            .into_response();
+    }
+    let is_active = match body.get("is_active") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            let shown = other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_owned);
+            return message(
+                StatusCode::BAD_REQUEST,
+                format!("'{shown}' is an invalid enrollment activation status."),
+            );
+        }
+    };
+    let Some(course) = lms.state().courses.get(course_id).cloned() else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            format!("No course '{course_id}' found for enrollment"),
+        );
+    };
+    let now = lms.now();
+    let current = lms.enrollment(&username, course_id);
+    let mode_changed = current
+        .as_ref()
+        .is_some_and(|e| mode.as_ref().is_some_and(|m| *m != e.mode));
+    let active_changed = current
+        .as_ref()
+        .is_some_and(|e| is_active.is_some_and(|a| a != e.is_active));
+    // `validate_course_mode`: expired modes count only when deactivating.
+    let offered = |slug: &str| {
+        let include_expired = is_active == Some(false);
+        LmsModes(Lms::modes(&course, now, include_expired)).has(slug)
+    };
+    let unavailable = |slug: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "message": format!("The [{slug}] course mode is expired or otherwise unavailable for course run [{course_id}]."),
+                "course_details": lms.course_details(course_id, false),
+            })),
+        )
+            .into_response()
+    };
+    if staff && (mode_changed || active_changed) {
+        let current = current.unwrap_or(Enrollment {
+            mode: String::new(),
+            is_active: false,
+        });
+        if mode_changed && active_changed && is_active == Some(false) {
+            return message(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Enrollment mode mismatch: active mode={}, requested mode={}. Won't deactivate.",
+                    current.mode,
+                    mode.unwrap_or_default()
+                ),
+            );
+        }
+        // `update_enrollment`: the mode is checked; enrollment dates are not.
+        if let Some(m) = &mode
+            && !offered(m)
+        {
+            return unavailable(m);
+        }
+        let updated = Enrollment {
+            mode: mode.unwrap_or(current.mode),
+            is_active: is_active.unwrap_or(current.is_active),
+        };
+        lms.record(&username, course_id, updated, &body);
+        return (StatusCode::OK, Json(lms.serialized(&username, course_id))).into_response();
+    }
+    // `add_enrollment`: the course's default mode when none is given.
+    let slug = mode.clone().unwrap_or_else(|| "audit".into());
+    if !offered(&slug) {
+        return unavailable(&mode.unwrap_or_else(|| "None".into()));
+    }
+    if lms.state().filtered.contains(course_id) {
+        let text = "Enrollment in this course is not allowed by a filter.";
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": text, "localizedMessage": text})),
+        )
+            .into_response();
+    }
+    // `CourseEnrollment.enroll`: a closed course takes no one, not even one already enrolled.
+    if course.enrollment_end.is_some_and(|end| end <= now) {
+        return message(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "An error occurred while creating the new course enrollment for user '{username}' in course '{course_id}'"
+            ),
+        );
+    }
+    if current.as_ref().is_some_and(|e| e.is_active) && is_active != Some(false) {
+        return (StatusCode::OK, Json(lms.serialized(&username, course_id))).into_response();
+    }
+    let made = Enrollment {
+        mode: slug,
+        is_active: is_active.unwrap_or(true),
+    };
+    lms.record(&username, course_id, made, &body);
+    (StatusCode::OK, Json(lms.serialized(&username, course_id))).into_response()
+}
+
+struct LmsModes(Vec<Mode>);
+
+impl LmsModes {
+    fn has(&self, slug: &str) -> bool {
+        self.0.iter().any(|m| m.slug == slug)
+    }
+}
+
+/// `EnrollmentView.get`: `{user},{course_id}`, or `{course_id}` for the caller's own.
+async fn read(State(lms): State<Lms>, headers: HeaderMap, Path(spec): Path<String>) -> Response {
+    let caller = match lms.authenticate(&headers) {
+        Ok(c) => c,
+        Err(res) => return *res,
+    };
+    if let Err(res) = throttle_user(&lms, &caller) {
+        return *res;
+    }
+    let (user, course_id) = match spec.split_once(',') {
+        Some((u, c)) => (u.to_owned(), c.to_owned()),
+        None => (caller.clone(), spec.clone()),
+    };
+    if user != caller && !lms.is_staff(&caller) {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    match lms.serialized(&user, &course_id) {
+        Value::Null => empty(StatusCode::OK),
+        found => (StatusCode::OK, Json(found)).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CourseQuery {
+    #[serde(default)]
+    include_expired: Option<String>,
+}
+
+/// `EnrollmentCourseDetailView.get`: no authentication; throttled by the caller's address.
+async fn course(
+    State(lms): State<Lms>,
+    Path(course_id): Path<String>,
+    Query(q): Query<CourseQuery>,
+) -> Response {
+    if let Err(res) = lms.throttle_check("throttle_user_127.0.0.1", USER_PER_MINUTE) {
+        return *res;
+    }
+    // Any non-empty value asks for expired modes too, "0" included.
+    let include_expired = q.include_expired.is_some_and(|v| !v.is_empty());
+    match lms.course_details(&course_id, include_expired) {
+        Value::Null => message(
+            StatusCode::BAD_REQUEST,
+            format!("No course found for course ID '{course_id}'"),
+        ),
+        found => (StatusCode::OK, Json(found)).into_response(),
     }
 }

@@ -257,6 +257,8 @@ pub struct Claimed {
     pub event_id: String,
     pub attempts: i64,
     pub first_attempt_at: Timestamp,
+    /// The call slot it was deferred to, when it was paced: it is sent in it without asking again.
+    pub slot_at: Option<Timestamp>,
     /// The event body exactly as stored: the bytes every attempt sends and signs.
     pub payload: String,
 }
@@ -285,7 +287,7 @@ pub async fn claim(
              AND o.customer_id = d.customer_id AND o.dispatched_at IS NULL \
              AND o.customer_seq < d.customer_seq) \
            ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}) \
-         RETURNING id, app_id, customer_id, endpoint_id, event_id, attempts, first_attempt_at"
+         RETURNING id, app_id, customer_id, endpoint_id, event_id, attempts, first_attempt_at, slot_at"
     )))
     .bind(lease_until.millis())
     .bind(now.millis())
@@ -305,6 +307,9 @@ pub async fn claim(
             event_id: r.try_get("event_id")?,
             attempts: r.try_get("attempts")?,
             first_attempt_at: Timestamp::from_millis(r.try_get("first_attempt_at")?),
+            slot_at: r
+                .try_get::<Option<i64>, _>("slot_at")?
+                .map(Timestamp::from_millis),
             payload: String::new(),
         });
     }
@@ -345,6 +350,11 @@ pub enum Outcome {
     Dead {
         status: Option<i64>,
         error: String,
+    },
+    /// Not attempted: the receiver's pace gave it the call slot `at`, when it is due again. The
+    /// claim's attempt is taken back.
+    Deferred {
+        at: Timestamp,
     },
 }
 
@@ -408,11 +418,25 @@ pub async fn finish(
             Outcome::Dead { status, error } => {
                 (Status::Dead, *status, Some(error.as_str()), None, None)
             }
+            Outcome::Deferred { at } => {
+                sqlx::query(
+                    "UPDATE deliveries SET lease_until = NULL, attempts = attempts - 1, \
+                     first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END, \
+                     last_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE last_attempt_at END, \
+                     next_attempt_at = $1, slot_at = $1, updated_at = $2 WHERE id = $3",
+                )
+                .bind(at.millis())
+                .bind(now.millis())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
         };
         sqlx::query(
             "UPDATE deliveries SET status = $1, lease_until = NULL, last_status = $2, last_error = $3, \
-             next_attempt_at = COALESCE($4, next_attempt_at), delivered_at = $5, updated_at = $6 \
-             WHERE id = $7",
+             next_attempt_at = COALESCE($4, next_attempt_at), delivered_at = $5, slot_at = NULL, \
+             updated_at = $6 WHERE id = $7",
         )
         .bind(status.as_str())
         .bind(http)
@@ -476,7 +500,7 @@ pub async fn get(db: &Db, app: &AppId, id: &str) -> DbResult<Option<Delivery>> {
 pub async fn retry(db: &Db, app: &AppId, id: &str, now: Timestamp) -> DbResult<bool> {
     let done = sqlx::query(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, \
-         lease_until = NULL, updated_at = $1 WHERE app_id = $2 AND id = $3 AND status <> 'delivered'",
+         lease_until = NULL, slot_at = NULL, updated_at = $1 WHERE app_id = $2 AND id = $3 AND status <> 'delivered'",
     )
     .bind(now.millis())
     .bind(app.as_str())

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod ledger;
 pub mod orders;
 pub mod outbox;
+pub mod pacing;
 pub mod products;
 pub mod signing_keys;
 pub mod unmapped;

@@ -52,7 +52,7 @@ pub struct AppState {
     /// The client that delivers outbound events (no redirects).
     pub outbound: reqwest::Client,
     /// Open edX access tokens, reused until they expire.
-    pub lms_tokens: Arc<crate::service::openedx::Tokens>,
+    pub lms: Arc<crate::service::openedx::Caches>,
     /// Cancelled when the server begins to stop: long polls answer and event streams end, so a
     /// graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,

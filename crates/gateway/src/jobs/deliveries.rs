@@ -18,6 +18,7 @@ use crate::{
         Db,
         deliveries::{self, Claimed, Outcome as Attempt},
         endpoints::{self, Endpoint, STORE_KIND},
+        pacing,
     },
     service::{openedx, store_actions, webhooks},
     stores::apple_api::AppStoreApi,
@@ -50,17 +51,18 @@ pub fn retry_delay(attempts: i64) -> Duration {
     Duration::from_millis(rand::random_range(ms / 2..=ms))
 }
 
-/// One step: dispatch, claim, send, record.
 /// What performing a delivery needs beyond the database.
 #[derive(Clone)]
 pub struct Senders {
     /// Posts webhooks and calls LMSes (no redirects).
     pub http: reqwest::Client,
-    pub lms_tokens: Arc<openedx::Tokens>,
+    /// The Open edX connector's tokens and course modes.
+    pub lms: Arc<openedx::Caches>,
     /// Performs App Store actions.
     pub apple_api: AppStoreApi,
 }
 
+/// One step: dispatch, claim, send, record.
 pub async fn step(db: &Db, clock: &Arc<dyn Clock>, senders: &Senders) -> Outcome {
     let now = clock.now();
     let dispatched = match deliveries::dispatch(db, now, DISPATCH_BATCH).await {
@@ -107,52 +109,154 @@ async fn send_all(
             by_id.insert(c.endpoint_id.clone(), found.map(Arc::new));
         }
     }
+    let (claimed, mut outcomes) = pace(db, &by_id, now, claimed).await;
     let mut tasks = JoinSet::new();
     for c in claimed {
         let endpoint = by_id.get(&c.endpoint_id).cloned().flatten();
         let senders = senders.clone();
         let db = db.clone();
         tasks.spawn(async move {
-            let (sent, enrollment) = match endpoint.as_deref() {
+            let answered = match endpoint.as_deref() {
                 Some(e) if e.kind == "openedx" => {
-                    let answered =
-                        openedx::deliver(&senders.http, &senders.lms_tokens, e, &c.payload).await;
-                    (answered.sent, answered.enrollment)
+                    match openedx::Lms::new(&senders.http, &senders.lms, e) {
+                        Some(lms) => lms.deliver(&c.payload).await,
+                        None => unsent("the endpoint's Open edX settings cannot be read"),
+                    }
                 }
-                Some(e) if e.kind == STORE_KIND => (
+                Some(e) if e.kind == STORE_KIND => sent(
                     store_actions::perform(&db, &senders.apple_api, &c.app_id, &c.payload).await,
-                    None,
                 ),
-                Some(e) => (
-                    webhooks::send(&senders.http, e, &c.event_id, &c.payload, now).await,
-                    None,
-                ),
-                None => (
-                    webhooks::Sent {
-                        status: None,
-                        error: Some("the endpoint no longer exists".into()),
-                    },
-                    None,
-                ),
+                Some(e) => {
+                    sent(webhooks::send(&senders.http, e, &c.event_id, &c.payload, now).await)
+                }
+                None => unsent("the endpoint no longer exists"),
             };
-            (c, endpoint, sent, enrollment)
+            (c, endpoint, answered)
         });
     }
-    let mut outcomes = Vec::new();
     let mut notes = Vec::new();
+    let mut holds: HashMap<String, Timestamp> = HashMap::new();
     while let Some(done) = tasks.join_next().await {
-        let Ok((c, endpoint, sent, enrollment)) = done else {
+        let Ok((c, endpoint, answered)) = done else {
             // A panicked send: its lease runs out and it is tried again.
             continue;
         };
-        let attempt = judge(&c, endpoint.as_deref(), sent, now);
-        if let Some(note) = enrollment.and_then(|e| lms_answer(&c, &e, &attempt)) {
+        if let openedx::Retry::After(wait) = answered.retry {
+            let until = now.plus_millis(wait.as_millis() as i64);
+            let held = holds.entry(c.endpoint_id.clone()).or_insert(until);
+            *held = (*held).max(until);
+        }
+        let throttled = matches!(answered.retry, openedx::Retry::After(_));
+        let attempt = judge(&c, endpoint.as_deref(), answered.sent, answered.retry, now);
+        if !throttled
+            && let Some(note) = answered
+                .enrollment
+                .and_then(|e| lms_answer(&c, &e, &attempt))
+        {
             notes.push(note);
         }
         outcomes.push((c.id.clone(), attempt));
     }
+    for (endpoint_id, until) in holds {
+        // The LMS asked for quiet: every instance's calls of the endpoint wait until then.
+        if let Err(e) = pacing::hold_until(db, &endpoint_id, until).await {
+            tracing::error!(error = %e, endpoint_id, "deliveries: could not hold an endpoint's calls back");
+        }
+    }
     (outcomes, notes)
 }
+
+/// A delivery's answer when there is no Open edX call to judge.
+fn sent(sent: webhooks::Sent) -> openedx::Answered {
+    openedx::Answered {
+        sent,
+        enrollment: None,
+        retry: openedx::Retry::Later,
+    }
+}
+
+fn unsent(error: &str) -> openedx::Answered {
+    sent(webhooks::Sent {
+        status: None,
+        error: Some(error.into()),
+    })
+}
+
+/// Gives the claimed deliveries that call an Open edX LMS a call slot of their endpoint's pace. Those
+/// whose slot has come are returned to be sent; the others are deferred to their slots.
+async fn pace(
+    db: &Db,
+    by_id: &HashMap<String, Option<Arc<Endpoint>>>,
+    now: Timestamp,
+    mut claimed: Vec<Claimed>,
+) -> (Vec<Claimed>, Vec<(String, Attempt)>) {
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    // Per endpoint: the deliveries that call it, with the calls each takes.
+    let mut wanting: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (i, c) in claimed.iter().enumerate() {
+        let Some(Some(e)) = by_id.get(&c.endpoint_id) else {
+            continue;
+        };
+        // A delivery deferred to a slot is sent in it.
+        if e.kind != "openedx" || c.slot_at.is_some() {
+            continue;
+        }
+        let Some(settings) = openedx::Settings::of(e) else {
+            continue;
+        };
+        let body = serde_json::from_str(&c.payload).unwrap_or_default();
+        if let Some(call) = openedx::enrollment_for(&settings, &body) {
+            wanting
+                .entry(e.id.as_str())
+                .or_default()
+                .push((i, call.calls()));
+        }
+    }
+    let mut later: HashMap<usize, Timestamp> = HashMap::new();
+    for (endpoint_id, waiting) in wanting {
+        let Some(Some(e)) = by_id.get(endpoint_id) else {
+            continue;
+        };
+        let Some(settings) = openedx::Settings::of(e) else {
+            continue;
+        };
+        let calls = waiting.iter().map(|(_, n)| n).sum();
+        match openedx::slots(db, e, &settings, now, calls).await {
+            Ok(slots) => {
+                // Each delivery goes in the slot of its first call.
+                let mut first = 0;
+                for (i, n) in waiting {
+                    if slots[first] > now {
+                        later.insert(i, slots[first]);
+                    }
+                    first += n;
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, endpoint_id, "deliveries: could not pace an endpoint's calls");
+                for (i, _) in waiting {
+                    later.insert(i, now.plus_millis(PACE_UNKNOWN.as_millis() as i64));
+                }
+            }
+        }
+    }
+    if later.is_empty() {
+        return (claimed, Vec::new());
+    }
+    let mut send = Vec::with_capacity(claimed.len() - later.len());
+    let mut deferred = Vec::with_capacity(later.len());
+    for (i, c) in claimed.into_iter().enumerate() {
+        match later.get(&i) {
+            Some(at) => deferred.push((c.id, Attempt::Deferred { at: *at })),
+            None => send.push(c),
+        }
+    }
+    metrics::counter!("gateway_deliveries_paced_total").increment(deferred.len() as u64);
+    (send, deferred)
+}
+
+/// How long a delivery waits when its endpoint's pace cannot be read.
+const PACE_UNKNOWN: Duration = Duration::from_secs(5);
 
 /// What the LMS answered, for the customer's timeline: every success, and a failure on the first
 /// attempt and on the last, so that a long outage does not flood it.
@@ -165,19 +269,9 @@ fn lms_answer(
         Attempt::Delivered { status } => (true, *status, None),
         Attempt::Retry { status, error, .. } if c.attempts == 1 => (false, *status, Some(error)),
         Attempt::Dead { status, error } => (false, *status, Some(error)),
-        Attempt::Retry { .. } => return None,
+        Attempt::Retry { .. } | Attempt::Deferred { .. } => return None,
     };
-    let what = if enrollment.is_active {
-        format!(
-            "enrolled {} in {} as {}",
-            enrollment.user, enrollment.course_id, enrollment.mode
-        )
-    } else {
-        format!(
-            "unenrolled {} from {}",
-            enrollment.user, enrollment.course_id
-        )
-    };
+    let what = enrollment.describe();
     let cause = match error {
         None => format!("Open edX {what}"),
         Some(e) => format!("Open edX did not take the call that {what}: {e}"),
@@ -205,6 +299,7 @@ fn judge(
     c: &Claimed,
     endpoint: Option<&Endpoint>,
     sent: webhooks::Sent,
+    retry: openedx::Retry,
     now: Timestamp,
 ) -> Attempt {
     let status = sent.status.map(i64::from);
@@ -215,7 +310,7 @@ fn judge(
     let window_ends = c
         .first_attempt_at
         .plus_millis(RETRY_WINDOW.as_millis() as i64);
-    if now >= window_ends {
+    if now >= window_ends || retry == openedx::Retry::Never {
         let app = endpoint.map(|e| e.app_id.to_string()).unwrap_or_default();
         metrics::counter!("gateway_deliveries_dead_total", "app" => app.clone()).increment(1);
         metrics::counter!("gateway_deliveries_total", "outcome" => "dead").increment(1);
@@ -232,7 +327,10 @@ fn judge(
     }
     metrics::counter!("gateway_deliveries_total", "outcome" => "retry").increment(1);
     tracing::warn!(delivery_id = %c.id, endpoint_id = %c.endpoint_id, attempts = c.attempts, error = %error, "delivery failed; will retry");
-    let delay = retry_delay(c.attempts);
+    let delay = match retry {
+        openedx::Retry::After(wait) => wait,
+        _ => retry_delay(c.attempts),
+    };
     Attempt::Retry {
         status,
         error,

@@ -1,16 +1,43 @@
 //! The Open edX connector: an endpoint of kind `openedx` turns entitlement events into calls of the
-//! LMS's Enrollment API, authenticated with an OAuth2 client-credentials JWT.
+//! LMS's Enrollment API, authenticated with an OAuth2 client-credentials JWT, and reads enrollments
+//! back. It follows edx-platform's own rules (`openedx/core/djangoapps/enrollments/views.py`):
 //!
 //! - Token: `POST {lms}/oauth2/access_token` with `grant_type=client_credentials`, the client id and
 //!   secret, and `token_type=jwt`; the answer's `access_token` is sent as `Authorization: JWT <token>`
-//!   and reused until shortly before its `expires_in` ends. A 401 or 403 from the LMS drops it and
-//!   the call is made once more with a new one.
+//!   and reused until shortly before its `expires_in` ends. The JWT's user is the OAuth application's
+//!   owner, who must be staff to enroll others. Only a 401 means the token is no longer good: it is
+//!   dropped and the call made once more with a new one.
 //! - Grant or renewal: `POST {lms}/api/enrollment/v1/enrollment` with
 //!   `{user, mode, is_active: true, course_details: {course_id}}`, where `course_id` and `mode` are
 //!   the entitlement's attributes (`mode` defaults to the endpoint's `default_mode`).
-//! - Revocation or expiry: the same call with mode `audit` (Upgrade-Lite: the learner keeps the free
-//!   track) or with `is_active: false` (Pay-to-Enroll: the learner is unenrolled), as the endpoint's
-//!   `revoke` says.
+//! - Revocation or expiry, Upgrade-Lite (`revoke: audit`): the same call with mode `audit`, made only
+//!   where the course run offers audit (`GET {lms}/api/enrollment/v1/course/{course_id}`, asked once
+//!   and kept for [`COURSE_TTL`]). The LMS refuses a mode the run does not offer, and moving a
+//!   learner to a mode picked anyway would enroll them where they should not be.
+//! - Revocation or expiry, Pay-to-Enroll (`revoke: unenroll`): `{user, is_active: false,
+//!   course_details}` with no mode. The LMS refuses to deactivate with a mode other than the
+//!   learner's current one ("Enrollment mode mismatch"), and the learner's mode may have moved since
+//!   the grant (an upgrade on the LMS, a support change); without a mode the LMS deactivates
+//!   whichever enrollment the learner has.
+//!
+//! What an answer means, and whether the delivery is tried again ([`Retry`]):
+//!
+//! | LMS answer | meaning | then |
+//! |---|---|---|
+//! | 2xx | done | delivered |
+//! | 401 | the token is no longer good | a new token, once; then retried |
+//! | 404, empty body | the OAuth application's owner is not staff | retried (fixed on the LMS) |
+//! | 404 with a body | no Enrollment API at this URL | retried (fixed in the endpoint) |
+//! | 406 | no such LMS user | retried: the learner may register later |
+//! | 400 with `course_details` | the mode is not available (missing or expired) | dead at once |
+//! | 400 otherwise | the call itself is refused (a mode mismatch, a bad course id) | dead at once |
+//! | 403 | refused by the LMS's policy: an embargo or an enrollment filter | dead at once |
+//! | 429 | throttled | retried after its `Retry-After`; every call of the endpoint held back |
+//! | 5xx, no answer | the LMS is down | retried with back-off |
+//!
+//! A dead delivery can be sent again (`POST .../deliveries/{id}/retry`) once the course or the
+//! learner is fixed. Calls are paced per endpoint ([`Settings::requests_per_minute`]) below the
+//! LMS's throttle (120 a minute for staff callers), by the delivery job.
 //!
 //! The Enrollment API sets an enrollment to what it is told, so a repeated call changes nothing: a
 //! retried delivery is safe. The user is the customer's `app_user_id`, which is the LMS username.
@@ -21,10 +48,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use gateway_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{ServiceResult, webhooks::Sent};
-use crate::db::endpoints::Endpoint;
+use super::{ServiceError, ServiceResult, webhooks::Sent};
+use crate::db::{Db, DbResult, endpoints::Endpoint, pacing};
 
 /// The event types the connector acts on.
 pub const EVENT_TYPES: &[&str] = &[
@@ -40,13 +68,24 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// How long the LMS has to answer one call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long what a course run offers is kept before it is asked again.
+pub const COURSE_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a 429 without a usable `Retry-After` holds the endpoint's calls back: DRF's throttle
+/// counts requests over a minute.
+const THROTTLED_DEFAULT: Duration = Duration::from_secs(60);
+
+/// The default pace: below the 120 calls a minute that Open edX allows a staff caller
+/// (`EnrollmentUserThrottle`), leaving room for the calls the pace does not see.
+pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 100;
+
 /// What a revocation does on the LMS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Revoke {
-    /// Move the learner to the `audit` mode (Upgrade-Lite).
+    /// Move the learner to the `audit` mode (Upgrade-Lite); the course run must offer audit.
     Audit,
-    /// Deactivate the enrollment (Pay-to-Enroll).
+    /// Deactivate the enrollment, whatever its mode (Pay-to-Enroll).
     Unenroll,
 }
 
@@ -54,7 +93,8 @@ pub enum Revoke {
 #[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The OAuth2 application's client id (an application of grant type client credentials).
+    /// The OAuth2 application's client id (an application of grant type client credentials whose
+    /// owner is staff on the LMS).
     pub client_id: String,
     /// Its client secret: stored, never shown.
     pub client_secret: String,
@@ -64,6 +104,11 @@ pub struct Settings {
     /// The mode of a grant whose entitlement names none (default `verified`).
     #[serde(default = "default_mode")]
     pub default_mode: String,
+    /// The most Enrollment API calls a minute, shared by every instance (default 100, below Open
+    /// edX's 120 for staff callers). Raise it only with the LMS's own limit.
+    #[serde(default = "default_requests_per_minute")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub requests_per_minute: u32,
 }
 
 impl std::fmt::Debug for Settings {
@@ -73,6 +118,7 @@ impl std::fmt::Debug for Settings {
             .field("client_secret", &"<redacted>")
             .field("revoke", &self.revoke)
             .field("default_mode", &self.default_mode)
+            .field("requests_per_minute", &self.requests_per_minute)
             .finish()
     }
 }
@@ -85,6 +131,10 @@ fn default_mode() -> String {
     "verified".into()
 }
 
+fn default_requests_per_minute() -> u32 {
+    DEFAULT_REQUESTS_PER_MINUTE
+}
+
 /// The settings as the API shows them: the secret only as set.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SettingsView {
@@ -92,6 +142,7 @@ pub struct SettingsView {
     pub client_secret_set: bool,
     pub revoke: Revoke,
     pub default_mode: String,
+    pub requests_per_minute: u32,
 }
 
 impl Settings {
@@ -105,7 +156,14 @@ impl Settings {
             "openedx.client_secret",
             &self.client_secret,
         )?;
-        super::text(&STORE_ID, code, "openedx.default_mode", &self.default_mode)
+        super::text(&STORE_ID, code, "openedx.default_mode", &self.default_mode)?;
+        if !(1..=100_000).contains(&self.requests_per_minute) {
+            return Err(ServiceError::bad_request(
+                code,
+                "`openedx.requests_per_minute` must be from 1 to 100000.",
+            ));
+        }
+        Ok(())
     }
 
     pub fn view(&self) -> SettingsView {
@@ -114,31 +172,44 @@ impl Settings {
             client_secret_set: !self.client_secret.is_empty(),
             revoke: self.revoke,
             default_mode: self.default_mode.clone(),
+            requests_per_minute: self.requests_per_minute,
         }
     }
 
     pub fn of(endpoint: &Endpoint) -> Option<Settings> {
         serde_json::from_value(endpoint.config.clone()).ok()
     }
+
+    /// The time between two calls at the endpoint's pace.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(60_000 / u64::from(self.requests_per_minute.max(1)))
+    }
+
+    /// How far ahead of its slot a call may go: a tenth of a minute's calls may come at once, so
+    /// no window of a minute holds more than 110% of the pace.
+    pub fn burst(&self) -> Duration {
+        self.interval() * (self.requests_per_minute / 10)
+    }
 }
 
-/// Access tokens by endpoint, reused until shortly before they expire.
+/// What the connector keeps between calls, per endpoint: its token and what each course offers.
 #[derive(Debug, Default)]
-pub struct Tokens {
-    by_endpoint: Mutex<HashMap<String, (String, String, Instant)>>,
+pub struct Caches {
+    tokens: Mutex<HashMap<String, (String, String, Instant)>>,
+    courses: Mutex<HashMap<(String, String), (CourseModes, Instant)>>,
 }
 
-impl Tokens {
-    fn cached(&self, endpoint: &str, client_id: &str) -> Option<String> {
-        let map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+impl Caches {
+    fn token(&self, endpoint: &str, client_id: &str) -> Option<String> {
+        let map = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         map.get(endpoint)
             .filter(|(client, _, until)| client == client_id && *until > Instant::now())
             .map(|(_, token, _)| token.clone())
     }
 
-    fn keep(&self, endpoint: &str, client_id: &str, token: &str, valid_for: Duration) {
+    fn keep_token(&self, endpoint: &str, client_id: &str, token: &str, valid_for: Duration) {
         let until = Instant::now() + valid_for.saturating_sub(TOKEN_MARGIN);
-        self.by_endpoint
+        self.tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
@@ -147,11 +218,28 @@ impl Tokens {
             );
     }
 
-    fn forget(&self, endpoint: &str) {
-        self.by_endpoint
+    fn forget_token(&self, endpoint: &str) {
+        self.tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(endpoint);
+    }
+
+    fn course(&self, endpoint: &str, course_id: &str) -> Option<CourseModes> {
+        let map = self.courses.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(endpoint.to_owned(), course_id.to_owned()))
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(modes, _)| modes.clone())
+    }
+
+    fn keep_course(&self, endpoint: &str, course_id: &str, modes: &CourseModes) {
+        self.courses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (endpoint.to_owned(), course_id.to_owned()),
+                (modes.clone(), Instant::now() + COURSE_TTL),
+            );
     }
 }
 
@@ -167,8 +255,60 @@ struct TokenAnswer {
 pub struct Enrollment {
     pub user: String,
     pub course_id: String,
-    pub mode: String,
+    /// The mode to set; `None` deactivates whatever mode the learner has.
+    pub mode: Option<String>,
     pub is_active: bool,
+    /// What the event was.
+    pub change: Change,
+}
+
+/// What an event did to the learner's access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Grant,
+    Renewal,
+    Revocation,
+}
+
+impl Enrollment {
+    /// The Enrollment API body of the call.
+    fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "user": self.user,
+            "is_active": self.is_active,
+            "course_details": {"course_id": self.course_id},
+        });
+        if let Some(mode) = &self.mode {
+            body["mode"] = mode.as_str().into();
+        }
+        body
+    }
+
+    /// Whether the learner's enrollment is read before the call, which then may not be needed:
+    ///
+    /// - an unenrollment: a learner who is not enrolled is left so. Without the read the LMS would
+    ///   make an inactive enrollment in its default mode (`add_enrollment`), and refuse to where the
+    ///   run offers no audit.
+    /// - a renewal: a learner already enrolled in the mode is left so. The LMS refuses even an
+    ///   unchanged enrollment once the run's enrollment has closed (`CourseEnrollment.enroll`), and
+    ///   subscriptions renew long after that.
+    pub fn reads_first(&self) -> bool {
+        !self.is_active || self.change == Change::Renewal
+    }
+
+    /// The Enrollment API calls it takes at most, for the endpoint's pace.
+    pub fn calls(&self) -> usize {
+        if self.reads_first() { 2 } else { 1 }
+    }
+
+    /// What the call does, for the timeline.
+    pub fn describe(&self) -> String {
+        match (&self.mode, self.is_active) {
+            (Some(mode), true) => format!("enrolled {} in {} as {mode}", self.user, self.course_id),
+            _ => format!("unenrolled {} from {}", self.user, self.course_id),
+        }
+    }
 }
 
 /// What an event asks of the LMS; `None` when nothing (another event type, or an entitlement that
@@ -183,31 +323,38 @@ pub fn enrollment_for(settings: &Settings, body: &serde_json::Value) -> Option<E
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| settings.default_mode.clone());
-    let grant = match event_type {
-        "entitlement.granted" | "entitlement.renewed" => true,
-        "entitlement.revoked" | "entitlement.expired" => false,
+    let change = match event_type {
+        "entitlement.granted" => Change::Grant,
+        "entitlement.renewed" => Change::Renewal,
+        "entitlement.revoked" | "entitlement.expired" => Change::Revocation,
         _ => return None,
     };
-    Some(match (grant, settings.revoke) {
-        (true, _) => Enrollment {
-            user,
-            course_id,
-            mode,
-            is_active: true,
-        },
-        (false, Revoke::Audit) => Enrollment {
-            user,
-            course_id,
-            mode: "audit".into(),
-            is_active: true,
-        },
-        (false, Revoke::Unenroll) => Enrollment {
-            user,
-            course_id,
-            mode,
-            is_active: false,
-        },
+    let (mode, is_active) = match (change, settings.revoke) {
+        (Change::Grant | Change::Renewal, _) => (Some(mode), true),
+        (Change::Revocation, Revoke::Audit) => (Some(AUDIT.to_owned()), true),
+        (Change::Revocation, Revoke::Unenroll) => (None, false),
+    };
+    Some(Enrollment {
+        user,
+        course_id,
+        mode,
+        is_active,
+        change,
     })
+}
+
+/// The free mode Upgrade-Lite moves a learner back to.
+const AUDIT: &str = "audit";
+
+/// Whether a failed call is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// With the delivery's back-off, for its retry window.
+    Later,
+    /// Not before this long (the LMS's `Retry-After`); the endpoint's other calls wait as long.
+    After(Duration),
+    /// Never: the same call would be refused the same way. The delivery is dead-lettered at once.
+    Never,
 }
 
 /// What the LMS said of one event.
@@ -216,146 +363,428 @@ pub struct Answered {
     pub sent: Sent,
     /// The call made, when the event asked for one.
     pub enrollment: Option<Enrollment>,
+    /// When a failure is tried again.
+    pub retry: Retry,
 }
 
-fn base(url: &str) -> &str {
-    url.trim_end_matches('/')
+/// A learner's enrollment as the LMS reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LmsEnrollment {
+    pub mode: String,
+    pub is_active: bool,
+    /// When it was made (ISO 8601, as the LMS writes it).
+    #[serde(default)]
+    pub created: Option<String>,
 }
 
-async fn token(
-    http: &reqwest::Client,
-    tokens: &Tokens,
-    endpoint: &Endpoint,
-    settings: &Settings,
-) -> Result<String, Sent> {
-    if let Some(t) = tokens.cached(&endpoint.id, &settings.client_id) {
-        return Ok(t);
+/// Why a call to the LMS did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub status: Option<u16>,
+    pub error: String,
+    pub retry: Retry,
+}
+
+/// The modes a course run offers now (unexpired), by slug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CourseModes(pub Vec<String>);
+
+/// An Open edX endpoint ready for calls.
+pub struct Lms<'a> {
+    http: &'a reqwest::Client,
+    caches: &'a Caches,
+    endpoint: &'a Endpoint,
+    settings: Settings,
+}
+
+impl<'a> Lms<'a> {
+    /// `None` when the endpoint's settings cannot be read.
+    pub fn new(
+        http: &'a reqwest::Client,
+        caches: &'a Caches,
+        endpoint: &'a Endpoint,
+    ) -> Option<Self> {
+        Some(Lms {
+            http,
+            caches,
+            endpoint,
+            settings: Settings::of(endpoint)?,
+        })
     }
-    let answer = http
-        .post(format!("{}/oauth2/access_token", base(&endpoint.url)))
-        .timeout(CALL_TIMEOUT)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", settings.client_id.as_str()),
-            ("client_secret", settings.client_secret.as_str()),
-            ("token_type", "jwt"),
-        ])
-        .send()
-        .await
-        .map_err(|e| Sent {
-            status: None,
-            error: Some(format!(
-                "could not reach the LMS for a token: {}",
-                e.without_url()
-            )),
-        })?;
-    let status = answer.status();
-    if !status.is_success() {
-        return Err(Sent {
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint.url.trim_end_matches('/'))
+    }
+
+    /// `{lms}/api/enrollment/v1/{kind}/{id}`, the id one percent-encoded path segment.
+    fn api_url(&self, kind: &str, id: &str) -> Result<reqwest::Url, Failure> {
+        let mut url =
+            reqwest::Url::parse(&self.url("/api/enrollment/v1")).map_err(|e| Failure {
+                status: None,
+                error: format!("the endpoint's url is not a base URL: {e}"),
+                retry: Retry::Later,
+            })?;
+        url.path_segments_mut()
+            .map_err(|()| Failure {
+                status: None,
+                error: "the endpoint's url is not a base URL".into(),
+                retry: Retry::Later,
+            })?
+            .extend([kind, id]);
+        Ok(url)
+    }
+
+    async fn token(&self) -> Result<String, Failure> {
+        let s = &self.settings;
+        if let Some(t) = self.caches.token(&self.endpoint.id, &s.client_id) {
+            return Ok(t);
+        }
+        let answer = self
+            .http
+            .post(self.url("/oauth2/access_token"))
+            .timeout(CALL_TIMEOUT)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", s.client_id.as_str()),
+                ("client_secret", s.client_secret.as_str()),
+                ("token_type", "jwt"),
+            ])
+            .send()
+            .await
+            .map_err(|e| Failure {
+                status: None,
+                error: format!("could not reach the LMS for a token: {}", e.without_url()),
+                retry: Retry::Later,
+            })?;
+        let status = answer.status();
+        if !status.is_success() {
+            return Err(Failure {
+                status: Some(status.as_u16()),
+                error: format!(
+                    "the LMS refused the client credentials (HTTP {}); check openedx.client_id and client_secret",
+                    status.as_u16()
+                ),
+                retry: Retry::Later,
+            });
+        }
+        let parsed: TokenAnswer = answer.json().await.map_err(|e| Failure {
             status: Some(status.as_u16()),
-            error: Some(format!(
-                "the LMS refused the client credentials (HTTP {}); check openedx.client_id and client_secret",
-                status.as_u16()
-            )),
-        });
+            error: format!(
+                "the LMS's token answer is not what OAuth2 specifies: {}",
+                e.without_url()
+            ),
+            retry: Retry::Later,
+        })?;
+        let valid_for = Duration::from_secs(parsed.expires_in.unwrap_or(300));
+        self.caches.keep_token(
+            &self.endpoint.id,
+            &s.client_id,
+            &parsed.access_token,
+            valid_for,
+        );
+        Ok(parsed.access_token)
     }
-    let parsed: TokenAnswer = answer.json().await.map_err(|e| Sent {
-        status: Some(status.as_u16()),
-        error: Some(format!(
-            "the LMS's token answer is not what OAuth2 specifies: {}",
-            e.without_url()
-        )),
-    })?;
-    let valid_for = Duration::from_secs(parsed.expires_in.unwrap_or(300));
-    tokens.keep(
-        &endpoint.id,
-        &settings.client_id,
-        &parsed.access_token,
-        valid_for,
-    );
-    Ok(parsed.access_token)
-}
 
-/// Makes the LMS call one event asks for.
-pub async fn deliver(
-    http: &reqwest::Client,
-    tokens: &Tokens,
-    endpoint: &Endpoint,
-    body: &str,
-) -> Answered {
-    let settings = match Settings::of(endpoint) {
-        Some(s) => s,
-        None => {
+    /// Makes one authenticated call (built by `request` from the base client), with a new token once
+    /// if the LMS says the one it had is no longer good. The answer's status and body.
+    async fn call(
+        &self,
+        request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), Failure> {
+        let mut answer = None;
+        for fresh_token in [false, true] {
+            if fresh_token {
+                self.caches.forget_token(&self.endpoint.id);
+            }
+            let token = self.token().await?;
+            let res = request(self.http)
+                .timeout(CALL_TIMEOUT)
+                .header("authorization", format!("JWT {token}"))
+                .send()
+                .await
+                .map_err(|e| Failure {
+                    status: None,
+                    error: format!("could not reach the LMS: {}", e.without_url()),
+                    retry: Retry::Later,
+                })?;
+            let status = res.status().as_u16();
+            let headers = res.headers().clone();
+            let body = res.text().await.unwrap_or_default();
+            let again = status == 401 && !fresh_token;
+            answer = Some((status, headers, body));
+            if !again {
+                break;
+            }
+        }
+        answer.ok_or_else(|| Failure {
+            status: None,
+            error: "no call was made".into(),
+            retry: Retry::Later,
+        })
+    }
+
+    /// Makes the LMS call one event asks for.
+    pub async fn deliver(&self, body: &str) -> Answered {
+        let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let Some(enrollment) = enrollment_for(&self.settings, &parsed) else {
             return Answered {
                 sent: Sent {
                     status: None,
-                    error: Some("the endpoint's Open edX settings cannot be read".into()),
+                    error: None,
                 },
                 enrollment: None,
+                retry: Retry::Later,
             };
-        }
-    };
-    let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let Some(enrollment) = enrollment_for(&settings, &parsed) else {
-        return Answered {
-            sent: Sent {
-                status: None,
-                error: None,
-            },
-            enrollment: None,
         };
-    };
-    let call = serde_json::json!({
-        "user": enrollment.user,
-        "mode": enrollment.mode,
-        "is_active": enrollment.is_active,
-        "course_details": {"course_id": enrollment.course_id},
-    });
-    let mut sent = Sent {
-        status: None,
-        error: None,
-    };
-    for fresh_token in [false, true] {
-        if fresh_token {
-            tokens.forget(&endpoint.id);
+        let outcome = self.enroll(&enrollment).await;
+        let (sent, retry) = match outcome {
+            Ok(status) => (
+                Sent {
+                    status: Some(status),
+                    error: None,
+                },
+                Retry::Later,
+            ),
+            Err(f) => (
+                Sent {
+                    status: f.status,
+                    error: Some(f.error),
+                },
+                f.retry,
+            ),
+        };
+        Answered {
+            sent,
+            enrollment: Some(enrollment),
+            retry,
         }
-        let token = match token(http, tokens, endpoint, &settings).await {
-            Ok(t) => t,
-            Err(refused) => {
-                sent = refused;
-                break;
+    }
+
+    async fn enroll(&self, enrollment: &Enrollment) -> Result<u16, Failure> {
+        if enrollment.change == Change::Revocation && enrollment.mode.as_deref() == Some(AUDIT) {
+            let modes = self.course_modes(&enrollment.course_id).await?;
+            if !modes.0.iter().any(|m| m == AUDIT) {
+                return Err(Failure {
+                    status: None,
+                    error: format!(
+                        "{} offers no audit mode (it offers: {}), so the learner cannot be moved back to audit; \
+                         add an audit mode to the course run, or make the endpoint revoke by unenrolling",
+                        enrollment.course_id,
+                        if modes.0.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            modes.0.join(", ")
+                        }
+                    ),
+                    retry: Retry::Never,
+                });
             }
-        };
-        let answer = http
-            .post(format!(
-                "{}/api/enrollment/v1/enrollment",
-                base(&endpoint.url)
-            ))
-            .timeout(CALL_TIMEOUT)
-            .header("authorization", format!("JWT {token}"))
-            .json(&call)
-            .send()
-            .await;
-        sent = match answer {
-            Ok(res) if res.status().is_success() => Sent {
-                status: Some(res.status().as_u16()),
-                error: None,
-            },
-            Ok(res) => Sent::refused(res, "the LMS").await,
-            Err(e) => Sent {
-                status: None,
-                error: Some(format!("could not reach the LMS: {}", e.without_url())),
-            },
-        };
-        // A token the LMS no longer takes is replaced once.
-        if !matches!(sent.status, Some(401 | 403)) {
-            break;
         }
+        if enrollment.reads_first() {
+            let current = self.read(&enrollment.user, &enrollment.course_id).await?;
+            let settled = match &current {
+                None => !enrollment.is_active,
+                Some(c) if !enrollment.is_active => !c.is_active,
+                Some(c) => c.is_active && Some(&c.mode) == enrollment.mode.as_ref(),
+            };
+            if settled {
+                return Ok(200);
+            }
+        }
+        let body = enrollment.body();
+        let url = self.url("/api/enrollment/v1/enrollment");
+        let (status, headers, text) = self.call(|http| http.post(&url).json(&body)).await?;
+        if (200..300).contains(&status) {
+            return Ok(status);
+        }
+        Err(refusal(status, &headers, &text))
     }
-    Answered {
-        sent,
-        enrollment: Some(enrollment),
+
+    /// The modes `course_id` offers now: asked of the LMS once and kept for [`COURSE_TTL`].
+    pub async fn course_modes(&self, course_id: &str) -> Result<CourseModes, Failure> {
+        if let Some(modes) = self.caches.course(&self.endpoint.id, course_id) {
+            return Ok(modes);
+        }
+        // The course view takes no authentication (`EnrollmentCourseDetailView`).
+        let url = self.api_url("course", course_id)?;
+        let res = self
+            .http
+            .get(url)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| Failure {
+                status: None,
+                error: format!("could not reach the LMS: {}", e.without_url()),
+                retry: Retry::Later,
+            })?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap_or_default();
+        if status != 200 {
+            let mut failure = refusal(status, &headers, &text);
+            if matches!(status, 400 | 404) {
+                failure.error =
+                    format!("the LMS knows no course run {course_id}: {}", failure.error);
+                failure.retry = Retry::Never;
+            }
+            return Err(failure);
+        }
+        #[derive(Deserialize)]
+        struct Mode {
+            slug: String,
+        }
+        #[derive(Deserialize)]
+        struct Course {
+            course_modes: Vec<Mode>,
+        }
+        let course: Course = serde_json::from_str(&text).map_err(|e| Failure {
+            status: Some(status),
+            error: format!("the LMS's course answer is not the Enrollment API's: {e}"),
+            retry: Retry::Later,
+        })?;
+        let modes = CourseModes(course.course_modes.into_iter().map(|m| m.slug).collect());
+        self.caches
+            .keep_course(&self.endpoint.id, course_id, &modes);
+        Ok(modes)
     }
+
+    /// `user`'s enrollment in `course_id` as the LMS has it; `None` when they are not enrolled (the
+    /// LMS answers an empty 200). The call takes a slot of the endpoint's pace, waiting for it.
+    pub async fn read_enrollment(
+        &self,
+        db: &Db,
+        now: Timestamp,
+        user: &str,
+        course_id: &str,
+    ) -> Result<Option<LmsEnrollment>, Failure> {
+        let send_at = self.slot(db, now).await.map_err(|e| Failure {
+            status: None,
+            error: format!("the endpoint's pace could not be read: {e}"),
+            retry: Retry::Later,
+        })?;
+        let wait = send_at.millis().saturating_sub(now.millis());
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+        self.read(user, course_id).await
+    }
+
+    /// `GET {lms}/api/enrollment/v1/enrollment/{user},{course_id}`, unpaced.
+    async fn read(&self, user: &str, course_id: &str) -> Result<Option<LmsEnrollment>, Failure> {
+        let url = self.api_url("enrollment", &format!("{user},{course_id}"))?;
+        let (status, headers, text) = self.call(|http| http.get(url.clone())).await?;
+        if status != 200 {
+            return Err(refusal(status, &headers, &text));
+        }
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text).map(Some).map_err(|e| Failure {
+            status: Some(status),
+            error: format!("the LMS's enrollment answer is not the Enrollment API's: {e}"),
+            retry: Retry::Later,
+        })
+    }
+
+    /// One call slot of the endpoint's pace: when the call may be made.
+    pub async fn slot(&self, db: &Db, now: Timestamp) -> DbResult<Timestamp> {
+        Ok(slots(db, self.endpoint, &self.settings, now, 1).await?[0])
+    }
+}
+
+/// `count` call slots of `endpoint`'s pace, each the time from which its call may be made.
+pub async fn slots(
+    db: &Db,
+    endpoint: &Endpoint,
+    settings: &Settings,
+    now: Timestamp,
+    count: usize,
+) -> DbResult<Vec<Timestamp>> {
+    let interval = settings.interval().as_millis() as i64;
+    let burst = settings.burst().as_millis() as i64;
+    let first = pacing::reserve(db, &endpoint.id, now, interval, count as i64).await?;
+    Ok((0..count as i64)
+        .map(|i| {
+            let slot = first.millis() + i * interval - burst;
+            Timestamp::from_millis(slot.max(now.millis()))
+        })
+        .collect())
+}
+
+/// What a non-2xx answer of the Enrollment API means (see the module's table).
+fn refusal(status: u16, headers: &reqwest::header::HeaderMap, body: &str) -> Failure {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let said = json["message"]
+        .as_str()
+        .or(json["detail"].as_str())
+        .map(|m| m.chars().take(300).collect::<String>())
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    let (error, retry) = match status {
+        401 => (
+            format!("the LMS did not take a new token either (HTTP 401): {said}"),
+            Retry::Later,
+        ),
+        404 if body.trim().is_empty() => (
+            "the OAuth application's owner is not staff on the LMS (HTTP 404 with an empty body: the \
+             Enrollment API hides other learners from non-staff callers); give that user staff status"
+                .to_owned(),
+            Retry::Later,
+        ),
+        404 => (
+            format!("the LMS has no Enrollment API at this URL (HTTP 404); check the endpoint's url: {said}"),
+            Retry::Later,
+        ),
+        406 => (format!("no such LMS user (HTTP 406): {said}"), Retry::Later),
+        400 if json.get("course_details").is_some() => (
+            format!("the mode is not available in the course run (HTTP 400): {said}"),
+            Retry::Never,
+        ),
+        400 if said.starts_with("An error occurred while creating") => (
+            format!(
+                "the LMS refused the enrollment (HTTP 400): the run's enrollment has closed, it is \
+                 invitation-only or full, or an enrollment filter stopped it: {said}"
+            ),
+            Retry::Never,
+        ),
+        400 => (format!("the LMS refused the call (HTTP 400): {said}"), Retry::Never),
+        403 => (
+            format!("refused by the LMS's policy, an embargo or an enrollment filter (HTTP 403): {said}"),
+            Retry::Never,
+        ),
+        429 => {
+            let after = retry_after(headers).unwrap_or(THROTTLED_DEFAULT);
+            (
+                format!(
+                    "the LMS is throttling the gateway (HTTP 429); its calls wait {} s",
+                    after.as_secs()
+                ),
+                Retry::After(after),
+            )
+        }
+        _ => (format!("the LMS answered HTTP {status}: {said}"), Retry::Later),
+    };
+    Failure {
+        status: Some(status),
+        error,
+        retry,
+    }
+}
+
+/// A `Retry-After` of seconds (DRF sends seconds), at most an hour.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.clamp(1, 3600)))
 }
 
 #[cfg(test)]
@@ -368,6 +797,7 @@ mod tests {
             client_secret: "secret".into(),
             revoke,
             default_mode: "professional".into(),
+            requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
         }
     }
 
@@ -388,22 +818,32 @@ mod tests {
             Enrollment {
                 user: "alice".into(),
                 course_id: "course-v1:A+B+C".into(),
-                mode: "verified".into(),
-                is_active: true
+                mode: Some("verified".into()),
+                is_active: true,
+                change: Change::Grant,
             }
         );
+        assert_eq!(grant.body()["mode"], "verified");
         let audit = enrollment_for(
             &settings(Revoke::Audit),
             &event("entitlement.revoked", attrs.clone()),
         )
         .unwrap();
-        assert_eq!((audit.mode.as_str(), audit.is_active), ("audit", true));
+        assert_eq!(
+            (audit.mode.as_deref(), audit.is_active, audit.change),
+            (Some("audit"), true, Change::Revocation)
+        );
+        assert!(!audit.reads_first());
         let gone = enrollment_for(
             &settings(Revoke::Unenroll),
             &event("entitlement.expired", attrs.clone()),
         )
         .unwrap();
-        assert_eq!((gone.mode.as_str(), gone.is_active), ("verified", false));
+        assert_eq!((gone.mode.as_deref(), gone.is_active), (None, false));
+        // No mode is sent: the LMS deactivates whatever mode the learner has.
+        assert!(gone.body().get("mode").is_none(), "{}", gone.body());
+        assert_eq!(gone.body()["is_active"], false);
+        assert!(gone.reads_first() && !grant.reads_first());
         let default = enrollment_for(
             &settings(Revoke::Audit),
             &event(
@@ -412,7 +852,8 @@ mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(default.mode, "professional");
+        assert_eq!(default.mode.as_deref(), Some("professional"));
+        assert_eq!((default.change, default.calls()), (Change::Renewal, 2));
     }
 
     #[test]
@@ -429,5 +870,55 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn each_refusal_says_what_it_means_and_whether_it_is_retried() {
+        let none = reqwest::header::HeaderMap::new();
+        let r = |status, body: &str| refusal(status, &none, body);
+        assert!(r(404, "").error.contains("not staff"));
+        assert_eq!(r(404, "").retry, Retry::Later);
+        assert!(
+            r(404, "<html>Not Found</html>")
+                .error
+                .contains("no Enrollment API")
+        );
+        let user = r(406, r#"{"message": "The user bob does not exist."}"#);
+        assert!(user.error.contains("no such LMS user") && user.error.contains("bob"));
+        assert_eq!(user.retry, Retry::Later);
+        let mode = r(
+            400,
+            r#"{"message": "The [verified] course mode is expired or otherwise unavailable for course run [x].", "course_details": {}}"#,
+        );
+        assert!(
+            mode.error.contains("mode is not available"),
+            "{}",
+            mode.error
+        );
+        assert_eq!(mode.retry, Retry::Never);
+        let mismatch = r(400, r#"{"message": "Enrollment mode mismatch"}"#);
+        assert_eq!(mismatch.retry, Retry::Never);
+        assert!(!mismatch.error.contains("mode is not available"));
+        assert_eq!(r(403, r#"{"message": "embargo"}"#).retry, Retry::Never);
+        assert_eq!(r(503, "").retry, Retry::Later);
+        let mut after = reqwest::header::HeaderMap::new();
+        after.insert(reqwest::header::RETRY_AFTER, "17".parse().unwrap());
+        assert_eq!(
+            refusal(429, &after, "{}").retry,
+            Retry::After(Duration::from_secs(17))
+        );
+        assert_eq!(r(429, "{}").retry, Retry::After(THROTTLED_DEFAULT));
+    }
+
+    #[test]
+    fn the_pace_spaces_calls_and_lets_a_tenth_of_a_minute_through_at_once() {
+        let s = settings(Revoke::Audit);
+        assert_eq!(s.interval(), Duration::from_millis(600));
+        assert_eq!(s.burst(), Duration::from_secs(6));
+        let slow = Settings {
+            requests_per_minute: 5,
+            ..s
+        };
+        assert_eq!(slow.burst(), Duration::ZERO);
     }
 }

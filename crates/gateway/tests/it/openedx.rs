@@ -1,12 +1,20 @@
-//! The Open edX connector against a stand-in LMS that implements the two calls it makes (the OAuth2
-//! token endpoint and the Enrollment API) and checks the client credentials and the token.
+//! The Open edX connector against the simulator's stand-in LMS, which refuses what edx-platform
+//! refuses (`store_sim::openedx`; each of its rules is tested against the edx-platform code it
+//! mirrors in `crates/store-sim/tests/openedx.rs`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use gateway::{
+    jobs::deliveries::{self, Senders},
+    service::openedx as connector,
+    stores::apple_api::AppStoreApi,
+};
+use gateway_core::Clock;
 use serde_json::{Value, json};
 use store_sim::{
+    SimClock,
     apple_store::{ProductKind, RevocationReason},
-    openedx::{self, Enrollment as Enrolled},
+    openedx::{self, Course, Enrollment as Enrolled, Mode, OWNER},
 };
 
 use crate::{
@@ -19,7 +27,8 @@ const COURSE: &str = "course-v1:Acme+CS101+2026";
 const CLIENT_ID: &str = "gateway-client";
 const CLIENT_SECRET: &str = "lms-client-secret-5c1f0e";
 
-/// The simulator's stand-in LMS, served.
+/// The simulator's stand-in LMS, served, on the gateway's clock, with `COURSE` offering audit and
+/// verified and the learners alice, bob and carol.
 #[derive(Clone)]
 struct Lms {
     url: String,
@@ -27,8 +36,20 @@ struct Lms {
 }
 
 impl Lms {
-    async fn start() -> Lms {
+    async fn start(app: &TestApp) -> Lms {
         let sim = openedx::Lms::new(CLIENT_ID, CLIENT_SECRET);
+        let clock = app.clock.clone();
+        sim.set_clock(SimClock::from_fn(move || clock.now().millis()));
+        sim.add_course(
+            COURSE,
+            Course {
+                modes: vec![Mode::new("audit"), Mode::new("verified")],
+                enrollment_end: None,
+            },
+        );
+        for user in ["alice", "bob", "carol"] {
+            sim.add_user(user);
+        }
         let url = sim.serve().await.unwrap();
         Lms { url, sim }
     }
@@ -37,20 +58,93 @@ impl Lms {
         self.sim.enrollment(user, COURSE)
     }
 
-    /// Waits until `user`'s enrollment in the course is `want` (10 s at most).
-    async fn wait_for(&self, user: &str, want: Enrolled) {
+    /// Waits until `user`'s enrollment in `course` is `want` (10 s at most).
+    async fn wait_in(&self, course: &str, user: &str, want: Enrolled) {
         for _ in 0..200 {
-            if self.enrollment(user).as_ref() == Some(&want) {
+            if self.sim.enrollment(user, course).as_ref() == Some(&want) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
             "{user} never became {want:?} in the LMS; it is {:?}, after calls {:#?}",
-            self.enrollment(user),
+            self.sim.enrollment(user, course),
             self.sim.calls()
         );
     }
+
+    async fn wait_for(&self, user: &str, want: Enrolled) {
+        self.wait_in(COURSE, user, want).await;
+    }
+}
+
+fn enrolled(mode: &str, is_active: bool) -> Enrolled {
+    Enrolled {
+        mode: mode.into(),
+        is_active,
+    }
+}
+
+/// Waits for a customer's timeline to hold an event of `kind`; that event.
+async fn timeline_event(app: &TestApp, customer: &str, kind: &str) -> Value {
+    let mut events = Value::Null;
+    for _ in 0..200 {
+        let timeline = app
+            .get(&format!("/v1/apps/acme/customers/{customer}/timeline"))
+            .await
+            .expect(200);
+        events = timeline["events"].clone();
+        if let Some(e) = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+        {
+            return e.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {kind} in {customer}'s timeline: {events:#}");
+}
+
+/// The deliveries of `status` to a customer.
+async fn deliveries_of(app: &TestApp, customer: &str, status: &str) -> Vec<Value> {
+    app.get(&format!(
+        "/v1/apps/acme/deliveries?status={status}&app_user_id={customer}"
+    ))
+    .await
+    .expect(200)["deliveries"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A product granting `course` in `mode`.
+async fn course_product(app: &TestApp, id: &str, course: &str, mode: &str) {
+    app.put(
+        &format!("/v1/apps/acme/products/{id}"),
+        json!({"kind": "non_consumable", "entitlements": [{"id": course, "attributes": {"course_id": course, "mode": mode}}]}),
+    )
+    .await
+    .expect(201);
+}
+
+async fn grant(app: &TestApp, customer: &str, product: &str) {
+    app.post(
+        &format!("/v1/apps/acme/customers/{customer}/grants"),
+        json!({"product_id": product, "reason": "scholarship"}),
+    )
+    .await
+    .expect(201);
+}
+
+async fn revoke(app: &TestApp, customer: &str, entitlement: &str) {
+    app.delete(
+        &format!("/v1/apps/acme/customers/{customer}/grants/{entitlement}"),
+        Some(json!({"reason": "chargeback"})),
+    )
+    .await
+    .expect(200);
 }
 
 async fn lms_endpoint(app: &TestApp, lms: &Lms, revoke: &str, secret: &str) -> Value {
@@ -63,21 +157,15 @@ async fn lms_endpoint(app: &TestApp, lms: &Lms, revoke: &str, secret: &str) -> V
     .expect(201)
 }
 
-fn verified() -> Enrolled {
-    Enrolled {
-        mode: "verified".into(),
-        is_active: true,
-    }
-}
-
 both!(
     a_purchase_enrolls_the_learner_and_a_refund_moves_them_back_to_audit,
     |app: TestApp| async move {
         let sim = Sim::open(&app).await;
-        let lms = Lms::start().await;
+        let lms = Lms::start(&app).await;
         let created = lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
         assert_eq!(created["kind"], "openedx");
         assert_eq!(created["openedx"]["client_secret_set"], true);
+        assert_eq!(created["openedx"]["requests_per_minute"], 100);
         assert!(!created.to_string().contains(CLIENT_SECRET), "{created}");
         assert!(created.get("new_secret").is_none());
 
@@ -87,21 +175,14 @@ both!(
             .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
             .await
             .unwrap();
-        lms.wait_for("alice", verified()).await;
+        lms.wait_for("alice", enrolled("verified", true)).await;
 
-        app.clock.advance_millis(3_600_000);
+        app.clock.advance_millis(600_000);
         sim.store
             .refund(&bought.transaction_id, RevocationReason::Other)
             .await
             .unwrap();
-        lms.wait_for(
-            "alice",
-            Enrolled {
-                mode: "audit".into(),
-                is_active: true,
-            },
-        )
-        .await;
+        lms.wait_for("alice", enrolled("audit", true)).await;
         assert_eq!(
             lms.sim.token_calls(),
             1,
@@ -143,36 +224,24 @@ both!(
 );
 
 both!(
-    pay_to_enroll_unenrolls_on_revoke_and_a_bad_secret_is_a_clear_failure,
+    pay_to_enroll_unenrolls_whatever_the_learners_mode_and_a_bad_secret_is_a_clear_failure,
     |app: TestApp| async move {
         app.seed_catalog("acme").await;
-        let lms = Lms::start().await;
+        let lms = Lms::start(&app).await;
         lms_endpoint(&app, &lms, "unenroll", CLIENT_SECRET).await;
-        let wrong = Lms::start().await;
+        let wrong = Lms::start(&app).await;
         lms_endpoint(&app, &wrong, "unenroll", "not-the-secret").await;
-        let c = "/v1/apps/acme/customers/bob";
-        app.post(
-            &format!("{c}/grants"),
-            json!({"product_id": "cs101", "reason": "scholarship"}),
-        )
-        .await
-        .expect(201);
-        lms.wait_for("bob", verified()).await;
+        grant(&app, "bob", "cs101").await;
+        lms.wait_for("bob", enrolled("verified", true)).await;
+        // The learner's mode moves on the LMS (an upgrade, a support change): the product's mode is
+        // no longer theirs, and deactivating with it would be refused as a mode mismatch.
+        lms.sim
+            .set_enrollment("bob", COURSE, enrolled("professional", true));
         app.clock.advance_millis(1000);
-        app.delete(
-            &format!("{c}/grants/{COURSE}"),
-            Some(json!({"reason": "chargeback"})),
-        )
-        .await
-        .expect(200);
-        lms.wait_for(
-            "bob",
-            Enrolled {
-                mode: "verified".into(),
-                is_active: false,
-            },
-        )
-        .await;
+        revoke(&app, "bob", COURSE).await;
+        lms.wait_for("bob", enrolled("professional", false)).await;
+        let unenrolled = timeline_event(&app, "bob", "lms.enrollment").await;
+        assert_eq!(unenrolled["detail"]["is_active"], false, "{unenrolled}");
 
         // The LMS that refuses the credentials: the delivery says why, without the secret.
         let (head, failed) = app.failed_delivery().await;
@@ -185,15 +254,181 @@ both!(
                 .contains("not-the-secret")
         );
         assert!(wrong.enrollment("bob").is_none());
-        let timeline = app.get(&format!("{c}/timeline")).await.expect(200);
-        assert!(
-            timeline["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["kind"] == "lms.enrollment_failed"),
-            "{timeline}"
+        timeline_event(&app, "bob", "lms.enrollment_failed").await;
+    }
+);
+
+both!(
+    an_unenrollment_of_a_learner_who_is_not_enrolled_changes_nothing,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let lms = Lms::start(&app).await;
+        // Granted before the LMS was connected: carol was never enrolled there.
+        grant(&app, "carol", "cs101").await;
+        for _ in 0..200 {
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE dispatched_at IS NULL")
+                    .fetch_one(app.db.reader())
+                    .await
+                    .unwrap();
+            if waiting == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lms_endpoint(&app, &lms, "unenroll", CLIENT_SECRET).await;
+        app.clock.advance_millis(1000);
+        revoke(&app, "carol", COURSE).await;
+        timeline_event(&app, "carol", "lms.enrollment").await;
+        // Read first and found not enrolled: no inactive enrollment was made for her.
+        assert_eq!(lms.enrollment("carol"), None);
+        assert!(lms.sim.calls().is_empty(), "{:#?}", lms.sim.calls());
+    }
+);
+
+both!(
+    upgrade_lite_refuses_clearly_where_the_course_offers_no_audit,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let lms = Lms::start(&app).await;
+        let paid_only = "course-v1:Acme+PRO+2026";
+        lms.sim.add_course(
+            paid_only,
+            Course {
+                modes: vec![Mode::new("verified"), Mode::new("professional")],
+                enrollment_end: None,
+            },
         );
+        course_product(&app, "pro", paid_only, "verified").await;
+        lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
+        grant(&app, "alice", "pro").await;
+        lms.wait_in(paid_only, "alice", enrolled("verified", true))
+            .await;
+        app.clock.advance_millis(1000);
+        revoke(&app, "alice", paid_only).await;
+        let failed = timeline_event(&app, "alice", "lms.enrollment_failed").await;
+        let cause = failed["cause"].as_str().unwrap();
+        assert!(cause.contains("offers no audit mode"), "{cause}");
+        assert!(cause.contains("verified, professional"), "{cause}");
+        // Straight to the dead letters: no retry would change what the course offers.
+        let dead = deliveries_of(&app, "alice", "dead").await;
+        assert_eq!(dead.len(), 1, "{dead:#?}");
+        assert!(
+            dead[0]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("offers no audit mode")
+        );
+        assert_eq!(dead[0]["attempts"], 1);
+        // Nothing was done on the LMS: not a silent enrollment in a paid mode, nor an audit one.
+        assert_eq!(
+            lms.sim.enrollment("alice", paid_only),
+            Some(enrolled("verified", true))
+        );
+        // Asked once: a second revocation uses what is known of the course.
+        grant(&app, "bob", "pro").await;
+        lms.wait_in(paid_only, "bob", enrolled("verified", true))
+            .await;
+        revoke(&app, "bob", paid_only).await;
+        timeline_event(&app, "bob", "lms.enrollment_failed").await;
+    }
+);
+
+both!(
+    each_lms_refusal_gives_its_own_error_and_is_retried_only_when_it_can_heal,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let lms = Lms::start(&app).await;
+        let late = "course-v1:Acme+Late+2026";
+        lms.sim.add_course(
+            late,
+            Course {
+                modes: vec![
+                    Mode::new("audit"),
+                    Mode::expiring("verified", t0().millis() - 1),
+                ],
+                enrollment_end: None,
+            },
+        );
+        course_product(&app, "late", late, "verified").await;
+        lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
+
+        // The OAuth application's owner is not staff: a 404 with an empty body.
+        lms.sim.set_staff(OWNER, false);
+        grant(&app, "alice", "cs101").await;
+        let failed = timeline_event(&app, "alice", "lms.enrollment_failed").await;
+        assert!(
+            failed["cause"]
+                .as_str()
+                .unwrap()
+                .contains("owner is not staff"),
+            "{failed}"
+        );
+        assert_eq!(failed["detail"]["http_status"], 404);
+        // Fixed on the LMS, the retry lands.
+        lms.sim.set_staff(OWNER, true);
+        for _ in 0..10 {
+            app.clock.advance_millis(10_000);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lms.wait_for("alice", enrolled("verified", true)).await;
+
+        // An unknown user: 406, retried, for the learner may register later.
+        grant(&app, "dora", "cs101").await;
+        let failed = timeline_event(&app, "dora", "lms.enrollment_failed").await;
+        let cause = failed["cause"].as_str().unwrap();
+        assert!(
+            cause.contains("no such LMS user") && cause.contains("The user dora does not exist."),
+            "{cause}"
+        );
+        assert_eq!(deliveries_of(&app, "dora", "pending").await.len(), 1);
+        lms.sim.add_user("dora");
+        for _ in 0..10 {
+            app.clock.advance_millis(10_000);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lms.wait_for("dora", enrolled("verified", true)).await;
+
+        // A mode the run no longer offers (the verified deadline has passed): dead at once.
+        grant(&app, "bob", "late").await;
+        let failed = timeline_event(&app, "bob", "lms.enrollment_failed").await;
+        let cause = failed["cause"].as_str().unwrap();
+        assert!(cause.contains("mode is not available"), "{cause}");
+        assert_eq!(deliveries_of(&app, "bob", "dead").await.len(), 1);
+        assert!(lms.sim.enrollment("bob", late).is_none());
+
+        // An embargo: a 403 that is the LMS's policy, not a stale token.
+        lms.sim.embargo("carol");
+        let tokens = lms.sim.token_calls();
+        grant(&app, "carol", "cs101").await;
+        let failed = timeline_event(&app, "carol", "lms.enrollment_failed").await;
+        assert!(
+            failed["cause"].as_str().unwrap().contains("embargo"),
+            "{failed}"
+        );
+        let dead = deliveries_of(&app, "carol", "dead").await;
+        assert_eq!(dead.len(), 1, "{dead:#?}");
+        assert_eq!(
+            lms.sim.token_calls(),
+            tokens,
+            "a 403 does not renew the token"
+        );
+    }
+);
+
+both!(
+    an_expired_token_is_renewed_when_the_lms_says_401,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let lms = Lms::start(&app).await;
+        lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
+        grant(&app, "alice", "cs101").await;
+        lms.wait_for("alice", enrolled("verified", true)).await;
+        // Two hours on the LMS's clock: its JWT has expired, though the gateway's cache has not.
+        app.clock.advance_millis(2 * 3_600_000);
+        revoke(&app, "alice", COURSE).await;
+        lms.wait_for("alice", enrolled("audit", true)).await;
+        assert_eq!(lms.sim.token_calls(), 2);
     }
 );
 
@@ -201,15 +436,10 @@ both!(
     an_lms_outage_is_retried_until_the_enrollment_lands,
     |app: TestApp| async move {
         app.seed_catalog("acme").await;
-        let lms = Lms::start().await;
+        let lms = Lms::start(&app).await;
         lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
         lms.sim.fail_with(503);
-        app.post(
-            "/v1/apps/acme/customers/carol/grants",
-            json!({"product_id": "cs101", "reason": "x"}),
-        )
-        .await
-        .expect(201);
+        grant(&app, "carol", "cs101").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(lms.enrollment("carol").is_none());
         lms.sim.fail_with(0);
@@ -217,7 +447,115 @@ both!(
             app.clock.advance_millis(10_000);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        lms.wait_for("carol", verified()).await;
+        lms.wait_for("carol", enrolled("verified", true)).await;
+    }
+);
+
+both!(
+    a_burst_of_purchases_queues_under_the_lms_throttle_and_every_learner_is_enrolled,
+    |app: TestApp| async move {
+        const BURST: usize = 500;
+        let sim = Sim::open(&app).await;
+        let lms = Lms::start(&app).await;
+        lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
+        let learners: Vec<String> = (0..BURST).map(|i| format!("learner{i:03}")).collect();
+        for l in &learners {
+            lms.sim.add_user(l);
+        }
+        let mut buying = tokio::task::JoinSet::new();
+        for chunk in learners.chunks(BURST / 10) {
+            let (app_addr, store, chunk) = (app.addr.clone(), sim.store.clone(), chunk.to_vec());
+            buying.spawn(async move {
+                let http = reqwest::Client::new();
+                for l in chunk {
+                    let order: Value = http
+                        .post(format!("{app_addr}/v1/apps/acme/customers/{l}/orders"))
+                        .bearer_auth(ADMIN_KEY)
+                        .json(&json!({"product_ids": ["cs101"]}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let token = order["app_account_token"].as_str().unwrap();
+                    store
+                        .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(token))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(done) = buying.join_next().await {
+            done.unwrap();
+        }
+        // Time goes by a second a step, the delivery job's steps keeping up with it, as in
+        // production; the stand-in's throttle counts on the same clock.
+        let clock: Arc<dyn Clock> = Arc::new(app.clock.clone());
+        let http = reqwest::Client::new();
+        let senders = Senders {
+            http: http.clone(),
+            lms: Arc::new(connector::Caches::default()),
+            apple_api: AppStoreApi::new(http),
+        };
+        let mut seconds = 0;
+        while lms.sim.calls().len() < BURST && seconds < 1200 {
+            deliveries::step(&app.db, &clock, &senders).await;
+            app.clock.advance_millis(1000);
+            seconds += 1;
+        }
+        for l in &learners {
+            assert_eq!(lms.enrollment(l), Some(enrolled("verified", true)), "{l}");
+        }
+        assert_eq!(
+            lms.sim.throttled(),
+            0,
+            "paced below the LMS's limit, no call was throttled"
+        );
+        let dead = app
+            .get("/v1/apps/acme/deliveries?status=dead")
+            .await
+            .expect(200);
+        assert_eq!(dead["deliveries"], json!([]));
+        // 500 calls at 100 a minute, the first tenth of a minute's at once: about five minutes.
+        assert!((280..=320).contains(&seconds), "{seconds} s");
+    }
+);
+
+both!(
+    the_connector_reads_an_enrollment_as_the_lms_reports_it,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let lms = Lms::start(&app).await;
+        let created = lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
+        let endpoint = gateway::db::endpoints::by_id(&app.db, created["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let (http, caches) = (reqwest::Client::new(), connector::Caches::default());
+        let reader = connector::Lms::new(&http, &caches, &endpoint).unwrap();
+        let now = app.clock.now();
+        assert_eq!(
+            reader.read_enrollment(&app.db, now, "alice", COURSE).await,
+            Ok(None),
+            "an empty 200: not enrolled"
+        );
+        lms.sim
+            .set_enrollment("alice", COURSE, enrolled("verified", true));
+        let read = reader
+            .read_enrollment(&app.db, now, "alice", COURSE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((read.mode.as_str(), read.is_active), ("verified", true));
+        assert!(read.created.is_some());
+        lms.sim.set_staff(OWNER, false);
+        let refused = reader
+            .read_enrollment(&app.db, now, "alice", COURSE)
+            .await
+            .unwrap_err();
+        assert!(refused.error.contains("not staff"), "{}", refused.error);
+        assert_eq!(refused.status, Some(404));
     }
 );
 
@@ -257,6 +595,12 @@ both!(
         )
         .await
         .error(400, "invalid_body");
+        app.post(
+            base,
+            json!({"kind": "openedx", "url": "https://lms.example.com", "openedx": {"client_id": "c", "client_secret": "s", "requests_per_minute": 0}}),
+        )
+        .await
+        .error(400, "invalid_openedx_settings");
         assert_eq!(app.count("webhook_endpoints").await, 0);
         let created = app
             .post(
