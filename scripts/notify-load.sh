@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-sqlite}"; shift || true
 cargo build --release -q -p gateway -p store-sim
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 port=$((20000 + RANDOM % 20000))
 key="load-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
 work=$(mktemp -d)

@@ -50,6 +50,15 @@ struct Args {
     /// notification).
     #[arg(long)]
     lms: bool,
+    /// With --lms: the stand-in LMS's throttle (`on`: Open edX's 120 calls a minute for staff, the
+    /// gateway pacing itself at its default 100; `off`: the limit lifted, as by turning off the LMS's
+    /// rate-limit configuration, and the endpoint's pace raised to match).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    lms_throttle: String,
+    /// With --lms: the endpoint's `requests_per_minute` instead of the one `--lms-throttle` implies
+    /// (above the LMS's limit, it shows the 429s and their `Retry-After` at work).
+    #[arg(long)]
+    lms_pace: Option<u32>,
     /// Submit purchases (`POST /v1/apps/{app}/purchases`) instead of sending notifications.
     #[arg(long)]
     submit: bool,
@@ -131,12 +140,31 @@ async fn main() -> anyhow::Result<()> {
     admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course"}, "entitlements": [{"id": "course", "attributes": {"course_id": COURSE, "mode": "verified"}}]})).await?.error_for_status()?;
     let lms = if args.lms {
         let lms = store_sim::openedx::Lms::new("load-client", "load-secret");
+        lms.add_course(
+            COURSE,
+            store_sim::openedx::Course {
+                modes: vec![
+                    store_sim::openedx::Mode::new("audit"),
+                    store_sim::openedx::Mode::new("verified"),
+                ],
+                enrollment_end: None,
+            },
+        );
+        for c in 0..args.customers {
+            lms.add_user(&format!("c{c}"));
+        }
+        let throttled = args.lms_throttle == "on";
+        lms.throttle(throttled);
         let url = lms.serve().await?;
+        let pace = args
+            .lms_pace
+            .unwrap_or(if throttled { 100 } else { 100_000 });
         admin(
             reqwest::Method::POST,
             format!("/v1/apps/{app}/webhook_endpoints"),
             json!({"kind": "openedx", "url": url,
-            "openedx": {"client_id": "load-client", "client_secret": "load-secret"}}),
+            "openedx": {"client_id": "load-client", "client_secret": "load-secret",
+                "requests_per_minute": pace}}),
         )
         .await?
         .error_for_status()?;
@@ -328,7 +356,9 @@ async fn report_enrollments(
     lms: &store_sim::openedx::Lms,
     sent_at: &[Option<Instant>],
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Paced at 100 calls a minute, the last learner of a burst waits for the whole burst's minutes.
+    let paced = Duration::from_secs((sent_at.len() as u64 * 60).div_ceil(100) + 120);
+    let deadline = Instant::now() + paced;
     while lms.calls().len() < sent_at.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -357,6 +387,22 @@ async fn report_enrollments(
         pct(0.99),
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
     );
+    let first = lms.calls().iter().map(|c| c.at).min();
+    let last = lms.calls().iter().map(|c| c.at).max();
+    if let (Some(first), Some(last)) = (first, last) {
+        let span = last.duration_since(first).as_secs_f64();
+        println!(
+            "LMS calls: {} over {:.1} s ({:.0} a minute); throttled by the LMS: {}",
+            lms.calls().len(),
+            span,
+            if span > 0.0 {
+                lms.calls().len() as f64 * 60.0 / span
+            } else {
+                0.0
+            },
+            lms.throttled()
+        );
+    }
     if lat.len() < sent_at.len() {
         bail!("{} learners were never enrolled", sent_at.len() - lat.len());
     }
