@@ -615,7 +615,9 @@ async fn enroll(State(lms): State<Lms>, headers: HeaderMap, body: Bytes) -> Resp
     // `validate_course_mode`: expired modes count only when deactivating.
     let offered = |slug: &str| {
         let include_expired = is_active == Some(false);
-        LmsModes(Lms::modes(&course, now, include_expired)).has(slug)
+        Lms::modes(&course, now, include_expired)
+            .iter()
+            .any(|m| m.slug == slug)
     };
     let unavailable = |slug: &str| {
         (
@@ -686,14 +688,6 @@ async fn enroll(State(lms): State<Lms>, headers: HeaderMap, body: Bytes) -> Resp
     };
     lms.record(&username, course_id, made, &body);
     (StatusCode::OK, Json(lms.serialized(&username, course_id))).into_response()
-}
-
-struct LmsModes(Vec<Mode>);
-
-impl LmsModes {
-    fn has(&self, slug: &str) -> bool {
-        self.0.iter().any(|m| m.slug == slug)
-    }
 }
 
 /// `EnrollmentView.get`: `{user},{course_id}`, or `{course_id}` for the caller's own.

@@ -20,7 +20,10 @@ use crate::{
         endpoints::{self, Endpoint, STORE_KIND},
         pacing,
     },
-    service::{openedx, store_actions, webhooks},
+    service::{
+        openedx, store_actions,
+        webhooks::{self, Retry},
+    },
     stores::apple_api::AppStoreApi,
 };
 
@@ -116,70 +119,68 @@ async fn send_all(
         let senders = senders.clone();
         let db = db.clone();
         tasks.spawn(async move {
-            let answered = match endpoint.as_deref() {
+            let (sent, enrollment) = match endpoint.as_deref() {
                 Some(e) if e.kind == "openedx" => {
                     match openedx::Lms::new(&senders.http, &senders.lms, e) {
-                        Some(lms) => lms.deliver(&c.payload).await,
-                        None => unsent("the endpoint's Open edX settings cannot be read"),
+                        Some(lms) => {
+                            let answered = lms.deliver(&c.payload).await;
+                            (answered.sent, answered.enrollment)
+                        }
+                        None => (
+                            webhooks::Sent::failed(
+                                None,
+                                "the endpoint's Open edX settings cannot be read",
+                            ),
+                            None,
+                        ),
                     }
                 }
-                Some(e) if e.kind == STORE_KIND => sent(
+                Some(e) if e.kind == STORE_KIND => (
                     store_actions::perform(&db, &senders.apple_api, &c.app_id, &c.payload).await,
+                    None,
                 ),
-                Some(e) => {
-                    sent(webhooks::send(&senders.http, e, &c.event_id, &c.payload, now).await)
-                }
-                None => unsent("the endpoint no longer exists"),
+                Some(e) => (
+                    webhooks::send(&senders.http, e, &c.event_id, &c.payload, now).await,
+                    None,
+                ),
+                None => (
+                    webhooks::Sent::failed(None, "the endpoint no longer exists"),
+                    None,
+                ),
             };
-            (c, endpoint, answered)
+            (c, endpoint, sent, enrollment)
         });
     }
     let mut notes = Vec::new();
     let mut holds: HashMap<String, Timestamp> = HashMap::new();
     while let Some(done) = tasks.join_next().await {
-        let Ok((c, endpoint, answered)) = done else {
+        let Ok((c, endpoint, sent, enrollment)) = done else {
             // A panicked send: its lease runs out and it is tried again.
             continue;
         };
-        if let openedx::Retry::After(wait) = answered.retry {
-            let until = now.plus_millis(wait.as_millis() as i64);
-            let held = holds.entry(c.endpoint_id.clone()).or_insert(until);
-            *held = (*held).max(until);
-        }
-        let throttled = matches!(answered.retry, openedx::Retry::After(_));
-        let attempt = judge(&c, endpoint.as_deref(), answered.sent, answered.retry, now);
-        if !throttled
-            && let Some(note) = answered
-                .enrollment
-                .and_then(|e| lms_answer(&c, &e, &attempt))
-        {
+        let throttled = match sent.retry {
+            Retry::After(wait) => {
+                let until = now.plus_millis(wait.as_millis() as i64);
+                let held = holds.entry(c.endpoint_id.clone()).or_insert(until);
+                *held = (*held).max(until);
+                true
+            }
+            _ => false,
+        };
+        let attempt = judge(&c, endpoint.as_deref(), sent, now);
+        // A throttled call is only waiting: it is not a failure of the learner's enrollment.
+        if !throttled && let Some(note) = enrollment.and_then(|e| lms_answer(&c, &e, &attempt)) {
             notes.push(note);
         }
         outcomes.push((c.id.clone(), attempt));
     }
     for (endpoint_id, until) in holds {
-        // The LMS asked for quiet: every instance's calls of the endpoint wait until then.
+        // The receiver asked for quiet: every instance's calls of the endpoint wait until then.
         if let Err(e) = pacing::hold_until(db, &endpoint_id, until).await {
             tracing::error!(error = %e, endpoint_id, "deliveries: could not hold an endpoint's calls back");
         }
     }
     (outcomes, notes)
-}
-
-/// A delivery's answer when there is no Open edX call to judge.
-fn sent(sent: webhooks::Sent) -> openedx::Answered {
-    openedx::Answered {
-        sent,
-        enrollment: None,
-        retry: openedx::Retry::Later,
-    }
-}
-
-fn unsent(error: &str) -> openedx::Answered {
-    sent(webhooks::Sent {
-        status: None,
-        error: Some(error.into()),
-    })
 }
 
 /// Gives the claimed deliveries that call an Open edX LMS a call slot of their endpoint's pace. Those
@@ -191,21 +192,24 @@ async fn pace(
     mut claimed: Vec<Claimed>,
 ) -> (Vec<Claimed>, Vec<(String, Attempt)>) {
     claimed.sort_by(|a, b| a.id.cmp(&b.id));
-    // Per endpoint: the deliveries that call it, with the calls each takes.
+    let paced: HashMap<&str, (&Endpoint, openedx::Settings)> = by_id
+        .values()
+        .flatten()
+        .filter(|e| e.kind == "openedx")
+        .filter_map(|e| Some((e.id.as_str(), (e.as_ref(), openedx::Settings::of(e)?))))
+        .collect();
+    // Per endpoint: the deliveries that call it, with the calls each takes. A delivery deferred to a
+    // slot is sent in it.
     let mut wanting: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
     for (i, c) in claimed.iter().enumerate() {
-        let Some(Some(e)) = by_id.get(&c.endpoint_id) else {
+        let Some((e, settings)) = paced.get(c.endpoint_id.as_str()) else {
             continue;
         };
-        // A delivery deferred to a slot is sent in it.
-        if e.kind != "openedx" || c.slot_at.is_some() {
+        if c.slot_at.is_some() {
             continue;
         }
-        let Some(settings) = openedx::Settings::of(e) else {
-            continue;
-        };
         let body = serde_json::from_str(&c.payload).unwrap_or_default();
-        if let Some(call) = openedx::enrollment_for(&settings, &body) {
+        if let Some(call) = openedx::enrollment_for(settings, &body) {
             wanting
                 .entry(e.id.as_str())
                 .or_default()
@@ -214,14 +218,9 @@ async fn pace(
     }
     let mut later: HashMap<usize, Timestamp> = HashMap::new();
     for (endpoint_id, waiting) in wanting {
-        let Some(Some(e)) = by_id.get(endpoint_id) else {
-            continue;
-        };
-        let Some(settings) = openedx::Settings::of(e) else {
-            continue;
-        };
+        let (e, settings) = &paced[endpoint_id];
         let calls = waiting.iter().map(|(_, n)| n).sum();
-        match openedx::slots(db, e, &settings, now, calls).await {
+        match openedx::slots(db, e, settings, now, calls).await {
             Ok(slots) => {
                 // Each delivery goes in the slot of its first call.
                 let mut first = 0;
@@ -299,9 +298,9 @@ fn judge(
     c: &Claimed,
     endpoint: Option<&Endpoint>,
     sent: webhooks::Sent,
-    retry: openedx::Retry,
     now: Timestamp,
 ) -> Attempt {
+    let retry = sent.retry;
     let status = sent.status.map(i64::from);
     let Some(error) = sent.error else {
         metrics::counter!("gateway_deliveries_total", "outcome" => "delivered").increment(1);
@@ -310,7 +309,7 @@ fn judge(
     let window_ends = c
         .first_attempt_at
         .plus_millis(RETRY_WINDOW.as_millis() as i64);
-    if now >= window_ends || retry == openedx::Retry::Never {
+    if now >= window_ends || retry == Retry::Never {
         let app = endpoint.map(|e| e.app_id.to_string()).unwrap_or_default();
         metrics::counter!("gateway_deliveries_dead_total", "app" => app.clone()).increment(1);
         metrics::counter!("gateway_deliveries_total", "outcome" => "dead").increment(1);
@@ -328,7 +327,7 @@ fn judge(
     metrics::counter!("gateway_deliveries_total", "outcome" => "retry").increment(1);
     tracing::warn!(delivery_id = %c.id, endpoint_id = %c.endpoint_id, attempts = c.attempts, error = %error, "delivery failed; will retry");
     let delay = match retry {
-        openedx::Retry::After(wait) => wait,
+        Retry::After(wait) => wait,
         _ => retry_delay(c.attempts),
     };
     Attempt::Retry {

@@ -51,6 +51,7 @@ use std::{
 use gateway_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use super::webhooks::Retry;
 use super::{ServiceError, ServiceResult, webhooks::Sent};
 use crate::db::{Db, DbResult, endpoints::Endpoint, pacing};
 
@@ -346,25 +347,12 @@ pub fn enrollment_for(settings: &Settings, body: &serde_json::Value) -> Option<E
 /// The free mode Upgrade-Lite moves a learner back to.
 const AUDIT: &str = "audit";
 
-/// Whether a failed call is tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// With the delivery's back-off, for its retry window.
-    Later,
-    /// Not before this long (the LMS's `Retry-After`); the endpoint's other calls wait as long.
-    After(Duration),
-    /// Never: the same call would be refused the same way. The delivery is dead-lettered at once.
-    Never,
-}
-
 /// What the LMS said of one event.
 #[derive(Debug, Clone)]
 pub struct Answered {
     pub sent: Sent,
     /// The call made, when the event asked for one.
     pub enrollment: Option<Enrollment>,
-    /// When a failure is tried again.
-    pub retry: Retry,
 }
 
 /// A learner's enrollment as the LMS reports it.
@@ -383,6 +371,63 @@ pub struct Failure {
     pub status: Option<u16>,
     pub error: String,
     pub retry: Retry,
+}
+
+impl Failure {
+    /// A failure tried again with the delivery's back-off.
+    fn later(status: Option<u16>, error: String) -> Failure {
+        Failure {
+            status,
+            error,
+            retry: Retry::Later,
+        }
+    }
+
+    /// The LMS did not answer (`what`: the call).
+    fn unreachable(what: &str, e: reqwest::Error) -> Failure {
+        Failure::later(
+            None,
+            format!("could not reach the LMS{what}: {}", e.without_url()),
+        )
+    }
+}
+
+impl From<Failure> for Sent {
+    fn from(f: Failure) -> Sent {
+        Sent {
+            status: f.status,
+            error: Some(f.error),
+            retry: f.retry,
+        }
+    }
+}
+
+/// An answer of the LMS: its status, headers and body.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    /// What a non-2xx answer means (see the module's table).
+    fn refusal(&self) -> Failure {
+        refusal(self.status, &self.headers, &self.body)
+    }
+}
+
+/// Sends one request and reads its answer whole.
+async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
+    let res = request
+        .timeout(CALL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| Failure::unreachable("", e))?;
+    Ok(Answer {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res.text().await.unwrap_or_default(),
+    })
 }
 
 /// The modes a course run offers now (unexpired), by slug.
@@ -412,28 +457,17 @@ impl<'a> Lms<'a> {
         })
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint.url.trim_end_matches('/'))
     }
 
     /// `{lms}/api/enrollment/v1/{kind}/{id}`, the id one percent-encoded path segment.
     fn api_url(&self, kind: &str, id: &str) -> Result<reqwest::Url, Failure> {
+        let not_a_base = || Failure::later(None, "the endpoint's url is not a base URL".into());
         let mut url =
-            reqwest::Url::parse(&self.url("/api/enrollment/v1")).map_err(|e| Failure {
-                status: None,
-                error: format!("the endpoint's url is not a base URL: {e}"),
-                retry: Retry::Later,
-            })?;
+            reqwest::Url::parse(&self.url("/api/enrollment/v1")).map_err(|_| not_a_base())?;
         url.path_segments_mut()
-            .map_err(|()| Failure {
-                status: None,
-                error: "the endpoint's url is not a base URL".into(),
-                retry: Retry::Later,
-            })?
+            .map_err(|()| not_a_base())?
             .extend([kind, id]);
         Ok(url)
     }
@@ -455,29 +489,24 @@ impl<'a> Lms<'a> {
             ])
             .send()
             .await
-            .map_err(|e| Failure {
-                status: None,
-                error: format!("could not reach the LMS for a token: {}", e.without_url()),
-                retry: Retry::Later,
-            })?;
-        let status = answer.status();
-        if !status.is_success() {
-            return Err(Failure {
-                status: Some(status.as_u16()),
-                error: format!(
-                    "the LMS refused the client credentials (HTTP {}); check openedx.client_id and client_secret",
-                    status.as_u16()
+            .map_err(|e| Failure::unreachable(" for a token", e))?;
+        let status = answer.status().as_u16();
+        if !answer.status().is_success() {
+            return Err(Failure::later(
+                Some(status),
+                format!(
+                    "the LMS refused the client credentials (HTTP {status}); check openedx.client_id and client_secret"
                 ),
-                retry: Retry::Later,
-            });
+            ));
         }
-        let parsed: TokenAnswer = answer.json().await.map_err(|e| Failure {
-            status: Some(status.as_u16()),
-            error: format!(
-                "the LMS's token answer is not what OAuth2 specifies: {}",
-                e.without_url()
-            ),
-            retry: Retry::Later,
+        let parsed: TokenAnswer = answer.json().await.map_err(|e| {
+            Failure::later(
+                Some(status),
+                format!(
+                    "the LMS's token answer is not what OAuth2 specifies: {}",
+                    e.without_url()
+                ),
+            )
         })?;
         let valid_for = Duration::from_secs(parsed.expires_in.unwrap_or(300));
         self.caches.keep_token(
@@ -489,42 +518,20 @@ impl<'a> Lms<'a> {
         Ok(parsed.access_token)
     }
 
-    /// Makes one authenticated call (built by `request` from the base client), with a new token once
-    /// if the LMS says the one it had is no longer good. The answer's status and body.
+    /// Makes one authenticated call (built by `request` from the base client), once more with a new
+    /// token if the LMS answers 401: only a 401 means the token is no longer good.
     async fn call(
         &self,
         request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<(u16, reqwest::header::HeaderMap, String), Failure> {
-        let mut answer = None;
-        for fresh_token in [false, true] {
-            if fresh_token {
-                self.caches.forget_token(&self.endpoint.id);
-            }
-            let token = self.token().await?;
-            let res = request(self.http)
-                .timeout(CALL_TIMEOUT)
-                .header("authorization", format!("JWT {token}"))
-                .send()
-                .await
-                .map_err(|e| Failure {
-                    status: None,
-                    error: format!("could not reach the LMS: {}", e.without_url()),
-                    retry: Retry::Later,
-                })?;
-            let status = res.status().as_u16();
-            let headers = res.headers().clone();
-            let body = res.text().await.unwrap_or_default();
-            let again = status == 401 && !fresh_token;
-            answer = Some((status, headers, body));
-            if !again {
-                break;
-            }
+    ) -> Result<Answer, Failure> {
+        let with_token =
+            |token: String| request(self.http).header("authorization", format!("JWT {token}"));
+        let answer = send(with_token(self.token().await?)).await?;
+        if answer.status != 401 {
+            return Ok(answer);
         }
-        answer.ok_or_else(|| Failure {
-            status: None,
-            error: "no call was made".into(),
-            retry: Retry::Later,
-        })
+        self.caches.forget_token(&self.endpoint.id);
+        send(with_token(self.token().await?)).await
     }
 
     /// Makes the LMS call one event asks for.
@@ -532,35 +539,17 @@ impl<'a> Lms<'a> {
         let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         let Some(enrollment) = enrollment_for(&self.settings, &parsed) else {
             return Answered {
-                sent: Sent {
-                    status: None,
-                    error: None,
-                },
+                sent: Sent::delivered(None),
                 enrollment: None,
-                retry: Retry::Later,
             };
         };
-        let outcome = self.enroll(&enrollment).await;
-        let (sent, retry) = match outcome {
-            Ok(status) => (
-                Sent {
-                    status: Some(status),
-                    error: None,
-                },
-                Retry::Later,
-            ),
-            Err(f) => (
-                Sent {
-                    status: f.status,
-                    error: Some(f.error),
-                },
-                f.retry,
-            ),
+        let sent = match self.enroll(&enrollment).await {
+            Ok(status) => Sent::delivered(Some(status)),
+            Err(f) => f.into(),
         };
         Answered {
             sent,
             enrollment: Some(enrollment),
-            retry,
         }
     }
 
@@ -597,11 +586,11 @@ impl<'a> Lms<'a> {
         }
         let body = enrollment.body();
         let url = self.url("/api/enrollment/v1/enrollment");
-        let (status, headers, text) = self.call(|http| http.post(&url).json(&body)).await?;
-        if (200..300).contains(&status) {
-            return Ok(status);
+        let answer = self.call(|http| http.post(&url).json(&body)).await?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.status);
         }
-        Err(refusal(status, &headers, &text))
+        Err(answer.refusal())
     }
 
     /// The modes `course_id` offers now: asked of the LMS once and kept for [`COURSE_TTL`].
@@ -610,24 +599,10 @@ impl<'a> Lms<'a> {
             return Ok(modes);
         }
         // The course view takes no authentication (`EnrollmentCourseDetailView`).
-        let url = self.api_url("course", course_id)?;
-        let res = self
-            .http
-            .get(url)
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| Failure {
-                status: None,
-                error: format!("could not reach the LMS: {}", e.without_url()),
-                retry: Retry::Later,
-            })?;
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.unwrap_or_default();
-        if status != 200 {
-            let mut failure = refusal(status, &headers, &text);
-            if matches!(status, 400 | 404) {
+        let answer = send(self.http.get(self.api_url("course", course_id)?)).await?;
+        if answer.status != 200 {
+            let mut failure = answer.refusal();
+            if matches!(answer.status, 400 | 404) {
                 failure.error =
                     format!("the LMS knows no course run {course_id}: {}", failure.error);
                 failure.retry = Retry::Never;
@@ -642,10 +617,11 @@ impl<'a> Lms<'a> {
         struct Course {
             course_modes: Vec<Mode>,
         }
-        let course: Course = serde_json::from_str(&text).map_err(|e| Failure {
-            status: Some(status),
-            error: format!("the LMS's course answer is not the Enrollment API's: {e}"),
-            retry: Retry::Later,
+        let course: Course = serde_json::from_str(&answer.body).map_err(|e| {
+            Failure::later(
+                Some(answer.status),
+                format!("the LMS's course answer is not the Enrollment API's: {e}"),
+            )
         })?;
         let modes = CourseModes(course.course_modes.into_iter().map(|m| m.slug).collect());
         self.caches
@@ -662,11 +638,11 @@ impl<'a> Lms<'a> {
         user: &str,
         course_id: &str,
     ) -> Result<Option<LmsEnrollment>, Failure> {
-        let send_at = self.slot(db, now).await.map_err(|e| Failure {
-            status: None,
-            error: format!("the endpoint's pace could not be read: {e}"),
-            retry: Retry::Later,
-        })?;
+        let send_at = slots(db, self.endpoint, &self.settings, now, 1)
+            .await
+            .map_err(|e| {
+                Failure::later(None, format!("the endpoint's pace could not be read: {e}"))
+            })?[0];
         let wait = send_at.millis().saturating_sub(now.millis());
         if wait > 0 {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
@@ -677,23 +653,19 @@ impl<'a> Lms<'a> {
     /// `GET {lms}/api/enrollment/v1/enrollment/{user},{course_id}`, unpaced.
     async fn read(&self, user: &str, course_id: &str) -> Result<Option<LmsEnrollment>, Failure> {
         let url = self.api_url("enrollment", &format!("{user},{course_id}"))?;
-        let (status, headers, text) = self.call(|http| http.get(url.clone())).await?;
-        if status != 200 {
-            return Err(refusal(status, &headers, &text));
+        let answer = self.call(|http| http.get(url.clone())).await?;
+        if answer.status != 200 {
+            return Err(answer.refusal());
         }
-        if text.trim().is_empty() {
+        if answer.body.trim().is_empty() {
             return Ok(None);
         }
-        serde_json::from_str(&text).map(Some).map_err(|e| Failure {
-            status: Some(status),
-            error: format!("the LMS's enrollment answer is not the Enrollment API's: {e}"),
-            retry: Retry::Later,
+        serde_json::from_str(&answer.body).map(Some).map_err(|e| {
+            Failure::later(
+                Some(answer.status),
+                format!("the LMS's enrollment answer is not the Enrollment API's: {e}"),
+            )
         })
-    }
-
-    /// One call slot of the endpoint's pace: when the call may be made.
-    pub async fn slot(&self, db: &Db, now: Timestamp) -> DbResult<Timestamp> {
-        Ok(slots(db, self.endpoint, &self.settings, now, 1).await?[0])
     }
 }
 

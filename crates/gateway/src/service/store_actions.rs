@@ -59,10 +59,7 @@ pub fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment)
 
 /// Performs one owed action; `Sent` says how it went, as for a webhook.
 pub async fn perform(db: &Db, api: &AppStoreApi, app_id: &str, body: &str) -> Sent {
-    let failed = |error: String| Sent {
-        status: None,
-        error: Some(error),
-    };
+    let failed = |error: String| Sent::failed(None, error);
     let Ok(event) = serde_json::from_str::<serde_json::Value>(body) else {
         return failed("the action's body is not JSON".into());
     };
@@ -92,10 +89,7 @@ pub async fn perform(db: &Db, api: &AppStoreApi, app_id: &str, body: &str) -> Se
     match outcome {
         Ok(()) => {
             tracing::info!(app = %app.id, transaction = %answer.transaction_id, delivery = ?request.delivery_status, "answered a consumption request");
-            Sent {
-                status: Some(202),
-                error: None,
-            }
+            Sent::delivered(Some(202))
         }
         Err(e) => failed(format!(
             "Apple did not take the consumption information: {e}"

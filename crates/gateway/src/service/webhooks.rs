@@ -424,22 +424,53 @@ pub struct Sent {
     pub status: Option<u16>,
     /// Why the attempt failed, when it did.
     pub error: Option<String>,
+    /// When a failed attempt is tried again.
+    pub retry: Retry,
+}
+
+/// When a failed attempt is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// With the delivery's back-off, for its retry window.
+    Later,
+    /// Not before this long (the receiver's `Retry-After`); the endpoint's other calls wait as long.
+    After(std::time::Duration),
+    /// Never: the same call would be refused the same way. The delivery is dead-lettered at once.
+    Never,
 }
 
 impl Sent {
+    /// A 2xx answer (or an attempt that had nothing to send).
+    pub fn delivered(status: Option<u16>) -> Sent {
+        Sent {
+            status,
+            error: None,
+            retry: Retry::Later,
+        }
+    }
+
+    /// A failure tried again with the delivery's back-off.
+    pub fn failed(status: Option<u16>, error: impl Into<String>) -> Sent {
+        Sent {
+            status,
+            error: Some(error.into()),
+            retry: Retry::Later,
+        }
+    }
+
     /// A non-2xx answer of `who`: its status and the start of its body.
     pub async fn refused(res: reqwest::Response, who: &str) -> Sent {
         let status = res.status().as_u16();
         let text = res.text().await.unwrap_or_default();
         let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
-        Sent {
-            status: Some(status),
-            error: Some(if excerpt.is_empty() {
+        Sent::failed(
+            Some(status),
+            if excerpt.is_empty() {
                 format!("{who} answered HTTP {status}")
             } else {
                 format!("{who} answered HTTP {status}: {excerpt}")
-            }),
-        }
+            },
+        )
     }
 }
 
@@ -479,16 +510,13 @@ pub async fn send(
         .send()
         .await;
     match answer {
-        Ok(res) if res.status().is_success() => Sent {
-            status: Some(res.status().as_u16()),
-            error: None,
-        },
+        Ok(res) if res.status().is_success() => Sent::delivered(Some(res.status().as_u16())),
         Ok(res) => Sent::refused(res, "the receiver").await,
         // Without the URL: an operator may have put a token in it.
-        Err(e) => Sent {
-            status: None,
-            error: Some(format!("could not reach the receiver: {}", e.without_url())),
-        },
+        Err(e) => Sent::failed(
+            None,
+            format!("could not reach the receiver: {}", e.without_url()),
+        ),
     }
 }
 
