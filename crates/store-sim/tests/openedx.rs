@@ -40,6 +40,19 @@ impl Fixture {
         }
     }
 
+    /// A run whose verified mode expired a moment ago (its upgrade deadline has passed).
+    fn late_course(&self) -> &'static str {
+        let late = "course-v1:Acme+Late+2026";
+        self.lms.add_course(
+            late,
+            Course {
+                modes: vec![Mode::new("audit"), Mode::expiring("verified", NOW - 1)],
+                enrollment_end: None,
+            },
+        );
+        late
+    }
+
     async fn token(&self) -> String {
         let answer: Value = self
             .http
@@ -243,14 +256,7 @@ async fn modes_must_be_offered_and_unexpired_and_default_to_audit() {
     );
     assert_eq!(refused["course_details"]["course_id"], COURSE);
 
-    let late = "course-v1:Acme+Late+2026";
-    f.lms.add_course(
-        late,
-        Course {
-            modes: vec![Mode::new("audit"), Mode::expiring("verified", NOW - 1)],
-            enrollment_end: None,
-        },
-    );
+    let late = f.late_course();
     let mut upgrade = enroll("carol", "verified", true);
     upgrade["course_details"]["course_id"] = late.into();
     let (status, body) = f.post(&token, upgrade).await;
@@ -433,14 +439,7 @@ async fn reads_answer_as_the_lms_does() {
     );
     assert!(read["created"].is_string());
 
-    let late = "course-v1:Acme+Late+2026";
-    f.lms.add_course(
-        late,
-        Course {
-            modes: vec![Mode::new("audit"), Mode::expiring("verified", NOW - 1)],
-            enrollment_end: None,
-        },
-    );
+    let late = f.late_course();
     let slugs = |body: &str| -> Vec<String> {
         json_of(body)["course_modes"]
             .as_array()
