@@ -131,6 +131,7 @@ struct Inner {
     clock: Mutex<SimClock>,
     throttle_on: std::sync::atomic::AtomicBool,
     token_calls: AtomicUsize,
+    course_views: AtomicUsize,
     fail_with: AtomicU16,
     state: Mutex<World>,
 }
@@ -193,6 +194,7 @@ impl Lms {
                 clock: Mutex::new(SimClock::system()),
                 throttle_on: true.into(),
                 token_calls: AtomicUsize::new(0),
+                course_views: AtomicUsize::new(0),
                 fail_with: AtomicU16::new(0),
                 state: Mutex::new(state),
             }),
@@ -300,6 +302,11 @@ impl Lms {
     /// How many tokens were asked for.
     pub fn token_calls(&self) -> usize {
         self.inner.token_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many times a course's modes were asked for.
+    pub fn course_views(&self) -> usize {
+        self.inner.course_views.load(Ordering::SeqCst)
     }
 
     /// Answer enrollment calls with `status` (an outage); 0 works normally again.
@@ -724,6 +731,7 @@ async fn course(
     Path(course_id): Path<String>,
     Query(q): Query<CourseQuery>,
 ) -> Response {
+    lms.inner.course_views.fetch_add(1, Ordering::SeqCst);
     if let Err(res) = lms.throttle_check("throttle_user_127.0.0.1", USER_PER_MINUTE) {
         return *res;
     }

@@ -18,7 +18,6 @@ use crate::{
         Db,
         deliveries::{self, Claimed, Outcome as Attempt},
         endpoints::{self, Endpoint, STORE_KIND},
-        pacing,
     },
     service::{
         openedx, store_actions,
@@ -175,9 +174,15 @@ async fn send_all(
         outcomes.push((c.id.clone(), attempt));
     }
     for (endpoint_id, until) in holds {
-        // The receiver asked for quiet: every instance's calls of the endpoint wait until then.
-        if let Err(e) = pacing::hold_until(db, &endpoint_id, until).await {
-            tracing::error!(error = %e, endpoint_id, "deliveries: could not hold an endpoint's calls back");
+        let Some(Some(e)) = by_id.get(&endpoint_id) else {
+            continue;
+        };
+        let Some(settings) = openedx::Settings::of(e) else {
+            continue;
+        };
+        // The LMS asked for quiet: every instance's calls of the endpoint wait until then.
+        if let Err(err) = openedx::hold(db, e, &settings, until).await {
+            tracing::error!(error = %err, endpoint_id, "deliveries: could not hold an endpoint's calls back");
         }
     }
     (outcomes, notes)

@@ -669,6 +669,18 @@ impl<'a> Lms<'a> {
     }
 }
 
+/// Holds every call of `endpoint` back until `until` (the LMS's `Retry-After`). The pace lets a call go
+/// up to [`Settings::burst`] ahead of its slot, so the slots restart that much later.
+pub async fn hold(
+    db: &Db,
+    endpoint: &Endpoint,
+    settings: &Settings,
+    until: Timestamp,
+) -> DbResult<()> {
+    let burst = settings.burst().as_millis() as i64;
+    pacing::hold_until(db, &endpoint.id, until.plus_millis(burst)).await
+}
+
 /// `count` call slots of `endpoint`'s pace, each the time from which its call may be made.
 pub async fn slots(
     db: &Db,

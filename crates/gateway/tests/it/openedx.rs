@@ -4,12 +4,13 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
 use gateway::{
     jobs::deliveries::{self, Senders},
     service::openedx as connector,
     stores::apple_api::AppStoreApi,
 };
-use gateway_core::Clock;
+use gateway_core::{Clock, Timestamp};
 use serde_json::{Value, json};
 use store_sim::{
     SimClock,
@@ -127,6 +128,14 @@ async fn course_product(app: &TestApp, id: &str, course: &str, mode: &str) {
     )
     .await
     .expect(201);
+}
+
+/// Moves the clock `steps` times by `ms`, giving the delivery job time to run after each.
+async fn let_time_pass(app: &TestApp, steps: usize, ms: i64) {
+    for _ in 0..steps {
+        app.clock.advance_millis(ms);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn grant(app: &TestApp, customer: &str, product: &str) {
@@ -331,6 +340,7 @@ both!(
             .await;
         revoke(&app, "bob", paid_only).await;
         timeline_event(&app, "bob", "lms.enrollment_failed").await;
+        assert_eq!(lms.sim.course_views(), 1);
     }
 );
 
@@ -367,10 +377,7 @@ both!(
         assert_eq!(failed["detail"]["http_status"], 404);
         // Fixed on the LMS, the retry lands.
         lms.sim.set_staff(OWNER, true);
-        for _ in 0..10 {
-            app.clock.advance_millis(10_000);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let_time_pass(&app, 10, 10_000).await;
         lms.wait_for("alice", enrolled("verified", true)).await;
 
         // An unknown user: 406, retried, for the learner may register later.
@@ -383,10 +390,7 @@ both!(
         );
         assert_eq!(deliveries_of(&app, "dora", "pending").await.len(), 1);
         lms.sim.add_user("dora");
-        for _ in 0..10 {
-            app.clock.advance_millis(10_000);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let_time_pass(&app, 10, 10_000).await;
         lms.wait_for("dora", enrolled("verified", true)).await;
 
         // A mode the run no longer offers (the verified deadline has passed): dead at once.
@@ -443,10 +447,7 @@ both!(
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(lms.enrollment("carol").is_none());
         lms.sim.fail_with(0);
-        for _ in 0..5 {
-            app.clock.advance_millis(10_000);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let_time_pass(&app, 5, 10_000).await;
         lms.wait_for("carol", enrolled("verified", true)).await;
     }
 );
@@ -462,33 +463,19 @@ both!(
         for l in &learners {
             lms.sim.add_user(l);
         }
-        let mut buying = tokio::task::JoinSet::new();
-        for chunk in learners.chunks(BURST / 10) {
-            let (app_addr, store, chunk) = (app.addr.clone(), sim.store.clone(), chunk.to_vec());
-            buying.spawn(async move {
-                let http = reqwest::Client::new();
-                for l in chunk {
-                    let order: Value = http
-                        .post(format!("{app_addr}/v1/apps/acme/customers/{l}/orders"))
-                        .bearer_auth(ADMIN_KEY)
-                        .json(&json!({"product_ids": ["cs101"]}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    let token = order["app_account_token"].as_str().unwrap();
+        // Bought from 50 devices at once.
+        futures_util::stream::iter(&learners)
+            .for_each_concurrent(50, |l| {
+                let (app, store) = (&app, &sim.store);
+                async move {
+                    let token = order(app, l, "cs101").await;
                     store
-                        .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(token))
+                        .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
                         .await
                         .unwrap();
                 }
-            });
-        }
-        while let Some(done) = buying.join_next().await {
-            done.unwrap();
-        }
+            })
+            .await;
         // Time goes by a second a step, the delivery job's steps keeping up with it, as in
         // production; the stand-in's throttle counts on the same clock.
         let clock: Arc<dyn Clock> = Arc::new(app.clock.clone());
@@ -519,6 +506,119 @@ both!(
         assert_eq!(dead["deliveries"], json!([]));
         // 500 calls at 100 a minute, the first tenth of a minute's at once: about five minutes.
         assert!((280..=320).contains(&seconds), "{seconds} s");
+    }
+);
+
+both!(
+    a_429_holds_every_call_of_the_endpoint_until_its_retry_after_and_loses_nothing,
+    |app: TestApp| async move {
+        app.seed_catalog("acme").await;
+        let lms = Lms::start(&app).await;
+        // A pace above the LMS's limit (raised without lifting the LMS's own): the LMS answers 429.
+        // At 1,000 a minute, a tenth of a minute's calls go at once.
+        app.post(
+            "/v1/apps/acme/webhook_endpoints",
+            json!({"kind": "openedx", "url": lms.url, "openedx": {
+                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "requests_per_minute": 1000}}),
+        )
+        .await
+        .expect(201);
+        let learners: Vec<String> = (0..130).map(|i| format!("learner{i:03}")).collect();
+        for l in &learners {
+            lms.sim.add_user(l);
+            grant(&app, l, "cs101").await;
+        }
+        for _ in 0..300 {
+            if lms.sim.throttled() > 0 {
+                break;
+            }
+            app.clock.advance_millis(100);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert!(lms.sim.throttled() > 0, "the pace outran the LMS's limit");
+        // A throttled delivery waits its Retry-After, on no back-off of its own.
+        let at =
+            |d: &Value| Timestamp::parse_rfc3339(d["next_attempt_at"].as_str().unwrap()).unwrap();
+        let mut throttled = Vec::new();
+        for _ in 0..100 {
+            let pending = app
+                .get("/v1/apps/acme/deliveries?status=pending")
+                .await
+                .expect(200);
+            throttled = pending["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["last_status"] == 429)
+                .cloned()
+                .collect();
+            if !throttled.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let held_until = throttled
+            .iter()
+            .map(at)
+            .min()
+            .expect("a throttled delivery");
+        assert!(held_until > app.clock.now());
+        // A learner who buys now waits for the hold too, without spending an attempt.
+        lms.sim.add_user("latecomer");
+        grant(&app, "latecomer", "cs101").await;
+        let mut waiting = Vec::new();
+        for _ in 0..100 {
+            waiting = deliveries_of(&app, "latecomer", "pending").await;
+            if !waiting.is_empty() && waiting[0]["next_attempt_at"].is_string() {
+                // A few more steps of the job, which must leave it waiting.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                waiting = deliveries_of(&app, "latecomer", "pending").await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting.len(), 1, "{waiting:#?}");
+        assert_eq!(waiting[0]["attempts"], 0, "{waiting:#?}");
+        assert!(
+            at(&waiting[0]) >= held_until,
+            "deferred to {:?}, before the LMS's Retry-After ends at {held_until:?}",
+            at(&waiting[0])
+        );
+        // When the LMS takes calls again, everyone is enrolled; nothing died, and waiting for the
+        // throttle is no failure in anyone's timeline.
+        for _ in 0..400 {
+            if lms.sim.calls().len() > learners.len() {
+                break;
+            }
+            app.clock.advance_millis(1000);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        for l in learners.iter().map(String::as_str).chain(["latecomer"]) {
+            assert_eq!(lms.enrollment(l), Some(enrolled("verified", true)), "{l}");
+        }
+        let dead = app
+            .get("/v1/apps/acme/deliveries?status=dead")
+            .await
+            .expect(200);
+        assert_eq!(dead["deliveries"], json!([]));
+        let first_throttled = throttled[0]["customer_id"].as_str().unwrap();
+        timeline_event(&app, first_throttled, "lms.enrollment").await;
+        let timeline = app
+            .get(&format!(
+                "/v1/apps/acme/customers/{first_throttled}/timeline"
+            ))
+            .await
+            .expect(200);
+        let kinds: Vec<&Value> = timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["kind"])
+            .collect();
+        assert!(
+            !kinds.contains(&&json!("lms.enrollment_failed")),
+            "{kinds:?}"
+        );
     }
 );
 
