@@ -133,6 +133,16 @@ fn long_poll(
     })
 }
 
+/// A long poll's answer: refused with 401 `code`.
+#[track_caller]
+fn refused_with((status, body): (u16, Value), code: &str) {
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!(code)),
+        "{body}"
+    );
+}
+
 /// Asserts that a stream's last events are one `error` with `code` and nothing else: no snapshot.
 #[track_caller]
 fn ended_with(events: &[(String, String, Value)], code: &str) {
@@ -259,12 +269,7 @@ both!(
         revoke_key(&app, &pk_id).await;
         grant(&app, "u1").await;
 
-        let (status, body) = poll.await.unwrap();
-        assert_eq!(
-            (status, &body["error"]["code"]),
-            (401, &json!("key_revoked")),
-            "{body}"
-        );
+        refused_with(poll.await.unwrap(), "key_revoked");
         ended_with(&stream.rest(Duration::from_secs(10)).await, "key_revoked");
         ended_with(&by_pk.rest(Duration::from_secs(10)).await, "key_revoked");
         let (status, body) = kept_poll.await.unwrap();
@@ -294,11 +299,9 @@ both!(
         cli.close().await;
         // PostgreSQL announces it; on SQLite the server finds it when it reads the key again.
         let within = gateway::db::keys::LIVE_RECHECK * 4;
-        let (status, body) = tokio::time::timeout(within, poll).await.unwrap().unwrap();
-        assert_eq!(
-            (status, &body["error"]["code"]),
-            (401, &json!("key_revoked")),
-            "{body}"
+        refused_with(
+            tokio::time::timeout(within, poll).await.unwrap().unwrap(),
+            "key_revoked",
         );
         ended_with(&stream.rest(within).await, "key_revoked");
     }
@@ -320,12 +323,7 @@ async fn a_key_revoked_on_another_instance_ends_its_reads_there() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     revoke_key(&a, &reader_id).await;
     grant(&a, "u1").await;
-    let (status, body) = poll.await.unwrap();
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (401, &json!("key_revoked")),
-        "{body}"
-    );
+    refused_with(poll.await.unwrap(), "key_revoked");
     ended_with(&stream.rest(Duration::from_secs(10)).await, "key_revoked");
     b.stop().await;
 }
@@ -355,12 +353,7 @@ both!(
             Stream::open_with(&app, path, &pk, &[("x-customer-token", long.as_str())]).await;
         kept.next(Duration::from_secs(5)).await.unwrap();
 
-        let (status, body) = poll.await.unwrap();
-        assert_eq!(
-            (status, &body["error"]["code"]),
-            (401, &json!("customer_token_expired")),
-            "{body}"
-        );
+        refused_with(poll.await.unwrap(), "customer_token_expired");
         ended_with(
             &stream.rest(Duration::from_secs(20)).await,
             "customer_token_expired",
