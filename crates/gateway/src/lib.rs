@@ -1,7 +1,7 @@
 //! Purchase Gateway, the service: verifies store purchases, decides with `gateway_core`, records every
 //! decision in one transaction, and serves the HTTP API.
 //!
-//! - [`config`]: settings, loaded and checked once.
+//! - [`config`]: settings, loaded and checked once; [`backoff`]: the one back-off with jitter.
 //! - [`db`]: storage on SQLite or PostgreSQL; all SQL lives there.
 //! - [`service`]: use cases, one function per thing a caller can ask.
 //! - [`http`]: the router, extractors and one module per resource.
@@ -15,6 +15,7 @@
 //! the store simulator.
 //! - [`telemetry`]: logs and metrics.
 
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -143,7 +143,7 @@ pub async fn listen(db: super::Db, url: String, shutdown: tokio_util::sync::Canc
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, failures, "changes: cannot connect to listen; retrying");
-                let pause = crate::jobs::backoff(failures);
+                let pause = crate::backoff::STEP.delay(failures);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(pause) => continue,
@@ -152,7 +152,7 @@ pub async fn listen(db: super::Db, url: String, shutdown: tokio_util::sync::Canc
         };
         if let Err(e) = listener.listen(CHANNEL).await {
             tracing::warn!(error = %e, "changes: LISTEN failed; retrying");
-            tokio::time::sleep(crate::jobs::backoff(1)).await;
+            tokio::time::sleep(crate::backoff::STEP.delay(1)).await;
             continue;
         }
         failures = 0;

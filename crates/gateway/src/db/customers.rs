@@ -12,7 +12,7 @@ use gateway_core::{
 };
 use sqlx::{AnyConnection, Row};
 
-use super::{Db, DbResult, json_col, ledger};
+use super::{Db, DbResult, Dialect, json_col, ledger};
 
 /// The customer row as a decision holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,4 +253,36 @@ pub async fn recorded(db: &Db, app: &AppId, id: &AppUserId) -> DbResult<Option<R
         entitlements: state.entitlements.into_values().collect(),
         balances,
     }))
+}
+
+/// Claims up to `limit` customers whose next change has come (`next_change_at <= now`), oldest first,
+/// by moving it to `lease_until`: another instance does not take them until then (PostgreSQL skips
+/// rows another claim holds), and one whose re-evaluation fails comes back after the lease. Returns
+/// `(app, customer)` of each.
+pub async fn claim_due(
+    db: &Db,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: i64,
+) -> DbResult<Vec<(String, String)>> {
+    let sql = match db.dialect {
+        Dialect::Postgres => {
+            "UPDATE customers SET next_change_at = $1 WHERE (app_id, id) IN (SELECT app_id, id FROM customers \
+             WHERE next_change_at <= $2 ORDER BY next_change_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING app_id, id"
+        }
+        Dialect::Sqlite => {
+            "UPDATE customers SET next_change_at = $1 WHERE (app_id, id) IN (SELECT app_id, id FROM customers \
+             WHERE next_change_at <= $2 ORDER BY next_change_at LIMIT $3) RETURNING app_id, id"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(lease_until.millis())
+        .bind(now.millis())
+        .bind(limit)
+        .fetch_all(db.writer())
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("app_id")?, r.try_get("id")?)))
+        .collect()
 }

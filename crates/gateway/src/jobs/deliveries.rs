@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use super::Outcome;
 use crate::{
+    backoff::{Backoff, Jitter},
     db::{
         Db,
         deliveries::{self, Claimed, Outcome as Attempt},
@@ -42,15 +43,18 @@ pub const RETRY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 const FIRST_DELAY: Duration = Duration::from_secs(5);
 const MAX_DELAY: Duration = Duration::from_secs(3600);
 
-/// The delay before the attempt after `attempts` failed ones: exponential, capped, with jitter in
-/// [half, whole] so that the deliveries that failed together do not retry together.
+/// The delays between attempts: from 5 s, doubling up to an hour, anywhere from half to the whole
+/// delay so that the deliveries that failed together do not retry together.
+const RETRIES: Backoff = Backoff {
+    first: FIRST_DELAY,
+    doublings: 16,
+    cap: MAX_DELAY,
+    jitter: Jitter::Half,
+};
+
+/// The delay before the attempt after `attempts` failed ones.
 pub fn retry_delay(attempts: i64) -> Duration {
-    let exp = attempts.clamp(1, 20) as u32 - 1;
-    let full = FIRST_DELAY
-        .saturating_mul(1u32 << exp.min(16))
-        .min(MAX_DELAY);
-    let ms = full.as_millis() as u64;
-    Duration::from_millis(rand::random_range(ms / 2..=ms))
+    RETRIES.delay(attempts.clamp(1, 20) as u32)
 }
 
 /// What performing a delivery needs beyond the database.

@@ -10,11 +10,10 @@
 use std::{sync::Arc, time::Duration};
 
 use gateway_core::{AppId, AppUserId, Clock};
-use sqlx::Row;
 
 use super::Outcome;
 use crate::{
-    db::{Db, Dialect},
+    db::{Db, customers},
     service::decision,
 };
 
@@ -28,24 +27,7 @@ pub const LEASE: Duration = Duration::from_secs(60);
 pub async fn step(db: &Db, clock: &Arc<dyn Clock>) -> Outcome {
     let now = clock.now();
     let lease_until = now.plus_millis(LEASE.as_millis() as i64);
-    let sql = match db.dialect {
-        Dialect::Postgres => {
-            "UPDATE customers SET next_change_at = $1 WHERE (app_id, id) IN (SELECT app_id, id FROM customers \
-             WHERE next_change_at <= $2 ORDER BY next_change_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING app_id, id"
-        }
-        Dialect::Sqlite => {
-            "UPDATE customers SET next_change_at = $1 WHERE (app_id, id) IN (SELECT app_id, id FROM customers \
-             WHERE next_change_at <= $2 ORDER BY next_change_at LIMIT $3) RETURNING app_id, id"
-        }
-    };
-    let rows = sqlx::query(sql)
-        .bind(lease_until.millis())
-        .bind(now.millis())
-        .bind(BATCH)
-        .fetch_all(db.writer())
-        .await;
-    let rows = match rows {
+    let rows = match customers::claim_due(db, now, lease_until, BATCH).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "expiry: could not claim due customers");
@@ -53,13 +35,7 @@ pub async fn step(db: &Db, clock: &Arc<dyn Clock>) -> Outcome {
         }
     };
     let mut done = 0;
-    for row in &rows {
-        let (Ok(app), Ok(customer)) = (
-            row.try_get::<String, _>("app_id"),
-            row.try_get::<String, _>("id"),
-        ) else {
-            continue;
-        };
+    for (app, customer) in &rows {
         let (Ok(app), Ok(customer)) = (AppId::parse(app), AppUserId::parse(customer)) else {
             continue;
         };

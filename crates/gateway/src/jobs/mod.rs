@@ -55,7 +55,7 @@ pub async fn run_loop<F, Fut>(
             }
             Outcome::Failed => {
                 failures = failures.saturating_add(1);
-                let backoff = backoff(failures);
+                let backoff = crate::backoff::STEP.delay(failures);
                 tracing::warn!(
                     job = name,
                     failures,
@@ -85,16 +85,6 @@ pub async fn run_loop<F, Fut>(
             _ = woken => {}
         }
     }
-}
-
-/// Exponential back-off from 1 s, capped at 5 min, with about 20% jitter so instances do not retry in
-/// step.
-pub fn backoff(failures: u32) -> Duration {
-    let base = 1000u64
-        .saturating_mul(1u64 << failures.min(9).saturating_sub(1))
-        .min(300_000);
-    let jitter = rand::random_range(0..=base / 5);
-    Duration::from_millis(base - base / 10 + jitter)
 }
 
 #[cfg(test)]
@@ -133,6 +123,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
+        let backoff = |failures| crate::backoff::STEP.delay(failures);
         assert!(backoff(1) <= Duration::from_millis(1200));
         assert!(backoff(3) >= Duration::from_millis(3600));
         assert!(backoff(30) <= Duration::from_secs(360));

@@ -144,7 +144,7 @@ pub async fn recover_apple_step(
         }
         Err(e) => {
             let failures = (run.failures + 1).clamp(1, 30) as u32;
-            let due = now.plus_millis(crate::jobs::backoff(failures).as_millis() as i64);
+            let due = now.plus_millis(crate::backoff::STEP.delay(failures).as_millis() as i64);
             cursors::fail_run(db, run_key, owner, due, FORGET_TOKEN_AFTER).await?;
             Err(e)
         }

@@ -16,6 +16,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
+    backoff::{Backoff, Jitter},
     model::App,
     service::{Kind, ServiceError, ServiceResult},
 };
@@ -1023,11 +1024,16 @@ fn retry_after_wait(after: u64) -> Duration {
     wait.min(MAX_WAIT)
 }
 
-/// 200 ms, 400 ms, 800 ms ... with about 20% jitter, capped at [`MAX_WAIT`].
+/// 200 ms, 400 ms, 800 ms ... up to 20% longer, capped at [`MAX_WAIT`].
+const RETRIES: Backoff = Backoff {
+    first: Duration::from_millis(200),
+    doublings: 8,
+    cap: MAX_WAIT,
+    jitter: Jitter::Above,
+};
+
 fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << attempt.saturating_sub(1).min(8));
-    let jitter = rand::random_range(0..=base / 5);
-    Duration::from_millis(base + jitter).min(MAX_WAIT)
+    RETRIES.delay(attempt)
 }
 
 #[cfg(test)]
