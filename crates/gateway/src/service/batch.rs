@@ -356,7 +356,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     match apple::transaction_facts(&n.transaction, db::new_id("pur"), product) {
                         Ok(f) => f,
                         Err(e) => {
-                            steps[i] = Some(Step::Reply(Err(e)));
+                            steps[i] = Some(Step::Reply(Err(e.into())));
                             continue;
                         }
                     };

@@ -92,6 +92,26 @@ impl ServiceError {
     }
 }
 
+/// A store's failure as the API answers it: the one place a store adapter's error becomes a status.
+impl From<crate::stores::StoreError> for ServiceError {
+    fn from(e: crate::stores::StoreError) -> Self {
+        use crate::stores::Problem;
+        let kind = match e.problem {
+            Problem::Malformed => Kind::BadRequest,
+            Problem::NotFound => Kind::NotFound,
+            Problem::Refused => Kind::Unprocessable,
+            Problem::NotConfigured | Problem::Conflict => Kind::Conflict,
+            Problem::Unavailable => Kind::Unavailable,
+        };
+        ServiceError::Client {
+            kind,
+            code: e.code,
+            message: e.message,
+            details: e.details,
+        }
+    }
+}
+
 impl From<sqlx::Error> for ServiceError {
     fn from(e: sqlx::Error) -> Self {
         ServiceError::Internal(e.into())

@@ -279,7 +279,7 @@ async fn read_page(
         transaction_id: None,
         only_failures: None,
     };
-    api.notification_history(app, env, token, &request).await
+    Ok(api.notification_history(app, env, token, &request).await?)
 }
 
 /// The token of the page after `page`, if there is one. A page that says there is more but brings

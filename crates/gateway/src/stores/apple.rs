@@ -14,7 +14,7 @@ use gateway_core::{
 
 use crate::{
     model::{App, AppleEnvironment as ConfiguredEnvironment},
-    service::{ServiceError, ServiceResult},
+    stores::error::{Problem, StoreError, StoreResult},
 };
 
 /// Verifiers by app, rebuilt when the app's settings change (each keeps its own chain cache).
@@ -25,7 +25,7 @@ pub struct Verifiers {
 
 impl Verifiers {
     /// The verifier for `app`, or why the app cannot take App Store purchases.
-    pub fn for_app(&self, app: &App) -> ServiceResult<Arc<SignedDataVerifier>> {
+    pub fn for_app(&self, app: &App) -> StoreResult<Arc<SignedDataVerifier>> {
         let key = app.id.to_string();
         if let Some((at, v)) = self
             .by_app
@@ -37,17 +37,15 @@ impl Verifiers {
             return Ok(v.clone());
         }
         let config = app.settings.app_store.as_ref().ok_or_else(|| {
-            ServiceError::conflict(
-                "store_not_configured",
+            StoreError::not_configured(
                 "This app has no `app_store` settings; it cannot take App Store purchases.",
             )
         })?;
         let roots = match &config.root_certificates_pem {
             Some(pems) => TrustedRoots::from_pems(pems).map_err(|e| {
-                ServiceError::conflict(
-                    "store_not_configured",
-                    format!("The app's `app_store.root_certificates_pem` cannot be used: {e}."),
-                )
+                StoreError::not_configured(format!(
+                    "The app's `app_store.root_certificates_pem` cannot be used: {e}."
+                ))
             })?,
             None => TrustedRoots::apple(),
         };
@@ -74,10 +72,10 @@ pub fn transaction_facts(
     t: &JwsTransaction,
     purchase_id: String,
     product: &Product,
-) -> ServiceResult<PurchaseFacts> {
+) -> StoreResult<PurchaseFacts> {
     let missing = |field: &str| {
-        ServiceError::new(
-            crate::service::Kind::Unprocessable,
+        StoreError::new(
+            Problem::Refused,
             "malformed_signed_data",
             format!("The signed transaction has no `{field}`."),
         )

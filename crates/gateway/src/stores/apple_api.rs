@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::{
     backoff::{Backoff, Jitter},
     model::App,
-    service::{Kind, ServiceError, ServiceResult},
+    stores::error::{Problem, StoreError, StoreResult},
 };
 
 /// Apple's production and sandbox hosts.
@@ -435,33 +435,33 @@ pub struct ConsumptionRequestV1 {
 /// A page that may point to the next one.
 trait Page {
     /// The token of the next page; `None` on the last page.
-    fn next_token(&self) -> ServiceResult<Option<&str>>;
+    fn next_token(&self) -> StoreResult<Option<&str>>;
 }
 
-fn token_of(has_more: bool, token: Option<&str>) -> ServiceResult<Option<&str>> {
+fn token_of(has_more: bool, token: Option<&str>) -> StoreResult<Option<&str>> {
     match (has_more, token) {
         (false, _) => Ok(None),
         (true, Some(t)) if !t.is_empty() => Ok(Some(t)),
-        (true, _) => Err(unavailable(
+        (true, _) => Err(StoreError::unavailable(
             "The App Store Server API said there is more but gave no token for the next page.",
         )),
     }
 }
 
 impl Page for HistoryResponse {
-    fn next_token(&self) -> ServiceResult<Option<&str>> {
+    fn next_token(&self) -> StoreResult<Option<&str>> {
         token_of(self.has_more, self.revision.as_deref())
     }
 }
 
 impl Page for RefundHistoryResponse {
-    fn next_token(&self) -> ServiceResult<Option<&str>> {
+    fn next_token(&self) -> StoreResult<Option<&str>> {
         token_of(self.has_more, self.revision.as_deref())
     }
 }
 
 impl Page for NotificationHistoryResponse {
-    fn next_token(&self) -> ServiceResult<Option<&str>> {
+    fn next_token(&self) -> StoreResult<Option<&str>> {
         token_of(self.has_more, self.pagination_token.as_deref())
     }
 }
@@ -471,7 +471,7 @@ impl Page for NotificationHistoryResponse {
 async fn follow<'a, P: Page>(
     max_pages: usize,
     mut page: impl FnMut(Option<String>) -> PageFuture<'a, P>,
-) -> ServiceResult<Vec<P>> {
+) -> StoreResult<Vec<P>> {
     let mut pages = Vec::new();
     let mut seen = HashSet::new();
     let mut token = None;
@@ -487,8 +487,8 @@ async fn follow<'a, P: Page>(
                 pages = pages.len(),
                 "App Store Server API kept answering hasMore; paging stopped"
             );
-            return Err(ServiceError::new(
-                Kind::Unavailable,
+            return Err(StoreError::new(
+                Problem::Unavailable,
                 "store_paging_runaway",
                 format!(
                     "The App Store Server API kept saying there is more after {} pages; paging stopped.",
@@ -503,7 +503,7 @@ async fn follow<'a, P: Page>(
 /// One page's request in flight. Boxed and `Send`, so that callers running in spawned tasks (the
 /// recovery job) can hold it across the await.
 type PageFuture<'a, P> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = ServiceResult<P>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<P>> + Send + 'a>>;
 
 /// One request to the App Store Server API, before its bearer token.
 struct Call {
@@ -528,9 +528,10 @@ impl Call {
         self
     }
 
-    fn json(mut self, body: &impl Serialize) -> ServiceResult<Self> {
+    fn json(mut self, body: &impl Serialize) -> StoreResult<Self> {
         let bytes = serde_json::to_vec(body).map_err(|_| {
-            ServiceError::bad_request(
+            StoreError::new(
+                Problem::Malformed,
                 "invalid_store_request",
                 "The request for the App Store Server API could not be written as JSON.",
             )
@@ -546,14 +547,11 @@ pub struct AppStoreApi {
     http: reqwest::Client,
 }
 
-fn unavailable(message: impl Into<String>) -> ServiceError {
-    ServiceError::new(Kind::Unavailable, "store_unavailable", message)
-}
-
 /// Checks an id that goes into a URL path: a transaction id is ASCII letters and digits.
-fn transaction_id(id: &str) -> ServiceResult<&str> {
+fn transaction_id(id: &str) -> StoreResult<&str> {
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(ServiceError::bad_request(
+        return Err(StoreError::new(
+            Problem::Malformed,
             "invalid_transaction_id",
             "`transaction_id` is the digits of an App Store transaction id.",
         ));
@@ -577,7 +575,7 @@ impl AppStoreApi {
         app: &App,
         env: AppleEnvironment,
         transaction_id: &str,
-    ) -> ServiceResult<String> {
+    ) -> StoreResult<String> {
         let id = self::transaction_id(transaction_id)?;
         let call = Call::new(Method::GET, format!("/inApps/v1/transactions/{id}"));
         let info: TransactionInfo = self.fetch(app, env, &call, "a transaction").await?;
@@ -593,7 +591,7 @@ impl AppStoreApi {
         transaction_id: &str,
         revision: Option<&str>,
         request: &TransactionHistoryRequest,
-    ) -> ServiceResult<HistoryResponse> {
+    ) -> StoreResult<HistoryResponse> {
         let id = self::transaction_id(transaction_id)?;
         let call = Call::new(Method::GET, format!("/inApps/v2/history/{id}"))
             .query(request.query(revision));
@@ -608,7 +606,7 @@ impl AppStoreApi {
         env: AppleEnvironment,
         transaction_id: &str,
         request: &TransactionHistoryRequest,
-    ) -> ServiceResult<HistoryResponse> {
+    ) -> StoreResult<HistoryResponse> {
         let pages = follow(MAX_CUSTOMER_PAGES, |revision: Option<String>| {
             Box::pin(async move {
                 self.transaction_history(app, env, transaction_id, revision.as_deref(), request)
@@ -623,7 +621,8 @@ impl AppStoreApi {
             last = Some(page);
         }
         // `follow` returns at least one page.
-        let mut last = last.ok_or_else(|| unavailable("The App Store Server API gave no page."))?;
+        let mut last =
+            last.ok_or_else(|| StoreError::unavailable("The App Store Server API gave no page."))?;
         last.signed_transactions = all;
         Ok(last)
     }
@@ -636,7 +635,7 @@ impl AppStoreApi {
         env: AppleEnvironment,
         transaction_id: &str,
         statuses: &[SubscriptionStatus],
-    ) -> ServiceResult<StatusResponse> {
+    ) -> StoreResult<StatusResponse> {
         let id = self::transaction_id(transaction_id)?;
         let query = statuses
             .iter()
@@ -654,7 +653,7 @@ impl AppStoreApi {
         env: AppleEnvironment,
         transaction_id: &str,
         revision: Option<&str>,
-    ) -> ServiceResult<RefundHistoryResponse> {
+    ) -> StoreResult<RefundHistoryResponse> {
         let id = self::transaction_id(transaction_id)?;
         let query = revision
             .map(|r| vec![("revision", r.to_owned())])
@@ -669,7 +668,7 @@ impl AppStoreApi {
         app: &App,
         env: AppleEnvironment,
         transaction_id: &str,
-    ) -> ServiceResult<RefundHistoryResponse> {
+    ) -> StoreResult<RefundHistoryResponse> {
         let pages = follow(MAX_CUSTOMER_PAGES, |revision: Option<String>| {
             Box::pin(async move {
                 self.refund_history(app, env, transaction_id, revision.as_deref())
@@ -697,15 +696,17 @@ impl AppStoreApi {
         env: AppleEnvironment,
         pagination_token: Option<&str>,
         request: &NotificationHistoryRequest,
-    ) -> ServiceResult<NotificationHistoryResponse> {
+    ) -> StoreResult<NotificationHistoryResponse> {
         if request.transaction_id.is_some() && request.notification_type.is_some() {
-            return Err(ServiceError::bad_request(
+            return Err(StoreError::new(
+                Problem::Malformed,
                 "invalid_notification_filter",
                 "Filter the notification history by `transaction_id` or by `notification_type`, not both.",
             ));
         }
         if request.notification_subtype.is_some() && request.notification_type.is_none() {
-            return Err(ServiceError::bad_request(
+            return Err(StoreError::new(
+                Problem::Malformed,
                 "invalid_notification_filter",
                 "A `notification_subtype` filter needs its `notification_type`.",
             ));
@@ -730,7 +731,7 @@ impl AppStoreApi {
         env: AppleEnvironment,
         request: &NotificationHistoryRequest,
         max_pages: usize,
-    ) -> ServiceResult<Vec<NotificationHistoryItem>> {
+    ) -> StoreResult<Vec<NotificationHistoryItem>> {
         let pages = follow(max_pages.max(1), |token: Option<String>| {
             Box::pin(async move {
                 self.notification_history(app, env, token.as_deref(), request)
@@ -752,7 +753,7 @@ impl AppStoreApi {
         env: AppleEnvironment,
         transaction_id: &str,
         request: &ConsumptionRequest,
-    ) -> ServiceResult<()> {
+    ) -> StoreResult<()> {
         let id = self::transaction_id(transaction_id)?;
         let call = Call::new(
             Method::PUT,
@@ -770,7 +771,7 @@ impl AppStoreApi {
         env: AppleEnvironment,
         transaction_id: &str,
         request: &ConsumptionRequestV1,
-    ) -> ServiceResult<()> {
+    ) -> StoreResult<()> {
         let id = self::transaction_id(transaction_id)?;
         let call = Call::new(
             Method::PUT,
@@ -786,7 +787,7 @@ impl AppStoreApi {
         &self,
         app: &App,
         env: AppleEnvironment,
-    ) -> ServiceResult<String> {
+    ) -> StoreResult<String> {
         let call = Call::new(Method::POST, "/inApps/v1/notifications/test".into());
         let answer: TestNotificationToken = self
             .fetch(app, env, &call, "a test notification token")
@@ -800,14 +801,15 @@ impl AppStoreApi {
         app: &App,
         env: AppleEnvironment,
         token: &str,
-    ) -> ServiceResult<TestNotificationStatus> {
+    ) -> StoreResult<TestNotificationStatus> {
         if token.is_empty()
             || token.len() > 128
             || !token
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(ServiceError::bad_request(
+            return Err(StoreError::new(
+                Problem::Malformed,
                 "invalid_test_notification_token",
                 "A test notification token is the text Apple returned for the request.",
             ));
@@ -820,12 +822,11 @@ impl AppStoreApi {
             .await
     }
 
-    fn base_url(app: &App, env: AppleEnvironment) -> ServiceResult<String> {
-        let config = app
-            .settings
-            .app_store
-            .as_ref()
-            .ok_or_else(|| not_configured("This app has no `app_store` settings."))?;
+    fn base_url(app: &App, env: AppleEnvironment) -> StoreResult<String> {
+        let config =
+            app.settings.app_store.as_ref().ok_or_else(|| {
+                StoreError::not_configured("This app has no `app_store` settings.")
+            })?;
         Ok(config.api_base_url.clone().unwrap_or_else(|| {
             match env {
                 AppleEnvironment::Production => PRODUCTION_URL,
@@ -835,21 +836,22 @@ impl AppStoreApi {
         }))
     }
 
-    fn bearer(app: &App) -> ServiceResult<String> {
-        let config = app
-            .settings
-            .app_store
-            .as_ref()
-            .ok_or_else(|| not_configured("This app has no `app_store` settings."))?;
+    fn bearer(app: &App) -> StoreResult<String> {
+        let config =
+            app.settings.app_store.as_ref().ok_or_else(|| {
+                StoreError::not_configured("This app has no `app_store` settings.")
+            })?;
         let (Some(issuer), Some(key_id), Some(pem)) =
             (&config.issuer_id, &config.key_id, &config.private_key_pem)
         else {
-            return Err(not_configured(
+            return Err(StoreError::not_configured(
                 "The App Store Server API needs the app's `app_store.issuer_id`, `key_id` and `private_key_pem`.",
             ));
         };
         let key = EncodingKey::from_ec_pem(pem.expose().as_bytes()).map_err(|_| {
-            not_configured("The app's `app_store.private_key_pem` is not an ES256 (.p8) key.")
+            StoreError::not_configured(
+                "The app's `app_store.private_key_pem` is not an ES256 (.p8) key.",
+            )
         })?;
         let iat = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -864,8 +866,9 @@ impl AppStoreApi {
             aud: "appstoreconnect-v1",
             bid: &config.bundle_id,
         };
-        jsonwebtoken::encode(&header, &claims, &key)
-            .map_err(|_| not_configured("The App Store Server API token could not be signed."))
+        jsonwebtoken::encode(&header, &claims, &key).map_err(|_| {
+            StoreError::not_configured("The App Store Server API token could not be signed.")
+        })
     }
 
     /// [`AppStoreApi::send`], then the answer read as `T`; `what` names it in the error.
@@ -875,11 +878,11 @@ impl AppStoreApi {
         env: AppleEnvironment,
         call: &Call,
         what: &str,
-    ) -> ServiceResult<T> {
+    ) -> StoreResult<T> {
         let body = self.send(app, env, call).await?;
         serde_json::from_str(&body).map_err(|e| {
             tracing::warn!(error = %e, path = %call.path, "App Store Server API answer not understood");
-            unavailable(format!(
+            StoreError::unavailable(format!(
                 "The App Store Server API answered with something that is not {what}."
             ))
         })
@@ -887,7 +890,7 @@ impl AppStoreApi {
 
     /// Sends `call` with a fresh bearer token, retrying as the module says; returns the body of a
     /// 2xx answer (empty for Apple's 202s).
-    async fn send(&self, app: &App, env: AppleEnvironment, call: &Call) -> ServiceResult<String> {
+    async fn send(&self, app: &App, env: AppleEnvironment, call: &Call) -> StoreResult<String> {
         let url = format!(
             "{}{}",
             Self::base_url(app, env)?.trim_end_matches('/'),
@@ -919,7 +922,7 @@ impl AppStoreApi {
                     continue;
                 }
                 Err(_) => {
-                    return Err(unavailable(
+                    return Err(StoreError::unavailable(
                         "The App Store Server API does not answer; try again later.",
                     ));
                 }
@@ -962,36 +965,39 @@ impl AppStoreApi {
 
 /// The error for a final non-2xx answer. Codes a caller can act on get their own error; any other
 /// refusal keeps Apple's status, code and message in `details`.
-fn refusal(status: u16, code: Option<i64>, message: &str, retryable: bool) -> ServiceError {
+fn refusal(status: u16, code: Option<i64>, message: &str, retryable: bool) -> StoreError {
     match (status, code) {
-        (401, _) => not_configured(
+        (401, _) => StoreError::not_configured(
             "Apple refused the app's App Store Server API credentials (issuer_id, key_id, private_key_pem, bundle_id).",
         ),
-        (404, Some(4_040_010 | 4_040_005)) => ServiceError::not_found(
+        (404, Some(4_040_010 | 4_040_005)) => StoreError::new(
+            Problem::NotFound,
             "transaction_not_found",
             "The App Store knows no transaction with this id.",
         ),
-        (_, Some(4_000_006 | 4_000_008)) => ServiceError::bad_request(
+        (_, Some(4_000_006 | 4_000_008)) => StoreError::new(
+            Problem::Malformed,
             "invalid_transaction_id",
             "The App Store says this is not a valid transaction id.",
         ),
-        (404, Some(4_040_007)) => not_configured(
+        (404, Some(4_040_007)) => StoreError::not_configured(
             "App Store Connect has no App Store Server Notifications URL for this app.",
         ),
-        (404, Some(4_040_008)) => ServiceError::not_found(
+        (404, Some(4_040_008)) => StoreError::new(
+            Problem::NotFound,
             "test_notification_not_found",
             "The App Store knows no test notification with this token.",
         ),
-        (429, _) => ServiceError::new(
-            Kind::Unavailable,
+        (429, _) => StoreError::new(
+            Problem::Unavailable,
             "store_rate_limited",
             "The App Store Server API is rate-limiting this app; try again later.",
         ),
         (s, _) if s >= 500 || retryable => {
-            unavailable("The App Store Server API failed; try again later.")
+            StoreError::unavailable("The App Store Server API failed; try again later.")
         }
-        (s, code) => ServiceError::new(
-            Kind::Unprocessable,
+        (s, code) => StoreError::new(
+            Problem::Refused,
             "store_refused",
             format!(
                 "The App Store Server API refused the request ({s}, error {}): {message}",
@@ -1004,10 +1010,6 @@ fn refusal(status: u16, code: Option<i64>, message: &str, retryable: bool) -> Se
             "apple_error_message": message,
         })),
     }
-}
-
-fn not_configured(message: &str) -> ServiceError {
-    ServiceError::conflict("store_not_configured", message)
 }
 
 /// Apple's `Retry-After` is the UNIX time in milliseconds when to try again; a small number is taken

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::{
     model::App,
-    service::{Kind, ServiceError, ServiceResult},
+    stores::error::{Problem, StoreError, StoreResult},
 };
 
 pub const PRODUCTION_URL: &str = "https://buy.itunes.apple.com/verifyReceipt";
@@ -101,22 +101,14 @@ impl InApp {
 }
 
 /// Verifies a base64 receipt with Apple and returns its transactions, newest purchase first.
-pub async fn verify(
-    http: &reqwest::Client,
-    app: &App,
-    receipt_data: &str,
-) -> ServiceResult<Receipt> {
-    let config = app.settings.app_store.as_ref().ok_or_else(|| {
-        ServiceError::conflict(
-            "store_not_configured",
-            "This app has no `app_store` settings.",
-        )
-    })?;
+pub async fn verify(http: &reqwest::Client, app: &App, receipt_data: &str) -> StoreResult<Receipt> {
+    let config = app
+        .settings
+        .app_store
+        .as_ref()
+        .ok_or_else(|| StoreError::not_configured("This app has no `app_store` settings."))?;
     let secret = config.shared_secret.as_ref().ok_or_else(|| {
-        ServiceError::conflict(
-            "store_not_configured",
-            "Legacy receipts need the app's `app_store.shared_secret`.",
-        )
+        StoreError::not_configured("Legacy receipts need the app's `app_store.shared_secret`.")
     })?;
     let production = config
         .verify_receipt_url
@@ -141,54 +133,54 @@ pub async fn verify(
         .is_retryable
         .as_ref()
         .is_some_and(|v| v.as_bool() == Some(true) || v.as_i64() == Some(1));
-    let fail = |kind, code, message: &str| Err(ServiceError::new(kind, code, message.to_owned()));
+    let fail = |kind, code, message: &str| Err(StoreError::new(kind, code, message.to_owned()));
     match answer.status {
         0 | 21006 => {}
         21000 => {
             return fail(
-                Kind::BadRequest,
+                Problem::Malformed,
                 "malformed_receipt",
                 "Apple could not read this receipt.",
             );
         }
         21002 | 21005 | 21009 => {
             return fail(
-                Kind::Unavailable,
+                Problem::Unavailable,
                 "store_unavailable",
                 "Apple could not verify the receipt now; try again later.",
             );
         }
         s if (21100..=21199).contains(&s) && retryable => {
             return fail(
-                Kind::Unavailable,
+                Problem::Unavailable,
                 "store_unavailable",
                 "Apple could not verify the receipt now; try again later.",
             );
         }
         21003 => {
             return fail(
-                Kind::Unprocessable,
+                Problem::Refused,
                 "receipt_not_authentic",
                 "Apple says this receipt is not authentic.",
             );
         }
         21004 => {
             return fail(
-                Kind::Conflict,
+                Problem::Conflict,
                 "store_not_configured",
                 "Apple refused the app's `app_store.shared_secret`.",
             );
         }
         21010 => {
             return fail(
-                Kind::NotFound,
+                Problem::NotFound,
                 "account_not_found",
                 "Apple knows no purchases for this receipt's account.",
             );
         }
         s => {
-            return Err(ServiceError::new(
-                Kind::Unprocessable,
+            return Err(StoreError::new(
+                Problem::Refused,
                 "receipt_refused",
                 format!("Apple refused the receipt with status {s}."),
             ));
@@ -200,16 +192,16 @@ pub async fn verify(
         AppleEnvironment::Production
     };
     let receipt = answer.receipt.ok_or_else(|| {
-        ServiceError::new(
-            Kind::Unprocessable,
+        StoreError::new(
+            Problem::Refused,
             "malformed_receipt",
             "Apple's answer has no receipt.",
         )
     })?;
     let bundle = receipt.bundle_id.unwrap_or_default();
     if bundle != config.bundle_id {
-        return Err(ServiceError::new(
-            Kind::Unprocessable,
+        return Err(StoreError::new(
+            Problem::Refused,
             "wrong_app",
             format!(
                 "The receipt is for bundle {bundle:?}, not {:?}.",
@@ -233,11 +225,7 @@ pub async fn verify(
     })
 }
 
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-) -> ServiceResult<Answer> {
+async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> StoreResult<Answer> {
     let res = http
         .post(url)
         .json(body)
@@ -245,22 +233,22 @@ async fn post(
         .send()
         .await
         .map_err(|_| {
-            ServiceError::new(
-                Kind::Unavailable,
+            StoreError::new(
+                Problem::Unavailable,
                 "store_unavailable",
                 "Apple's verifyReceipt does not answer; try again later.",
             )
         })?;
     if !res.status().is_success() {
-        return Err(ServiceError::new(
-            Kind::Unavailable,
+        return Err(StoreError::new(
+            Problem::Unavailable,
             "store_unavailable",
             "Apple's verifyReceipt failed; try again later.",
         ));
     }
     let not_a_receipt = || {
-        ServiceError::new(
-            Kind::Unavailable,
+        StoreError::new(
+            Problem::Unavailable,
             "store_unavailable",
             "Apple's verifyReceipt answered with something that is not a receipt.",
         )
@@ -268,8 +256,8 @@ async fn post(
     let value: serde_json::Value = res.json().await.map_err(|_| not_a_receipt())?;
     // The same bounds as signed payloads: nothing from the answer reaches the database unchecked.
     gateway_core::apple::models::check_text(&value).map_err(|e| {
-        ServiceError::new(
-            Kind::Unprocessable,
+        StoreError::new(
+            Problem::Refused,
             "malformed_receipt",
             format!("Apple's answer about this receipt cannot be kept: {e}."),
         )

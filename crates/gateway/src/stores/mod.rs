@@ -12,3 +12,6 @@
 pub mod apple;
 pub mod apple_api;
 pub mod apple_receipts;
+pub mod error;
+
+pub use error::{Problem, StoreError, StoreResult};

@@ -10,7 +10,7 @@ use std::{
 
 use gateway::{
     model::{App, AppSettings, AppStoreConfig, AppleEnvironment as ModelEnvironment, Secret},
-    service::ServiceError,
+    stores::StoreError,
     stores::apple_api::{
         AppStoreApi, ConsumptionRequest, ConsumptionRequestV1, DeliveryStatus, MAX_CUSTOMER_PAGES,
         NotificationHistoryRequest, Order, ProductType, RefundPreference, SubscriptionStatus,
@@ -160,9 +160,9 @@ fn subscription(id: &str, original: &str, group: &str, at: i64, expires: i64) ->
 
 /// The code and details of a refusal.
 #[track_caller]
-fn refusal(result: Result<impl std::fmt::Debug, ServiceError>) -> (&'static str, Value) {
+fn refusal(result: Result<impl std::fmt::Debug, StoreError>) -> (&'static str, Value) {
     match result {
-        Err(ServiceError::Client { code, details, .. }) => (code, details.unwrap_or_default()),
+        Err(StoreError { code, details, .. }) => (code, details.unwrap_or_default()),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
