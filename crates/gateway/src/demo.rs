@@ -9,9 +9,9 @@ use anyhow::Context;
 use gateway::config::{Config, LogFormat};
 use gateway_core::SystemClock;
 use serde_json::{Value, json};
-use store_sim::{
-    apple::{AppleChain, Notification},
-    apple_api::{ApiKey, AppStoreServer},
+use store_sim::apple::{
+    api::{ApiKey, AppStoreServer},
+    chain::{AppleChain, Notification},
 };
 use tokio_util::sync::CancellationToken;
 

@@ -15,9 +15,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 use store_sim::{
     SimClock,
-    apple::AppleChain,
-    apple_api::{ApiKey, AppStoreServer},
-    apple_store::AppleStore,
+    apple::{
+        api::{ApiKey, AppStoreServer},
+        chain::AppleChain,
+        store::AppleStore,
+    },
 };
 
 #[derive(Subcommand)]

@@ -2,19 +2,32 @@
 //! `demo` command and the benchmarks drive the gateway through its real verification paths; nothing
 //! in the gateway knows it is talking to a simulator except its configured base URLs and pinned roots.
 //!
-//! - [`apple`]: a certificate chain shaped like Apple's (root, WWDR-like intermediate with Apple's
-//!   intermediate marker OID, signing leaf with Apple's leaf marker OID) and a JWS signer that writes
-//!   signed data exactly as the App Store does.
-//! - [`apple_api`]: a fake App Store Server API that checks the bearer token as Apple does.
-//! - [`apple_store`]: a simulated App Store on top of the fake API: buy, renew, fail to renew,
-//!   refund, reverse a refund, revoke and expire, each kept in the API's state and sent to the
-//!   gateway as the matching App Store Server Notification; and its HTTP control surface.
-//! - [`openedx`]: a stand-in Open edX LMS (OAuth2 client credentials and the Enrollment API).
-//! - [`SimClock`]: the simulator's time, which tests can set and move.
+//! One folder per store:
+//!
+//! - [`apple`] (`src/apple/`): the App Store.
+//!   - [`apple::chain`]: a certificate chain shaped like Apple's (root, WWDR-like intermediate with
+//!     Apple's intermediate marker OID, signing leaf with Apple's leaf marker OID) and a JWS signer
+//!     that writes signed data exactly as the App Store does.
+//!   - [`apple::api`]: a fake App Store Server API that checks the bearer token as Apple does.
+//!   - [`apple::store`]: a simulated App Store on top of the fake API: buy, renew, fail to renew,
+//!     refund, reverse a refund, revoke and expire, each kept in the API's state and sent to the
+//!     gateway as the matching App Store Server Notification; and its HTTP control surface.
+//! - [`openedx`] (`src/openedx/`): a stand-in Open edX LMS (OAuth2 client credentials and the
+//!   Enrollment API).
+//! - `play` (`src/play/`), next: the Google Play simulator.
+//! - [`SimClock`] (this file): the simulator's time, which tests can set and move.
+//!
+//! A store's simulator goes in `src/<store>/`, its state apart from its HTTP surface: the state and
+//! what it does without HTTP in the folder's `mod.rs`; the router, handlers, request parsing and
+//! error answers in `http.rs` beside it, a child module, so the handlers reach the state's private
+//! fields without widening them. A store with several parts gives each a folder of that shape
+//! (`src/apple/api/`, `src/apple/store/`; a part with no HTTP, such as `src/apple/chain.rs`, is one
+//! file) and keeps a map of them in `src/<store>/mod.rs`. Tests
+//! that need only the public API go in `crates/store-sim/tests/` (`<store>.rs`,
+//! `<store>_<part>.rs`); a test that needs private items stays in the crate, in a `tests.rs` beside
+//! the code it tests (`#[cfg(test)] mod tests;`).
 
 pub mod apple;
-pub mod apple_api;
-pub mod apple_store;
 pub mod openedx;
 
 use std::sync::{Arc, Mutex};
@@ -86,25 +99,4 @@ fn system_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clones_share_one_time() {
-        let clock = SimClock::fixed(1_000);
-        let other = clock.clone();
-        clock.advance(500);
-        assert_eq!(other.now_ms(), 1_500);
-        other.set(42);
-        assert_eq!(clock.now_ms(), 42);
-        let followed = Arc::new(std::sync::atomic::AtomicI64::new(7));
-        let source = followed.clone();
-        let linked = SimClock::from_fn(move || source.load(std::sync::atomic::Ordering::SeqCst));
-        followed.store(9, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(linked.now_ms(), 9);
-        assert!(SimClock::system().now_ms() > 1_700_000_000_000);
-    }
 }

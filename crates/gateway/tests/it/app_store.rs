@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use store_sim::apple::AppleChain;
+use store_sim::apple::chain::AppleChain;
 
 use crate::{both, helpers::*};
 
@@ -267,7 +267,7 @@ impl Store {
         signed_transaction: Option<String>,
     ) -> String {
         self.chain
-            .notification(&store_sim::apple::Notification {
+            .notification(&store_sim::apple::chain::Notification {
                 notification_type: kind,
                 subtype,
                 uuid,
@@ -547,7 +547,7 @@ both!(
         let before = app.counts().await;
         let stranger = AppleChain::generate().unwrap();
         let forged = stranger
-            .notification(&store_sim::apple::Notification {
+            .notification(&store_sim::apple::chain::Notification {
                 notification_type: "TEST",
                 uuid: "t2",
                 signed_date: t,
@@ -564,7 +564,7 @@ both!(
             .error(400, "malformed_notification");
         let other_bundle = store
             .chain
-            .notification(&store_sim::apple::Notification {
+            .notification(&store_sim::apple::chain::Notification {
                 notification_type: "TEST",
                 uuid: "t3",
                 signed_date: t,
@@ -619,7 +619,7 @@ both!(
         server.fail_next(vec![(500, None), (500, None), (500, None), (500, None)]);
         by_id("u3", "11001").await.error(503, "store_unavailable");
         // Credentials Apple does not know.
-        let stranger = store_sim::apple_api::ApiKey::generate(
+        let stranger = store_sim::apple::api::ApiKey::generate(
             "69a6de70-03db-47e3-e053-5b8c7c11a4d1",
             "2X9R4HXF34",
         )
@@ -643,7 +643,7 @@ both!(
     |app: TestApp| async move {
         use std::sync::Arc;
 
-        use store_sim::apple_api::ApiKey;
+        use store_sim::apple::api::ApiKey;
         app.seed_catalog("acme").await;
         let chain = Arc::new(AppleChain::generate().unwrap());
         let (server, url) = serve_api(chain.clone(), ApiKey::generate("i", "k").unwrap()).await;
@@ -723,8 +723,8 @@ both!(
 /// standard catalog.
 struct WithApi {
     chain: std::sync::Arc<AppleChain>,
-    key: store_sim::apple_api::ApiKey,
-    server: std::sync::Arc<store_sim::apple_api::AppStoreServer>,
+    key: store_sim::apple::api::ApiKey,
+    server: std::sync::Arc<store_sim::apple::api::AppStoreServer>,
     url: String,
 }
 
@@ -732,7 +732,7 @@ impl WithApi {
     async fn open(app: &TestApp) -> WithApi {
         app.seed_catalog("acme").await;
         let chain = std::sync::Arc::new(AppleChain::generate().unwrap());
-        let key = store_sim::apple_api::ApiKey::generate(
+        let key = store_sim::apple::api::ApiKey::generate(
             "69a6de70-03db-47e3-e053-5b8c7c11a4d1",
             "2X9R4HXF34",
         )
@@ -767,9 +767,12 @@ impl WithApi {
 /// Starts the simulator's App Store Server API (and verifyReceipt) on loopback; returns it and its URL.
 async fn serve_api(
     chain: std::sync::Arc<AppleChain>,
-    key: store_sim::apple_api::ApiKey,
-) -> (std::sync::Arc<store_sim::apple_api::AppStoreServer>, String) {
-    let server = store_sim::apple_api::AppStoreServer::new(chain, key, "edu.acme.app");
+    key: store_sim::apple::api::ApiKey,
+) -> (
+    std::sync::Arc<store_sim::apple::api::AppStoreServer>,
+    String,
+) {
+    let server = store_sim::apple::api::AppStoreServer::new(chain, key, "edu.acme.app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = server.router();
@@ -869,7 +872,7 @@ both!(
 both!(
     a_consumption_request_is_kept_and_answered_from_the_ledger,
     |app: TestApp| async move {
-        use store_sim::apple::Notification;
+        use store_sim::apple::chain::Notification;
         let api = WithApi::open(&app).await;
         let (chain, server) = (api.chain.clone(), api.server.clone());
         let settings =
@@ -1037,7 +1040,7 @@ both!(
 both!(
     missed_notifications_are_recovered_from_apples_history,
     |app: TestApp| async move {
-        use store_sim::apple::Notification;
+        use store_sim::apple::chain::Notification;
         let api = WithApi::open(&app).await;
         let (chain, server) = (api.chain.clone(), api.server.clone());
         let t = t0().millis() - 60_000;
@@ -1140,7 +1143,7 @@ both!(
             jobs::{Outcome, recovery::step},
             service::recovery::APPLE_CURSOR,
         };
-        use store_sim::apple::Notification;
+        use store_sim::apple::chain::Notification;
         let api = WithApi::open(&app).await;
         let (chain, server) = (api.chain.clone(), api.server.clone());
         // A second app whose API key Apple refuses: it fails alone.

@@ -22,9 +22,9 @@ use gateway_core::{
     apple::{AppleEnvironment, SignedDataVerifier, TrustedRoots},
 };
 use serde_json::{Value, json};
-use store_sim::{
-    apple::{AppleChain, Notification},
-    apple_api::{ApiKey, AppStoreServer},
+use store_sim::apple::{
+    api::{ApiKey, AppStoreServer},
+    chain::{AppleChain, Notification},
 };
 
 use crate::helpers::{Backend, spawn_app};

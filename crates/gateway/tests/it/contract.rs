@@ -3,7 +3,7 @@
 
 use reqwest::Method;
 use serde_json::json;
-use store_sim::apple::AppleChain;
+use store_sim::apple::chain::AppleChain;
 
 use crate::{both, helpers::*};
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use reqwest::Method;
 use serde_json::json;
-use store_sim::apple::{AppleChain, Notification};
+use store_sim::apple::chain::{AppleChain, Notification};
 
 use crate::{both, helpers::*};
 

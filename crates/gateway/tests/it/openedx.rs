@@ -14,7 +14,7 @@ use gateway_core::{Clock, Timestamp};
 use serde_json::{Value, json};
 use store_sim::{
     SimClock,
-    apple_store::{ProductKind, RevocationReason},
+    apple::store::{ProductKind, RevocationReason},
     openedx::{self, Course, Enrollment as Enrolled, Mode, OWNER},
 };
 

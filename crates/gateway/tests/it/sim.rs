@@ -1,4 +1,4 @@
-//! Whole stories driven through the simulated App Store (`store_sim::apple_store`): Apple's actions
+//! Whole stories driven through the simulated App Store (`store_sim::apple::store`): Apple's actions
 //! reach the gateway only as signed notifications, and the customer's snapshot and outbox follow.
 //! Plus the `purchase-gateway sim` command against a running gateway.
 
@@ -8,9 +8,11 @@ use gateway_core::{Clock, Timestamp};
 use serde_json::{Value, json};
 use store_sim::{
     SimClock,
-    apple::AppleChain,
-    apple_api::{ApiKey, AppStoreServer},
-    apple_store::{AppleStore, ExpirySubtype, Period, ProductKind, RevocationReason},
+    apple::{
+        api::{ApiKey, AppStoreServer},
+        chain::AppleChain,
+        store::{AppleStore, ExpirySubtype, Period, ProductKind, RevocationReason},
+    },
 };
 
 use crate::{both, helpers::*};

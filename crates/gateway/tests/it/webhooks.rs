@@ -15,7 +15,7 @@ use std::{
 use axum::{body::Bytes, extract::State, http::HeaderMap};
 use gateway_core::Clock;
 use serde_json::{Value, json};
-use store_sim::apple_store::ProductKind;
+use store_sim::apple::store::ProductKind;
 
 use crate::{
     both,

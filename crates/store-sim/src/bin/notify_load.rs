@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
-use store_sim::apple::{AppleChain, Notification};
+use store_sim::apple::chain::{AppleChain, Notification};
 
 #[derive(Parser)]
 #[command(

@@ -1,0 +1,227 @@
+//! The simulated App Store's HTTP control surface under `/sim/apple`, JSON in and out: the router,
+//! one handler per action, body parsing and the error answers. The actions themselves are in
+//! `mod.rs`.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{
+    AppleStore, AppleStoreError, ExpirySubtype, Outcome, ProductKind, Purchase, RevocationReason,
+};
+
+impl AppleStoreError {
+    /// The HTTP status and machine-readable code the control surface answers with.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::UnknownTransaction(_) => (StatusCode::NOT_FOUND, "unknown_transaction"),
+            Self::NotASubscription(_) => (StatusCode::CONFLICT, "not_a_subscription"),
+            Self::AlreadyRevoked(_) => (StatusCode::CONFLICT, "already_revoked"),
+            Self::NotRefunded(_) => (StatusCode::CONFLICT, "not_refunded"),
+            Self::AlreadyExpired(_) => (StatusCode::CONFLICT, "already_expired"),
+            Self::Revoked(_) => (StatusCode::CONFLICT, "revoked"),
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::NoNotificationUrl => (StatusCode::CONFLICT, "no_notification_url"),
+            Self::Sign(_) => (StatusCode::INTERNAL_SERVER_ERROR, "signing_failed"),
+        }
+    }
+}
+
+impl IntoResponse for AppleStoreError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
+    }
+}
+
+impl AppleStore {
+    /// The control surface: `POST /sim/apple/{buy, renew, fail-to-renew, refund, reverse-refund,
+    /// revoke, expire}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
+    /// `GET /sim/apple/transactions/{id}/signed` and `GET|POST /sim/apple/clock`. Errors are
+    /// `{"error": {"code", "message"}}` with a 4xx for a bad request or an unknown id.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/sim/apple/buy", post(buy))
+            .route("/sim/apple/renew", post(renew))
+            .route("/sim/apple/fail-to-renew", post(fail_to_renew))
+            .route("/sim/apple/refund", post(refund))
+            .route("/sim/apple/reverse-refund", post(reverse_refund))
+            .route("/sim/apple/revoke", post(revoke))
+            .route("/sim/apple/expire", post(expire))
+            .route("/sim/apple/transactions/{id}", get(transaction))
+            .route("/sim/apple/transactions/{id}/signed", get(signed))
+            .route("/sim/apple/clock", get(clock).post(set_clock))
+            .with_state(self.clone())
+    }
+}
+
+/// What the control handlers answer.
+type Answer = Result<Response, AppleStoreError>;
+
+/// Reads a JSON body, answering a clear 400 (not axum's plain-text rejection) when it does not fit.
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppleStoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AppleStoreError::Invalid(format!("the body does not fit this action: {e}")))
+}
+
+fn outcome(o: Outcome) -> Response {
+    Json(o).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuyBody {
+    sku: String,
+    kind: String,
+    period: Option<String>,
+    app_account_token: Option<String>,
+    quantity: Option<u32>,
+    #[serde(default)]
+    family_shared: bool,
+    price: Option<i64>,
+}
+
+async fn buy(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: BuyBody = body(&bytes)?;
+    let kind = ProductKind::parse(&b.kind, b.period.as_deref())?;
+    let purchase = Purchase {
+        sku: &b.sku,
+        kind,
+        app_account_token: b.app_account_token.as_deref(),
+        quantity: b.quantity.unwrap_or(1),
+        family_shared: b.family_shared,
+        price: b.price,
+    };
+    Ok(outcome(s.buy_with(&purchase).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineageBody {
+    original_transaction_id: String,
+}
+
+async fn renew(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: LineageBody = body(&bytes)?;
+    Ok(outcome(s.renew(&b.original_transaction_id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailBody {
+    original_transaction_id: String,
+    /// Apple offers 3, 16 or 28 days; any whole number of days is taken.
+    grace_period_days: Option<u32>,
+}
+
+async fn fail_to_renew(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: FailBody = body(&bytes)?;
+    let grace = b
+        .grace_period_days
+        .map(|d| Duration::from_secs(u64::from(d) * 86_400));
+    Ok(outcome(
+        s.fail_to_renew(&b.original_transaction_id, grace).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    transaction_id: String,
+    /// Apple's `revocationReason`: 0 (another reason, the default) or 1 (an issue in the app).
+    revocation_reason: Option<i64>,
+}
+
+async fn refund(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: RefundBody = body(&bytes)?;
+    let reason = match b.revocation_reason {
+        None | Some(0) => RevocationReason::Other,
+        Some(1) => RevocationReason::AppIssue,
+        Some(n) => {
+            return Err(AppleStoreError::Invalid(format!(
+                "revocation_reason {n} is not Apple's: 0 (another reason) or 1 (an issue in the app)"
+            )));
+        }
+    };
+    Ok(outcome(s.refund(&b.transaction_id, reason).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransactionBody {
+    transaction_id: String,
+}
+
+async fn reverse_refund(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: TransactionBody = body(&bytes)?;
+    Ok(outcome(s.reverse_refund(&b.transaction_id).await?))
+}
+
+async fn revoke(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: TransactionBody = body(&bytes)?;
+    Ok(outcome(s.revoke(&b.transaction_id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpireBody {
+    original_transaction_id: String,
+    /// VOLUNTARY (the default), BILLING_RETRY, PRICE_INCREASE or PRODUCT_NOT_FOR_SALE.
+    subtype: Option<String>,
+}
+
+async fn expire(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: ExpireBody = body(&bytes)?;
+    let subtype = b
+        .subtype
+        .as_deref()
+        .map_or(Ok(ExpirySubtype::Voluntary), str::parse)?;
+    Ok(outcome(
+        s.expire(&b.original_transaction_id, subtype).await?,
+    ))
+}
+
+async fn transaction(State(s): State<Arc<AppleStore>>, Path(id): Path<String>) -> Answer {
+    Ok(Json(s.transaction(&id)?).into_response())
+}
+
+async fn signed(State(s): State<Arc<AppleStore>>, Path(id): Path<String>) -> Answer {
+    Ok(Json(json!({"signedTransactionInfo": s.signed_transaction(&id)?})).into_response())
+}
+
+async fn clock(State(s): State<Arc<AppleStore>>) -> Response {
+    Json(json!({"now_ms": s.clock.now_ms()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockBody {
+    /// Stops the clock here (Unix ms).
+    now_ms: Option<i64>,
+    /// Then moves it this far.
+    advance_ms: Option<i64>,
+}
+
+async fn set_clock(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: ClockBody = body(&bytes)?;
+    if let Some(at) = b.now_ms {
+        s.clock.set(at);
+    }
+    if let Some(by) = b.advance_ms {
+        s.clock.advance(by);
+    }
+    Ok(Json(json!({"now_ms": s.clock.now_ms()})).into_response())
+}
