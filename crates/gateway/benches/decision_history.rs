@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gateway::{
     db::Db,
-    service::{apps, catalog, decision},
+    service::{self, apps, catalog, decision},
 };
 use gateway_core::{AppId, AppUserId, PurchaseFacts, Timestamp};
 use serde_json::json;
@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = rt.block_on(async {
+    let cx = rt.block_on(async {
         let db = Db::connect(&format!("sqlite://{}/bench.db", dir.path().display()))
             .await
             .unwrap();
@@ -66,10 +66,11 @@ fn bench(c: &mut Criterion) {
             "store_skus": {"app_store": "edu.acme.premium"}, "entitlements": [{"id": "premium", "attributes": {}}],
             "consumable": null, "access_duration": null, "expires_at": null, "active": true}))
         .unwrap();
-        catalog::put(&db, &"acme".parse().unwrap(), product, t0())
+        let cx = service::Context::new(db);
+        catalog::put(&cx, &"acme".parse().unwrap(), product, t0())
             .await
             .unwrap();
-        db
+        cx
     });
     let app: AppId = "acme".parse().unwrap();
     let mut group = c.benchmark_group("decide_renewal");
@@ -81,7 +82,7 @@ fn bench(c: &mut Criterion) {
         let lineage = format!("{}", 500_000 + history);
         rt.block_on(async {
             for n in 0..history {
-                decision::apply(&db, &app, &customer, renewal(&lineage, n), t0())
+                decision::apply(&cx, &app, &customer, renewal(&lineage, n), t0())
                     .await
                     .unwrap();
             }
@@ -93,7 +94,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 n += 1;
                 rt.block_on(decision::apply(
-                    &db,
+                    &cx,
                     &app,
                     &customer,
                     renewal(&lineage, n),
@@ -106,7 +107,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let product = rt
-        .block_on(catalog::get(&db, &app, &"premium".parse().unwrap()))
+        .block_on(catalog::get(&cx.db, &app, &"premium".parse().unwrap()))
         .unwrap();
     let products: gateway_core::decide::Catalog = [(product.id.clone(), product)].into();
     let mut group = c.benchmark_group("read_and_fold");
@@ -118,7 +119,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(history), &history, |b, _| {
             b.iter(|| {
                 rt.block_on(async {
-                    let mut conn = db.reader().acquire().await.unwrap();
+                    let mut conn = cx.db.reader().acquire().await.unwrap();
                     let loaded =
                         gateway::db::batch::load(&mut conn, std::slice::from_ref(&customer))
                             .await

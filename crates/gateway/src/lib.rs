@@ -54,7 +54,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
         .build()?;
     Ok(AppState {
-        db,
+        cx: service::Context::new(db),
         config: Arc::new(config),
         clock,
         metrics: telemetry::metrics(),
@@ -86,12 +86,12 @@ pub async fn run(
         None,
         &state,
         &shutdown,
-        |s| async move { jobs::expiry::step(&s.db, &s.clock).await },
+        |s| async move { jobs::expiry::step(&s.cx, &s.clock).await },
     );
     let deliveries = spawn_job(
         "deliveries",
         DELIVERY_TICK,
-        Some((state.db.changes().outbox_signal(), DELIVERY_LINGER)),
+        Some((state.cx.db.changes().outbox_signal(), DELIVERY_LINGER)),
         &state,
         &shutdown,
         |s| async move {
@@ -100,7 +100,7 @@ pub async fn run(
                 lms: s.lms.clone(),
                 apple_api: s.apple_api.clone(),
             };
-            jobs::deliveries::step(&s.db, &s.clock, &senders).await
+            jobs::deliveries::step(&s.cx.db, &s.clock, &senders).await
         },
     );
     let housekeeping = spawn_job(
@@ -109,7 +109,7 @@ pub async fn run(
         None,
         &state,
         &shutdown,
-        |s| async move { jobs::housekeeping::step(&s.db, s.clock.as_ref()).await },
+        |s| async move { jobs::housekeeping::step(&s.cx, s.clock.as_ref()).await },
     );
     let recovery = spawn_job(
         "recovery",
@@ -117,11 +117,11 @@ pub async fn run(
         None,
         &state,
         &shutdown,
-        |s| async move { jobs::recovery::step(&s.db, &s.clock, &s.apple, &s.apple_api).await },
+        |s| async move { jobs::recovery::step(&s.cx, &s.clock, &s.apple, &s.apple_api).await },
     );
-    let listener_task = match state.db.dialect {
+    let listener_task = match state.cx.db.dialect {
         db::Dialect::Postgres => Some(tokio::spawn(db::changes::listen(
-            state.db.clone(),
+            state.cx.db.clone(),
             state.config.database_url.clone(),
             shutdown.clone(),
         ))),

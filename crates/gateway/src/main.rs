@@ -285,7 +285,7 @@ async fn products(config: Config, command: ProductsCommand) -> anyhow::Result<()
             service::apps::get(&db, &app)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            import(&db, &app, &file).await?;
+            import(&service::Context::new(db.clone()), &app, &file).await?;
         }
         ProductsCommand::Export { app, output } => {
             let app = AppId::parse(app)?;
@@ -306,7 +306,7 @@ async fn products(config: Config, command: ProductsCommand) -> anyhow::Result<()
     Ok(())
 }
 
-async fn import(db: &Db, app: &AppId, file: &Path) -> anyhow::Result<()> {
+async fn import(cx: &service::Context, app: &AppId, file: &Path) -> anyhow::Result<()> {
     let data = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
     let rows = bytecount_lines(&data).saturating_sub(1);
     let bar = indicatif::ProgressBar::new(rows);
@@ -317,7 +317,7 @@ async fn import(db: &Db, app: &AppId, file: &Path) -> anyhow::Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let now = gateway_core::Clock::now(&SystemClock);
-    let result = service::catalog::import_csv(db, app, &data, now, &|n| bar.set_position(n)).await;
+    let result = service::catalog::import_csv(cx, app, &data, now, &|n| bar.set_position(n)).await;
     bar.finish_and_clear();
     match result {
         Ok(n) => {

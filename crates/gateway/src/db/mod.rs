@@ -118,11 +118,7 @@ pub struct Db {
     read: AnyPool,
     write: AnyPool,
     changes: std::sync::Arc<changes::Changes>,
-    /// The decision committer of this handle's process, started on first use. It lives while any
-    /// clone of the handle does.
-    committer: std::sync::Arc<std::sync::OnceLock<crate::service::committer::Committer>>,
     apps: std::sync::Arc<apps::Cache>,
-    signing: std::sync::Arc<signing_keys::Cache<crate::service::tokens::Keys>>,
     keys: std::sync::Arc<keys::Liveness>,
 }
 
@@ -141,9 +137,7 @@ impl Db {
                     read,
                     write,
                     changes: Default::default(),
-                    committer: Default::default(),
                     apps: Default::default(),
-                    signing: Default::default(),
                     keys: Default::default(),
                 })
             }
@@ -158,9 +152,7 @@ impl Db {
                     read: pool.clone(),
                     write: pool,
                     changes: Default::default(),
-                    committer: Default::default(),
                     apps: Default::default(),
-                    signing: Default::default(),
                     keys: Default::default(),
                 })
             }
@@ -209,26 +201,9 @@ impl Db {
         &self.changes
     }
 
-    /// The decision committer (group commit): started on the first decision, on this runtime.
-    pub fn committer(&self) -> &crate::service::committer::Committer {
-        self.committer.get_or_init(|| {
-            // The committer's own handle has an empty slot, so it does not keep itself alive.
-            let own = Db {
-                committer: Default::default(),
-                ..self.clone()
-            };
-            crate::service::committer::Committer::start(own)
-        })
-    }
-
     /// Apps read recently (see [`apps::Cache`]).
     pub(crate) fn app_cache(&self) -> &apps::Cache {
         &self.apps
-    }
-
-    /// Entitlement-token keys read recently (see [`signing_keys::Cache`]).
-    pub(crate) fn signing_cache(&self) -> &signing_keys::Cache<crate::service::tokens::Keys> {
-        &self.signing
     }
 
     /// What this process knows of API keys' liveness (see [`keys::Liveness`]).

@@ -1,11 +1,4 @@
-//! `signing_keys`: the ES256 keys that sign entitlement tokens, shared by every instance, and a
-//! short-lived in-process cache of them (a snapshot read signs a token; reading the keys for each would
-//! be waste).
-
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+//! `signing_keys`: the ES256 keys that sign entitlement tokens, shared by every instance.
 
 use gateway_core::Timestamp;
 use sqlx::Row;
@@ -85,45 +78,4 @@ pub async fn add(db: &Db, key: &StoredKey, retire_others_at: Option<Timestamp>) 
     .await?;
     super::commit(tx).await?;
     Ok(())
-}
-
-/// How long read keys are reused. A rotation through this process is seen at once; one through
-/// another instance, within this time.
-const CACHE_TTL: Duration = Duration::from_secs(10);
-
-/// The keys read recently, with whatever the service derived from them (parsed key pairs).
-pub struct Cache<T> {
-    slot: Mutex<Option<(Instant, Arc<T>)>>,
-}
-
-impl<T> Default for Cache<T> {
-    fn default() -> Self {
-        Cache {
-            slot: Mutex::new(None),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for Cache<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("signing_keys::Cache")
-    }
-}
-
-impl<T> Cache<T> {
-    /// The cached value, if read within [`CACHE_TTL`].
-    pub fn get(&self) -> Option<Arc<T>> {
-        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref()
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, v)| v.clone())
-    }
-
-    pub fn put(&self, value: Arc<T>) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), value));
-    }
-
-    pub fn clear(&self) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
 }

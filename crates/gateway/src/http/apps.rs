@@ -32,7 +32,7 @@ pub async fn create_app(
     ApiJson(body): ApiJson<NewApp>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
-    let app = apps::create(&s.db, body, s.clock.now()).await?;
+    let app = apps::create(&s.cx.db, body, s.clock.now()).await?;
     tracing::info!(app = %app.id, "app created");
     Ok((StatusCode::CREATED, ApiJson(apps::public_view(&app))))
 }
@@ -68,7 +68,7 @@ pub async fn patch_app(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     Ok(ApiJson(apps::public_view(
-        &apps::update(&s.db, &app, body, s.clock.now()).await?,
+        &apps::update(&s.cx.db, &app, body, s.clock.now()).await?,
     )))
 }
 
@@ -107,7 +107,7 @@ pub async fn create_key(
     ApiJson(body): ApiJson<NewKeyBody>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
-    let new = keys::create(&s.db, Some(&app), body.kind, body.scopes, s.clock.now()).await?;
+    let new = keys::create(&s.cx.db, Some(&app), body.kind, body.scopes, s.clock.now()).await?;
     tracing::info!(app = %app, key_id = %new.key.id, "key created");
     let answer = NewKeyAnswer {
         id: new.key.id,
@@ -127,7 +127,7 @@ pub async fn list_keys(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
     Ok(ApiJson(KeyList {
-        keys: db::keys::list_for_app(&s.db, &app).await?,
+        keys: db::keys::list_for_app(&s.cx.db, &app).await?,
     }))
 }
 
@@ -141,7 +141,7 @@ pub async fn revoke_key(
 ) -> ApiResult<impl IntoResponse> {
     let key_id = parse_id(&key_id, "key_id")?.to_string();
     let app = app_for(&s, &caller, &app, Access::Admin).await?.id;
-    if db::keys::revoke(&s.db, &app, &key_id, s.clock.now()).await? {
+    if db::keys::revoke(&s.cx.db, &app, &key_id, s.clock.now()).await? {
         tracing::info!(app = %app, key_id = %key_id, "key revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -163,7 +163,7 @@ pub struct AppList {
 #[utoipa::path(get, path = "/v1/apps", tag = "apps", responses((status = 200, body = AppList), (status = 403, description = "Not an admin key", body = ErrorBody)))]
 pub async fn list_apps(State(s): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
-    let apps = db::apps::list(&s.db)
+    let apps = db::apps::list(&s.cx.db)
         .await?
         .iter()
         .map(apps::public_view)
@@ -192,7 +192,7 @@ pub async fn list_all_keys(
     caller: Caller,
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
-    let keys = db::keys::list_all(&s.db)
+    let keys = db::keys::list_all(&s.cx.db)
         .await?
         .into_iter()
         .map(|(app_id, key)| AnyKey { app_id, key })
@@ -211,7 +211,7 @@ pub async fn revoke_any_key(
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
     let key_id = parse_id(&key_id, "key_id")?.to_string();
-    if db::keys::revoke_any(&s.db, &key_id, s.clock.now()).await? {
+    if db::keys::revoke_any(&s.cx.db, &key_id, s.clock.now()).await? {
         tracing::info!(key_id = %key_id, "key revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -42,7 +42,7 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::unauthorized("Send an API key as `Authorization: Bearer <key>`.")
         })?;
-        let key = keys::authenticate(&state.db, token, state.bootstrap_hash.as_deref())
+        let key = keys::authenticate(&state.cx.db, token, state.bootstrap_hash.as_deref())
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::unauthorized("This API key is not valid or was revoked."))?;

@@ -42,7 +42,7 @@ pub async fn list_products(
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
-    let products = crate::db::products::list(&s.db, &app, false).await?;
+    let products = crate::db::products::list(&s.cx.db, &app, false).await?;
     Ok(ApiJson(ProductList { products }))
 }
 
@@ -58,7 +58,7 @@ pub async fn put_product(
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let id = parse_product(&product)?;
     let (product, is_new) =
-        catalog::put(&s.db, &app, body.into_product(id)?, s.clock.now()).await?;
+        catalog::put(&s.cx, &app, body.into_product(id)?, s.clock.now()).await?;
     let status = if is_new {
         StatusCode::CREATED
     } else {
@@ -76,7 +76,7 @@ pub async fn get_product(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let id = parse_product(&product)?;
-    Ok(ApiJson(catalog::get(&s.db, &app, &id).await?))
+    Ok(ApiJson(catalog::get(&s.cx.db, &app, &id).await?))
 }
 
 /// Deactivates a product: it is no longer offered; purchases of it keep their access and history.
@@ -89,7 +89,7 @@ pub async fn delete_product(
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     let id = parse_product(&product)?;
     Ok(ApiJson(
-        catalog::deactivate(&s.db, &app, &id, s.clock.now()).await?,
+        catalog::deactivate(&s.cx.db, &app, &id, s.clock.now()).await?,
     ))
 }
 
@@ -116,7 +116,7 @@ pub async fn import_products(
             "Send the catalog as `Content-Type: text/csv`.",
         ));
     }
-    let n = catalog::import_csv(&s.db, &app, &body, s.clock.now(), &|_| {}).await?;
+    let n = catalog::import_csv(&s.cx, &app, &body, s.clock.now(), &|_| {}).await?;
     tracing::info!(app = %app, products = n, "catalog imported");
     Ok(ApiJson(Imported { imported: n }))
 }
@@ -130,7 +130,7 @@ pub async fn export_products(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     Ok(with_type(
-        catalog::export_csv(&s.db, &app).await?,
+        catalog::export_csv(&s.cx.db, &app).await?,
         "text/csv; charset=utf-8",
     ))
 }

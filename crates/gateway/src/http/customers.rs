@@ -91,12 +91,12 @@ pub async fn get_customer(
         (Some(wait), Some(after)) => {
             let wait = std::time::Duration::from_secs(wait);
             tokio::select! {
-                snap = customers::snapshot_after(&s.db, &app, &user, after, wait, s.clock.as_ref(), &credentials) => snap?,
+                snap = customers::snapshot_after(&s.cx, &app, &user, after, wait, s.clock.as_ref(), &credentials) => snap?,
                 // The server is stopping: answer with what there is now.
-                _ = s.shutdown.cancelled() => customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
+                _ = s.shutdown.cancelled() => customers::snapshot(&s.cx, &app, &user, s.clock.now()).await?,
             }
         }
-        _ => customers::snapshot(&s.db, &app, &user, s.clock.now()).await?,
+        _ => customers::snapshot(&s.cx, &app, &user, s.clock.now()).await?,
     };
     Ok(ApiJson(snap))
 }
@@ -112,7 +112,7 @@ pub async fn offerings(
     let user = parse_user(&user)?;
     let found = app_for_customer(&s, &caller, &app, &user, &headers, READ).await?;
     let app = found.id.clone();
-    let products = customers::offerings(&s.db, &app, &user, s.clock.now()).await?;
+    let products = customers::offerings(&s.cx, &app, &user, s.clock.now()).await?;
     Ok(ApiJson(ProductList { products }))
 }
 
@@ -137,7 +137,7 @@ pub async fn timeline(
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
-    let rows = customers::timeline(&s.db, &app, &user, q.before, q.limit.unwrap_or(100)).await?;
+    let rows = customers::timeline(&s.cx.db, &app, &user, q.before, q.limit.unwrap_or(100)).await?;
     Ok(ApiJson(Timeline { events: rows }))
 }
 
@@ -175,7 +175,7 @@ pub async fn create_order(
         .map(|p| parse_product(p))
         .collect::<Result<Vec<_>, _>>()?;
     let order =
-        customers::create_order(&s.db, &app, &user, ids, body.country, s.clock.now()).await?;
+        customers::create_order(&s.cx.db, &app, &user, ids, body.country, s.clock.now()).await?;
     Ok((
         StatusCode::CREATED,
         ApiJson(OrderAnswer {
@@ -229,7 +229,7 @@ pub async fn grant(
         expires_at: body.expires_at,
         idempotency_key: idempotency_key(&headers),
     };
-    let snap = customers::grant(&s.db, &app, &user, grant, caller.id(), s.clock.now()).await?;
+    let snap = customers::grant(&s.cx, &app, &user, grant, caller.id(), s.clock.now()).await?;
     Ok((StatusCode::CREATED, ApiJson(snap)))
 }
 
@@ -257,7 +257,7 @@ pub async fn revoke(
         reason: body.reason,
         idempotency_key: idempotency_key(&headers),
     };
-    let snap = customers::revoke(&s.db, &app, &user, revoke, caller.id(), s.clock.now()).await?;
+    let snap = customers::revoke(&s.cx, &app, &user, revoke, caller.id(), s.clock.now()).await?;
     Ok(ApiJson(snap))
 }
 
@@ -298,7 +298,7 @@ pub async fn spend(
             )
         })?;
     let spent = customers::spend(
-        &s.db,
+        &s.cx.db,
         &app,
         &user,
         currency,
@@ -349,7 +349,7 @@ pub async fn events(
         let (s, app, user, credentials, after) = state?;
         loop {
             let snap = customers::snapshot_after(
-                &s.db,
+                &s.cx,
                 &app,
                 &user,
                 after,

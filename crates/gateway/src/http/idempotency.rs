@@ -75,7 +75,7 @@ pub async fn layer(
     };
     // The key is checked before anything else about the request, this header included: a caller
     // without a valid key learns 401, never what else is wrong.
-    match keys::authenticate(&state.db, &token, state.bootstrap_hash.as_deref()).await {
+    match keys::authenticate(&state.cx.db, &token, state.bootstrap_hash.as_deref()).await {
         Ok(Some(caller)) => {
             parts.extensions.insert(Caller(caller));
         }
@@ -107,7 +107,7 @@ pub async fn layer(
     let request_hash = hex::encode(h.finalize());
     let now = state.clock.now().millis();
 
-    match idempotency::claim(&state.db, &owner, &key, &request_hash, now).await {
+    match idempotency::claim(&state.cx.db, &owner, &key, &request_hash, now).await {
         Ok(Claim::Claimed) => {}
         Ok(Claim::InFlight { .. }) => {
             return ApiError::new(
@@ -143,7 +143,7 @@ pub async fn layer(
         .await;
     let status = res.status();
     if status.is_server_error() || status == StatusCode::UNAUTHORIZED {
-        if let Err(e) = idempotency::release(&state.db, &owner, &key).await {
+        if let Err(e) = idempotency::release(&state.cx.db, &owner, &key).await {
             tracing::error!(error = %e, "could not release an idempotency key");
         }
         return res;
@@ -153,7 +153,7 @@ pub async fn layer(
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "could not buffer a response");
-            let _ = idempotency::release(&state.db, &owner, &key).await;
+            let _ = idempotency::release(&state.cx.db, &owner, &key).await;
             return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -163,7 +163,8 @@ pub async fn layer(
         }
     };
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    if let Err(e) = idempotency::complete(&state.db, &owner, &key, status.as_u16(), &text).await {
+    if let Err(e) = idempotency::complete(&state.cx.db, &owner, &key, status.as_u16(), &text).await
+    {
         tracing::error!(error = %e, "could not store an idempotent answer");
     }
     Response::from_parts(parts, Body::from(bytes))

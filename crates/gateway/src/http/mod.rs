@@ -28,7 +28,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::error::ApiError;
-use crate::{config::Config, db::Db};
+use crate::config::Config;
 
 /// How long one request may run before it is answered 408: long enough for a store call with retries,
 /// short enough that a stuck request does not hold a connection for ever.
@@ -37,7 +37,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: Db,
+    /// Storage, the committer and the token keys that the use cases share.
+    pub cx: crate::service::Context,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
@@ -210,7 +211,7 @@ pub async fn app_for(
         Access::Scopes(scopes) => caller.require(&id, scopes)?,
         Access::ScopesOrPublishable(scopes) => caller.require_or_publishable(&id, scopes)?,
     }
-    Ok(crate::service::apps::get(&state.db, &id).await?)
+    Ok(crate::service::apps::get(&state.cx.db, &id).await?)
 }
 
 /// [`app_for`] for a call made for one customer: an admin or scoped secret key, or the app's

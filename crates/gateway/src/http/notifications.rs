@@ -29,9 +29,9 @@ pub async fn app_store(
     Path(app): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let app = apps::get(&s.db, &parse_app(&app)?).await?;
+    let app = apps::get(&s.cx.db, &parse_app(&app)?).await?;
     let received =
-        notifications::receive_apple(&s.db, &s.apple, &app, &body, s.clock.now()).await?;
+        notifications::receive_apple(&s.cx, &s.apple, &app, &body, s.clock.now()).await?;
     metrics::counter!("gateway_notifications_total", "store" => "app_store", "status" => received.status).increment(1);
     tracing::info!(app = %app.id, notification = %received.notification_uuid, status = received.status, "App Store notification");
     Ok(ApiJson(received))
@@ -66,7 +66,7 @@ pub async fn recover_app_store(
     let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Purchases])).await?;
     let now = s.clock.now();
     let recovered = recovery::recover_apple(
-        &s.db,
+        &s.cx,
         (&s.apple, &s.apple_api),
         &app,
         (req.start, req.end.unwrap_or(now)),

@@ -24,8 +24,9 @@ pub async fn healthz() -> impl IntoResponse {
 /// The database answers.
 #[utoipa::path(get, path = "/readyz", tag = "service", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "The database does not answer")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.db.ping().await {
-        axum::Json(json!({"status": "ready", "database": state.db.dialect.name()})).into_response()
+    if state.cx.db.ping().await {
+        axum::Json(json!({"status": "ready", "database": state.cx.db.dialect.name()}))
+            .into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

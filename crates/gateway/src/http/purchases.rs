@@ -88,7 +88,7 @@ pub async fn submit(
         checkout_session_id: body.checkout_session_id,
     };
     let answer = purchases::submit(
-        &s.db,
+        &s.cx,
         purchases::AppleStore {
             verifiers: &s.apple,
             api: &s.apple_api,
@@ -148,7 +148,7 @@ pub async fn restore(
         api: &s.apple_api,
     };
     let snap = purchases::restore(
-        &s.db,
+        &s.cx,
         stores,
         &app,
         &user,

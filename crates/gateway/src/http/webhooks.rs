@@ -40,7 +40,7 @@ pub async fn create_endpoint(
     ApiJson(body): ApiJson<NewEndpoint>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
-    let view = webhooks::create(&s.db, &app, body, s.clock.now()).await?;
+    let view = webhooks::create(&s.cx.db, &app, body, s.clock.now()).await?;
     Ok((StatusCode::CREATED, ApiJson(view)))
 }
 
@@ -53,7 +53,7 @@ pub async fn list_endpoints(
     Path(app): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
-    let endpoints = crate::db::endpoints::list(&s.db, &app)
+    let endpoints = crate::db::endpoints::list(&s.cx.db, &app)
         .await?
         .iter()
         .map(|e| webhooks::view(e, None))
@@ -73,7 +73,7 @@ pub async fn get_endpoint(
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
     let id = id.as_str();
     Ok(ApiJson(webhooks::view(
-        &webhooks::get(&s.db, &app, id).await?,
+        &webhooks::get(&s.cx.db, &app, id).await?,
         None,
     )))
 }
@@ -90,7 +90,7 @@ pub async fn patch_endpoint(
     let id = parse_id(&id, "endpoint_id")?;
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
     Ok(ApiJson(
-        webhooks::update(&s.db, &app, id.as_str(), patch, s.clock.now()).await?,
+        webhooks::update(&s.cx.db, &app, id.as_str(), patch, s.clock.now()).await?,
     ))
 }
 
@@ -113,7 +113,7 @@ pub async fn rotate_secret(
         json_body::<Option<Rotation>>(&body)?.unwrap_or_default()
     };
     Ok(ApiJson(
-        webhooks::rotate(&s.db, &app, id.as_str(), rotation, s.clock.now()).await?,
+        webhooks::rotate(&s.cx.db, &app, id.as_str(), rotation, s.clock.now()).await?,
     ))
 }
 
@@ -176,7 +176,7 @@ pub async fn list_deliveries(
         limit,
     };
     Ok(ApiJson(DeliveryList {
-        deliveries: deliveries::list(&s.db, &app, &filter).await?,
+        deliveries: deliveries::list(&s.cx.db, &app, &filter).await?,
     }))
 }
 
@@ -198,7 +198,7 @@ pub async fn get_delivery(
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "delivery_id")?.to_string();
     let app = app_for(&s, &caller, &app, Access::Scopes(READ)).await?.id;
-    let found = deliveries::get(&s.db, &app, &id)
+    let found = deliveries::get(&s.cx.db, &app, &id)
         .await?
         .ok_or_else(|| delivery_not_found(&id))?;
     Ok(ApiJson(found))
@@ -214,7 +214,7 @@ pub async fn retry_delivery(
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "delivery_id")?.to_string();
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
-    let found = deliveries::get(&s.db, &app, &id)
+    let found = deliveries::get(&s.cx.db, &app, &id)
         .await?
         .ok_or_else(|| delivery_not_found(&id))?;
     if found.status == Status::Delivered {
@@ -224,9 +224,9 @@ pub async fn retry_delivery(
             "This delivery was delivered; only pending or dead deliveries are retried.",
         ));
     }
-    deliveries::retry(&s.db, &app, &id, s.clock.now()).await?;
-    s.db.changes().outbox_signal().notify_one();
-    let found = deliveries::get(&s.db, &app, &id)
+    deliveries::retry(&s.cx.db, &app, &id, s.clock.now()).await?;
+    s.cx.db.changes().outbox_signal().notify_one();
+    let found = deliveries::get(&s.cx.db, &app, &id)
         .await?
         .ok_or_else(|| delivery_not_found(&id))?;
     Ok(ApiJson(found))
@@ -236,7 +236,7 @@ pub async fn retry_delivery(
 /// keys it replaces.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "fulfilment", security(()), responses((status = 200, description = "A JWK Set")))]
 pub async fn jwks(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let set = crate::service::tokens::jwks(&s.db, s.clock.now()).await?;
+    let set = crate::service::tokens::jwks(&s.cx, s.clock.now()).await?;
     Ok((
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
         ApiJson(set),
@@ -259,6 +259,6 @@ pub async fn rotate_signing_key(
     ApiJson(body): ApiJson<crate::service::tokens::Rotation>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
-    let kid = crate::service::tokens::rotate(&s.db, body, s.clock.now()).await?;
+    let kid = crate::service::tokens::rotate(&s.cx, body, s.clock.now()).await?;
     Ok(ApiJson(Rotated { kid }))
 }

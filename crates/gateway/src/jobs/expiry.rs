@@ -12,10 +12,8 @@ use std::{sync::Arc, time::Duration};
 use gateway_core::{AppId, AppUserId, Clock};
 
 use super::Outcome;
-use crate::{
-    db::{Db, customers},
-    service::decision,
-};
+use crate::service::Context;
+use crate::{db::customers, service::decision};
 
 /// Customers re-evaluated per step: small enough that one step holds no lock for long.
 pub const BATCH: i64 = 100;
@@ -24,7 +22,8 @@ pub const BATCH: i64 = 100;
 pub const LEASE: Duration = Duration::from_secs(60);
 
 /// Claims up to [`BATCH`] due customers and re-evaluates them.
-pub async fn step(db: &Db, clock: &Arc<dyn Clock>) -> Outcome {
+pub async fn step(cx: &Context, clock: &Arc<dyn Clock>) -> Outcome {
+    let db = &cx.db;
     let now = clock.now();
     let lease_until = now.plus_millis(LEASE.as_millis() as i64);
     let rows = match customers::claim_due(db, now, lease_until, BATCH).await {
@@ -39,7 +38,7 @@ pub async fn step(db: &Db, clock: &Arc<dyn Clock>) -> Outcome {
         let (Ok(app), Ok(customer)) = (AppId::parse(app), AppUserId::parse(customer)) else {
             continue;
         };
-        match decision::reevaluate(db, &app, &customer, now).await {
+        match decision::reevaluate(cx, &app, &customer, now).await {
             Ok(out) => {
                 done += 1;
                 if !out.effects.is_empty() {

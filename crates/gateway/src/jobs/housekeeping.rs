@@ -5,16 +5,18 @@
 use gateway_core::Clock;
 
 use super::Outcome;
+use crate::service::Context;
 use crate::{
-    db::{Db, idempotency, unmapped},
+    db::{idempotency, unmapped},
     service::notifications,
 };
 
 /// Rows deleted per step: small deletes keep locks short.
 pub const BATCH: i64 = 1_000;
 
-pub async fn step(db: &Db, clock: &dyn Clock) -> Outcome {
-    if let Err(e) = notifications::rerun_unmapped(db, None, clock.now()).await {
+pub async fn step(cx: &Context, clock: &dyn Clock) -> Outcome {
+    let db = &cx.db;
+    if let Err(e) = notifications::rerun_unmapped(cx, None, clock.now()).await {
         tracing::error!(error = %e, "housekeeping: inputs held for an unmapped SKU could not be decided");
     }
     match unmapped::count(db).await {

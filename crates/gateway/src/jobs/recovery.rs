@@ -8,8 +8,9 @@ use std::sync::{Arc, OnceLock};
 use gateway_core::Clock;
 
 use super::Outcome;
+use crate::service::Context;
 use crate::{
-    db::{self, Db, apps},
+    db::{self, apps},
     service::{ServiceError, recovery},
     stores::{apple::Verifiers, apple_api::AppStoreApi},
 };
@@ -22,11 +23,12 @@ fn instance() -> &'static str {
 
 /// One pass over every app.
 pub async fn step(
-    db: &Db,
+    cx: &Context,
     clock: &Arc<dyn Clock>,
     verifiers: &Verifiers,
     api: &AppStoreApi,
 ) -> Outcome {
+    let db = &cx.db;
     let all = match apps::list(db).await {
         Ok(a) => a,
         Err(e) => {
@@ -38,7 +40,7 @@ pub async fn step(
     let mut more = false;
     for app in all.iter().filter(|a| recovery::can_recover(a)) {
         let pass =
-            recovery::recover_apple_step(db, (verifiers, api), app, instance(), clock.now()).await;
+            recovery::recover_apple_step(cx, (verifiers, api), app, instance(), clock.now()).await;
         match pass {
             Ok(recovery::Pass::Skipped) => {}
             Ok(recovery::Pass::Read {

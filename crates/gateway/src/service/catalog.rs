@@ -10,7 +10,7 @@ use gateway_core::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Kind, ServiceError, ServiceResult};
+use super::{Context, Kind, ServiceError, ServiceResult};
 use crate::db::{Db, products};
 
 /// The body of `PUT /v1/apps/{app}/products/{product_id}`.
@@ -74,11 +74,12 @@ fn sku_error(e: products::SaveProductError) -> ServiceError {
 
 /// Creates or replaces a product. Returns it and whether it is new.
 pub async fn put(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     product: Product,
     now: Timestamp,
 ) -> ServiceResult<(Product, bool)> {
+    let db = &cx.db;
     product.validate().map_err(|e| match e {
         // The document states every rule of a product but these: a list unique by a field, and a
         // duration's total length.
@@ -97,7 +98,7 @@ pub async fn put(
         .await
         .map_err(sku_error)?;
     crate::db::commit(tx).await?;
-    decide_held(db, app, now).await;
+    decide_held(cx, app, now).await;
     Ok((product, is_new))
 }
 
@@ -375,12 +376,13 @@ fn rows_error(errors: Vec<RowError>) -> ServiceError {
 
 /// Imports a CSV file in one transaction. `progress` is told how many rows are saved so far.
 pub async fn import_csv(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     data: &[u8],
     now: Timestamp,
     progress: &(dyn Fn(u64) + Sync),
 ) -> ServiceResult<usize> {
+    let db = &cx.db;
     let rows = parse_csv(data).map_err(rows_error)?;
     let mut tx = db.begin(crate::db::Begin::Write).await?;
     let mut errors = Vec::new();
@@ -402,14 +404,14 @@ pub async fn import_csv(
         return Err(rows_error(errors));
     }
     crate::db::commit(tx).await?;
-    decide_held(db, app, now).await;
+    decide_held(cx, app, now).await;
     Ok(rows.len())
 }
 
 /// After a catalog change: decides the store inputs held for SKUs it may have mapped. The change
 /// stands whatever happens here; what fails is left for the housekeeping job.
-async fn decide_held(db: &Db, app: &AppId, now: Timestamp) {
-    if let Err(e) = super::notifications::rerun_unmapped(db, Some(app), now).await {
+async fn decide_held(cx: &Context, app: &AppId, now: Timestamp) {
+    if let Err(e) = super::notifications::rerun_unmapped(cx, Some(app), now).await {
         tracing::warn!(app = %app, error = %e, "inputs held for an unmapped SKU were not decided yet; housekeeping will");
     }
 }

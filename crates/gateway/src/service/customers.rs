@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::Digest;
 
-use super::{ServiceError, ServiceResult, decision};
+use super::{Context, ServiceError, ServiceResult, decision};
 use crate::{
     db::{self, Db, audit, customers, ledger, orders, outbox, products},
     model::App,
@@ -39,22 +39,28 @@ pub struct Snapshot {
 /// has passed a recorded expiry, the customer is re-evaluated first, so a read never shows access that
 /// has ended.
 pub async fn snapshot(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     id: &AppUserId,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
-    let snap = unsigned(db, app, id, now).await?;
-    signed(db, app, snap, now).await
+    let snap = unsigned(cx, app, id, now).await?;
+    signed(cx, app, snap, now).await
 }
 
 /// [`snapshot`] without its entitlement token, for callers that only look at it.
-async fn unsigned(db: &Db, app: &AppId, id: &AppUserId, now: Timestamp) -> ServiceResult<Snapshot> {
+async fn unsigned(
+    cx: &Context,
+    app: &AppId,
+    id: &AppUserId,
+    now: Timestamp,
+) -> ServiceResult<Snapshot> {
+    let db = &cx.db;
     // One read in the usual case; a state the clock has overtaken (an expiry passed) is decided first
     // and read again.
     let mut rec = customers::recorded(db, app, id).await?.unwrap_or_default();
     if rec.next_change_at.is_some_and(|t| t <= now) {
-        decision::reevaluate(db, app, id, now).await?;
+        decision::reevaluate(cx, app, id, now).await?;
         rec = customers::recorded(db, app, id).await?.unwrap_or_default();
     }
     Ok(Snapshot {
@@ -69,13 +75,13 @@ async fn unsigned(db: &Db, app: &AppId, id: &AppUserId, now: Timestamp) -> Servi
 
 /// Adds the entitlement token to a snapshot that is handed out.
 async fn signed(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     mut snap: Snapshot,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
     let token = super::tokens::sign(
-        db,
+        cx,
         app,
         &snap.app_user_id,
         snap.version,
@@ -89,12 +95,13 @@ async fn signed(
 
 /// The active products this customer may buy now: all but those whose every entitlement they hold.
 pub async fn offerings(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     id: &AppUserId,
     now: Timestamp,
 ) -> ServiceResult<Vec<Product>> {
-    let snap = unsigned(db, app, id, now).await?;
+    let db = &cx.db;
+    let snap = unsigned(cx, app, id, now).await?;
     let held: Vec<&EntitlementId> = snap
         .entitlements
         .iter()
@@ -290,13 +297,14 @@ pub(crate) fn key_reused() -> ServiceError {
 
 /// Grants by hand, with a reason kept in the audit log.
 pub async fn grant(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     id: &AppUserId,
     grant: Grant,
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
+    let db = &cx.db;
     let Grant {
         target,
         reason,
@@ -352,7 +360,7 @@ pub async fn grant(
     let identity = fact_identity(actor, idempotency_key.as_deref(), &request);
     if seen_before(db, app, &identity).await? {
         // A retry of a grant that was recorded: answer as the first time did.
-        return snapshot(db, app, id, now).await;
+        return snapshot(cx, app, id, now).await;
     }
     let fact = ManualFact {
         id: identity.id,
@@ -371,19 +379,20 @@ pub async fn grant(
         purchases: Vec::new(),
         transfer: false,
     };
-    decision::apply(db, app, id, input, now).await?;
-    snapshot(db, app, id, now).await
+    decision::apply(cx, app, id, input, now).await?;
+    snapshot(cx, app, id, now).await
 }
 
 /// Revokes an entitlement by hand, whatever granted it, until a later grant or purchase.
 pub async fn revoke(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     id: &AppUserId,
     revoke: Revoke,
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<Snapshot> {
+    let db = &cx.db;
     let Revoke {
         entitlement_id: eid,
         reason,
@@ -394,9 +403,9 @@ pub async fn revoke(
     let identity = fact_identity(actor, idempotency_key.as_deref(), &request);
     if seen_before(db, app, &identity).await? {
         // A retry of a revoke that was recorded: answer as the first time did.
-        return snapshot(db, app, id, now).await;
+        return snapshot(cx, app, id, now).await;
     }
-    let current = unsigned(db, app, id, now).await?;
+    let current = unsigned(cx, app, id, now).await?;
     let holds = current.entitlements.iter().any(|e| {
         e.id == eid
             && (e.status.has_access() || e.status == gateway_core::EntitlementStatus::Pending)
@@ -429,8 +438,8 @@ pub async fn revoke(
         purchases: Vec::new(),
         transfer: false,
     };
-    decision::apply(db, app, id, input, now).await?;
-    snapshot(db, app, id, now).await
+    decision::apply(cx, app, id, input, now).await?;
+    snapshot(cx, app, id, now).await
 }
 
 /// The answer to a spend.
@@ -555,7 +564,7 @@ pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
 /// checked before a snapshot is handed out, whenever this process learns of a revocation, at least
 /// every [`db::keys::LIVE_RECHECK`], and at the customer token's expiry.
 pub async fn snapshot_after(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     id: &AppUserId,
     after_version: i64,
@@ -563,6 +572,7 @@ pub async fn snapshot_after(
     clock: &dyn gateway_core::Clock,
     credentials: &super::keys::Credentials,
 ) -> ServiceResult<Snapshot> {
+    let db = &cx.db;
     use tokio::time::{Instant, sleep_until};
     let deadline = Instant::now() + wait.min(MAX_WAIT);
     let mut revocations = db.key_liveness().revocations();
@@ -573,13 +583,13 @@ pub async fn snapshot_after(
         tokio::pin!(notified);
         // Registered before the read, so a commit between the read and the wait still wakes us.
         notified.as_mut().enable();
-        let snap = unsigned(db, app, id, clock.now()).await?;
+        let snap = unsigned(cx, app, id, clock.now()).await?;
         let now = Instant::now();
         if snap.version > after_version || now >= deadline {
             // After the read: a change committed after a revocation this process knows of is never
             // handed out.
             credentials.check(db).await?;
-            return signed(db, app, snap, clock.now()).await;
+            return signed(cx, app, snap, clock.now()).await;
         }
         let reread = now + (deadline - now).min(cross_instance_poll(db));
         // Between reads only the credentials are checked, mostly from what this process knows.

@@ -7,10 +7,9 @@ use gateway_core::{AppId, AppUserId, CustomerState, Effect, ManualFact, Purchase
 use serde_json::json;
 
 use super::{
-    ServiceError, ServiceResult,
+    Context, ServiceError, ServiceResult,
     batch::{Done, Work},
 };
-use crate::db::Db;
 
 /// An input to decide on.
 #[derive(Debug, Clone)]
@@ -53,7 +52,7 @@ pub struct Outcome {
 /// Decides on `input` for `customer`: one decision of a group-committed batch, answered once the
 /// batch is durable.
 pub async fn apply(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     customer: &AppUserId,
     input: Input,
@@ -65,7 +64,7 @@ pub async fn apply(
         input: Box::new(input),
         now,
     };
-    match db.committer().submit(work).await? {
+    match cx.committer().submit(work).await? {
         Done::Decided { outcome, .. } => Ok(outcome),
         other => Err(ServiceError::Internal(crate::db::DbError::Corrupt(
             format!("a decision for a known customer ended as {other:?}"),
@@ -93,7 +92,7 @@ pub fn outbound_payload(
 /// Re-derives a customer whose recorded state the clock may have overtaken (an `expires_at` passed),
 /// writing the expiry effects. Changes nothing when nothing is due.
 pub async fn reevaluate(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     customer: &AppUserId,
     now: Timestamp,
@@ -109,5 +108,5 @@ pub async fn reevaluate(
         purchases: Vec::new(),
         transfer: false,
     };
-    apply(db, app, customer, input, now).await
+    apply(cx, app, customer, input, now).await
 }

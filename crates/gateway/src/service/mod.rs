@@ -25,9 +25,42 @@ pub mod store_actions;
 pub mod tokens;
 pub mod webhooks;
 
+use std::sync::{Arc, OnceLock};
+
 use gateway_core::text::{TextError, TextRule};
 
-use crate::db::DbError;
+use crate::db::{Db, DbError};
+
+/// What the use cases of one process share: the storage, the decision [`committer`] (started on
+/// the first decision, on the runtime that makes it) and the entitlement-token keys read recently.
+/// Cheap to clone; the committer stops when the last clone is gone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub db: Db,
+    committer: Arc<OnceLock<committer::Committer>>,
+    token_keys: Arc<tokens::KeyCache>,
+}
+
+impl Context {
+    pub fn new(db: Db) -> Self {
+        Context {
+            db,
+            committer: Default::default(),
+            token_keys: Default::default(),
+        }
+    }
+
+    /// The decision committer (group commit) of this process.
+    pub fn committer(&self) -> &committer::Committer {
+        self.committer
+            .get_or_init(|| committer::Committer::start(self.db.clone()))
+    }
+
+    /// The entitlement-token keys read recently.
+    pub(crate) fn token_keys(&self) -> &tokens::KeyCache {
+        &self.token_keys
+    }
+}
 
 /// The HTTP status class of a caller's mistake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

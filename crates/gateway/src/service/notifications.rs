@@ -12,14 +12,10 @@ use gateway_core::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ServiceError, ServiceResult,
+    Context, ServiceError, ServiceResult,
     batch::{APPLE_NOTIFICATION, AppleNotification, Done, HeldApple, Recorded, Work},
 };
-use crate::{
-    db::{Db, unmapped},
-    model::App,
-    stores::apple::Verifiers,
-};
+use crate::{db::unmapped, model::App, stores::apple::Verifiers};
 
 /// Apple's envelope. Other fields are ignored, as Apple may add some.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -39,7 +35,7 @@ pub struct Received {
 
 /// Takes one notification body. Answers only once the raw body is durable.
 pub async fn receive_apple(
-    db: &Db,
+    cx: &Context,
     verifiers: &Verifiers,
     app: &App,
     body: &[u8],
@@ -118,7 +114,7 @@ pub async fn receive_apple(
             now,
         })),
     };
-    let status = match db.committer().submit(work).await? {
+    let status = match cx.committer().submit(work).await? {
         Done::Decided { outcome, .. } if outcome.duplicate => "duplicate",
         Done::Decided { .. } => "decided",
         Done::Held => "held",
@@ -190,7 +186,12 @@ const RERUN_BATCH: i64 = 256;
 /// Decides the inputs held for a SKU the catalog now maps (of `app`, or of every app), as many as
 /// there are: the catalog change that maps a SKU calls it, and the housekeeping job does for any a
 /// stop left behind. Returns how many were decided.
-pub async fn rerun_unmapped(db: &Db, app: Option<&AppId>, now: Timestamp) -> ServiceResult<usize> {
+pub async fn rerun_unmapped(
+    cx: &Context,
+    app: Option<&AppId>,
+    now: Timestamp,
+) -> ServiceResult<usize> {
+    let db = &cx.db;
     let mut total = 0;
     loop {
         let held = unmapped::mapped(db, app.map(AppId::as_str), RERUN_BATCH).await?;
@@ -208,7 +209,7 @@ pub async fn rerun_unmapped(db: &Db, app: Option<&AppId>, now: Timestamp) -> Ser
         }
         // Submitted together, they share the committer's batches.
         let done =
-            futures_util::future::join_all(works.into_iter().map(|w| db.committer().submit(w)))
+            futures_util::future::join_all(works.into_iter().map(|w| cx.committer().submit(w)))
                 .await;
         let mut decided = 0;
         for d in done {

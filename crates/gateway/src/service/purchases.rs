@@ -8,10 +8,10 @@ use gateway_core::{
 use serde::Serialize;
 use sha2::Digest;
 
-use super::{Kind, ServiceError, ServiceResult, customers, decision};
+use super::{Context, Kind, ServiceError, ServiceResult, customers, decision};
 use crate::db::customers as recorded;
 use crate::{
-    db::{self, Db, orders, products},
+    db::{self, orders, products},
     model::{App, TransferPolicy},
     stores::{
         apple::{self, Verifiers},
@@ -69,7 +69,7 @@ pub struct AppleStore<'a> {
 }
 
 pub async fn submit(
-    db: &Db,
+    cx: &Context,
     apple_store: AppleStore<'_>,
     app: &App,
     customer: &AppUserId,
@@ -77,6 +77,7 @@ pub async fn submit(
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<Submitted> {
+    let db = &cx.db;
     if submission.store != Store::AppStore {
         return Err(ServiceError::bad_request(
             "store_not_supported",
@@ -253,9 +254,9 @@ pub async fn submit(
         purchases: all_facts,
         transfer: false,
     };
-    decision::apply(db, &app.id, customer, input, now).await?;
+    decision::apply(cx, &app.id, customer, input, now).await?;
 
-    let snapshot = customers::snapshot(db, &app.id, customer, now).await?;
+    let snapshot = customers::snapshot(cx, &app.id, customer, now).await?;
     let purchase = snapshot
         .purchases
         .iter()
@@ -301,7 +302,7 @@ pub const MAX_RESTORE: usize = 200;
 /// stores' own behaviour), or stays where it is under `keep`; one store purchase never gives access to
 /// two customers at once.
 pub async fn restore(
-    db: &Db,
+    cx: &Context,
     apple_store: AppleStore<'_>,
     app: &App,
     customer: &AppUserId,
@@ -309,6 +310,7 @@ pub async fn restore(
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<customers::Snapshot> {
+    let db = &cx.db;
     if signed_transactions.len() > MAX_RESTORE {
         return Err(ServiceError::bad_request(
             "too_many_transactions",
@@ -407,7 +409,7 @@ pub async fn restore(
             purchases: all_facts,
             transfer: app.settings.transfer_policy == TransferPolicy::Transfer,
         };
-        decision::apply(db, &app.id, customer, input, now).await?;
+        decision::apply(cx, &app.id, customer, input, now).await?;
     }
-    customers::snapshot(db, &app.id, customer, now).await
+    customers::snapshot(cx, &app.id, customer, now).await
 }

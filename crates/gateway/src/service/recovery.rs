@@ -14,9 +14,9 @@ use gateway_core::{Timestamp, apple::AppleEnvironment};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ServiceError, ServiceResult, notifications};
+use super::{Context, ServiceError, ServiceResult, notifications};
 use crate::{
-    db::{Db, cursors},
+    db::cursors,
     model::App,
     stores::{
         apple::Verifiers,
@@ -74,7 +74,7 @@ pub fn can_recover(app: &App) -> bool {
 /// Reads Apple's notification history for `[start, end)` and takes every notification in it, page
 /// after page.
 pub async fn recover_apple(
-    db: &Db,
+    cx: &Context,
     (verifiers, api): (&Verifiers, &AppStoreApi),
     app: &App,
     (start, end): (Timestamp, Timestamp),
@@ -85,7 +85,7 @@ pub async fn recover_apple(
     let mut token: Option<String> = None;
     loop {
         token = next_page(
-            db,
+            cx,
             (verifiers, api),
             app,
             (env, start, end),
@@ -116,18 +116,19 @@ pub enum Pass {
 /// free, claims it, reads on from where it stopped (or starts a window from the cursor, or a day
 /// back), saving its place after each committed page. A failure backs this app off alone.
 pub async fn recover_apple_step(
-    db: &Db,
+    cx: &Context,
     clients: (&Verifiers, &AppStoreApi),
     app: &App,
     owner: &str,
     now: Timestamp,
 ) -> ServiceResult<Pass> {
+    let db = &cx.db;
     let run_key = (&app.id, APPLE_CURSOR);
     let lease = |from: Timestamp| from.plus_millis(LEASE_MS);
     let Some(run) = cursors::claim_run(db, run_key, owner, now, lease(now)).await? else {
         return Ok(Pass::Skipped);
     };
-    let read = read_run(db, clients, app, owner, &run, now).await;
+    let read = read_run(cx, clients, app, owner, &run, now).await;
     match read {
         Ok((recovered, finished)) => {
             let due = if finished {
@@ -153,13 +154,14 @@ pub async fn recover_apple_step(
 
 /// Reads pages of `run` until its window ends or the step's page budget is spent.
 async fn read_run(
-    db: &Db,
+    cx: &Context,
     (verifiers, api): (&Verifiers, &AppStoreApi),
     app: &App,
     owner: &str,
     run: &cursors::Run,
     now: Timestamp,
 ) -> ServiceResult<(Recovered, bool)> {
+    let db = &cx.db;
     let (start, end) = match run.window {
         Some(w) => w,
         None => {
@@ -175,7 +177,7 @@ async fn read_run(
     let mut token = run.page_token.clone();
     for _ in 0..PAGES_PER_STEP {
         token = next_page(
-            db,
+            cx,
             (verifiers, api),
             app,
             (env, start, end),
@@ -248,7 +250,7 @@ fn window(
 /// Reads the page at `token` of the window and takes its notifications; returns the next page's
 /// token, `None` at the window's end.
 async fn next_page(
-    db: &Db,
+    cx: &Context,
     (verifiers, api): (&Verifiers, &AppStoreApi),
     app: &App,
     (env, start, end): (AppleEnvironment, Timestamp, Timestamp),
@@ -258,7 +260,7 @@ async fn next_page(
 ) -> ServiceResult<Option<String>> {
     let page = read_page(api, app, env, (start, end), token.as_deref()).await?;
     let before = out.recovered;
-    take_page(db, verifiers, app, &page.notification_history, now, out).await?;
+    take_page(cx, verifiers, app, &page.notification_history, now, out).await?;
     metrics::counter!("gateway_notifications_recovered_total", "store" => "app_store")
         .increment((out.recovered - before) as u64);
     next_token(&page)
@@ -300,7 +302,7 @@ fn next_token(page: &NotificationHistoryResponse) -> ServiceResult<Option<String
 
 /// Takes one page of history: its notifications are decided concurrently, so they share batches.
 async fn take_page(
-    db: &Db,
+    cx: &Context,
     verifiers: &Verifiers,
     app: &App,
     items: &[NotificationHistoryItem],
@@ -314,7 +316,7 @@ async fn take_page(
     let taken = futures_util::future::join_all(
         bodies
             .iter()
-            .map(|body| notifications::receive_apple(db, verifiers, app, body.as_bytes(), now)),
+            .map(|body| notifications::receive_apple(cx, verifiers, app, body.as_bytes(), now)),
     )
     .await;
     out.seen += items.len();

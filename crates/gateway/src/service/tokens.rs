@@ -10,7 +10,10 @@
 //! key when there is none. A rotation adds a new key, which signs from then on, and retires the old
 //! ones after an overlap; until then the JWKS publishes them all, so tokens already handed out verify.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use aws_lc_rs::{
     rand::SystemRandom,
@@ -24,9 +27,9 @@ use gateway_core::{AppId, AppUserId, Timestamp, decide::EntitlementView};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ServiceError, ServiceResult};
+use super::{Context, ServiceError, ServiceResult};
 use crate::db::{
-    Db, DbError,
+    DbError,
     signing_keys::{self, StoredKey},
 };
 
@@ -53,6 +56,47 @@ impl std::fmt::Debug for Keys {
             .field("kid", &self.signer.as_ref().map(|(k, _)| k))
             .field("published", &self.published.len())
             .finish()
+    }
+}
+
+/// How long read keys are reused. A rotation through this process is seen at once; one through
+/// another instance, within this time.
+const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// The keys read recently, parsed, shared by the use cases of a process through their [`Context`].
+pub struct KeyCache {
+    slot: Mutex<Option<(Instant, Arc<Keys>)>>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache {
+            slot: Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyCache")
+    }
+}
+
+impl KeyCache {
+    /// The cached value, if read within [`CACHE_TTL`].
+    pub fn get(&self) -> Option<Arc<Keys>> {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref()
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn put(&self, value: Arc<Keys>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), value));
+    }
+
+    pub fn clear(&self) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -86,8 +130,9 @@ fn generate(now: Timestamp) -> ServiceResult<StoredKey> {
     })
 }
 
-async fn load(db: &Db, now: Timestamp) -> ServiceResult<Arc<Keys>> {
-    if let Some(k) = db.signing_cache().get() {
+async fn load(cx: &Context, now: Timestamp) -> ServiceResult<Arc<Keys>> {
+    let db = &cx.db;
+    if let Some(k) = cx.token_keys().get() {
         return Ok(k);
     }
     let mut live = signing_keys::live(db, now).await?;
@@ -115,7 +160,7 @@ async fn load(db: &Db, now: Timestamp) -> ServiceResult<Arc<Keys>> {
             .map(|k| (k.retires_at, k.public_jwk))
             .collect(),
     });
-    db.signing_cache().put(keys.clone());
+    cx.token_keys().put(keys.clone());
     Ok(keys)
 }
 
@@ -131,14 +176,14 @@ struct Claimed<'a> {
 
 /// Signs a token of `entitlements` (those with access are stated) for `customer` of `app`.
 pub async fn sign(
-    db: &Db,
+    cx: &Context,
     app: &AppId,
     customer: &AppUserId,
     version: i64,
     entitlements: &[EntitlementView],
     now: Timestamp,
 ) -> ServiceResult<String> {
-    let keys = load(db, now).await?;
+    let keys = load(cx, now).await?;
     let Some((kid, pair)) = &keys.signer else {
         return Err(corrupt("no key signs"));
     };
@@ -175,8 +220,8 @@ pub async fn sign(
 }
 
 /// The published keys (a JWK Set).
-pub async fn jwks(db: &Db, now: Timestamp) -> ServiceResult<serde_json::Value> {
-    let keys = load(db, now).await?;
+pub async fn jwks(cx: &Context, now: Timestamp) -> ServiceResult<serde_json::Value> {
+    let keys = load(cx, now).await?;
     let live: Vec<&serde_json::Value> = keys
         .published
         .iter()
@@ -199,7 +244,7 @@ pub struct Rotation {
 
 /// Adds a new signing key; the current ones are published until the overlap ends. Returns the new
 /// key's id.
-pub async fn rotate(db: &Db, rotation: Rotation, now: Timestamp) -> ServiceResult<String> {
+pub async fn rotate(cx: &Context, rotation: Rotation, now: Timestamp) -> ServiceResult<String> {
     let overlap = rotation.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECS);
     if !(TOKEN_LIFETIME_SECS..=30 * 24 * 3600).contains(&overlap) {
         return Err(ServiceError::bad_request(
@@ -210,7 +255,7 @@ pub async fn rotate(db: &Db, rotation: Rotation, now: Timestamp) -> ServiceResul
         ));
     }
     let key = generate(now)?;
-    signing_keys::add(db, &key, Some(now.plus_millis(overlap * 1000))).await?;
-    db.signing_cache().clear();
+    signing_keys::add(&cx.db, &key, Some(now.plus_millis(overlap * 1000))).await?;
+    cx.token_keys().clear();
     Ok(key.kid)
 }

@@ -1108,7 +1108,7 @@ both!(
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
         let verifiers = gateway::stores::apple::Verifiers::default();
         let api = gateway::stores::apple_api::AppStoreApi::new(reqwest::Client::new());
-        let outcome = gateway::jobs::recovery::step(&app.db, &clock, &verifiers, &api).await;
+        let outcome = gateway::jobs::recovery::step(&app.cx, &clock, &verifiers, &api).await;
         assert_eq!(outcome, gateway::jobs::Outcome::Partial(1));
         let snap = app.get("/v1/apps/acme/customers/u2").await.expect(200);
         assert_eq!(
@@ -1188,7 +1188,7 @@ both!(
         let calls = server.calls();
         server.fail_after(100, vec![(401, None)]);
         assert_eq!(
-            step(&app.db, &clock, &verifiers, &client).await,
+            step(&app.cx, &clock, &verifiers, &client).await,
             Outcome::Partial(0)
         );
         let taken = app.count("inbound").await - inbound;
@@ -1207,7 +1207,7 @@ both!(
         // on from the page it stopped at.
         let before = server.calls();
         assert_eq!(
-            step(&app.db, &clock, &verifiers, &client).await,
+            step(&app.cx, &clock, &verifiers, &client).await,
             Outcome::Partial(0)
         );
         assert_eq!(
@@ -1217,7 +1217,7 @@ both!(
         );
         app.clock.advance_millis(5 * 60_000);
         let resumed = server.calls();
-        let outcome = step(&app.db, &clock, &verifiers, &client).await;
+        let outcome = step(&app.cx, &clock, &verifiers, &client).await;
         assert_eq!(outcome, Outcome::Partial(n as usize - taken as usize));
         assert_eq!(app.count("inbound").await - inbound, n);
         assert!(
@@ -1234,7 +1234,7 @@ both!(
         // Not due again before the interval; and while another instance holds the run, this one
         // leaves it alone.
         let before = server.calls();
-        step(&app.db, &clock, &verifiers, &client).await;
+        step(&app.cx, &clock, &verifiers, &client).await;
         assert!(server.calls() <= before + 1, "acme was not read again");
         app.clock
             .advance_millis(gateway::service::recovery::INTERVAL_MS);
@@ -1250,7 +1250,7 @@ both!(
         .unwrap();
         assert!(held.is_some());
         let before = server.calls();
-        step(&app.db, &clock, &verifiers, &client).await;
+        step(&app.cx, &clock, &verifiers, &client).await;
         assert!(server.calls() <= before + 1, "acme is leased elsewhere");
     }
 );

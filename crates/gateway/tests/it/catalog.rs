@@ -241,7 +241,7 @@ both!(
         // The change marked the holder due; the expiry job re-derives them.
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
         assert_eq!(
-            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::expiry::step(&app.cx, &clock).await,
             gateway::jobs::Outcome::Partial(1)
         );
         let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
@@ -277,7 +277,7 @@ both!(
         app.put("/v1/apps/acme/products/coins100", json!({"kind": "consumable", "store_skus": {"app_store": "edu.acme.coins100"}, "consumable": {"currency": "COINS", "amount": 1000}})).await.expect(200);
         app.put("/v1/apps/acme/products/pass30", json!({"kind": "non_renewing", "access_duration": "P60D", "entitlements": [{"id": "pass"}]})).await.expect(200);
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
-        gateway::jobs::expiry::step(&app.db, &clock).await;
+        gateway::jobs::expiry::step(&app.cx, &clock).await;
         let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
         assert_eq!(
             snap["balances"]["COINS"], 100,

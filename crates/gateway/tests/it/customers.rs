@@ -660,19 +660,19 @@ both!(
         .expect(201);
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
         assert_eq!(
-            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::expiry::step(&app.cx, &clock).await,
             gateway::jobs::Outcome::Partial(0),
             "nothing is due yet"
         );
         app.clock.advance_millis(31 * 86_400_000);
         assert_eq!(
-            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::expiry::step(&app.cx, &clock).await,
             gateway::jobs::Outcome::Partial(1)
         );
         let outbox = app.outbox("u1").await;
         assert_eq!(outbox.last().unwrap().event_type, "entitlement.expired");
         assert_eq!(
-            gateway::jobs::expiry::step(&app.db, &clock).await,
+            gateway::jobs::expiry::step(&app.cx, &clock).await,
             gateway::jobs::Outcome::Partial(0),
             "done once"
         );

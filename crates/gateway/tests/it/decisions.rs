@@ -66,7 +66,7 @@ both!(
             vec![ev("n-refund", t.plus_millis(60_000), EventKind::Refunded)],
         );
         let out = decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &u,
             input("n-refund", refund.clone()),
@@ -82,7 +82,7 @@ both!(
         );
         let buy = purchase("cs101", "1000", vec![ev("n-buy", t, bought(t))]);
         let out = decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &u,
             input("n-buy", buy.clone()),
@@ -102,13 +102,13 @@ both!(
         assert_eq!(snap["entitlements"][0]["status"], "refunded");
 
         let counts = app.counts().await;
-        let again = decision::apply(&app.db, &a, &u, input("n-buy", buy), t.plus_millis(140_000))
+        let again = decision::apply(&app.cx, &a, &u, input("n-buy", buy), t.plus_millis(140_000))
             .await
             .unwrap();
         assert!(again.duplicate && again.effects.is_empty());
         // The same fact inside another input is a duplicate too.
         let again = decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &u,
             input("n-other", refund),
@@ -144,7 +144,7 @@ both!(
         ];
         for (key, e, expected) in steps {
             let out = decision::apply(
-                &app.db,
+                &app.cx,
                 &a,
                 &u,
                 input(key, purchase("cs101", "2000", vec![e])),
@@ -214,7 +214,7 @@ both!(
                 },
             )],
         );
-        decision::apply(&app.db, &a, &u, input("c1", buy), t)
+        decision::apply(&app.cx, &a, &u, input("c1", buy), t)
             .await
             .unwrap();
         assert_eq!(
@@ -235,7 +235,7 @@ both!(
             "3000",
             vec![ev("c2", t.plus_millis(10), EventKind::Refunded)],
         );
-        decision::apply(&app.db, &a, &u, input("c2", refund), t.plus_millis(20))
+        decision::apply(&app.cx, &a, &u, input("c2", refund), t.plus_millis(20))
             .await
             .unwrap();
         let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
@@ -266,7 +266,7 @@ both!(subscription_renews_and_expires, |app: TestApp| async move {
             },
         )],
     );
-    decision::apply(&app.db, &a, &u, input("s1", buy), t)
+    decision::apply(&app.cx, &a, &u, input("s1", buy), t)
         .await
         .unwrap();
     let renew = purchase(
@@ -281,7 +281,7 @@ both!(subscription_renews_and_expires, |app: TestApp| async move {
         )],
     );
     let out = decision::apply(
-        &app.db,
+        &app.cx,
         &a,
         &u,
         input("s2", renew),
@@ -314,7 +314,7 @@ both!(
         let (a, u) = ids();
         let t = t0();
         decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &u,
             input(
@@ -328,7 +328,7 @@ both!(
         let before = app.counts().await;
         let thief: AppUserId = "u2".parse().unwrap();
         let err = decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &thief,
             input(
@@ -368,7 +368,7 @@ both!(
         let mut tasks = Vec::new();
         for c in 0..8 {
             for n in 0..6 {
-                let db = app.db.clone();
+                let cx = app.cx.clone();
                 let a = a.clone();
                 let u: AppUserId = format!("c{c}").parse().unwrap();
                 let lineage = format!("coins-{c}-{n}");
@@ -378,7 +378,7 @@ both!(
                     vec![ev(&format!("{lineage}:buy"), t, bought(t))],
                 );
                 tasks.push(tokio::spawn(async move {
-                    decision::apply(&db, &a, &u, input(&lineage, p), t.plus_millis(1))
+                    decision::apply(&cx, &a, &u, input(&lineage, p), t.plus_millis(1))
                         .await
                         .map(|o| o.duplicate)
                 }));
@@ -387,7 +387,7 @@ both!(
         // A lineage that customer c0 holds, claimed by another customer in the same wave: refused
         // alone, without failing anyone else's decision.
         let thief = {
-            let db = app.db.clone();
+            let cx = app.cx.clone();
             let a = a.clone();
             let u: AppUserId = "thief".parse().unwrap();
             let p = purchase(
@@ -397,7 +397,7 @@ both!(
             );
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                decision::apply(&db, &a, &u, input("thief-claim", p), t.plus_millis(2)).await
+                decision::apply(&cx, &a, &u, input("thief-claim", p), t.plus_millis(2)).await
             })
         };
         for task in tasks {
@@ -450,7 +450,7 @@ both!(
         let t = t0();
         let mut tasks = Vec::new();
         for c in 0..12 {
-            let db = app.db.clone();
+            let cx = app.cx.clone();
             let a = a.clone();
             let u: AppUserId = format!("b{c}").parse().unwrap();
             let lineage = format!("batch-{c}");
@@ -464,7 +464,7 @@ both!(
                 input.raw = "{\"note\": \"a NUL \u{0} inside\"}".into();
             }
             tasks.push(tokio::spawn(async move {
-                decision::apply(&db, &a, &u, input, t.plus_millis(1)).await
+                decision::apply(&cx, &a, &u, input, t.plus_millis(1)).await
             }));
         }
         for (c, task) in tasks.into_iter().enumerate() {
@@ -509,7 +509,7 @@ both!(
         };
         let first = vec![ev("buy", at(0), bought(at(0))), renewal(0)];
         decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &u,
             input("n-0", purchase("premium", "9100", first)),
@@ -519,7 +519,7 @@ both!(
         .unwrap();
         for n in 1..=100 {
             let facts = purchase("premium", "9100", vec![renewal(n)]);
-            decision::apply(&app.db, &a, &u, input(&format!("n-{n}"), facts), at(30 * n))
+            decision::apply(&app.cx, &a, &u, input(&format!("n-{n}"), facts), at(30 * n))
                 .await
                 .unwrap();
         }
@@ -530,7 +530,7 @@ both!(
             EventKind::AutoRenewChanged { enabled: false },
         );
         let outcome = decision::apply(
-            &app.db,
+            &app.cx,
             &a,
             &u,
             input("late", purchase("premium", "9100", vec![late])),

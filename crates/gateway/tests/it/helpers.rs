@@ -128,6 +128,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: FixedClock,
     pub db: Db,
+    /// The use cases' context of the running gateway (its committer, its token keys).
+    pub cx: gateway::service::Context,
     pub backend: Backend,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -156,7 +158,8 @@ pub async fn spawn_on(backend: Backend, test_db: Arc<TestDb>) -> TestApp {
     let state = gateway::prepare(config(&test_db.url), Arc::new(clock.clone()))
         .await
         .expect("gateway starts");
-    let db = state.db.clone();
+    let cx = state.cx.clone();
+    let db = cx.db.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -169,6 +172,7 @@ pub async fn spawn_on(backend: Backend, test_db: Arc<TestDb>) -> TestApp {
         client: reqwest::Client::new(),
         clock,
         db,
+        cx,
         backend,
         shutdown,
         server: Some(server),
