@@ -5,10 +5,7 @@
 //! refund that arrives before its purchase still wins. A notification about a SKU the catalog does not
 //! map is held too, and decided when the catalog maps it ([`rerun_unmapped`]).
 
-use gateway_core::{
-    AppId, EventKind, StoreEvent, Timestamp,
-    apple::models::{JwsRenewalInfo, JwsTransaction, NotificationPayload},
-};
+use gateway_core::{AppId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -99,7 +96,7 @@ pub async fn receive_apple(
                 uuid: uuid.clone(),
                 raw,
                 cause,
-                events: notification_events(&n, &t, renewal.as_ref()),
+                events: gateway_core::apple::facts::notification_events(&n, &t, renewal.as_ref()),
                 owed,
                 held_as: None,
                 transaction: t,
@@ -125,59 +122,6 @@ pub async fn receive_apple(
         status,
         notification_uuid: uuid,
     })
-}
-
-/// The facts a notification states beyond its transaction's own fields.
-fn notification_events(
-    n: &NotificationPayload,
-    t: &JwsTransaction,
-    renewal: Option<&JwsRenewalInfo>,
-) -> Vec<StoreEvent> {
-    let at = Timestamp::from_millis(n.signed_date.unwrap_or_default());
-    let key = |what: &str| format!("apple:notification:{}:{what}", n.notification_uuid);
-    let event = |what: &str, kind: EventKind| StoreEvent {
-        dedupe_key: key(what),
-        occurred_at: at,
-        kind,
-    };
-    match (n.notification_type.as_str(), n.subtype.as_deref()) {
-        ("REFUND_REVERSED", _) => vec![event("refund_reversed", EventKind::RefundReversed)],
-        // The transaction keeps its id and gets a later `expiresDate`: a fact of its own, or the new
-        // date would be a duplicate of the transaction's first sight.
-        ("RENEWAL_EXTENDED", _) => t
-            .expires_date
-            .map(|to| {
-                vec![event(
-                    "extended",
-                    EventKind::Renewed {
-                        expires_at: Timestamp::from_millis(to),
-                    },
-                )]
-            })
-            .unwrap_or_default(),
-        ("EXPIRED", _) | ("GRACE_PERIOD_EXPIRED", _) => vec![event("expired", EventKind::Expired)],
-        ("DID_FAIL_TO_RENEW", Some("GRACE_PERIOD")) => {
-            match renewal.and_then(|r| r.grace_period_expires_date) {
-                Some(until) => vec![event(
-                    "grace_period",
-                    EventKind::GracePeriod {
-                        until: Timestamp::from_millis(until),
-                    },
-                )],
-                None => vec![event("billing_retry", EventKind::BillingRetry)],
-            }
-        }
-        ("DID_FAIL_TO_RENEW", _) => vec![event("billing_retry", EventKind::BillingRetry)],
-        ("DID_CHANGE_RENEWAL_STATUS", Some(sub)) => {
-            vec![event(
-                "auto_renew",
-                EventKind::AutoRenewChanged {
-                    enabled: sub == "AUTO_RENEW_ENABLED",
-                },
-            )]
-        }
-        _ => Vec::new(),
-    }
 }
 
 /// Held inputs decided again per round.

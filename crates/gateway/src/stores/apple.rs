@@ -7,9 +7,12 @@ use std::{
 };
 
 use gateway_core::{
-    EventKind, Product, ProductKind, PurchaseFacts, StoreEvent, Timestamp,
-    apple::{AppleEnvironment, SignedDataVerifier, TrustedRoots, models::JwsTransaction},
-    ids::Store,
+    Product, PurchaseFacts, Timestamp,
+    apple::{
+        AppleEnvironment, SignedDataVerifier, TrustedRoots,
+        facts::{self, Missing},
+        models::JwsTransaction,
+    },
 };
 
 use crate::{
@@ -67,80 +70,18 @@ impl Verifiers {
     }
 }
 
-/// The facts one verified transaction states about its lineage.
+/// The facts one verified transaction states about its lineage (see
+/// [`gateway_core::apple::facts::transaction_facts`]).
 pub fn transaction_facts(
     t: &JwsTransaction,
     purchase_id: String,
     product: &Product,
 ) -> StoreResult<PurchaseFacts> {
-    let missing = |field: &str| {
+    facts::transaction_facts(t, purchase_id, product).map_err(|Missing(field)| {
         StoreError::new(
             Problem::Refused,
             "malformed_signed_data",
             format!("The signed transaction has no `{field}`."),
         )
-    };
-    let id = t
-        .transaction_id
-        .clone()
-        .ok_or_else(|| missing("transactionId"))?;
-    let purchased_ms = t.purchase_date.ok_or_else(|| missing("purchaseDate"))?;
-    let lineage = t
-        .original_transaction_id
-        .clone()
-        .unwrap_or_else(|| id.clone());
-    let at = Timestamp::from_millis(purchased_ms);
-    let expires_at = t.expires_date.map(Timestamp::from_millis);
-    let renewal = product.kind == ProductKind::Subscription
-        && (t.transaction_reason.as_deref() == Some("RENEWAL") || lineage != id);
-    let mut events = vec![if renewal {
-        StoreEvent {
-            dedupe_key: format!("apple:{id}:renewed"),
-            occurred_at: at,
-            kind: EventKind::Renewed {
-                expires_at: expires_at.unwrap_or(at),
-            },
-        }
-    } else {
-        StoreEvent {
-            dedupe_key: format!("apple:{id}:purchased"),
-            occurred_at: at,
-            kind: EventKind::Purchased {
-                expires_at,
-                quantity: t.quantity.unwrap_or(1),
-            },
-        }
-    }];
-    if let Some(revoked_ms) = t.revocation_date {
-        // Family Sharing ending is a revoke; anything else with a revocation date is a refund.
-        let family = t.revocation_type.as_deref() == Some("FAMILY_REVOKE")
-            || t.in_app_ownership_type.as_deref() == Some("FAMILY_SHARED");
-        events.push(StoreEvent {
-            dedupe_key: format!("apple:{id}:revoked:{revoked_ms}"),
-            occurred_at: Timestamp::from_millis(revoked_ms),
-            kind: if family {
-                EventKind::Revoked
-            } else {
-                EventKind::Refunded
-            },
-        });
-    }
-    if t.is_upgraded == Some(true) {
-        let when = t.signed_date.map_or(at, Timestamp::from_millis);
-        events.push(StoreEvent {
-            dedupe_key: format!("apple:{id}:upgraded"),
-            occurred_at: when,
-            kind: EventKind::Expired,
-        });
-    }
-    Ok(PurchaseFacts {
-        id: purchase_id,
-        store: Store::AppStore,
-        product_id: product.id.clone(),
-        store_transaction_id: lineage,
-        environment: t.environment.clone(),
-        terms: Some(product.terms()),
-        settled: None,
-        events,
     })
 }
