@@ -61,7 +61,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         bootstrap_hash,
         jwks: Arc::new(service::customer_auth::JwksCache::new(http.clone())),
         apple: Arc::new(stores::apple::Verifiers::default()),
-        apple_api: stores::apple_api::AppStoreApi::new(http.clone()),
+        apple_api: stores::apple::api::AppStoreApi::new(http.clone()),
         // A receiver's redirect is its misconfiguration, not a place to post signed events to.
         outbound: reqwest::Client::builder()
             .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))

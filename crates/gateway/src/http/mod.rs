@@ -49,7 +49,7 @@ pub struct AppState {
     /// App Store verifiers by app, with their chain caches.
     pub apple: Arc<crate::stores::apple::Verifiers>,
     /// The App Store Server API client.
-    pub apple_api: crate::stores::apple_api::AppStoreApi,
+    pub apple_api: crate::stores::apple::api::AppStoreApi,
     /// The client that delivers outbound events (no redirects).
     pub outbound: reqwest::Client,
     /// Open edX access tokens, reused until they expire.

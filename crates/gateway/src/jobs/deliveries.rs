@@ -24,7 +24,7 @@ use crate::{
         openedx, store_actions,
         webhooks::{self, Retry},
     },
-    stores::apple_api::AppStoreApi,
+    stores::apple::api::AppStoreApi,
 };
 
 /// Outbox events fanned out per step.

@@ -12,7 +12,7 @@ use crate::service::Context;
 use crate::{
     db::{self, apps},
     service::{ServiceError, recovery},
-    stores::{apple::Verifiers, apple_api::AppStoreApi},
+    stores::apple::{Verifiers, api::AppStoreApi},
 };
 
 /// This process's name as a lease holder.

@@ -13,11 +13,7 @@ use crate::db::customers as recorded;
 use crate::{
     db::{self, orders, products},
     model::{App, TransferPolicy},
-    stores::{
-        apple::{self, Verifiers},
-        apple_api::AppStoreApi,
-        apple_receipts,
-    },
+    stores::apple::{self, Verifiers, api::AppStoreApi, receipts as apple_receipts},
 };
 
 /// What an app submits.

@@ -18,9 +18,9 @@ use super::{Context, ServiceError, ServiceResult, notifications};
 use crate::{
     db::cursors,
     model::App,
-    stores::{
-        apple::Verifiers,
-        apple_api::{
+    stores::apple::{
+        Verifiers,
+        api::{
             AppStoreApi, NotificationHistoryItem, NotificationHistoryRequest,
             NotificationHistoryResponse,
         },

@@ -20,7 +20,7 @@ use super::{ServiceResult, batch::Owed, webhooks::Sent};
 use crate::{
     db::{Db, customers},
     model::App,
-    stores::apple_api::{AppStoreApi, ConsumptionRequest, DeliveryStatus},
+    stores::apple::api::{AppStoreApi, ConsumptionRequest, DeliveryStatus},
 };
 
 /// The outbox type of an owed consumption answer.

@@ -1107,7 +1107,7 @@ both!(
         server.record_notification(&missed[1]).unwrap();
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
         let verifiers = gateway::stores::apple::Verifiers::default();
-        let api = gateway::stores::apple_api::AppStoreApi::new(reqwest::Client::new());
+        let api = gateway::stores::apple::api::AppStoreApi::new(reqwest::Client::new());
         let outcome = gateway::jobs::recovery::step(&app.cx, &clock, &verifiers, &api).await;
         assert_eq!(outcome, gateway::jobs::Outcome::Partial(1));
         let snap = app.get("/v1/apps/acme/customers/u2").await.expect(200);
@@ -1179,7 +1179,7 @@ both!(
         }
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
         let verifiers = gateway::stores::apple::Verifiers::default();
-        let client = gateway::stores::apple_api::AppStoreApi::new(reqwest::Client::new());
+        let client = gateway::stores::apple::api::AppStoreApi::new(reqwest::Client::new());
         let acme: gateway_core::AppId = "acme".parse().unwrap();
         let inbound = app.count("inbound").await;
 

@@ -11,7 +11,7 @@ use std::{
 use gateway::{
     model::{App, AppSettings, AppStoreConfig, AppleEnvironment as ModelEnvironment, Secret},
     stores::StoreError,
-    stores::apple_api::{
+    stores::apple::api::{
         AppStoreApi, ConsumptionRequest, ConsumptionRequestV1, DeliveryStatus, MAX_CUSTOMER_PAGES,
         NotificationHistoryRequest, Order, ProductType, RefundPreference, SubscriptionStatus,
         TransactionHistoryRequest,
@@ -578,7 +578,7 @@ async fn notification_history_is_filtered_and_paged() {
     sim.server
         .record_notification(&notify("DID_RENEW", None, "n-0", now - 20 * DAY, None))
         .unwrap();
-    let uuids = |items: &[gateway::stores::apple_api::NotificationHistoryItem]| -> Vec<String> {
+    let uuids = |items: &[gateway::stores::apple::api::NotificationHistoryItem]| -> Vec<String> {
         let verifier = sim.verifier();
         items
             .iter()
@@ -1053,7 +1053,7 @@ async fn a_test_notification_reaches_the_gateway_and_its_status_says_so() {
 async fn wait_for_attempt(
     sim: &Sim,
     token: &str,
-) -> gateway::stores::apple_api::TestNotificationStatus {
+) -> gateway::stores::apple::api::TestNotificationStatus {
     for _ in 0..100 {
         let status = sim
             .api

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use gateway::{
     jobs::deliveries::{self, Senders},
     service::openedx as connector,
-    stores::apple_api::AppStoreApi,
+    stores::apple::api::AppStoreApi,
 };
 use gateway_core::{Clock, Timestamp};
 use serde_json::{Value, json};

@@ -1,5 +1,5 @@
-//! The App Store: per-app verifiers of Apple-signed data, and the mapping of a verified transaction to
-//! the core's facts about its purchase lineage (`originalTransactionId`).
+//! Per-app verifiers of Apple-signed data, and a verified transaction as the core's facts about its
+//! purchase lineage (`originalTransactionId`).
 
 use std::{
     collections::HashMap,
