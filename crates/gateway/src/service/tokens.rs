@@ -3,7 +3,7 @@
 //! `/.well-known/jwks.json`.
 //!
 //! Claims: `iss` ([`ISSUER`]), `aud` (the app id), `sub` (the app_user_id), `iat`, `exp` (`iat` +
-//! [`TOKEN_LIFETIME`]), `version` (the snapshot's) and `entitlements`: `[{id, status, expires_at,
+//! [`TOKEN_LIFETIME_SECS`]), `version` (the snapshot's) and `entitlements`: `[{id, status, expires_at,
 //! product_id, attributes}]` for every entitlement that gives access now (`expires_at` in seconds).
 //!
 //! Keys live in the database so every instance signs with the same one. The first token creates a
@@ -83,7 +83,7 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// The cached value, if read within [`CACHE_TTL`].
+    /// The cached value, if read within `CACHE_TTL`.
     pub fn get(&self) -> Option<Arc<Keys>> {
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         slot.as_ref()

@@ -3,7 +3,7 @@
 //! retry; the gateway does, because a purchase waits on the answer: 429 waits as `Retry-After` says,
 //! 5xx and Apple's retryable codes back off with jitter, a bounded number of times.
 //!
-//! Every call goes through one [`AppStoreApi::send`]. Signed fields (`signedTransactions`,
+//! Every call goes through one `AppStoreApi::send`. Signed fields (`signedTransactions`,
 //! `signedRenewalInfo`, `signedPayload` ...) come back as the JWS text Apple sent, unverified: the
 //! caller verifies them with its app's `SignedDataVerifier`. Paged lists (transaction history, refund
 //! history, notification history) have a one-page call and an `_all` call that follows the pages.
