@@ -1,19 +1,22 @@
 //! Purchase Gateway, the service: verifies store purchases, decides with `gateway_core`, records every
 //! decision in one transaction, and serves the HTTP API.
 //!
-//! - [`config`]: settings, loaded and checked once; [`backoff`]: the one back-off with jitter.
-//! - [`db`]: storage on SQLite or PostgreSQL; all SQL lives there.
-//! - [`service`]: use cases, one function per thing a caller can ask.
+//! The layers point down only: [`http`] and [`jobs`] call [`service`], which calls [`stores`] and
+//! [`db`], which use `gateway_core`; `tests/layers.rs` holds them to it.
+//!
 //! - [`http`]: the router, extractors and one module per resource.
 //! - [`jobs`]: background work, claimed or leased in the database: expiry, outbound deliveries
-//!   (webhooks, Open edX, store actions), recovery from the App Store's notification history, and
+//!   (webhooks, Open edX, store actions), recovery from the stores' notification histories, and
 //!   housekeeping (old idempotent answers, inputs held for SKUs mapped since).
-//! - [`model`]: apps, keys and secrets.
-//! - [`stores`]: store adapters (the App Store: signed data, the Server API, legacy receipts).
+//! - [`service`]: use cases, one function per thing a caller can ask; they share a
+//!   [`service::Context`] (storage, store adapters, the committer).
+//! - [`stores`]: store adapters, one folder per store, behind one set of verbs.
+//! - [`db`]: storage on SQLite or PostgreSQL; all SQL lives there.
+//! - [`config`], [`model`] (apps, keys and secrets), [`backoff`] (the one back-off with jitter) and
+//!   [`telemetry`] (logs and metrics) are leaves any layer may use.
 //!
 //! The binary (`main.rs`) adds the command line, including the `demo` and `sim` commands that drive
 //! the store simulator.
-//! - [`telemetry`]: logs and metrics.
 
 pub mod backoff;
 pub mod config;
@@ -54,14 +57,12 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
         .build()?;
     Ok(AppState {
-        cx: service::Context::new(db),
+        cx: service::Context::new(db, http.clone()),
         config: Arc::new(config),
         clock,
         metrics: telemetry::metrics(),
         bootstrap_hash,
         jwks: Arc::new(service::customer_auth::JwksCache::new(http.clone())),
-        apple: Arc::new(stores::apple::Verifiers::default()),
-        apple_api: stores::apple::api::AppStoreApi::new(http.clone()),
         // A receiver's redirect is its misconfiguration, not a place to post signed events to.
         outbound: reqwest::Client::builder()
             .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
@@ -98,7 +99,7 @@ pub async fn run(
             let senders = jobs::deliveries::Senders {
                 http: s.outbound.clone(),
                 lms: s.lms.clone(),
-                apple_api: s.apple_api.clone(),
+                stores: s.cx.stores.clone(),
             };
             jobs::deliveries::step(&s.cx.db, &s.clock, &senders).await
         },
@@ -117,7 +118,7 @@ pub async fn run(
         None,
         &state,
         &shutdown,
-        |s| async move { jobs::recovery::step(&s.cx, &s.clock, &s.apple, &s.apple_api).await },
+        |s| async move { jobs::recovery::step(&s.cx, &s.clock).await },
     );
     let listener_task = match state.cx.db.dialect {
         db::Dialect::Postgres => Some(tokio::spawn(db::changes::listen(

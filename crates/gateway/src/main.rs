@@ -285,7 +285,12 @@ async fn products(config: Config, command: ProductsCommand) -> anyhow::Result<()
             service::apps::get(&db, &app)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            import(&service::Context::new(db.clone()), &app, &file).await?;
+            import(
+                &service::Context::new(db.clone(), reqwest::Client::new()),
+                &app,
+                &file,
+            )
+            .await?;
         }
         ProductsCommand::Export { app, output } => {
             let app = AppId::parse(app)?;

@@ -255,6 +255,7 @@ pub struct Claimed {
     pub customer_id: String,
     pub endpoint_id: String,
     pub event_id: String,
+    pub event_type: String,
     pub attempts: i64,
     pub first_attempt_at: Timestamp,
     /// The call slot it was deferred to, when it was paced: it is sent in it without asking again.
@@ -287,7 +288,8 @@ pub async fn claim(
              AND o.customer_id = d.customer_id AND o.dispatched_at IS NULL \
              AND o.customer_seq < d.customer_seq) \
            ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}) \
-         RETURNING id, app_id, customer_id, endpoint_id, event_id, attempts, first_attempt_at, slot_at"
+         RETURNING id, app_id, customer_id, endpoint_id, event_id, event_type, attempts, \
+           first_attempt_at, slot_at"
     )))
     .bind(lease_until.millis())
     .bind(now.millis())
@@ -305,6 +307,7 @@ pub async fn claim(
             customer_id: r.try_get("customer_id")?,
             endpoint_id: r.try_get("endpoint_id")?,
             event_id: r.try_get("event_id")?,
+            event_type: r.try_get("event_type")?,
             attempts: r.try_get("attempts")?,
             first_attempt_at: Timestamp::from_millis(r.try_get("first_attempt_at")?),
             slot_at: r

@@ -20,7 +20,7 @@ use gateway_core::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::service::{purchases::MAX_RESTORE, webhooks::EVENT_TYPES};
+use crate::{service::webhooks::EVENT_TYPES, stores::apple::MAX_RESTORE};
 
 /// The document to serve.
 pub fn document(generated: &utoipa::openapi::OpenApi) -> Value {

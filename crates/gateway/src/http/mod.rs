@@ -46,10 +46,6 @@ pub struct AppState {
     pub bootstrap_hash: Option<String>,
     /// Customer JWT keys of the apps that use them.
     pub jwks: Arc<crate::service::customer_auth::JwksCache>,
-    /// App Store verifiers by app, with their chain caches.
-    pub apple: Arc<crate::stores::apple::Verifiers>,
-    /// The App Store Server API client.
-    pub apple_api: crate::stores::apple::api::AppStoreApi,
     /// The client that delivers outbound events (no redirects).
     pub outbound: reqwest::Client,
     /// Open edX access tokens, reused until they expire.

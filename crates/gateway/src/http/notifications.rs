@@ -12,6 +12,8 @@ use super::{
     error::{ApiJson, ApiResult, ErrorBody},
     parse_app,
 };
+use gateway_core::ids::Store;
+
 use crate::{
     model::Scope,
     service::{apps, notifications, recovery},
@@ -20,7 +22,7 @@ use crate::{
 /// App Store Server Notifications V2. Answered 200 once the raw body is durable; a verified duplicate
 /// is answered 200 and changes nothing; a forged or malformed one gets a 4xx and is not stored.
 #[utoipa::path(post, path = "/v1/apps/{app}/notifications/app_store", tag = "notifications", security(()), params(("app" = gateway_core::AppId, Path)),
-    request_body(content = notifications::Envelope, description = "App Store Server Notifications V2: `{\"signedPayload\": \"<JWS>\"}`"),
+    request_body(content = crate::stores::apple::Envelope, description = "App Store Server Notifications V2: `{\"signedPayload\": \"<JWS>\"}`"),
     responses((status = 200, body = notifications::Received),
               (status = 409, description = "`store_not_configured`: the app has no `app_store` settings", body = ErrorBody),
               (status = 422, description = "The signed data was refused (`invalid_signature`, `untrusted_certificate_chain`, `wrong_app`, `malformed_signed_data`, ...) and not stored", body = ErrorBody)))]
@@ -31,7 +33,7 @@ pub async fn app_store(
 ) -> ApiResult<impl IntoResponse> {
     let app = apps::get(&s.cx.db, &parse_app(&app)?).await?;
     let received =
-        notifications::receive_apple(&s.cx, &s.apple, &app, &body, s.clock.now()).await?;
+        notifications::receive(&s.cx, &app, Store::AppStore, &body, s.clock.now()).await?;
     metrics::counter!("gateway_notifications_total", "store" => "app_store", "status" => received.status).increment(1);
     tracing::info!(app = %app.id, notification = %received.notification_uuid, status = received.status, "App Store notification");
     Ok(ApiJson(received))
@@ -65,9 +67,10 @@ pub async fn recover_app_store(
 ) -> ApiResult<impl IntoResponse> {
     let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Purchases])).await?;
     let now = s.clock.now();
-    let recovered = recovery::recover_apple(
+    let adapter = s.cx.adapter(Store::AppStore)?;
+    let recovered = recovery::recover(
         &s.cx,
-        (&s.apple, &s.apple_api),
+        adapter,
         &app,
         (req.start, req.end.unwrap_or(now)),
         now,

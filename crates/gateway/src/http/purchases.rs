@@ -17,6 +17,7 @@ use super::{
 use crate::{
     model::Scope,
     service::purchases::{self, Submission, Submitted},
+    stores::{Proof, RestoreProof},
 };
 
 /// The body of a purchase submission.
@@ -81,25 +82,16 @@ pub async fn submit(
         store,
         order_id: order_id.map(|o| o.to_string()),
         product_id,
-        signed_transaction: body.signed_transaction,
-        transaction_id: body.transaction_id,
-        receipt_data: body.receipt_data,
-        purchase_token: body.purchase_token,
-        checkout_session_id: body.checkout_session_id,
-    };
-    let answer = purchases::submit(
-        &s.cx,
-        purchases::AppleStore {
-            verifiers: &s.apple,
-            api: &s.apple_api,
+        proof: Proof {
+            signed_transaction: body.signed_transaction,
+            transaction_id: body.transaction_id,
+            receipt_data: body.receipt_data,
+            purchase_token: body.purchase_token,
+            checkout_session_id: body.checkout_session_id,
         },
-        &app,
-        &user,
-        submission,
-        caller.id(),
-        s.clock.now(),
-    )
-    .await?;
+    };
+    let answer =
+        purchases::submit(&s.cx, &app, &user, submission, caller.id(), s.clock.now()).await?;
     tracing::info!(app = %app.id, customer = %user, status = answer.status, "purchase submitted");
     Ok(ApiJson(answer))
 }
@@ -143,16 +135,15 @@ pub async fn restore(
             "Restores are taken for `app_store` (with `signed_transactions` or `receipt_data`).",
         ));
     }
-    let stores = purchases::AppleStore {
-        verifiers: &s.apple,
-        api: &s.apple_api,
+    let proof = RestoreProof {
+        signed_transactions: body.signed_transactions,
+        receipt_data: body.receipt_data,
     };
     let snap = purchases::restore(
         &s.cx,
-        stores,
         &app,
         &user,
-        (body.signed_transactions, body.receipt_data),
+        (Store::AppStore, proof),
         caller.id(),
         s.clock.now(),
     )

@@ -24,7 +24,7 @@ use crate::{
         openedx, store_actions,
         webhooks::{self, Retry},
     },
-    stores::apple::api::AppStoreApi,
+    stores::Stores,
 };
 
 /// Outbox events fanned out per step.
@@ -64,8 +64,8 @@ pub struct Senders {
     pub http: reqwest::Client,
     /// The Open edX connector's tokens and course modes.
     pub lms: Arc<openedx::Caches>,
-    /// Performs App Store actions.
-    pub apple_api: AppStoreApi,
+    /// Perform the actions owed to stores.
+    pub stores: Arc<Stores>,
 }
 
 /// One step: dispatch, claim, send, record.
@@ -139,7 +139,13 @@ async fn send_all(
                     }
                 }
                 Some(e) if e.kind == STORE_KIND => (
-                    store_actions::perform(&db, &senders.apple_api, &c.app_id, &c.payload).await,
+                    store_actions::perform(
+                        &db,
+                        &senders.stores,
+                        &c.app_id,
+                        (&c.event_type, &c.payload),
+                    )
+                    .await,
                     None,
                 ),
                 Some(e) => (

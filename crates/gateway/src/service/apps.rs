@@ -82,62 +82,7 @@ fn validate(name: &str, s: &AppSettings, missing: Kind) -> ServiceResult<()> {
     for c in &s.embargoed_countries {
         super::text(&text::COUNTRY, "invalid_country", "embargoed_countries", c)?;
     }
-    if let Some(a) = &s.app_store {
-        let field = |f: &str| format!("app_store.{f}");
-        super::text(
-            &text::STORE_ID,
-            "invalid_app_store",
-            &field("bundle_id"),
-            &a.bundle_id,
-        )?;
-        opt_text(
-            &text::STORE_ID,
-            "invalid_app_store",
-            &field("issuer_id"),
-            a.issuer_id.as_deref(),
-        )?;
-        opt_text(
-            &text::STORE_ID,
-            "invalid_app_store",
-            &field("key_id"),
-            a.key_id.as_deref(),
-        )?;
-        opt_text(
-            &text::PRIVATE_KEY_PEM,
-            "invalid_app_store",
-            &field("private_key_pem"),
-            a.private_key_pem.as_ref().map(Secret::expose),
-        )?;
-        for cert in a.root_certificates_pem.iter().flatten() {
-            super::text(
-                &text::CERTIFICATE_PEM,
-                "invalid_app_store",
-                &field("root_certificates_pem"),
-                cert,
-            )?;
-        }
-        opt_text(
-            &text::SECRET_TEXT,
-            "invalid_app_store",
-            &field("shared_secret"),
-            a.shared_secret.as_ref().map(Secret::expose),
-        )?;
-        check_url(&field("api_base_url"), a.api_base_url.as_deref())?;
-        check_url(
-            &field("verify_receipt_url"),
-            a.verify_receipt_url.as_deref(),
-        )?;
-        check_url(
-            &field("verify_receipt_sandbox_url"),
-            a.verify_receipt_sandbox_url.as_deref(),
-        )?;
-        if a.environment == crate::model::AppleEnvironment::Production && a.app_apple_id.is_none() {
-            return Err(invalid(
-                "invalid_app_store",
-                "A Production `app_store` needs `app_apple_id` (the app's Apple ID in App Store Connect): Apple's notifications are checked against it.",
-            ));
-        }
-    }
+    crate::stores::check_settings(s)?;
     if let Some(p) = &s.play_store {
         let field = |f: &str| format!("play_store.{f}");
         super::text(

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use gateway_core::{
     AppId, AppUserId, CustomerState, Effect, ManualAction, PurchaseFacts, Settled, StoreEvent,
     Timestamp,
-    apple::models::JwsTransaction,
     audit::{AuditContent, chain_hash},
     decide::{derive, diff},
     ids::Store,
@@ -38,7 +37,7 @@ use crate::{
         batch::{self, CustomerKey, EventRow, InboundRow, LineageKey, Orphan, Val},
         customers::CustomerRow,
     },
-    stores::apple,
+    stores::{Owed, Transaction},
 };
 
 /// One input for the committer.
@@ -51,8 +50,8 @@ pub enum Work {
         input: Box<Input>,
         now: Timestamp,
     },
-    /// A verified App Store notification about a transaction; its customer is resolved in the batch.
-    AppleNotification(Box<AppleNotification>),
+    /// A verified store notification about a transaction; its customer is resolved in the batch.
+    Notification(Box<Notification>),
     /// A raw input with nothing to decide (a TEST notification, say): kept, deduped.
     Record(Box<Recorded>),
 }
@@ -67,14 +66,17 @@ pub struct Recorded {
     pub now: Timestamp,
 }
 
-/// What a verified App Store notification brings.
+/// What a verified store notification brings.
 #[derive(Debug, Clone)]
-pub struct AppleNotification {
+pub struct Notification {
     pub app: AppId,
-    pub uuid: String,
+    /// The store's notification source (`app_store.notification`), the dedupe namespace of `id`.
+    pub source: &'static str,
+    /// The store's id of the notification.
+    pub id: String,
     pub raw: String,
     pub cause: String,
-    pub transaction: JwsTransaction,
+    pub transaction: Transaction,
     /// Facts the notification states beyond its transaction's own fields.
     pub events: Vec<StoreEvent>,
     /// Store actions the notification asks of the gateway (the answer to a consumption request):
@@ -86,60 +88,53 @@ pub struct AppleNotification {
     pub now: Timestamp,
 }
 
-/// What is kept of a verified App Store notification held for a SKU the catalog did not map: enough
-/// to decide it once the SKU is mapped, without verifying it again (its raw body stays in `inbound`).
+/// What is kept of a verified notification held for a SKU the catalog did not map: enough to decide
+/// it once the SKU is mapped, without verifying it again (its raw body stays in `inbound`). The
+/// transaction is kept as its store wrote it, and read back by the store its row names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeldApple {
+pub struct Held {
     pub uuid: String,
     pub cause: String,
-    pub transaction: JwsTransaction,
+    pub transaction: serde_json::Value,
     pub events: Vec<StoreEvent>,
 }
 
-impl AppleNotification {
+impl Notification {
     /// The notification as held for an unmapped SKU.
-    fn held(&self) -> HeldApple {
-        HeldApple {
-            uuid: self.uuid.clone(),
+    fn held(&self) -> ServiceResult<Held> {
+        Ok(Held {
+            uuid: self.id.clone(),
             cause: self.cause.clone(),
-            transaction: self.transaction.clone(),
+            transaction: self.transaction.to_json().map_err(db::DbError::from)?,
             events: self.events.clone(),
-        }
+        })
     }
 
-    /// A held notification, to decide again now that its SKU is mapped.
-    pub fn from_held(app: AppId, inbound_id: String, held: HeldApple, now: Timestamp) -> Self {
-        AppleNotification {
+    /// A held notification of `store`, to decide again now that its SKU is mapped.
+    pub fn from_held(
+        app: AppId,
+        (store, source): (Store, &'static str),
+        inbound_id: String,
+        held: Held,
+        now: Timestamp,
+    ) -> ServiceResult<Self> {
+        Ok(Notification {
             app,
-            uuid: held.uuid,
+            source,
+            id: held.uuid,
             raw: String::new(),
             cause: held.cause,
-            transaction: held.transaction,
+            transaction: Transaction::from_json(store, held.transaction)
+                .map_err(db::DbError::from)?,
             events: held.events,
             owed: Vec::new(),
             held_as: Some(inbound_id),
             now,
-        }
+        })
     }
-}
 
-/// A store action owed by an input, written to the outbox (type `store.*`) once per `id`.
-#[derive(Debug, Clone)]
-pub struct Owed {
-    pub id: String,
-    pub event_type: &'static str,
-    pub payload: serde_json::Value,
-}
-
-pub const APPLE_NOTIFICATION: &str = "app_store.notification";
-
-impl AppleNotification {
     fn lineage(&self) -> String {
-        let t = &self.transaction;
-        t.original_transaction_id
-            .clone()
-            .or_else(|| t.transaction_id.clone())
-            .unwrap_or_default()
+        self.transaction.lineage()
     }
 }
 
@@ -163,10 +158,10 @@ impl Work {
                 }
                 keys
             }
-            Work::AppleNotification(n) => vec![format!(
+            Work::Notification(n) => vec![format!(
                 "l\u{1}{}\u{1}{}\u{1}{}",
                 n.app,
-                Store::AppStore.as_str(),
+                n.transaction.store().as_str(),
                 n.lineage()
             )],
             Work::Record(_) => Vec::new(),
@@ -176,7 +171,7 @@ impl Work {
     pub fn source(&self) -> &'static str {
         match self {
             Work::Decide { input, .. } => input.source,
-            Work::AppleNotification(_) => APPLE_NOTIFICATION,
+            Work::Notification(n) => n.source,
             Work::Record(r) => r.source,
         }
     }
@@ -278,7 +273,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     // 1. Resolve: who holds each lineage, which product each notification names, whose order issued
     // each appAccountToken.
     let mut lineages: Vec<LineageKey> = Vec::new();
-    let mut skus = Vec::new();
+    let mut skus: BTreeMap<&str, Vec<AppScoped>> = BTreeMap::new();
     let mut tokens = Vec::new();
     for w in works {
         match w {
@@ -287,14 +282,14 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     lineages.push(lineage_key(app, p.store, &p.store_transaction_id));
                 }
             }
-            Work::AppleNotification(n) => {
-                lineages.push(lineage_key(&n.app, Store::AppStore, &n.lineage()));
-                skus.push((
-                    n.app.to_string(),
-                    n.transaction.product_id.clone().unwrap_or_default(),
-                ));
-                if let Some(token) = &n.transaction.app_account_token {
-                    tokens.push((n.app.to_string(), token.clone()));
+            Work::Notification(n) => {
+                let store = n.transaction.store();
+                lineages.push(lineage_key(&n.app, store, &n.lineage()));
+                skus.entry(store.as_str())
+                    .or_default()
+                    .push((n.app.to_string(), n.transaction.sku().to_owned()));
+                if let Some(token) = n.transaction.order_token() {
+                    tokens.push((n.app.to_string(), token.to_owned()));
                 }
             }
             Work::Record(_) => {}
@@ -302,11 +297,12 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     }
     batch::lock_lineages(conn, &lineages).await?;
     let owners = batch::owners(conn, &lineages).await?;
-    let products = if skus.is_empty() {
-        HashMap::new()
-    } else {
-        batch::products_by_sku(conn, Store::AppStore.as_str(), &skus).await?
-    };
+    let mut products = HashMap::new();
+    for (store, skus) in &skus {
+        for ((app, sku), product) in batch::products_by_sku(conn, store, skus).await? {
+            products.insert((*store, app, sku), product);
+        }
+    }
     let by_token = if tokens.is_empty() {
         HashMap::new()
     } else {
@@ -316,10 +312,10 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let mut plans: Vec<Plan> = Vec::new();
     let mut holds: Vec<(usize, InboundRow, PurchaseFacts)> = Vec::new();
     let mut records: Vec<(usize, InboundRow)> = Vec::new();
-    let mut unmapped: Vec<(usize, InboundRow, &AppleNotification)> = Vec::new();
+    let mut unmapped: Vec<(usize, InboundRow, &Notification)> = Vec::new();
     let mut claimed: HashSet<CustomerKey> = HashSet::new();
     for (i, w) in works.iter().enumerate() {
-        let keep_raw = matches!(w, Work::AppleNotification(_));
+        let keep_raw = matches!(w, Work::Notification(_));
         let (app, customer, input, now) = match w {
             Work::Decide {
                 app,
@@ -332,41 +328,42 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 records.push((i, row));
                 continue;
             }
-            Work::AppleNotification(n) => {
+            Work::Notification(n) => {
                 let raw_row = || {
-                    let mut row =
-                        InboundRow::new(&n.app, (APPLE_NOTIFICATION, &n.uuid), None, &n.raw, n.now);
+                    let mut row = InboundRow::new(&n.app, (n.source, &n.id), None, &n.raw, n.now);
                     if let Some(id) = &n.held_as {
                         row.id = id.clone();
                     }
                     row
                 };
-                let sku = n.transaction.product_id.clone().unwrap_or_default();
-                let Some(product) = products.get(&(n.app.to_string(), sku.clone())) else {
+                let store = n.transaction.store();
+                let sku = n.transaction.sku();
+                let Some(product) =
+                    products.get(&(store.as_str(), n.app.to_string(), sku.to_owned()))
+                else {
                     if n.held_as.is_some() {
                         // Decided again, but its SKU is unmapped again: it stays held.
                         steps[i] = Some(Step::Reply(Ok(Done::Held)));
                         continue;
                     }
-                    tracing::warn!(app = %n.app, sku = %sku, notification = %n.uuid, "notification for a product the catalog does not know; held until it does");
+                    tracing::warn!(app = %n.app, store = store.as_str(), sku = %sku, notification = %n.id, "notification for a product the catalog does not know; held until it does");
                     unmapped.push((i, raw_row(), n));
                     continue;
                 };
-                let mut facts =
-                    match apple::transaction_facts(&n.transaction, db::new_id("pur"), product) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            steps[i] = Some(Step::Reply(Err(e.into())));
-                            continue;
-                        }
-                    };
+                let mut facts = match n.transaction.facts(db::new_id("pur"), product) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        steps[i] = Some(Step::Reply(Err(e.into())));
+                        continue;
+                    }
+                };
                 facts.events.extend(n.events.iter().cloned());
-                let lineage = lineage_key(&n.app, Store::AppStore, &facts.store_transaction_id);
+                let lineage = lineage_key(&n.app, facts.store, &facts.store_transaction_id);
                 let owner = owners
                     .get(&lineage)
                     .map(|o| o.customer.clone())
                     .or_else(|| {
-                        n.transaction.app_account_token.as_ref().and_then(|t| {
+                        n.transaction.order_token().and_then(|t| {
                             by_token
                                 .get(&(n.app.to_string(), t.to_ascii_lowercase()))
                                 .cloned()
@@ -380,11 +377,11 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     ServiceError::Internal(db::DbError::Corrupt(format!("customer id {owner:?}")))
                 })?;
                 let input = Input {
-                    source: APPLE_NOTIFICATION,
-                    dedupe_key: n.uuid.clone(),
+                    source: n.source,
+                    dedupe_key: n.id.clone(),
                     raw: n.raw.clone(),
                     cause: n.cause.clone(),
-                    actor: "app_store".into(),
+                    actor: store.as_str().into(),
                     manual: Vec::new(),
                     request_key: None,
                     purchases: vec![facts],
@@ -450,7 +447,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             new_facts: Vec::new(),
             moves,
             held_as: match w {
-                Work::AppleNotification(n) => n.held_as.clone(),
+                Work::Notification(n) => n.held_as.clone(),
                 _ => None,
             },
         });
@@ -479,7 +476,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let rerun: Vec<(String, String)> = works
         .iter()
         .filter_map(|w| match w {
-            Work::AppleNotification(n) => n.held_as.clone().map(|id| (n.app.to_string(), id)),
+            Work::Notification(n) => n.held_as.clone().map(|id| (n.app.to_string(), id)),
             _ => None,
         })
         .collect();
@@ -492,7 +489,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             .enumerate()
             .filter(|(i, _)| steps[*i].is_none())
             .filter_map(|(_, w)| match w {
-                Work::AppleNotification(n) => n.held_as.clone().map(|id| (n.app.to_string(), id)),
+                Work::Notification(n) => n.held_as.clone().map(|id| (n.app.to_string(), id)),
                 _ => None,
             })
             .collect();
@@ -504,12 +501,14 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     let mut held = Vec::new();
     for (i, row, n) in &unmapped {
         if fresh.contains(&row.id) {
+            let store = n.transaction.store().as_str();
+            metrics::counter!("gateway_inputs_held_unmapped_total", "store" => store).increment(1);
             held.push(batch::UnmappedRow {
                 app: row.app.clone(),
                 inbound_id: row.id.clone(),
-                store: Store::AppStore.as_str(),
-                sku: n.transaction.product_id.clone().unwrap_or_default(),
-                body: serde_json::to_string(&n.held()).map_err(db::DbError::from)?,
+                store,
+                sku: n.transaction.sku().to_owned(),
+                body: serde_json::to_string(&n.held()?).map_err(db::DbError::from)?,
                 at: n.now,
             });
             steps[*i] = Some(Step::Reply(Ok(Done::Held)));
@@ -518,8 +517,6 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
         }
     }
     if !held.is_empty() {
-        metrics::counter!("gateway_inputs_held_unmapped_total", "store" => "app_store")
-            .increment(held.len() as u64);
         batch::insert_unmapped(conn, &held).await?;
     }
     // Store actions owed by the inputs, with the raw inputs that ask for them; a repeat of an input
@@ -892,11 +889,11 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
 fn owed_actions(works: &[Work], owners: &HashMap<LineageKey, batch::Owned>) -> Vec<Vec<Val>> {
     let mut rows = Vec::new();
     for w in works {
-        let Work::AppleNotification(n) = w else {
+        let Work::Notification(n) = w else {
             continue;
         };
         let owner = owners
-            .get(&lineage_key(&n.app, Store::AppStore, &n.lineage()))
+            .get(&lineage_key(&n.app, n.transaction.store(), &n.lineage()))
             .map(|o| o.customer.clone())
             .unwrap_or_default();
         for o in &n.owed {
@@ -985,7 +982,7 @@ fn now_of(works: &[Work]) -> Timestamp {
         .iter()
         .map(|w| match w {
             Work::Decide { now, .. } => *now,
-            Work::AppleNotification(n) => n.now,
+            Work::Notification(n) => n.now,
             Work::Record(r) => r.now,
         })
         .max()

@@ -132,7 +132,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Pending>) {
         };
         let owes = works
             .iter()
-            .any(|w| matches!(w, Work::AppleNotification(n) if !n.owed.is_empty()));
+            .any(|w| matches!(w, Work::Notification(n) if !n.owed.is_empty()));
         if owes {
             // A store action may have been written without any customer changing.
             db.changes().outbox_signal().notify_one();

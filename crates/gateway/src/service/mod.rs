@@ -1,11 +1,13 @@
 //! Use cases: each public function is one thing a caller can ask of the gateway, built from storage
-//! (`db`), the pure core and the store clients (`stores`). Handlers call exactly one of these.
+//! (`db`), the pure core and the store adapters (`stores`), which they reach through their
+//! [`Context`]. Handlers call exactly one of these. Generic code here names no store: it asks the
+//! adapter of the store an input came from.
 //!
 //! Decisions go through one path: a use case verifies its input and hands it to [`decision::apply`]
 //! (or, for store notifications, to the [`committer`] directly); the committer runs waiting inputs as
 //! one [`batch`] in one transaction. Around it: [`purchases`] (submissions and restores),
-//! [`notifications`] (App Store Server Notifications, and inputs held for unmapped SKUs),
-//! [`recovery`] (Apple's notification history), [`customers`] (snapshots, grants, revokes, spends,
+//! [`notifications`] (store notifications, and inputs held for unmapped SKUs), [`recovery`] (the
+//! stores' notification histories), [`customers`] (snapshots, grants, revokes, spends,
 //! long polls), [`webhooks`], [`openedx`] and [`store_actions`] (what the delivery worker sends),
 //! [`tokens`] (entitlement tokens), [`apps`], [`catalog`], [`keys`] and [`customer_auth`].
 
@@ -29,25 +31,47 @@ use std::sync::{Arc, OnceLock};
 
 use gateway_core::text::{TextError, TextRule};
 
-use crate::db::{Db, DbError};
+use gateway_core::ids::Store;
 
-/// What the use cases of one process share: the storage, the decision [`committer`] (started on
-/// the first decision, on the runtime that makes it) and the entitlement-token keys read recently.
-/// Cheap to clone; the committer stops when the last clone is gone.
+use crate::{
+    db::{Db, DbError},
+    stores::{Adapter, Stores},
+};
+
+/// What the use cases of one process share: the storage, the store adapters, the decision
+/// [`committer`] (started on the first decision, on the runtime that makes it) and the
+/// entitlement-token keys read recently. Cheap to clone; the committer stops when the last clone is
+/// gone.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub db: Db,
+    pub stores: Arc<Stores>,
     committer: Arc<OnceLock<committer::Committer>>,
     token_keys: Arc<tokens::KeyCache>,
 }
 
 impl Context {
-    pub fn new(db: Db) -> Self {
+    /// A context whose store clients call out through `http`.
+    pub fn new(db: Db, http: reqwest::Client) -> Self {
         Context {
             db,
+            stores: Arc::new(Stores::new(http)),
             committer: Default::default(),
             token_keys: Default::default(),
         }
+    }
+
+    /// The adapter of `store`, or why the gateway cannot take it.
+    pub fn adapter(&self, store: Store) -> ServiceResult<Adapter<'_>> {
+        self.stores.adapter(store).ok_or_else(|| {
+            ServiceError::bad_request(
+                "store_not_supported",
+                format!(
+                    "Purchases from {} are not taken yet; `app_store` is.",
+                    store.as_str()
+                ),
+            )
+        })
     }
 
     /// The decision committer (group commit) of this process.

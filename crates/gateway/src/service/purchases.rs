@@ -2,9 +2,7 @@
 //! store's own means, maps it to the catalog and the customer, and decides. A client's word changes
 //! nothing until the store said the same (invariant 1): only verified data becomes facts.
 
-use gateway_core::{
-    AppUserId, Timestamp, apple::VerifyError, decide::PurchaseView, ids::Store, text,
-};
+use gateway_core::{AppUserId, Timestamp, decide::PurchaseView, ids::Store};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -13,7 +11,7 @@ use crate::db::customers as recorded;
 use crate::{
     db::{self, orders, products},
     model::{App, TransferPolicy},
-    stores::apple::{self, Verifiers, api::AppStoreApi, receipts as apple_receipts},
+    stores::{Proof, RestoreProof},
 };
 
 /// What an app submits.
@@ -24,12 +22,8 @@ pub struct Submission {
     pub order_id: Option<String>,
     /// The product the app believes it sold; checked against what the store signed.
     pub product_id: Option<gateway_core::ProductId>,
-    pub signed_transaction: Option<String>,
-    pub transaction_id: Option<String>,
-    pub receipt_data: Option<String>,
-    /// Google Play and Stripe inputs: refused for the App Store.
-    pub purchase_token: Option<String>,
-    pub checkout_session_id: Option<String>,
+    /// What the store gave the app.
+    pub proof: Proof,
 }
 
 /// The answer to a submission.
@@ -46,27 +40,9 @@ pub struct Submitted {
     pub customer: customers::Snapshot,
 }
 
-impl From<VerifyError> for ServiceError {
-    fn from(e: VerifyError) -> Self {
-        ServiceError::new(
-            Kind::Unprocessable,
-            e.code(),
-            format!("The signed transaction was refused: {e}."),
-        )
-    }
-}
-
 /// Verifies and decides on a submitted store purchase for `customer`.
-/// What the App Store adapter needs.
-#[derive(Debug, Clone, Copy)]
-pub struct AppleStore<'a> {
-    pub verifiers: &'a Verifiers,
-    pub api: &'a AppStoreApi,
-}
-
 pub async fn submit(
     cx: &Context,
-    apple_store: AppleStore<'_>,
     app: &App,
     customer: &AppUserId,
     submission: Submission,
@@ -74,39 +50,9 @@ pub async fn submit(
     now: Timestamp,
 ) -> ServiceResult<Submitted> {
     let db = &cx.db;
-    if submission.store != Store::AppStore {
-        return Err(ServiceError::bad_request(
-            "store_not_supported",
-            format!(
-                "Purchases from {} are not taken yet; `app_store` is.",
-                submission.store.as_str()
-            ),
-        ));
-    }
-    if submission.purchase_token.is_some() || submission.checkout_session_id.is_some() {
-        return Err(ServiceError::bad_request(
-            "field_not_for_store",
-            "`purchase_token` and `checkout_session_id` belong to Google Play and Stripe, not the App Store.",
-        ));
-    }
-    super::opt_text(
-        &text::SIGNED_DATA,
-        "invalid_signed_transaction",
-        "signed_transaction",
-        submission.signed_transaction.as_deref(),
-    )?;
-    super::opt_text(
-        &text::TRANSACTION_ID,
-        "invalid_transaction_id",
-        "transaction_id",
-        submission.transaction_id.as_deref(),
-    )?;
-    super::opt_text(
-        &text::RECEIPT,
-        "invalid_receipt_data",
-        "receipt_data",
-        submission.receipt_data.as_deref(),
-    )?;
+    let store = submission.store;
+    let adapter = cx.adapter(store)?;
+    adapter.check(&submission.proof)?;
     if let Some(order_id) = &submission.order_id {
         let order = orders::by_id(db, &app.id, order_id).await?.ok_or_else(|| {
             ServiceError::not_found(
@@ -121,75 +67,28 @@ pub async fn submit(
             ));
         }
     }
-    let verifier = apple_store.verifiers.for_app(app)?;
-    // What the store says: one verified transaction, or every transaction of a legacy receipt.
-    let (transactions, raw, what) = match (
-        submission.signed_transaction,
-        submission.transaction_id,
-        submission.receipt_data,
-    ) {
-        (Some(jws), None, None) => (
-            vec![verifier.verify_transaction(&jws, now)?],
-            jws,
-            "transaction",
-        ),
-        // Only an id: the gateway asks Apple for the transaction, then verifies it as any other.
-        (None, Some(id), None) => {
-            let jws = apple_store
-                .api
-                .transaction_info(app, verifier.environment(), &id)
-                .await?;
-            (
-                vec![verifier.verify_transaction(&jws, now)?],
-                jws,
-                "transaction",
-            )
-        }
-        (None, None, Some(receipt)) => {
-            let verified = apple_receipts::verify(apple_store.api.http(), app, &receipt).await?;
-            if verified.environment != verifier.environment() {
-                return Err(ServiceError::new(
-                    Kind::Unprocessable,
-                    "wrong_environment",
-                    format!(
-                        "The receipt is from the {} environment; this app accepts {}.",
-                        verified.environment.as_str(),
-                        verifier.environment().as_str()
-                    ),
-                ));
-            }
-            (verified.transactions, receipt, "receipt")
-        }
-        (None, None, None) => {
-            return Err(ServiceError::bad_request(
-                "signed_transaction_required",
-                "Send the StoreKit 2 `signed_transaction` (its jwsRepresentation), its `transaction_id`, or a legacy `receipt_data`.",
-            ));
-        }
-        // One purchase, one proof: a body with two could name two purchases, and picking one would
-        // silently drop the other.
-        _ => {
-            return Err(ServiceError::bad_request(
-                "one_proof_only",
-                "Send exactly one of `signed_transaction`, `transaction_id` and `receipt_data`.",
-            ));
-        }
-    };
-
+    // What the store says: one verified transaction, or every transaction of a listing.
+    let proven = adapter
+        .verify_submission(app, submission.proof, now)
+        .await?;
+    let names = adapter.names();
     let mut all_facts = Vec::new();
     let mut lineage: Option<String> = None;
     let mut label = String::new();
-    for t in &transactions {
-        let sku = t.product_id.clone().unwrap_or_default();
-        let Some(product) = products::by_sku(db, &app.id, "app_store", &sku).await? else {
-            // A receipt lists every purchase of the app; only those the catalog sells count.
-            if what == "receipt" {
+    for t in &proven.transactions {
+        let sku = t.sku();
+        let Some(product) = products::by_sku(db, &app.id, store.as_str(), sku).await? else {
+            // A listing holds every purchase of the app; only those the catalog sells count.
+            if proven.listing {
                 continue;
             }
             return Err(ServiceError::new(
                 Kind::Unprocessable,
                 "unknown_product",
-                format!("No product of this app has the App Store product id {sku:?}."),
+                format!(
+                    "No product of this app has the {} product id {sku:?}.",
+                    names.title
+                ),
             ));
         };
         if lineage.is_none()
@@ -204,21 +103,24 @@ pub async fn submit(
                 ),
             ));
         }
-        if let Some(token) = t.app_account_token.as_deref()
+        if let Some(token) = t.order_token()
             && let Some(order) = orders::by_app_account_token(db, &app.id, token).await?
             && order.customer_id != *customer
         {
             return Err(ServiceError::conflict(
                 "transaction_of_another_customer",
-                "This transaction's appAccountToken was issued to another customer.",
+                format!(
+                    "This transaction's {} was issued to another customer.",
+                    names.order_token
+                ),
             ));
         }
         // A lineage another customer holds is refused by the decision itself, under the lineage's
         // lock (`purchase_of_another_customer`): a check here would cost a read and could race.
-        let facts = apple::transaction_facts(t, db::new_id("pur"), &product)?;
+        let facts = t.facts(db::new_id("pur"), &product)?;
         if lineage.is_none() {
             lineage = Some(facts.store_transaction_id.clone());
-            label = format!("{} ({sku})", t.transaction_id.as_deref().unwrap_or("?"));
+            label = format!("{} ({sku})", t.id());
         }
         if !all_facts.iter().any(|f: &gateway_core::PurchaseFacts| {
             f.store_transaction_id == facts.store_transaction_id
@@ -238,12 +140,13 @@ pub async fn submit(
             "No transaction of the receipt is for a product of this app.",
         ));
     };
+    let (raw, what) = (proven.raw, proven.what);
     let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
     let input = decision::Input {
-        source: "app_store.client",
+        source: names.client,
         dedupe_key: format!("{what}:{}", &digest[..32]),
         raw,
-        cause: format!("The app submitted App Store {what} {label}."),
+        cause: format!("The app submitted {} {what} {label}.", names.title),
         actor: actor.to_owned(),
         manual: Vec::new(),
         request_key: None,
@@ -256,7 +159,7 @@ pub async fn submit(
     let purchase = snapshot
         .purchases
         .iter()
-        .find(|p| p.store == Store::AppStore && p.store_transaction_id == lineage)
+        .find(|p| p.store == store && p.store_transaction_id == lineage)
         .cloned()
         .ok_or_else(|| {
             ServiceError::Internal(db::DbError::Corrupt(format!(
@@ -290,93 +193,41 @@ pub async fn submit(
     })
 }
 
-/// The most transactions one restore may carry.
-pub const MAX_RESTORE: usize = 200;
-
-/// Restores a customer's App Store purchases (StoreKit's `Transaction.currentEntitlements`, or a legacy
-/// receipt). A purchase another customer holds moves to this one under the app's `transfer` policy (the
-/// stores' own behaviour), or stays where it is under `keep`; one store purchase never gives access to
-/// two customers at once.
+/// Restores a customer's purchases of `store` (for the App Store, StoreKit's
+/// `Transaction.currentEntitlements` or a legacy receipt). A purchase another customer holds moves to
+/// this one under the app's `transfer` policy (the stores' own behaviour), or stays where it is under
+/// `keep`; one store purchase never gives access to two customers at once.
 pub async fn restore(
     cx: &Context,
-    apple_store: AppleStore<'_>,
     app: &App,
     customer: &AppUserId,
-    (signed_transactions, receipt_data): (Vec<String>, Option<String>),
+    (store, proof): (Store, RestoreProof),
     actor: &str,
     now: Timestamp,
 ) -> ServiceResult<customers::Snapshot> {
     let db = &cx.db;
-    if signed_transactions.len() > MAX_RESTORE {
-        return Err(ServiceError::bad_request(
-            "too_many_transactions",
-            format!("A restore carries at most {MAX_RESTORE} transactions."),
-        ));
-    }
-    for jws in &signed_transactions {
-        super::text(
-            &text::SIGNED_DATA,
-            "invalid_signed_transaction",
-            "signed_transactions",
-            jws,
-        )?;
-    }
-    super::opt_text(
-        &text::RECEIPT,
-        "invalid_receipt_data",
-        "receipt_data",
-        receipt_data.as_deref(),
-    )?;
-    if signed_transactions.is_empty() && receipt_data.is_none() {
-        return Err(ServiceError::bad_request(
-            "nothing_to_restore",
-            "Send `signed_transactions` or a `receipt_data` to restore.",
-        ));
-    }
-    let verifier = apple_store.verifiers.for_app(app)?;
-    let mut transactions = Vec::new();
-    for jws in &signed_transactions {
-        transactions.push(verifier.verify_transaction(jws, now)?);
-    }
-    if let Some(receipt) = &receipt_data {
-        let verified = apple_receipts::verify(apple_store.api.http(), app, receipt).await?;
-        if verified.environment != verifier.environment() {
-            return Err(ServiceError::new(
-                Kind::Unprocessable,
-                "wrong_environment",
-                "The receipt is from another environment than this app's.",
-            ));
-        }
-        transactions.extend(verified.transactions);
-    }
-    if transactions.is_empty() {
-        return Err(ServiceError::new(
-            Kind::Unprocessable,
-            "nothing_to_restore",
-            "The receipt holds no transactions to restore.",
-        ));
-    }
-    let raw = serde_json::json!({"signed_transactions": signed_transactions, "receipt_data": receipt_data}).to_string();
+    let adapter = cx.adapter(store)?;
+    let transactions = adapter.verify_restore(app, &proof, now).await?;
+    let names = adapter.names();
+    let raw = serde_json::json!({"signed_transactions": proof.signed_transactions, "receipt_data": proof.receipt_data}).to_string();
     let mut all_facts: Vec<gateway_core::PurchaseFacts> = Vec::new();
     for t in &transactions {
-        let sku = t.product_id.clone().unwrap_or_default();
-        let Some(product) = products::by_sku(db, &app.id, "app_store", &sku).await? else {
+        let Some(product) = products::by_sku(db, &app.id, store.as_str(), t.sku()).await? else {
             continue;
         };
-        if let Some(token) = t.app_account_token.as_deref()
+        if let Some(token) = t.order_token()
             && let Some(order) = orders::by_app_account_token(db, &app.id, token).await?
             && order.customer_id != *customer
         {
             // Bought by another customer of this app, by their own order: not this customer's to restore.
             continue;
         }
-        let facts = apple::transaction_facts(t, db::new_id("pur"), &product)?;
+        let facts = t.facts(db::new_id("pur"), &product)?;
         // Under `transfer`, a lineage another customer holds moves in the decision itself, under the
         // lineage's lock; under `keep` it is left out.
         if app.settings.transfer_policy == TransferPolicy::Keep
             && let Some(owner) =
-                recorded::purchase_owner(db, &app.id, Store::AppStore, &facts.store_transaction_id)
-                    .await?
+                recorded::purchase_owner(db, &app.id, store, &facts.store_transaction_id).await?
             && owner != customer.as_str()
         {
             continue;
@@ -392,12 +243,13 @@ pub async fn restore(
     if !all_facts.is_empty() {
         let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
         let input = decision::Input {
-            source: "app_store.restore",
+            source: names.restore,
             dedupe_key: format!("restore:{customer}:{}", &digest[..32]),
             raw,
             cause: format!(
-                "The app restored {} App Store purchase(s).",
-                all_facts.len()
+                "The app restored {} {} purchase(s).",
+                all_facts.len(),
+                names.title
             ),
             actor: actor.to_owned(),
             manual: Vec::new(),

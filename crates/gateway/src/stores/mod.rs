@@ -1,12 +1,376 @@
-//! Store adapters: one folder per store. Each verifies what the store signed, fetches current truth,
-//! and turns the store's words into the core's facts; the pure models, verification and mapping live
-//! in `gateway_core`, the I/O here. Adapters answer with their own [`StoreError`], which the service
-//! maps to the API's errors once. The App Store is the one store built so far:
+//! Store adapters: one folder per store, each of the same shape. A store's adapter
 //!
-//! - [`apple`]: the App Store (verifiers of Apple's signed data, the App Store Server API client,
-//!   legacy receipts).
+//! - holds its client, which does all its I/O (the store's API, its credentials, retries with
+//!   [`crate::backoff`]);
+//! - turns what the store signed or answered into the core's facts, through pure functions that live
+//!   in `gateway_core` where they need no I/O;
+//! - and performs the store actions the gateway owes it, from the outbox.
+//!
+//! Generic code reaches a store only through an [`Adapter`], whose verbs every store has: check and
+//! verify what a client submitted, verify a notification, poll for what notifications missed, perform
+//! a store action. What they answer is store-neutral: a verified [`Transaction`] the service maps to
+//! the catalog and to a customer, a [`Notice`] the batch decides, a [`Page`] of notices. Adapters
+//! answer with their own [`StoreError`], which the service maps to the API's errors once.
+//!
+//! - [`apple`]: the App Store (Apple's signed data, the App Store Server API, legacy receipts).
+//!
+//! A new store goes in `stores/<store>/` (its client, its adapter in `mod.rs`), gets a variant of
+//! [`Transaction`] and of [`Adapter`], and a field of [`Stores`]; its pure mapping goes in
+//! `gateway_core::<store>`, its simulator in `store-sim/src/<store>/`.
 
 pub mod apple;
 pub mod error;
 
+use gateway_core::{
+    Product, PurchaseFacts, StoreEvent, Timestamp, apple::models::JwsTransaction, ids::Store,
+    text::TextRule,
+};
+
 pub use error::{Problem, StoreError, StoreResult};
+
+use crate::model::App;
+
+/// The adapters of every store the gateway takes, with their clients and caches. Cheap to share.
+#[derive(Debug)]
+pub struct Stores {
+    pub apple: apple::AppStore,
+}
+
+impl Stores {
+    /// The adapters, their clients on `http`.
+    pub fn new(http: reqwest::Client) -> Self {
+        Stores {
+            apple: apple::AppStore::new(http),
+        }
+    }
+
+    /// The adapter of `store`, when the gateway takes it.
+    pub fn adapter(&self, store: Store) -> Option<Adapter<'_>> {
+        match store {
+            Store::AppStore => Some(Adapter::AppStore(&self.apple)),
+            _ => None,
+        }
+    }
+
+    /// Every adapter.
+    pub fn all(&self) -> [Adapter<'_>; 1] {
+        [Adapter::AppStore(&self.apple)]
+    }
+}
+
+/// One store's adapter: the verbs every store has, dispatched to it.
+#[derive(Debug, Clone, Copy)]
+pub enum Adapter<'a> {
+    AppStore(&'a apple::AppStore),
+}
+
+/// What an app submits as proof of a purchase, as it arrived; each store reads its own fields and
+/// refuses the others'.
+#[derive(Debug, Clone, Default)]
+pub struct Proof {
+    pub signed_transaction: Option<String>,
+    pub transaction_id: Option<String>,
+    pub receipt_data: Option<String>,
+    pub purchase_token: Option<String>,
+    pub checkout_session_id: Option<String>,
+}
+
+/// What an app submits to restore its purchases (a new device, a new install).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreProof {
+    pub signed_transactions: Vec<String>,
+    pub receipt_data: Option<String>,
+}
+
+/// What a submission proved: the transactions the store vouches for, and the raw proof to keep.
+#[derive(Debug, Clone)]
+pub struct Proven {
+    pub transactions: Vec<Transaction>,
+    pub raw: String,
+    /// What the proof was (`transaction`, `receipt`), for the dedupe key and the timeline.
+    pub what: &'static str,
+    /// A listing of every purchase of the app (a receipt): only those the catalog sells count, and
+    /// one it does not is skipped rather than refused.
+    pub listing: bool,
+}
+
+/// One transaction as its store stated it, verified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transaction {
+    AppStore(JwsTransaction),
+}
+
+impl Transaction {
+    pub fn store(&self) -> Store {
+        match self {
+            Transaction::AppStore(_) => Store::AppStore,
+        }
+    }
+
+    /// The store's product id (the SKU the catalog maps).
+    pub fn sku(&self) -> &str {
+        match self {
+            Transaction::AppStore(t) => t.product_id.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// The purchase lineage the transaction belongs to.
+    pub fn lineage(&self) -> String {
+        match self {
+            Transaction::AppStore(t) => t
+                .original_transaction_id
+                .clone()
+                .or_else(|| t.transaction_id.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The token an order issued and the app passed to the store, which binds the purchase to the
+    /// order's customer.
+    pub fn order_token(&self) -> Option<&str> {
+        match self {
+            Transaction::AppStore(t) => t.app_account_token.as_deref(),
+        }
+    }
+
+    /// The store's id of this transaction, for the timeline.
+    pub fn id(&self) -> &str {
+        match self {
+            Transaction::AppStore(t) => t.transaction_id.as_deref().unwrap_or("?"),
+        }
+    }
+
+    /// The facts the transaction states about its lineage, as `product` of the catalog.
+    pub fn facts(&self, purchase_id: String, product: &Product) -> StoreResult<PurchaseFacts> {
+        match self {
+            Transaction::AppStore(t) => apple::transaction_facts(t, purchase_id, product),
+        }
+    }
+
+    /// The transaction as its store wrote it, to keep.
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            Transaction::AppStore(t) => serde_json::to_value(t),
+        }
+    }
+
+    /// A transaction kept by [`Transaction::to_json`].
+    pub fn from_json(store: Store, value: serde_json::Value) -> serde_json::Result<Self> {
+        match store {
+            Store::AppStore => Ok(Transaction::AppStore(serde_json::from_value(value)?)),
+            other => Err(serde::de::Error::custom(format!(
+                "no transaction of {} is kept",
+                other.as_str()
+            ))),
+        }
+    }
+}
+
+/// A store notification, verified.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub store: Store,
+    /// The store's id of the notification: its dedupe key.
+    pub id: String,
+    /// The body as it arrived.
+    pub raw: String,
+    /// A sentence for the timeline.
+    pub cause: String,
+    /// The transaction it is about; none for a test notification, say.
+    pub transaction: Option<Transaction>,
+    /// Facts it states beyond its transaction's own fields.
+    pub events: Vec<StoreEvent>,
+    /// Store actions it asks of the gateway (the answer to a consumption request).
+    pub owed: Vec<Owed>,
+}
+
+/// A store action owed by an input, written to the outbox (type `store.*`) once per `id`.
+#[derive(Debug, Clone)]
+pub struct Owed {
+    pub id: String,
+    pub event_type: &'static str,
+    pub payload: serde_json::Value,
+}
+
+/// A page of what a store's history holds, verified one by one: one that fails is counted, not fatal.
+#[derive(Debug)]
+pub struct Page {
+    pub notices: Vec<StoreResult<Notice>>,
+    /// The next page's token; `None` at the window's end. An error when the store's paging cannot
+    /// go on, which fails the read once this page is taken.
+    pub next: StoreResult<Option<String>>,
+}
+
+/// What the gateway knows of a purchase when a store asks (a consumption request, a refund review).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standing {
+    /// A customer holds it and it was granted.
+    pub delivered: bool,
+    /// For a consumable, how much of its credit is spent, in thousandths of a percent.
+    pub consumed: Option<u32>,
+}
+
+/// The names a store's inputs go by.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    /// The store, as a sentence says it (`App Store`).
+    pub title: &'static str,
+    /// The source of a client's submission (`app_store.client`).
+    pub client: &'static str,
+    /// The source of a restore.
+    pub restore: &'static str,
+    /// The source of a notification, and its dedupe namespace.
+    pub notification: &'static str,
+    /// What the store calls the token an order issues (`appAccountToken`).
+    pub order_token: &'static str,
+    /// The cursor of the poll for missed notifications.
+    pub cursor: &'static str,
+}
+
+impl<'a> Adapter<'a> {
+    pub fn store(self) -> Store {
+        match self {
+            Adapter::AppStore(_) => Store::AppStore,
+        }
+    }
+
+    pub fn names(self) -> &'static Names {
+        match self {
+            Adapter::AppStore(_) => &apple::NAMES,
+        }
+    }
+
+    /// Checks the form of a submitted proof, before anything is read.
+    pub fn check(self, proof: &Proof) -> StoreResult<()> {
+        match self {
+            Adapter::AppStore(a) => a.check(proof),
+        }
+    }
+
+    /// Verifies a submitted proof with the store.
+    pub async fn verify_submission(
+        self,
+        app: &App,
+        proof: Proof,
+        now: Timestamp,
+    ) -> StoreResult<Proven> {
+        match self {
+            Adapter::AppStore(a) => a.verify_submission(app, proof, now).await,
+        }
+    }
+
+    /// Verifies what an app restores; the transactions of every purchase it names.
+    pub async fn verify_restore(
+        self,
+        app: &App,
+        proof: &RestoreProof,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Transaction>> {
+        match self {
+            Adapter::AppStore(a) => a.verify_restore(app, proof, now).await,
+        }
+    }
+
+    /// Verifies a notification body by the store's own means.
+    pub async fn verify_notification(
+        self,
+        app: &App,
+        body: &[u8],
+        now: Timestamp,
+    ) -> StoreResult<Notice> {
+        match self {
+            Adapter::AppStore(a) => a.verify_notification(app, body, now),
+        }
+    }
+
+    /// True when the app is set up for the store's history to be read.
+    pub fn can_poll(self, app: &App) -> bool {
+        match self {
+            Adapter::AppStore(_) => apple::can_poll(app),
+        }
+    }
+
+    /// The window the store's history can be read for, from `start` (or why not).
+    pub fn poll_window(
+        self,
+        app: &App,
+        window: (Timestamp, Timestamp),
+        now: Timestamp,
+    ) -> StoreResult<(Timestamp, Timestamp)> {
+        match self {
+            Adapter::AppStore(a) => a.poll_window(app, window, now),
+        }
+    }
+
+    /// Reads the page at `token` of the store's history for `window`.
+    pub async fn poll(
+        self,
+        app: &App,
+        window: (Timestamp, Timestamp),
+        token: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<Page> {
+        match self {
+            Adapter::AppStore(a) => a.poll(app, window, token, now).await,
+        }
+    }
+
+    /// The purchase an owed action is about: its lineage and quantity, whose [`Standing`] the action
+    /// needs.
+    pub fn action_subject(
+        self,
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> StoreResult<(String, u32)> {
+        match self {
+            Adapter::AppStore(a) => a.action_subject(event_type, payload),
+        }
+    }
+
+    /// Performs an owed action; the store's HTTP status when it took it.
+    pub async fn perform(
+        self,
+        app: &App,
+        event_type: &str,
+        payload: &serde_json::Value,
+        standing: Standing,
+    ) -> StoreResult<u16> {
+        match self {
+            Adapter::AppStore(a) => a.perform(app, event_type, payload, standing).await,
+        }
+    }
+
+    /// The adapter an owed action's type (`store.<store>.<verb>`) belongs to.
+    pub fn of_action(stores: &'a Stores, event_type: &str) -> Option<Self> {
+        let store = event_type.strip_prefix("store.")?.split('.').next()?;
+        stores.adapter(Store::parse(store)?)
+    }
+}
+
+/// Checks an app's settings of every store that has an adapter.
+pub fn check_settings(settings: &crate::model::AppSettings) -> StoreResult<()> {
+    if let Some(a) = &settings.app_store {
+        apple::check_settings(a)?;
+    }
+    Ok(())
+}
+
+/// Checks a URL setting.
+pub(crate) fn check_url(field: &str, value: Option<&str>) -> StoreResult<()> {
+    text(&gateway_core::text::URL_TEXT, "invalid_url", field, value)
+}
+
+/// Checks a field of what a client or store sent against its rule.
+pub(crate) fn text(
+    rule: &TextRule,
+    code: &'static str,
+    field: &str,
+    value: Option<&str>,
+) -> StoreResult<()> {
+    match value {
+        Some(v) => rule
+            .check(v)
+            .map_err(|e| StoreError::new(Problem::Malformed, code, format!("`{field}` {e}."))),
+        None => Ok(()),
+    }
+}

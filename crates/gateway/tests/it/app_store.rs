@@ -1106,9 +1106,7 @@ both!(
         // The job does the same from its cursor (a day back the first time), then moves it.
         server.record_notification(&missed[1]).unwrap();
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
-        let verifiers = gateway::stores::apple::Verifiers::default();
-        let api = gateway::stores::apple::api::AppStoreApi::new(reqwest::Client::new());
-        let outcome = gateway::jobs::recovery::step(&app.cx, &clock, &verifiers, &api).await;
+        let outcome = gateway::jobs::recovery::step(&app.cx, &clock).await;
         assert_eq!(outcome, gateway::jobs::Outcome::Partial(1));
         let snap = app.get("/v1/apps/acme/customers/u2").await.expect(200);
         assert_eq!(
@@ -1117,7 +1115,7 @@ both!(
         );
         let acme: gateway_core::AppId = "acme".parse().unwrap();
         assert_eq!(
-            gateway::db::cursors::get(&app.db, &acme, gateway::service::recovery::APPLE_CURSOR)
+            gateway::db::cursors::get(&app.db, &acme, gateway::stores::apple::NAMES.cursor)
                 .await
                 .unwrap(),
             Some(t0())
@@ -1141,7 +1139,7 @@ both!(
         use gateway::{
             db::cursors,
             jobs::{Outcome, recovery::step},
-            service::recovery::APPLE_CURSOR,
+            stores::apple::NAMES,
         };
         use store_sim::apple::chain::Notification;
         let api = WithApi::open(&app).await;
@@ -1178,8 +1176,6 @@ both!(
                 .unwrap();
         }
         let clock: std::sync::Arc<dyn gateway_core::Clock> = std::sync::Arc::new(app.clock.clone());
-        let verifiers = gateway::stores::apple::Verifiers::default();
-        let client = gateway::stores::apple::api::AppStoreApi::new(reqwest::Client::new());
         let acme: gateway_core::AppId = "acme".parse().unwrap();
         let inbound = app.count("inbound").await;
 
@@ -1187,17 +1183,14 @@ both!(
         // its place.
         let calls = server.calls();
         server.fail_after(100, vec![(401, None)]);
-        assert_eq!(
-            step(&app.cx, &clock, &verifiers, &client).await,
-            Outcome::Partial(0)
-        );
+        assert_eq!(step(&app.cx, &clock).await, Outcome::Partial(0));
         let taken = app.count("inbound").await - inbound;
         assert!(
             taken == 100 * 20,
             "the pages read before the failure were kept: {taken}"
         );
         assert_eq!(
-            cursors::get(&app.db, &acme, APPLE_CURSOR).await.unwrap(),
+            cursors::get(&app.db, &acme, NAMES.cursor).await.unwrap(),
             None,
             "the cursor moves when the window is done"
         );
@@ -1206,10 +1199,7 @@ both!(
         // Backing off: the next tick leaves the app alone; once the back-off is over, the run goes
         // on from the page it stopped at.
         let before = server.calls();
-        assert_eq!(
-            step(&app.cx, &clock, &verifiers, &client).await,
-            Outcome::Partial(0)
-        );
+        assert_eq!(step(&app.cx, &clock).await, Outcome::Partial(0));
         assert_eq!(
             server.calls(),
             before,
@@ -1217,7 +1207,7 @@ both!(
         );
         app.clock.advance_millis(5 * 60_000);
         let resumed = server.calls();
-        let outcome = step(&app.cx, &clock, &verifiers, &client).await;
+        let outcome = step(&app.cx, &clock).await;
         assert_eq!(outcome, Outcome::Partial(n as usize - taken as usize));
         assert_eq!(app.count("inbound").await - inbound, n);
         assert!(
@@ -1226,7 +1216,7 @@ both!(
         );
         assert_eq!(app.count("orphan_events").await, n);
         assert_eq!(
-            cursors::get(&app.db, &acme, APPLE_CURSOR).await.unwrap(),
+            cursors::get(&app.db, &acme, NAMES.cursor).await.unwrap(),
             Some(t0()),
             "the cursor is at the end of the window the run began with"
         );
@@ -1234,14 +1224,14 @@ both!(
         // Not due again before the interval; and while another instance holds the run, this one
         // leaves it alone.
         let before = server.calls();
-        step(&app.cx, &clock, &verifiers, &client).await;
+        step(&app.cx, &clock).await;
         assert!(server.calls() <= before + 1, "acme was not read again");
         app.clock
             .advance_millis(gateway::service::recovery::INTERVAL_MS);
         let now = gateway_core::Clock::now(&app.clock);
         let held = cursors::claim_run(
             &app.db,
-            (&acme, APPLE_CURSOR),
+            (&acme, NAMES.cursor),
             "another-instance",
             now,
             now.plus_millis(60_000),
@@ -1250,7 +1240,7 @@ both!(
         .unwrap();
         assert!(held.is_some());
         let before = server.calls();
-        step(&app.cx, &clock, &verifiers, &client).await;
+        step(&app.cx, &clock).await;
         assert!(server.calls() <= before + 1, "acme is leased elsewhere");
     }
 );

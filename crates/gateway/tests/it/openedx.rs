@@ -8,7 +8,6 @@ use futures_util::StreamExt;
 use gateway::{
     jobs::deliveries::{self, Senders},
     service::openedx as connector,
-    stores::apple::api::AppStoreApi,
 };
 use gateway_core::{Clock, Timestamp};
 use serde_json::{Value, json};
@@ -483,7 +482,7 @@ both!(
         let senders = Senders {
             http: http.clone(),
             lms: Arc::new(connector::Caches::default()),
-            apple_api: AppStoreApi::new(http),
+            stores: app.cx.stores.clone(),
         };
         let mut seconds = 0;
         while lms.sim.calls().len() < BURST && seconds < 1200 {
