@@ -21,6 +21,7 @@ pub mod duration;
 pub mod facts;
 pub mod ids;
 pub mod ledger;
+pub mod play;
 pub mod purchase;
 pub mod text;
 pub mod time;
