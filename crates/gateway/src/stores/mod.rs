@@ -19,6 +19,7 @@
 //! `gateway_core::<store>`, its simulator in `store-sim/src/<store>/`.
 
 pub mod apple;
+mod call;
 pub mod error;
 
 use gateway_core::{

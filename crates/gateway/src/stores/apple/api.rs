@@ -18,19 +18,18 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::{
     backoff::{Backoff, Jitter},
     model::App,
-    stores::error::{Problem, StoreError, StoreResult},
+    stores::{
+        call,
+        error::{Problem, StoreError, StoreResult},
+    },
 };
 
 /// Apple's production and sandbox hosts.
 pub const PRODUCTION_URL: &str = "https://api.storekit.apple.com";
 pub const SANDBOX_URL: &str = "https://api.storekit-sandbox.apple.com";
 
-/// Attempts per call: the first and three retries.
-const ATTEMPTS: u32 = 4;
 /// The longest wait between attempts: a client is waiting on the answer.
 const MAX_WAIT: Duration = Duration::from_secs(5);
-/// One request's limit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a bearer token is valid: Apple refuses more than an hour; five minutes is what its
 /// libraries use.
 const TOKEN_LIFETIME_SECS: u64 = 300;
@@ -896,16 +895,12 @@ impl AppStoreApi {
             Self::base_url(app, env)?.trim_end_matches('/'),
             call.path
         );
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let token = Self::bearer(app)?;
+        let build = || {
             let mut request = self
                 .http
                 .request(call.method.clone(), &url)
-                .bearer_auth(token)
-                .header("accept", "application/json")
-                .timeout(REQUEST_TIMEOUT);
+                .bearer_auth(Self::bearer(app)?)
+                .header("accept", "application/json");
             if !call.query.is_empty() {
                 request = request.query(&call.query);
             }
@@ -914,51 +909,34 @@ impl AppStoreApi {
                     .header("content-type", "application/json")
                     .body(body.clone());
             }
-            let res = match request.send().await {
-                Ok(r) => r,
-                Err(e) if attempt < ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, "App Store Server API unreachable; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    continue;
-                }
-                Err(_) => {
-                    return Err(StoreError::unavailable(
-                        "The App Store Server API does not answer; try again later.",
-                    ));
-                }
-            };
-            let status = res.status();
-            let retry_after = res
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            let text = res.text().await.unwrap_or_default();
-            if status.is_success() {
-                return Ok(text);
+            Ok(request)
+        };
+        let judge = |status: u16, body: &str, retry_after: Option<&str>| {
+            let code = serde_json::from_str::<AppleError>(body)
+                .ok()
+                .and_then(|e| e.error_code);
+            let after = retry_after.and_then(|v| v.trim().parse::<u64>().ok());
+            call::Verdict {
+                retryable: status == 429
+                    || status >= 500
+                    || code.is_some_and(|c| RETRYABLE.contains(&c)),
+                wait: match (status, after) {
+                    (429, Some(after)) => Some(retry_after_wait(after)),
+                    _ => None,
+                },
             }
-            let apple: Option<AppleError> = serde_json::from_str(&text).ok();
-            let code = apple.as_ref().and_then(|e| e.error_code);
-            let retryable = status.as_u16() == 429
-                || status.is_server_error()
-                || code.is_some_and(|c| RETRYABLE.contains(&c));
-            if retryable && attempt < ATTEMPTS {
-                let wait = match (status.as_u16(), retry_after) {
-                    (429, Some(after)) => retry_after_wait(after),
-                    _ => backoff(attempt),
-                };
-                tracing::warn!(
-                    status = status.as_u16(),
-                    code,
-                    attempt,
-                    wait_ms = wait.as_millis() as u64,
-                    "App Store Server API asked to retry"
-                );
-                tokio::time::sleep(wait).await;
-                continue;
+        };
+        let unreachable = || {
+            StoreError::unavailable("The App Store Server API does not answer; try again later.")
+        };
+        match call::send(&POLICY, build, judge, unreachable).await? {
+            Ok(body) => Ok(body),
+            Err(refused) => {
+                let apple: Option<AppleError> = serde_json::from_str(&refused.body).ok();
+                let code = apple.as_ref().and_then(|e| e.error_code);
+                let message = apple.and_then(|e| e.error_message).unwrap_or_default();
+                Err(refusal(refused.status, code, &message, refused.retryable))
             }
-            let message = apple.and_then(|e| e.error_message).unwrap_or_default();
-            return Err(refusal(status.as_u16(), code, &message, retryable));
         }
     }
 }
@@ -1026,17 +1004,19 @@ fn retry_after_wait(after: u64) -> Duration {
     wait.min(MAX_WAIT)
 }
 
-/// 200 ms, 400 ms, 800 ms ... up to 20% longer, capped at [`MAX_WAIT`].
-const RETRIES: Backoff = Backoff {
-    first: Duration::from_millis(200),
-    doublings: 8,
-    cap: MAX_WAIT,
-    jitter: Jitter::Above,
+/// Four attempts (the first and three retries), 200 ms, 400 ms, 800 ms apart, up to 20% longer,
+/// capped at [`MAX_WAIT`]: a client is waiting on the answer; 10 s per request.
+const POLICY: call::Policy = call::Policy {
+    service: "App Store Server API",
+    attempts: 4,
+    backoff: Backoff {
+        first: Duration::from_millis(200),
+        doublings: 8,
+        cap: MAX_WAIT,
+        jitter: Jitter::Above,
+    },
+    timeout: Duration::from_secs(10),
 };
-
-fn backoff(attempt: u32) -> Duration {
-    RETRIES.delay(attempt)
-}
 
 #[cfg(test)]
 mod tests {
@@ -1056,6 +1036,7 @@ mod tests {
             wait <= Duration::from_millis(1_000) && wait >= Duration::from_millis(500),
             "{wait:?}"
         );
+        let backoff = |attempt| POLICY.backoff.delay(attempt);
         assert!(backoff(1) >= Duration::from_millis(200) && backoff(10) <= MAX_WAIT);
     }
 
