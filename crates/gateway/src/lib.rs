@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod jwks;
 pub mod model;
 pub mod service;
 pub mod stores;

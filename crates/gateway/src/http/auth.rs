@@ -69,9 +69,7 @@ pub async fn customer_access(
     let token = headers
         .get(CUSTOMER_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok());
-    state
-        .jwks
-        .verify(app, customer, token)
+    crate::service::customer_auth::verify(&state.jwks, app, customer, token)
         .await
         .map_err(ApiError::from)
 }
