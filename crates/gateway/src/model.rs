@@ -95,8 +95,18 @@ pub struct PlayStoreConfig {
     pub service_account_json: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
+    /// The audience of the push subscription's OIDC tokens (its push endpoint URL unless set
+    /// otherwise in Pub/Sub); with `pubsub_service_account`, pushes are authenticated by those tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pubsub_audience: Option<String>,
+    /// The service account the push subscription signs its OIDC tokens as (their `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubsub_service_account: Option<String>,
+    /// Where Google publishes the keys of its OIDC tokens (Google's own by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_certs_url: Option<String>,
+    /// A secret the push endpoint URL carries as `?token=`, when pushes are not authenticated by OIDC
+    /// tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_token: Option<Secret>,
 }

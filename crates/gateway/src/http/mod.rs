@@ -123,6 +123,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(purchases::restore))
         .routes(routes!(notifications::app_store))
         .routes(routes!(notifications::recover_app_store))
+        .routes(routes!(notifications::play_store))
+        .routes(routes!(notifications::recover_play_store))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(webhooks::get_endpoint, webhooks::patch_endpoint))
         .routes(routes!(webhooks::rotate_secret))

@@ -17,6 +17,7 @@ use gateway_core::ids::Store;
 use crate::{
     model::Scope,
     service::{apps, notifications, recovery},
+    stores::Delivery,
 };
 
 /// App Store Server Notifications V2. Answered 200 once the raw body is durable; a verified duplicate
@@ -33,7 +34,8 @@ pub async fn app_store(
 ) -> ApiResult<impl IntoResponse> {
     let app = apps::get(&s.cx.db, &parse_app(&app)?).await?;
     let received =
-        notifications::receive(&s.cx, &app, Store::AppStore, &body, s.clock.now()).await?;
+        notifications::receive(&s.cx, &app, Store::AppStore, delivery(&body), s.clock.now())
+            .await?;
     metrics::counter!("gateway_notifications_total", "store" => "app_store", "status" => received.status).increment(1);
     tracing::info!(app = %app.id, notification = %received.notification_uuid, status = received.status, "App Store notification");
     Ok(ApiJson(received))
@@ -76,5 +78,84 @@ pub async fn recover_app_store(
         now,
     )
     .await?;
+    Ok(ApiJson(recovered))
+}
+
+/// A body with nothing else to authenticate it (Apple's signed payload authenticates itself).
+fn delivery(body: &[u8]) -> Delivery<'_> {
+    Delivery {
+        body,
+        bearer: None,
+        query_token: None,
+    }
+}
+
+/// The `?token=` a push endpoint URL may carry.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct PushQuery {
+    /// The app's `play_store.push_token`, when pushes are not authenticated by OIDC tokens.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// Google Play Real-time developer notifications, as Pub/Sub pushes them. Authenticated by the push
+/// subscription's OIDC token (`Authorization: Bearer`, Google-signed, the app's `pubsub_audience` and
+/// `pubsub_service_account`) or by the app's `push_token` as `?token=`. The gateway reads the purchase
+/// the message names from Play (a message carries no state) and decides; it answers 200 once the raw
+/// body is durable, and a duplicate `messageId` changes nothing.
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/play_store", tag = "notifications", security(()),
+    params(("app" = gateway_core::AppId, Path), PushQuery),
+    request_body(content = Object, description = "A Pub/Sub push: `{\"message\": {\"data\": \"<base64 DeveloperNotification>\", \"messageId\": ...}, \"subscription\": ...}`"),
+    responses((status = 200, body = notifications::Received),
+              (status = 400, description = "`malformed_notification` or `invalid_purchase_token`", body = ErrorBody),
+              (status = 401, description = "`push_unauthenticated`, `invalid_push_token` or `invalid_push_authentication`", body = ErrorBody),
+              (status = 404, description = "`purchase_token_not_found`: Play knows no such purchase", body = ErrorBody),
+              (status = 409, description = "`store_not_configured`: the app has no `play_store` settings", body = ErrorBody),
+              (status = 422, description = "`wrong_app`: the notification is for another package", body = ErrorBody),
+              (status = 503, description = "Play did not answer; Pub/Sub retries", body = ErrorBody)))]
+pub async fn play_store(
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<PushQuery>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let app = apps::get(&s.cx.db, &parse_app(&app)?).await?;
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let delivery = Delivery {
+        body: &body,
+        bearer,
+        query_token: query.token.as_deref(),
+    };
+    let received =
+        notifications::receive(&s.cx, &app, Store::PlayStore, delivery, s.clock.now()).await?;
+    metrics::counter!("gateway_notifications_total", "store" => "play_store", "status" => received.status).increment(1);
+    tracing::info!(app = %app.id, message = %received.notification_uuid, status = received.status, "Google Play notification");
+    Ok(ApiJson(received))
+}
+
+/// Walks Play's voided purchases for a window (within Play's 30 days) and takes every refund and
+/// chargeback the gateway missed; the recovery job does the same every 15 minutes from where it last
+/// stopped.
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/play_store/recover", tag = "notifications", params(("app" = gateway_core::AppId, Path)),
+    request_body = RecoverRequest,
+    responses((status = 200, body = recovery::Recovered),
+              (status = 409, description = "`store_not_configured`: the app has no Play Developer API key", body = ErrorBody),
+              (status = 422, description = "`invalid_window` (`start` is not before `end` within Play's 30 days), or Play refused the request", body = ErrorBody),
+              (status = 503, description = "Play did not answer", body = ErrorBody)))]
+pub async fn recover_play_store(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiJson(req): ApiJson<RecoverRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Purchases])).await?;
+    let now = s.clock.now();
+    let adapter = s.cx.adapter(Store::PlayStore)?;
+    let window = (req.start, req.end.unwrap_or(now));
+    let recovered = recovery::recover(&s.cx, adapter, &app, window, now).await?;
     Ok(ApiJson(recovered))
 }

@@ -88,6 +88,7 @@ pub async fn submit(
             receipt_data: body.receipt_data,
             purchase_token: body.purchase_token,
             checkout_session_id: body.checkout_session_id,
+            subscription: None,
         },
     };
     let answer =
@@ -100,7 +101,8 @@ pub async fn submit(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
-    /// `app_store` (Google Play comes with its adapter).
+    /// `app_store` (with `signed_transactions` or `receipt_data`) or `play_store` (with
+    /// `purchase_tokens`).
     store: String,
     /// StoreKit 2: the `jwsRepresentation` of each of `Transaction.currentEntitlements`.
     #[serde(default)]
@@ -108,6 +110,8 @@ pub struct RestoreBody {
     /// A legacy receipt.
     #[serde(default)]
     receipt_data: Option<String>,
+    /// Google Play: the `purchaseToken` of each of the app's current purchases
+    /// (`queryPurchasesAsync`).
     #[serde(default)]
     purchase_tokens: Vec<String>,
 }
@@ -129,21 +133,33 @@ pub async fn restore(
 ) -> ApiResult<impl IntoResponse> {
     let user = parse_user(&user)?;
     let app = app_for_customer(&s, &caller, &app, &user, &headers, &[Scope::Purchases]).await?;
-    if body.store != "app_store" || !body.purchase_tokens.is_empty() {
-        return Err(ApiError::bad_request(
-            "store_not_supported",
-            "Restores are taken for `app_store` (with `signed_transactions` or `receipt_data`).",
-        ));
-    }
+    let apple = !body.signed_transactions.is_empty() || body.receipt_data.is_some();
+    let store = match (body.store.as_str(), apple, body.purchase_tokens.is_empty()) {
+        ("app_store", _, true) => Store::AppStore,
+        ("play_store", false, _) => Store::PlayStore,
+        ("app_store" | "play_store", _, _) => {
+            return Err(ApiError::bad_request(
+                "field_not_for_store",
+                "`signed_transactions` and `receipt_data` restore App Store purchases, `purchase_tokens` Google Play ones.",
+            ));
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "store_not_supported",
+                "Restores are taken for `app_store` (with `signed_transactions` or `receipt_data`) and `play_store` (with `purchase_tokens`).",
+            ));
+        }
+    };
     let proof = RestoreProof {
         signed_transactions: body.signed_transactions,
         receipt_data: body.receipt_data,
+        purchase_tokens: body.purchase_tokens,
     };
     let snap = purchases::restore(
         &s.cx,
         &app,
         &user,
-        (Store::AppStore, proof),
+        (store, proof),
         caller.id(),
         s.clock.now(),
     )

@@ -83,47 +83,6 @@ fn validate(name: &str, s: &AppSettings, missing: Kind) -> ServiceResult<()> {
         super::text(&text::COUNTRY, "invalid_country", "embargoed_countries", c)?;
     }
     crate::stores::check_settings(s)?;
-    if let Some(p) = &s.play_store {
-        let field = |f: &str| format!("play_store.{f}");
-        super::text(
-            &text::STORE_ID,
-            "invalid_play_store",
-            &field("package_name"),
-            &p.package_name,
-        )?;
-        opt_text(
-            &text::STORE_ID,
-            "invalid_play_store",
-            &field("pubsub_audience"),
-            p.pubsub_audience.as_deref(),
-        )?;
-        opt_text(
-            &text::SECRET_TEXT,
-            "invalid_play_store",
-            &field("push_token"),
-            p.push_token.as_ref().map(Secret::expose),
-        )?;
-        check_url(&field("api_base_url"), p.api_base_url.as_deref())?;
-        if let Some(sa) = &p.service_account_json {
-            super::text(
-                &text::JSON_TEXT,
-                "invalid_play_store",
-                &field("service_account_json"),
-                sa.expose(),
-            )?;
-            let parsed: Result<Value, _> = serde_json::from_str(sa.expose());
-            if !parsed
-                .is_ok_and(|v| v.get("private_key").is_some() && v.get("client_email").is_some())
-            {
-                // Text of the right shape that is not a key file: the document cannot state this.
-                return Err(ServiceError::new(
-                    Kind::Unprocessable,
-                    "invalid_play_store",
-                    "`play_store.service_account_json` must be a Google service account key file (JSON with client_email and private_key).",
-                ));
-            }
-        }
-    }
     if let Some(st) = &s.stripe {
         opt_text(
             &text::SECRET_TEXT,

@@ -386,6 +386,12 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     request_key: None,
                     purchases: vec![facts],
                     transfer: false,
+                    owed: n
+                        .owed
+                        .iter()
+                        .filter(|o| o.on_grant.is_some())
+                        .cloned()
+                        .collect(),
                 };
                 (n.app.clone(), customer, input, n.now)
             }
@@ -772,6 +778,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
 
     // 6. Decide each customer and write every change.
     let mut writes = Writes::default();
+    let mut granted: Vec<Vec<Val>> = Vec::new();
     for p in plans {
         let key = p.key();
         let empty = gateway_core::decide::Catalog::new();
@@ -867,6 +874,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             p.now,
         )?;
         metrics::counter!("gateway_decisions_total", "source" => p.input.source).increment(1);
+        granted.extend(owed_on_grant(&p, &after));
         steps[p.job] = Some(Step::Reply(Ok(Done::Decided {
             app: p.app,
             customer: p.customer,
@@ -881,7 +889,45 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
         })));
     }
     writes.flush(conn, now).await?;
+    if !granted.is_empty() {
+        batch::insert_actions(conn, &granted).await?;
+    }
     Ok(finish(steps))
+}
+
+/// The outbox rows of the store actions `p` owes on a grant, for each purchase the decision leaves
+/// active (`after`): an acknowledgement follows the grant, in its transaction.
+fn owed_on_grant(p: &Plan, after: &CustomerState) -> Vec<Vec<Val>> {
+    let mut rows = Vec::new();
+    for o in &p.input.owed {
+        let Some(lineage) = &o.on_grant else {
+            continue;
+        };
+        let granted = p
+            .input
+            .purchases
+            .iter()
+            .zip(&p.purchase_ids)
+            .filter(|(f, _)| &f.store_transaction_id == lineage)
+            .any(|(_, pid)| {
+                after
+                    .purchases
+                    .get(pid)
+                    .is_some_and(|v| v.status == gateway_core::PurchaseStatus::Active)
+            });
+        if granted {
+            rows.push(vec![
+                o.id.clone().into(),
+                p.app.to_string().into(),
+                p.customer.to_string().into(),
+                0i64.into(),
+                o.event_type.into(),
+                o.payload.to_string().into(),
+                p.now.millis().into(),
+            ]);
+        }
+    }
+    rows
 }
 
 /// The outbox rows of the store actions `works` owe, each with the purchase's owner (empty while
@@ -896,7 +942,7 @@ fn owed_actions(works: &[Work], owners: &HashMap<LineageKey, batch::Owned>) -> V
             .get(&lineage_key(&n.app, n.transaction.store(), &n.lineage()))
             .map(|o| o.customer.clone())
             .unwrap_or_default();
-        for o in &n.owed {
+        for o in n.owed.iter().filter(|o| o.on_grant.is_none()) {
             rows.push(vec![
                 o.id.clone().into(),
                 n.app.to_string().into(),

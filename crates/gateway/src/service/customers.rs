@@ -378,6 +378,7 @@ pub async fn grant(
         manual: vec![fact],
         purchases: Vec::new(),
         transfer: false,
+        owed: Vec::new(),
     };
     decision::apply(cx, app, id, input, now).await?;
     snapshot(cx, app, id, now).await
@@ -437,6 +438,7 @@ pub async fn revoke(
         manual: vec![fact],
         purchases: Vec::new(),
         transfer: false,
+        owed: Vec::new(),
     };
     decision::apply(cx, app, id, input, now).await?;
     snapshot(cx, app, id, now).await

@@ -33,6 +33,10 @@ pub struct Input {
     /// decided in the same transaction (a restore under the `transfer` policy); without it such an
     /// input is refused as `purchase_of_another_customer`.
     pub transfer: bool,
+    /// Store actions owed once this decision grants a purchase of `purchases` (a Play
+    /// acknowledgement): written in the decision's transaction only when the purchase of the lineage
+    /// each names ends active, so a purchase refused by a rule is never acknowledged.
+    pub owed: Vec<crate::stores::Owed>,
 }
 
 /// What a decision did.
@@ -107,6 +111,7 @@ pub async fn reevaluate(
         request_key: None,
         purchases: Vec::new(),
         transfer: false,
+        owed: Vec::new(),
     };
     apply(cx, app, customer, input, now).await
 }

@@ -67,7 +67,7 @@ impl Context {
             ServiceError::bad_request(
                 "store_not_supported",
                 format!(
-                    "Purchases from {} are not taken yet; `app_store` is.",
+                    "Purchases from {} are not taken yet; `app_store` and `play_store` are.",
                     store.as_str()
                 ),
             )
@@ -159,6 +159,7 @@ impl From<crate::stores::StoreError> for ServiceError {
             Problem::Refused => Kind::Unprocessable,
             Problem::NotConfigured | Problem::Conflict => Kind::Conflict,
             Problem::Unavailable => Kind::Unavailable,
+            Problem::Unauthenticated => Kind::Unauthorized,
         };
         ServiceError::Client {
             kind,

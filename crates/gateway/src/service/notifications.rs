@@ -16,7 +16,7 @@ use super::{
 use crate::{
     db::unmapped,
     model::App,
-    stores::{Adapter, Notice},
+    stores::{Adapter, Delivery, Notice},
 };
 
 /// What became of a notification.
@@ -34,11 +34,11 @@ pub async fn receive(
     cx: &Context,
     app: &App,
     store: Store,
-    body: &[u8],
+    delivery: Delivery<'_>,
     now: Timestamp,
 ) -> ServiceResult<Received> {
     let adapter = cx.adapter(store)?;
-    let notice = adapter.verify_notification(app, body, now).await?;
+    let notice = adapter.verify_notification(app, delivery, now).await?;
     decide(cx, adapter, app, notice, now).await
 }
 

@@ -67,10 +67,21 @@ pub async fn submit(
             ));
         }
     }
+    // The product the app names (its id in the catalog, or the store's id for it) tells a store
+    // that reads subscriptions apart which to ask for.
+    let named = match &submission.product_id {
+        Some(id) => match products::get(db, &app.id, id).await? {
+            Some(p) => Some(p),
+            None => products::by_sku(db, &app.id, store.as_str(), id.as_str()).await?,
+        },
+        None => None,
+    };
+    let mut proof = submission.proof;
+    proof.subscription = named
+        .as_ref()
+        .map(|p| p.kind == gateway_core::ProductKind::Subscription);
     // What the store says: one verified transaction, or every transaction of a listing.
-    let proven = adapter
-        .verify_submission(app, submission.proof, now)
-        .await?;
+    let proven = adapter.verify_submission(app, proof, now).await?;
     let names = adapter.names();
     let mut all_facts = Vec::new();
     let mut lineage: Option<String> = None;
@@ -94,6 +105,7 @@ pub async fn submit(
         if lineage.is_none()
             && let Some(expected) = &submission.product_id
             && *expected != product.id
+            && expected.as_str() != sku
         {
             return Err(ServiceError::conflict(
                 "product_mismatch",
@@ -140,7 +152,7 @@ pub async fn submit(
             "No transaction of the receipt is for a product of this app.",
         ));
     };
-    let (raw, what) = (proven.raw, proven.what);
+    let (raw, what, owed) = (proven.raw, proven.what, proven.owed);
     let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
     let input = decision::Input {
         source: names.client,
@@ -152,6 +164,7 @@ pub async fn submit(
         request_key: None,
         purchases: all_facts,
         transfer: false,
+        owed,
     };
     decision::apply(cx, &app.id, customer, input, now).await?;
 
@@ -209,7 +222,11 @@ pub async fn restore(
     let adapter = cx.adapter(store)?;
     let transactions = adapter.verify_restore(app, &proof, now).await?;
     let names = adapter.names();
-    let raw = serde_json::json!({"signed_transactions": proof.signed_transactions, "receipt_data": proof.receipt_data}).to_string();
+    let mut raw = serde_json::json!({"signed_transactions": proof.signed_transactions, "receipt_data": proof.receipt_data});
+    if !proof.purchase_tokens.is_empty() {
+        raw["purchase_tokens"] = serde_json::json!(proof.purchase_tokens);
+    }
+    let raw = raw.to_string();
     let mut all_facts: Vec<gateway_core::PurchaseFacts> = Vec::new();
     for t in &transactions {
         let Some(product) = products::by_sku(db, &app.id, store.as_str(), t.sku()).await? else {
@@ -256,6 +273,7 @@ pub async fn restore(
             request_key: None,
             purchases: all_facts,
             transfer: app.settings.transfer_policy == TransferPolicy::Transfer,
+            owed: Vec::new(),
         };
         decision::apply(cx, &app.id, customer, input, now).await?;
     }

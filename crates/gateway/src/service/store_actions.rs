@@ -79,6 +79,7 @@ async fn standing(
     };
     standing.delivered = purchase.status != gateway_core::PurchaseStatus::Pending;
     let product = crate::db::products::get(db, &app.id, &purchase.product_id).await?;
+    standing.consumable = product.as_ref().is_some_and(|p| p.consumable.is_some());
     if let Some(spec) = product.and_then(|p| p.consumable) {
         let credited = spec.amount.saturating_mul(i64::from(quantity));
         let balance = rec.balances.get(&spec.currency).copied().unwrap_or(0);

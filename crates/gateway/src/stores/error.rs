@@ -30,6 +30,8 @@ pub enum Problem {
     Conflict,
     /// The store failed, throttled or could not be reached: worth retrying later.
     Unavailable,
+    /// What the store sent does not prove it came from the store (a push without its token).
+    Unauthenticated,
 }
 
 impl StoreError {

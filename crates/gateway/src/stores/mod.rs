@@ -12,7 +12,9 @@
 //! the catalog and to a customer, a [`Notice`] the batch decides, a [`Page`] of notices. Adapters
 //! answer with their own [`StoreError`], which the service maps to the API's errors once.
 //!
-//! - [`apple`]: the App Store (Apple's signed data, the App Store Server API, legacy receipts).
+//! - [`apple`]: the App Store (Apple's signed data, the App Store Server API, legacy receipts);
+//! - [`play`]: Google Play (the Play Developer API with its service account, Real-time developer
+//!   notifications over Pub/Sub push, voided purchases).
 //!
 //! A new store goes in `stores/<store>/` (its client, its adapter in `mod.rs`), gets a variant of
 //! [`Transaction`] and of [`Adapter`], and a field of [`Stores`]; its pure mapping goes in
@@ -21,6 +23,7 @@
 pub mod apple;
 mod call;
 pub mod error;
+pub mod play;
 
 use gateway_core::{
     Product, PurchaseFacts, StoreEvent, Timestamp, apple::models::JwsTransaction, ids::Store,
@@ -35,13 +38,15 @@ use crate::model::App;
 #[derive(Debug)]
 pub struct Stores {
     pub apple: apple::AppStore,
+    pub play: play::PlayStore,
 }
 
 impl Stores {
     /// The adapters, their clients on `http`.
     pub fn new(http: reqwest::Client) -> Self {
         Stores {
-            apple: apple::AppStore::new(http),
+            apple: apple::AppStore::new(http.clone()),
+            play: play::PlayStore::new(http),
         }
     }
 
@@ -49,13 +54,14 @@ impl Stores {
     pub fn adapter(&self, store: Store) -> Option<Adapter<'_>> {
         match store {
             Store::AppStore => Some(Adapter::AppStore(&self.apple)),
+            Store::PlayStore => Some(Adapter::Play(&self.play)),
             _ => None,
         }
     }
 
     /// Every adapter.
-    pub fn all(&self) -> [Adapter<'_>; 1] {
-        [Adapter::AppStore(&self.apple)]
+    pub fn all(&self) -> [Adapter<'_>; 2] {
+        [Adapter::AppStore(&self.apple), Adapter::Play(&self.play)]
     }
 }
 
@@ -63,6 +69,7 @@ impl Stores {
 #[derive(Debug, Clone, Copy)]
 pub enum Adapter<'a> {
     AppStore(&'a apple::AppStore),
+    Play(&'a play::PlayStore),
 }
 
 /// What an app submits as proof of a purchase, as it arrived; each store reads its own fields and
@@ -74,6 +81,9 @@ pub struct Proof {
     pub receipt_data: Option<String>,
     pub purchase_token: Option<String>,
     pub checkout_session_id: Option<String>,
+    /// Whether the purchase is of a subscription, when the catalog knows from the product the app
+    /// named (a store that reads subscriptions apart asks the right API first).
+    pub subscription: Option<bool>,
 }
 
 /// What an app submits to restore its purchases (a new device, a new install).
@@ -81,6 +91,17 @@ pub struct Proof {
 pub struct RestoreProof {
     pub signed_transactions: Vec<String>,
     pub receipt_data: Option<String>,
+    pub purchase_tokens: Vec<String>,
+}
+
+/// A notification as it arrived: its body, and what authenticates it besides.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub body: &'a [u8],
+    /// The `Authorization: Bearer` token, if any.
+    pub bearer: Option<&'a str>,
+    /// The `token` query parameter, if any.
+    pub query_token: Option<&'a str>,
 }
 
 /// What a submission proved: the transactions the store vouches for, and the raw proof to keep.
@@ -93,18 +114,22 @@ pub struct Proven {
     /// A listing of every purchase of the app (a receipt): only those the catalog sells count, and
     /// one it does not is skipped rather than refused.
     pub listing: bool,
+    /// Store actions owed once the purchase is granted (an acknowledgement).
+    pub owed: Vec<Owed>,
 }
 
 /// One transaction as its store stated it, verified.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transaction {
     AppStore(JwsTransaction),
+    Play(play::PlayPurchase),
 }
 
 impl Transaction {
     pub fn store(&self) -> Store {
         match self {
             Transaction::AppStore(_) => Store::AppStore,
+            Transaction::Play(_) => Store::PlayStore,
         }
     }
 
@@ -112,6 +137,7 @@ impl Transaction {
     pub fn sku(&self) -> &str {
         match self {
             Transaction::AppStore(t) => t.product_id.as_deref().unwrap_or_default(),
+            Transaction::Play(p) => p.sku(),
         }
     }
 
@@ -123,6 +149,7 @@ impl Transaction {
                 .clone()
                 .or_else(|| t.transaction_id.clone())
                 .unwrap_or_default(),
+            Transaction::Play(p) => p.token.clone(),
         }
     }
 
@@ -131,6 +158,7 @@ impl Transaction {
     pub fn order_token(&self) -> Option<&str> {
         match self {
             Transaction::AppStore(t) => t.app_account_token.as_deref(),
+            Transaction::Play(p) => p.order_token(),
         }
     }
 
@@ -138,6 +166,7 @@ impl Transaction {
     pub fn id(&self) -> &str {
         match self {
             Transaction::AppStore(t) => t.transaction_id.as_deref().unwrap_or("?"),
+            Transaction::Play(p) => p.id(),
         }
     }
 
@@ -145,6 +174,7 @@ impl Transaction {
     pub fn facts(&self, purchase_id: String, product: &Product) -> StoreResult<PurchaseFacts> {
         match self {
             Transaction::AppStore(t) => apple::transaction_facts(t, purchase_id, product),
+            Transaction::Play(p) => p.facts(purchase_id, product),
         }
     }
 
@@ -152,6 +182,7 @@ impl Transaction {
     pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
         match self {
             Transaction::AppStore(t) => serde_json::to_value(t),
+            Transaction::Play(p) => serde_json::to_value(p),
         }
     }
 
@@ -159,6 +190,7 @@ impl Transaction {
     pub fn from_json(store: Store, value: serde_json::Value) -> serde_json::Result<Self> {
         match store {
             Store::AppStore => Ok(Transaction::AppStore(serde_json::from_value(value)?)),
+            Store::PlayStore => Ok(Transaction::Play(serde_json::from_value(value)?)),
             other => Err(serde::de::Error::custom(format!(
                 "no transaction of {} is kept",
                 other.as_str()
@@ -191,6 +223,9 @@ pub struct Owed {
     pub id: String,
     pub event_type: &'static str,
     pub payload: serde_json::Value,
+    /// Owed only once a decision grants the purchase of this lineage (an acknowledgement); owed at
+    /// once when `None` (the answer to a consumption request).
+    pub on_grant: Option<String>,
 }
 
 /// A page of what a store's history holds, verified one by one: one that fails is counted, not fatal.
@@ -209,6 +244,8 @@ pub struct Standing {
     pub delivered: bool,
     /// For a consumable, how much of its credit is spent, in thousandths of a percent.
     pub consumed: Option<u32>,
+    /// The product is a consumable.
+    pub consumable: bool,
 }
 
 /// The names a store's inputs go by.
@@ -232,12 +269,14 @@ impl<'a> Adapter<'a> {
     pub fn store(self) -> Store {
         match self {
             Adapter::AppStore(_) => Store::AppStore,
+            Adapter::Play(_) => Store::PlayStore,
         }
     }
 
     pub fn names(self) -> &'static Names {
         match self {
             Adapter::AppStore(_) => &apple::NAMES,
+            Adapter::Play(_) => &play::NAMES,
         }
     }
 
@@ -245,6 +284,7 @@ impl<'a> Adapter<'a> {
     pub fn check(self, proof: &Proof) -> StoreResult<()> {
         match self {
             Adapter::AppStore(a) => a.check(proof),
+            Adapter::Play(p) => p.check(proof),
         }
     }
 
@@ -257,6 +297,7 @@ impl<'a> Adapter<'a> {
     ) -> StoreResult<Proven> {
         match self {
             Adapter::AppStore(a) => a.verify_submission(app, proof, now).await,
+            Adapter::Play(p) => p.verify_submission(app, proof, now).await,
         }
     }
 
@@ -269,6 +310,7 @@ impl<'a> Adapter<'a> {
     ) -> StoreResult<Vec<Transaction>> {
         match self {
             Adapter::AppStore(a) => a.verify_restore(app, proof, now).await,
+            Adapter::Play(p) => p.verify_restore(app, proof, now).await,
         }
     }
 
@@ -276,11 +318,12 @@ impl<'a> Adapter<'a> {
     pub async fn verify_notification(
         self,
         app: &App,
-        body: &[u8],
+        delivery: Delivery<'_>,
         now: Timestamp,
     ) -> StoreResult<Notice> {
         match self {
-            Adapter::AppStore(a) => a.verify_notification(app, body, now),
+            Adapter::AppStore(a) => a.verify_notification(app, delivery.body, now),
+            Adapter::Play(p) => p.verify_notification(app, delivery, now).await,
         }
     }
 
@@ -288,6 +331,7 @@ impl<'a> Adapter<'a> {
     pub fn can_poll(self, app: &App) -> bool {
         match self {
             Adapter::AppStore(_) => apple::can_poll(app),
+            Adapter::Play(_) => play::can_poll(app),
         }
     }
 
@@ -300,6 +344,7 @@ impl<'a> Adapter<'a> {
     ) -> StoreResult<(Timestamp, Timestamp)> {
         match self {
             Adapter::AppStore(a) => a.poll_window(app, window, now),
+            Adapter::Play(p) => p.poll_window(app, window, now),
         }
     }
 
@@ -313,6 +358,7 @@ impl<'a> Adapter<'a> {
     ) -> StoreResult<Page> {
         match self {
             Adapter::AppStore(a) => a.poll(app, window, token, now).await,
+            Adapter::Play(p) => p.poll(app, window, token, now).await,
         }
     }
 
@@ -325,6 +371,7 @@ impl<'a> Adapter<'a> {
     ) -> StoreResult<(String, u32)> {
         match self {
             Adapter::AppStore(a) => a.action_subject(event_type, payload),
+            Adapter::Play(p) => p.action_subject(event_type, payload),
         }
     }
 
@@ -338,6 +385,7 @@ impl<'a> Adapter<'a> {
     ) -> StoreResult<u16> {
         match self {
             Adapter::AppStore(a) => a.perform(app, event_type, payload, standing).await,
+            Adapter::Play(p) => p.perform(app, event_type, payload, standing).await,
         }
     }
 
@@ -352,6 +400,9 @@ impl<'a> Adapter<'a> {
 pub fn check_settings(settings: &crate::model::AppSettings) -> StoreResult<()> {
     if let Some(a) = &settings.app_store {
         apple::check_settings(a)?;
+    }
+    if let Some(p) = &settings.play_store {
+        play::check_settings(p)?;
     }
     Ok(())
 }

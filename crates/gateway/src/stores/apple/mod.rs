@@ -207,6 +207,7 @@ impl AppStore {
             raw,
             what,
             listing: what == "receipt",
+            owed: Vec::new(),
         };
         match (
             proof.signed_transaction,
@@ -527,6 +528,7 @@ fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment) -> 
         id: format!("act_apple_consumption_{uuid}"),
         event_type: CONSUMPTION,
         payload: serde_json::to_value(&answer).unwrap_or_default(),
+        on_grant: None,
     })
 }
 

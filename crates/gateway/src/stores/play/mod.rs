@@ -1,0 +1,738 @@
+//! The Google Play adapter ([`PlayStore`]): the verbs of every store, done with Play's means.
+//!
+//! - [`auth`]: the service account's OAuth (the JWT bearer grant), its tokens cached;
+//! - [`api`]: the Play Developer API client.
+//!
+//! Play's API states a purchase token's *current* state, so a submission, a notification and a poll
+//! all read the token and turn the state into facts (`gateway_core::play::facts`). A notification is
+//! only a nudge to read: its authenticity is checked (the push's OIDC token, or the app's push token),
+//! then the token it names is read. A purchase is acknowledged (a consumable consumed) only once a
+//! decision granted it: the acknowledgement is owed on the grant, written in the grant's transaction
+//! and performed from the outbox.
+
+pub mod api;
+pub mod auth;
+
+use gateway_core::{
+    Product, PurchaseFacts, Timestamp,
+    ids::Store,
+    play::{
+        facts::{self as play_facts, Unreadable},
+        models::{
+            DeveloperNotification, ProductPurchaseV2, PushRequest, SubscriptionPurchaseV2,
+            subscription_notification_name,
+        },
+    },
+    text,
+};
+use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use self::api::{PlayApi, Subscription};
+use super::{
+    Delivery, Names, Notice, Owed, Page, Problem, Proof, RestoreProof, Standing, StoreError,
+    StoreResult, Transaction,
+};
+use crate::{
+    jwks::{JwksCache, Missing},
+    model::{App, PlayStoreConfig, Secret},
+};
+
+pub const NAMES: Names = Names {
+    title: "Google Play",
+    client: "play_store.client",
+    restore: "play_store.restore",
+    notification: "play_store.notification",
+    order_token: "obfuscatedExternalAccountId",
+    cursor: "play_store.voided_purchases",
+};
+
+/// The outbox type of an owed acknowledgement (or consumption, for a consumable).
+pub const ACKNOWLEDGE: &str = "store.play_store.acknowledge";
+
+/// Where Google publishes the keys of its OIDC tokens.
+pub const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// The issuers of Google's OIDC tokens.
+const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+/// Play lists voids of the last 30 days.
+const VOIDED_WINDOW_MS: i64 = 30 * 86_400_000;
+
+/// The most tokens one restore may carry.
+pub const MAX_RESTORE: usize = 200;
+
+/// The Google Play adapter: the API client and Google's OIDC keys.
+#[derive(Debug)]
+pub struct PlayStore {
+    pub api: PlayApi,
+    certs: JwksCache,
+}
+
+/// A Play purchase token as Play stated it at `at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlayPurchase {
+    pub token: String,
+    pub at: Timestamp,
+    pub state: PlayState,
+}
+
+/// What Play answered for a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlayState {
+    OneTime {
+        purchase: ProductPurchaseV2,
+    },
+    Subscription {
+        purchase: SubscriptionPurchaseV2,
+    },
+    /// A subscription Play no longer answers for (HTTP 410), of the store product `sku`.
+    Gone {
+        sku: String,
+    },
+}
+
+/// The payload of an owed acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Acknowledgement {
+    token: String,
+    /// Play's product id (the subscription id, for a subscription).
+    product_id: String,
+    subscription: bool,
+    /// The customer's obfuscated account, for a purchase made outside the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    external_account: Option<String>,
+}
+
+fn unreadable(e: Unreadable) -> StoreError {
+    StoreError::new(Problem::Refused, "malformed_store_data", format!("{e}."))
+}
+
+impl PlayPurchase {
+    /// Play's product id.
+    pub fn sku(&self) -> &str {
+        match &self.state {
+            PlayState::OneTime { purchase } => purchase
+                .product_line_item
+                .first()
+                .map_or("", |i| i.product_id.as_str()),
+            PlayState::Subscription { purchase } => purchase
+                .line_items
+                .first()
+                .map_or("", |i| i.product_id.as_str()),
+            PlayState::Gone { sku } => sku,
+        }
+    }
+
+    /// The obfuscated account id the app passed to Play Billing (an order's token).
+    pub fn order_token(&self) -> Option<&str> {
+        match &self.state {
+            PlayState::OneTime { purchase } => purchase.obfuscated_external_account_id.as_deref(),
+            PlayState::Subscription { purchase } => purchase
+                .external_account_identifiers
+                .as_ref()
+                .and_then(|e| e.obfuscated_external_account_id.as_deref()),
+            PlayState::Gone { .. } => None,
+        }
+    }
+
+    /// Play's order id, or the token when there is none.
+    pub fn id(&self) -> &str {
+        let order = match &self.state {
+            PlayState::OneTime { purchase } => purchase.order_id.as_deref(),
+            PlayState::Subscription { purchase } => purchase
+                .line_items
+                .first()
+                .and_then(|i| i.latest_successful_order_id.as_deref()),
+            PlayState::Gone { .. } => None,
+        };
+        order.unwrap_or(&self.token)
+    }
+
+    pub fn facts(&self, purchase_id: String, product: &Product) -> StoreResult<PurchaseFacts> {
+        match &self.state {
+            PlayState::OneTime { purchase } => {
+                play_facts::product_facts(purchase, &self.token, purchase_id, product, self.at)
+            }
+            PlayState::Subscription { purchase } => {
+                play_facts::subscription_facts(purchase, &self.token, purchase_id, product, self.at)
+            }
+            PlayState::Gone { .. } => Ok(play_facts::gone_facts(
+                &self.token,
+                purchase_id,
+                product,
+                self.at,
+            )),
+        }
+        .map_err(unreadable)
+    }
+
+    /// The acknowledgement owed once a decision grants the purchase, while Play waits for one.
+    fn acknowledgement(&self) -> Option<Owed> {
+        let (state, subscription, external_account) = match &self.state {
+            PlayState::OneTime { purchase } => {
+                (purchase.acknowledgement_state.as_deref(), false, None)
+            }
+            PlayState::Subscription { purchase } => (
+                purchase.acknowledgement_state.as_deref(),
+                true,
+                // A purchase made outside the app is named for its customer when acknowledged.
+                purchase
+                    .out_of_app_purchase_context
+                    .is_some()
+                    .then(|| self.order_token().map(str::to_owned))
+                    .flatten(),
+            ),
+            PlayState::Gone { .. } => return None,
+        };
+        if state != Some("ACKNOWLEDGEMENT_STATE_PENDING") {
+            return None;
+        }
+        let ack = Acknowledgement {
+            token: self.token.clone(),
+            product_id: self.sku().to_owned(),
+            subscription,
+            external_account,
+        };
+        let digest = hex::encode(sha2::Sha256::digest(self.token.as_bytes()));
+        Some(Owed {
+            id: format!("act_play_ack_{}", &digest[..40]),
+            event_type: ACKNOWLEDGE,
+            payload: serde_json::to_value(&ack).unwrap_or_default(),
+            on_grant: Some(self.token.clone()),
+        })
+    }
+}
+
+fn config(app: &App) -> StoreResult<&PlayStoreConfig> {
+    app.settings.play_store.as_ref().ok_or_else(|| {
+        StoreError::not_configured(
+            "This app has no `play_store` settings; it cannot take Google Play purchases.",
+        )
+    })
+}
+
+fn check_token(field: &str, token: &str) -> StoreResult<()> {
+    let shaped = !token.is_empty()
+        && token.len() <= 1024
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if shaped {
+        Ok(())
+    } else {
+        Err(StoreError::new(
+            Problem::Malformed,
+            "invalid_purchase_token",
+            format!(
+                "`{field}` is a Google Play purchase token: letters, digits, '.', '-' and '_'."
+            ),
+        ))
+    }
+}
+
+/// Checks an app's `play_store` settings beyond what their types hold.
+pub fn check_settings(p: &PlayStoreConfig) -> StoreResult<()> {
+    let field = |f: &str| format!("play_store.{f}");
+    let check = |rule, name: &str, value: Option<&str>| {
+        super::text(rule, "invalid_play_store", &field(name), value)
+    };
+    check(&text::STORE_ID, "package_name", Some(&p.package_name))?;
+    check(
+        &text::URL_TEXT,
+        "pubsub_audience",
+        p.pubsub_audience.as_deref(),
+    )?;
+    check(
+        &text::STORE_ID,
+        "pubsub_service_account",
+        p.pubsub_service_account.as_deref(),
+    )?;
+    check(
+        &text::SECRET_TEXT,
+        "push_token",
+        p.push_token.as_ref().map(Secret::expose),
+    )?;
+    super::check_url(&field("api_base_url"), p.api_base_url.as_deref())?;
+    super::check_url(&field("google_certs_url"), p.google_certs_url.as_deref())?;
+    if let Some(sa) = &p.service_account_json {
+        check(&text::JSON_TEXT, "service_account_json", Some(sa.expose()))?;
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(sa.expose());
+        if !parsed.is_ok_and(|v| v.get("private_key").is_some() && v.get("client_email").is_some())
+        {
+            // Text of the right shape that is not a key file: the document cannot state this.
+            return Err(StoreError::new(
+                Problem::Refused,
+                "invalid_play_store",
+                "`play_store.service_account_json` must be a Google service account key file (JSON with client_email and private_key).",
+            ));
+        }
+    }
+    if p.pubsub_audience.is_some() != p.pubsub_service_account.is_some() {
+        return Err(StoreError::new(
+            Problem::Malformed,
+            "invalid_play_store",
+            "`play_store.pubsub_audience` and `pubsub_service_account` go together: pushes are checked against both.",
+        ));
+    }
+    Ok(())
+}
+
+/// True when the app can call the Play Developer API.
+pub fn can_poll(app: &App) -> bool {
+    app.settings
+        .play_store
+        .as_ref()
+        .is_some_and(|c| c.service_account_json.is_some())
+}
+
+impl PlayStore {
+    pub fn new(http: reqwest::Client) -> Self {
+        PlayStore {
+            api: PlayApi::new(http.clone()),
+            certs: JwksCache::new(http),
+        }
+    }
+
+    pub fn check(&self, proof: &Proof) -> StoreResult<()> {
+        if proof.signed_transaction.is_some()
+            || proof.transaction_id.is_some()
+            || proof.receipt_data.is_some()
+            || proof.checkout_session_id.is_some()
+        {
+            return Err(StoreError::new(
+                Problem::Malformed,
+                "field_not_for_store",
+                "Google Play purchases are proved by their `purchase_token` alone.",
+            ));
+        }
+        match &proof.purchase_token {
+            Some(token) => check_token("purchase_token", token),
+            None => Err(StoreError::new(
+                Problem::Malformed,
+                "purchase_token_required",
+                "Send the `purchase_token` Play Billing gave the app.",
+            )),
+        }
+    }
+
+    /// Reads a token's current state: as a subscription or a one-time product when the caller knows
+    /// which, else a subscription first and then a one-time product.
+    async fn read(
+        &self,
+        app: &App,
+        token: &str,
+        subscription: Option<bool>,
+        at: Timestamp,
+    ) -> StoreResult<PlayPurchase> {
+        let purchase = |state| PlayPurchase {
+            token: token.to_owned(),
+            at,
+            state,
+        };
+        if subscription != Some(false) {
+            match self.api.subscription(app, token).await {
+                Ok(Subscription::Found(s)) => {
+                    return Ok(purchase(PlayState::Subscription { purchase: *s }));
+                }
+                Ok(Subscription::Gone) => {
+                    return Ok(purchase(PlayState::Gone { sku: String::new() }));
+                }
+                Err(e) if e.code == "purchase_token_not_found" && subscription.is_none() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let p = self.api.product(app, token).await?;
+        Ok(purchase(PlayState::OneTime { purchase: p }))
+    }
+
+    pub async fn verify_submission(
+        &self,
+        app: &App,
+        proof: Proof,
+        now: Timestamp,
+    ) -> StoreResult<super::Proven> {
+        config(app)?;
+        let token = proof.purchase_token.unwrap_or_default();
+        let p = self.read(app, &token, proof.subscription, now).await?;
+        Ok(super::Proven {
+            owed: p.acknowledgement().into_iter().collect(),
+            transactions: vec![Transaction::Play(p)],
+            raw: token,
+            what: "purchase_token",
+            listing: false,
+        })
+    }
+
+    pub async fn verify_restore(
+        &self,
+        app: &App,
+        proof: &RestoreProof,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Transaction>> {
+        if proof.purchase_tokens.len() > MAX_RESTORE {
+            return Err(StoreError::new(
+                Problem::Malformed,
+                "too_many_purchases",
+                format!("A restore carries at most {MAX_RESTORE} purchase tokens."),
+            ));
+        }
+        for token in &proof.purchase_tokens {
+            check_token("purchase_tokens", token)?;
+        }
+        if proof.purchase_tokens.is_empty() {
+            return Err(StoreError::new(
+                Problem::Malformed,
+                "nothing_to_restore",
+                "Send the `purchase_tokens` of the app's current Play purchases to restore.",
+            ));
+        }
+        config(app)?;
+        let mut out = Vec::new();
+        for token in &proof.purchase_tokens {
+            let p = self.read(app, token, None, now).await?;
+            out.push(Transaction::Play(p));
+        }
+        Ok(out)
+    }
+
+    /// Checks that a push comes from the app's Pub/Sub subscription: its OIDC token (Google-signed,
+    /// the app's audience and service account), or the app's push token in the URL.
+    async fn authenticate(&self, c: &PlayStoreConfig, delivery: &Delivery<'_>) -> StoreResult<()> {
+        let refused = |code: &'static str, message: String| {
+            StoreError::new(Problem::Unauthenticated, code, message)
+        };
+        if let (Some(given), Some(expected)) = (delivery.query_token, &c.push_token) {
+            let same: bool = aws_lc_rs::constant_time::verify_slices_are_equal(
+                given.as_bytes(),
+                expected.expose().as_bytes(),
+            )
+            .is_ok();
+            return if same {
+                Ok(())
+            } else {
+                Err(refused(
+                    "invalid_push_token",
+                    "The push's `token` is not the app's `play_store.push_token`.".into(),
+                ))
+            };
+        }
+        let (Some(bearer), Some(audience), Some(account)) = (
+            delivery.bearer,
+            &c.pubsub_audience,
+            &c.pubsub_service_account,
+        ) else {
+            return Err(refused(
+                "push_unauthenticated",
+                "A Play notification must carry the push subscription's OIDC token (`Authorization: Bearer`) or the app's push token (`?token=`), as the app's `play_store` settings name.".into(),
+            ));
+        };
+        let bad = |why: String| {
+            refused(
+                "invalid_push_authentication",
+                format!("The push's OIDC token is not valid: {why}."),
+            )
+        };
+        let header = decode_header(bearer).map_err(|_| bad("it is not a JWT".into()))?;
+        if header.alg != jsonwebtoken::Algorithm::RS256 {
+            return Err(bad("it is not signed RS256".into()));
+        }
+        let url = c.google_certs_url.as_deref().unwrap_or(GOOGLE_CERTS_URL);
+        let jwk =
+            self.certs
+                .key(url, header.kid.as_deref())
+                .await
+                .map_err(|missing| match missing {
+                    Missing::Unreachable => StoreError::unavailable(
+                        "Google's OIDC keys cannot be fetched now; the push will be retried.",
+                    ),
+                    Missing::UnknownKey => bad("it names a key Google does not publish".into()),
+                })?;
+        let key =
+            DecodingKey::from_jwk(&jwk).map_err(|_| bad("Google's key cannot verify it".into()))?;
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_issuer(&GOOGLE_ISSUERS);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        #[derive(Deserialize)]
+        struct Claims {
+            #[serde(default)]
+            email: Option<String>,
+            #[serde(default)]
+            email_verified: Option<bool>,
+        }
+        let claims = decode::<Claims>(bearer, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                bad(match e.kind() {
+                    ErrorKind::ExpiredSignature => "it has expired".into(),
+                    ErrorKind::InvalidIssuer => "Google did not issue it".into(),
+                    ErrorKind::InvalidAudience => {
+                        "its audience is not the app's `pubsub_audience`".into()
+                    }
+                    ErrorKind::InvalidSignature => "its signature does not verify".into(),
+                    _ => e.to_string(),
+                })
+            })?
+            .claims;
+        if claims.email.as_deref() != Some(account.as_str()) || claims.email_verified != Some(true)
+        {
+            return Err(bad(
+                "it is not the app's `pubsub_service_account`, verified".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A Pub/Sub push of a Real-time developer notification, authenticated, and the purchase it
+    /// names read from Play (the message carries no state).
+    pub async fn verify_notification(
+        &self,
+        app: &App,
+        delivery: Delivery<'_>,
+        now: Timestamp,
+    ) -> StoreResult<Notice> {
+        let c = config(app)?;
+        let malformed = |why: &str| {
+            StoreError::new(
+                Problem::Malformed,
+                "malformed_notification",
+                format!("The body is not a Pub/Sub push of a Play notification: {why}."),
+            )
+        };
+        let push: PushRequest = serde_json::from_slice(delivery.body)
+            .map_err(|_| malformed("it is not `{\"message\": {...}}`"))?;
+        self.authenticate(c, &delivery).await?;
+        let id = push
+            .message
+            .id()
+            .ok_or_else(|| malformed("its message has no `messageId`"))?
+            .to_owned();
+        super::text(
+            &text::STORE_ID,
+            "malformed_notification",
+            "message.messageId",
+            Some(&id),
+        )?;
+        let data = push
+            .message
+            .data
+            .as_deref()
+            .ok_or_else(|| malformed("its message has no `data`"))?;
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|_| malformed("its `data` is not base64"))?;
+        let n: DeveloperNotification = serde_json::from_slice(&decoded)
+            .map_err(|_| malformed("its `data` is not a developer notification"))?;
+        if n.package_name != c.package_name {
+            return Err(StoreError::new(
+                Problem::Refused,
+                "wrong_app",
+                format!(
+                    "The notification is for the package {:?}, not this app's.",
+                    n.package_name
+                ),
+            ));
+        }
+        let at = n.event_time_millis.map_or(now, Timestamp::from_millis);
+        let raw = String::from_utf8_lossy(delivery.body).into_owned();
+        let notice = |cause: String, transaction: Option<Transaction>, owed: Vec<Owed>| Notice {
+            store: Store::PlayStore,
+            id: id.clone(),
+            raw: raw.clone(),
+            cause,
+            transaction,
+            events: Vec::new(),
+            owed,
+        };
+        if let Some(s) = &n.subscription_notification {
+            check_token("purchaseToken", &s.purchase_token)?;
+            let p = self.read(app, &s.purchase_token, Some(true), at).await?;
+            let cause = format!(
+                "Google Play notification {} for order {}.",
+                subscription_notification_name(s.notification_type),
+                p.id()
+            );
+            let owed = p.acknowledgement().into_iter().collect();
+            return Ok(notice(cause, Some(Transaction::Play(p)), owed));
+        }
+        if let Some(o) = &n.one_time_product_notification {
+            check_token("purchaseToken", &o.purchase_token)?;
+            let p = self.read(app, &o.purchase_token, Some(false), at).await?;
+            let what = match o.notification_type {
+                1 => "ONE_TIME_PRODUCT_PURCHASED",
+                2 => "ONE_TIME_PRODUCT_CANCELED",
+                _ => "ONE_TIME_PRODUCT_UNKNOWN",
+            };
+            let cause = format!("Google Play notification {what} for order {}.", p.id());
+            let owed = p.acknowledgement().into_iter().collect();
+            return Ok(notice(cause, Some(Transaction::Play(p)), owed));
+        }
+        if let Some(v) = &n.voided_purchase_notification {
+            check_token("purchaseToken", &v.purchase_token)?;
+            // The purchase as it stands, and the void as a refund of its order (Play's read may
+            // still say active right after a refund: the void is authoritative).
+            let subscription = v.product_type.map(|t| t == 1);
+            let p = self.read(app, &v.purchase_token, subscription, at).await?;
+            let voided = gateway_core::play::models::VoidedPurchase {
+                purchase_token: v.purchase_token.clone(),
+                order_id: v.order_id.clone(),
+                voided_time_millis: Some(at.millis().to_string()),
+                ..Default::default()
+            };
+            let mut out = notice(
+                format!(
+                    "Google Play notification VOIDED_PURCHASE for order {}.",
+                    v.order_id.as_deref().unwrap_or("?")
+                ),
+                Some(Transaction::Play(p)),
+                Vec::new(),
+            );
+            if v.refund_type != Some(2) {
+                out.events.push(play_facts::voided_event(&voided, at));
+            }
+            return Ok(out);
+        }
+        let what = if n.test_notification.is_some() {
+            "TEST_NOTIFICATION".to_owned()
+        } else if let Some(r) = &n.pending_refund_review_notification {
+            format!("PENDING_REFUND_REVIEW for order {}", r.order_id)
+        } else {
+            "UNKNOWN".to_owned()
+        };
+        Ok(notice(
+            format!("Google Play notification {what}."),
+            None,
+            Vec::new(),
+        ))
+    }
+
+    /// The window of voided purchases Play lists: its last 30 days.
+    pub fn poll_window(
+        &self,
+        app: &App,
+        (start, end): (Timestamp, Timestamp),
+        now: Timestamp,
+    ) -> StoreResult<(Timestamp, Timestamp)> {
+        if !can_poll(app) {
+            return Err(StoreError::not_configured(
+                "This app has no Play Developer API key (`play_store.service_account_json`).",
+            ));
+        }
+        let start = start.max(now.plus_millis(-VOIDED_WINDOW_MS));
+        let end = end.min(now);
+        if start >= end {
+            return Err(StoreError::new(
+                Problem::Refused,
+                "invalid_window",
+                "`start` must be before `end`, and within the 30 days Play lists voided purchases for.",
+            ));
+        }
+        Ok((start, end))
+    }
+
+    /// A page of voided purchases: each a refund of its order, read with the purchase it voids.
+    pub async fn poll(
+        &self,
+        app: &App,
+        (start, end): (Timestamp, Timestamp),
+        token: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<Page> {
+        let page = self
+            .api
+            .voided(app, (start.millis(), end.millis()), token)
+            .await?;
+        let mut notices = Vec::new();
+        for v in &page.voided_purchases {
+            let notice = async {
+                check_token("purchaseToken", &v.purchase_token)?;
+                let p = self.read(app, &v.purchase_token, None, now).await?;
+                let mut n = Notice {
+                    store: Store::PlayStore,
+                    id: format!(
+                        "void:{}",
+                        v.order_id.as_deref().unwrap_or(&v.purchase_token)
+                    ),
+                    raw: serde_json::to_string(v).unwrap_or_default(),
+                    cause: format!(
+                        "Google Play voided order {} (found in its voided purchases).",
+                        v.order_id.as_deref().unwrap_or("?")
+                    ),
+                    transaction: Some(Transaction::Play(p)),
+                    events: Vec::new(),
+                    owed: Vec::new(),
+                };
+                if v.voided_quantity.is_none() {
+                    n.events.push(play_facts::voided_event(v, now));
+                }
+                Ok(n)
+            };
+            notices.push(notice.await);
+        }
+        let next = page
+            .token_pagination
+            .and_then(|t| t.next_page_token)
+            .filter(|t| !t.is_empty());
+        Ok(Page {
+            notices,
+            next: Ok(next),
+        })
+    }
+
+    pub fn action_subject(
+        &self,
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> StoreResult<(String, u32)> {
+        let ack = acknowledgement(event_type, payload)?;
+        Ok((ack.token, 1))
+    }
+
+    /// Acknowledges a granted purchase (consumes a consumable).
+    pub async fn perform(
+        &self,
+        app: &App,
+        event_type: &str,
+        payload: &serde_json::Value,
+        standing: Standing,
+    ) -> StoreResult<u16> {
+        let ack = acknowledgement(event_type, payload)?;
+        let done = if ack.subscription {
+            self.api
+                .acknowledge_subscription(
+                    app,
+                    &ack.product_id,
+                    &ack.token,
+                    ack.external_account.as_deref(),
+                )
+                .await
+        } else if standing.consumable {
+            self.api.consume(app, &ack.product_id, &ack.token).await
+        } else {
+            self.api
+                .acknowledge_product(app, &ack.product_id, &ack.token)
+                .await
+        };
+        let label = if done.is_ok() { "sent" } else { "failed" };
+        metrics::counter!("gateway_play_acknowledgements_total", "outcome" => label).increment(1);
+        done.map(|()| 200)
+    }
+}
+
+fn acknowledgement(event_type: &str, payload: &serde_json::Value) -> StoreResult<Acknowledgement> {
+    let not_ours = || {
+        StoreError::new(
+            Problem::Malformed,
+            "unknown_store_action",
+            "the action is not a Play acknowledgement",
+        )
+    };
+    if event_type != ACKNOWLEDGE {
+        return Err(not_ours());
+    }
+    serde_json::from_value(payload.clone()).map_err(|_| not_ours())
+}
