@@ -14,7 +14,10 @@
 //!     gateway as the matching App Store Server Notification; and its HTTP control surface.
 //! - [`openedx`] (`src/openedx/`): a stand-in Open edX LMS (OAuth2 client credentials and the
 //!   Enrollment API).
-//! - `play` (`src/play/`), next: the Google Play simulator.
+//! - [`play`] (`src/play/`): Google Play: service accounts and the OAuth token endpoint, the Play
+//!   Developer API with state (one-time purchases, subscriptions, orders, voided purchases), Real-time
+//!   developer notifications pushed as authenticated Pub/Sub pushes, and the `/sim/play` control
+//!   surface ([`play::PlaySim`]).
 //! - [`SimClock`] (this file): the simulator's time, which tests can set and move.
 //!
 //! A store's simulator goes in `src/<store>/`, its state apart from its HTTP surface: the state and
@@ -29,6 +32,7 @@
 
 pub mod apple;
 pub mod openedx;
+pub mod play;
 
 use std::sync::{Arc, Mutex};
 
