@@ -1502,7 +1502,7 @@ async fn the_control_surface_sets_up_acts_and_reports_over_http() {
     let (status, err) = post("renew", json!({"purchase_token": "nope"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(err["error"]["code"], "unknown_purchase_token");
-    let (status, _) = post(
+    let (status, o) = post(
         "subscribe",
         json!({"package": PKG, "product_id": "premium",
         "base_plan_id": "weekly", "period": "P1W", "push": {"forge": "no_auth"}}),
@@ -1510,6 +1510,18 @@ async fn the_control_surface_sets_up_acts_and_reports_over_http() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(r.received().pop().unwrap().authorization, None);
+    let sub = o["purchase_token"].as_str().unwrap().to_owned();
+    let cancel = |reason: &str| json!({"purchase_token": sub, "survey_reason": reason});
+    let (status, _) = post("cancel", cancel("TOO_EXPENSIVE")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post("cancel", cancel("CANCEL_SURVEY_REASON_COST_RELATED")).await;
+    assert_eq!(status, StatusCode::OK);
+    let s = r.sim.subscription_purchase(&sub).unwrap();
+    assert_eq!(
+        s["canceledStateContext"]["userInitiatedCancellation"]["cancelSurveyResult"]["reason"],
+        "CANCEL_SURVEY_REASON_COST_RELATED"
+    );
+    assert_eq!(s["lineItems"][0]["expiryTime"], r.rfc3339(NOW + 7 * DAY));
     let (status, clock) = post("clock", json!({"advance_ms": 1000})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(clock["now_ms"], NOW + 1000);

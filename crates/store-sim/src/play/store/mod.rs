@@ -55,6 +55,14 @@ const REGION: &str = "US";
 /// The largest quantity one purchase may have (Play's multi-quantity purchases go up to this,
 /// as far as the simulator cares).
 const MAX_QUANTITY: u32 = 100;
+/// `CancelSurveyResult.reason` values (the discovery document's enum, less UNSPECIFIED).
+const CANCEL_SURVEY_REASONS: [&str; 5] = [
+    "CANCEL_SURVEY_REASON_NOT_ENOUGH_USAGE",
+    "CANCEL_SURVEY_REASON_TECHNICAL_ISSUES",
+    "CANCEL_SURVEY_REASON_COST_RELATED",
+    "CANCEL_SURVEY_REASON_FOUND_BETTER_APP",
+    "CANCEL_SURVEY_REASON_OTHERS",
+];
 /// The purchase option a one-time purchase uses when none is named.
 const DEFAULT_PURCHASE_OPTION: &str = "buy";
 
@@ -405,6 +413,16 @@ impl PlaySim {
             }
             Action::Recover { token } => recover(books, &token, now),
             Action::Cancel { token, by } => {
+                if let CancelledBy::User {
+                    survey_reason: Some(reason),
+                } = &by
+                    && !CANCEL_SURVEY_REASONS.contains(&reason.as_str())
+                {
+                    return Err(PlayError::Invalid(format!(
+                        "{reason:?} is not a cancel survey reason: use one of {}",
+                        CANCEL_SURVEY_REASONS.join(", ")
+                    )));
+                }
                 let s = books.sub_mut(&token)?;
                 if !matches!(s.state, SubState::Active | SubState::InGracePeriod) {
                     return Err(wrong_state(&token, "cancel", s.state.name()));
