@@ -67,7 +67,11 @@ fn bench(c: &mut Criterion) {
             "store_skus": {"app_store": "edu.acme.premium"}, "entitlements": [{"id": "premium", "attributes": {}}],
             "consumable": null, "access_duration": null, "expires_at": null, "active": true}))
         .unwrap();
-        let cx = service::Context::new(db, reqwest::Client::new());
+        let cx = service::Context::new(
+            db,
+            reqwest::Client::new(),
+            std::sync::Arc::new(gateway_core::SystemClock),
+        );
         catalog::put(&cx, &"acme".parse().unwrap(), product, t0())
             .await
             .unwrap();

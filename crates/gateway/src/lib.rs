@@ -58,7 +58,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, 
         .user_agent(concat!("purchase-gateway/", env!("CARGO_PKG_VERSION")))
         .build()?;
     Ok(AppState {
-        cx: service::Context::new(db, http.clone()),
+        cx: service::Context::new(db, http.clone(), clock.clone()),
         config: Arc::new(config),
         clock,
         metrics: telemetry::metrics(),

@@ -286,7 +286,11 @@ async fn products(config: Config, command: ProductsCommand) -> anyhow::Result<()
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             import(
-                &service::Context::new(db.clone(), reqwest::Client::new()),
+                &service::Context::new(
+                    db.clone(),
+                    reqwest::Client::new(),
+                    std::sync::Arc::new(SystemClock),
+                ),
                 &app,
                 &file,
             )

@@ -12,7 +12,7 @@
 //! | `PENDING_PURCHASE_CANCELED` | pending, then revoked | none, ever |
 //! | `ACTIVE` | purchased (at `startTime`), paid until the latest `expiryTime`, auto-renew as the plan says | until expiry |
 //! | `CANCELED` | as `ACTIVE`, auto-renew off | until expiry |
-//! | `IN_GRACE_PERIOD` | purchased, grace period until `expiryTime` | until the grace ends |
+//! | `IN_GRACE_PERIOD` | purchased (paid until Play said so), grace period until `expiryTime` | until the grace ends |
 //! | `ON_HOLD` | purchased, billing retry | none |
 //! | `PAUSED` | purchased, expired (for the pause) | none, until a renewal resumes it |
 //! | `EXPIRED` | purchased, expired | none |
@@ -20,8 +20,9 @@
 //!
 //! A renewal (a later `expiryTime` in `ACTIVE` or `CANCELED`) ends the troubles of the period before
 //! it, as the core's renewals do. A one-time product: `PENDING` is pending, `PURCHASED` is purchased
-//! with its quantity, `CANCELLED` is revoked (a pending purchase Play cancelled ends as nothing). A
-//! voided purchase is a refund of its order.
+//! with its quantity, `CANCELLED` is refunded once paid (`purchaseCompletionTime`), and revoked
+//! before (a pending purchase Play cancelled ends without access). A voided purchase is a refund of
+//! its order.
 
 use super::models::{ProductPurchaseV2, SubscriptionPurchaseV2, VoidedPurchase};
 use crate::{EventKind, Product, PurchaseFacts, StoreEvent, Timestamp, ids::Store};
@@ -91,6 +92,11 @@ pub fn product_facts(
                 },
             )]
         }
+        // Cancelled after payment is a refund (Play voids the order too); cancelled before it, a
+        // pending purchase that ends as nothing.
+        "CANCELLED" if p.purchase_completion_time.is_some() => {
+            vec![event(key("canceled"), at, EventKind::Refunded)]
+        }
         "CANCELLED" => vec![event(key("canceled"), at, EventKind::Revoked)],
         other => {
             return Err(Unreadable(format!(
@@ -154,11 +160,18 @@ pub fn subscription_facts(
                 )));
             };
             let expiry_ms = expiry.millis();
+            // In grace, Play's `expiryTime` is the end of the grace period; the paid period ended by
+            // the time Play said so.
+            let paid_until = if state == "SUBSCRIPTION_STATE_IN_GRACE_PERIOD" {
+                expiry.min(at)
+            } else {
+                expiry
+            };
             events.push(event(
                 key("purchased"),
                 started.unwrap_or(at),
                 EventKind::Purchased {
-                    expires_at: Some(expiry),
+                    expires_at: Some(paid_until),
                     quantity: 1,
                 },
             ));

@@ -260,23 +260,27 @@ pub async fn order_customers(
         .map(|(a, t)| (a.clone(), t.to_ascii_lowercase()))
         .collect();
     let rows = key_rows(&lowered);
-    let found = many(
-        conn,
-        "SELECT app_id, app_account_token, customer_id FROM orders \
-         WHERE (app_id, app_account_token) IN (VALUES {values})",
-        "",
-        &rows,
-    )
-    .await?;
-    found
-        .iter()
-        .map(|r| {
-            Ok((
-                (r.try_get("app_id")?, r.try_get("app_account_token")?),
+    let mut out = HashMap::new();
+    // An order issues both: Apple's appAccountToken and Play's obfuscatedAccountId.
+    for column in ["app_account_token", "obfuscated_account_id"] {
+        let found = many(
+            conn,
+            &format!(
+                "SELECT app_id, {column} AS token, customer_id FROM orders \
+                 WHERE (app_id, {column}) IN (VALUES {{values}})"
+            ),
+            "",
+            &rows,
+        )
+        .await?;
+        for r in &found {
+            out.insert(
+                (r.try_get("app_id")?, r.try_get("token")?),
                 r.try_get("customer_id")?,
-            ))
-        })
-        .collect()
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// A raw input to keep.

@@ -66,11 +66,12 @@ fn from_row(r: &sqlx::any::AnyRow) -> DbResult<Order> {
     })
 }
 
-/// The order that issued `token`, in any app.
+/// An order of `app` that issued `token`, as its appAccountToken or its obfuscatedAccountId.
 pub async fn by_app_account_token(db: &Db, app: &AppId, token: &str) -> DbResult<Option<Order>> {
     let row = sqlx::query(
         "SELECT id, app_id, customer_id, app_account_token, obfuscated_account_id, items, country, status, created_at \
-         FROM orders WHERE app_id = $1 AND app_account_token = $2",
+         FROM orders WHERE app_id = $1 AND (app_account_token = $2 OR obfuscated_account_id = $2) \
+         ORDER BY created_at LIMIT 1",
     )
     .bind(app.as_str())
     .bind(token.to_ascii_lowercase())

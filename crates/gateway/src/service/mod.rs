@@ -51,11 +51,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context whose store clients call out through `http`.
-    pub fn new(db: Db, http: reqwest::Client) -> Self {
+    /// A context whose store clients call out through `http`, on the gateway's `clock`.
+    pub fn new(db: Db, http: reqwest::Client, clock: Arc<dyn gateway_core::Clock>) -> Self {
         Context {
             db,
-            stores: Arc::new(Stores::new(http)),
+            stores: Arc::new(Stores::new(http, clock)),
             committer: Default::default(),
             token_keys: Default::default(),
         }

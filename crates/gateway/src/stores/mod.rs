@@ -42,11 +42,12 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// The adapters, their clients on `http`.
-    pub fn new(http: reqwest::Client) -> Self {
+    /// The adapters, their clients on `http`, on the gateway's `clock` where a store checks the time
+    /// of what the gateway signs.
+    pub fn new(http: reqwest::Client, clock: std::sync::Arc<dyn gateway_core::Clock>) -> Self {
         Stores {
             apple: apple::AppStore::new(http.clone()),
-            play: play::PlayStore::new(http),
+            play: play::PlayStore::new(http, clock),
         }
     }
 

@@ -14,6 +14,7 @@ mod decisions;
 mod edge;
 mod instant;
 mod openedx;
+mod play;
 mod robustness;
 mod service;
 mod sim;

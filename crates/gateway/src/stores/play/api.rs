@@ -92,17 +92,25 @@ pub enum Subscription {
 }
 
 /// The client; cheap to share.
-#[derive(Debug)]
 pub struct PlayApi {
     http: reqwest::Client,
     tokens: Tokens,
+    /// The time the service account's assertions state.
+    clock: std::sync::Arc<dyn gateway_core::Clock>,
+}
+
+impl std::fmt::Debug for PlayApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlayApi").finish_non_exhaustive()
+    }
 }
 
 impl PlayApi {
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: reqwest::Client, clock: std::sync::Arc<dyn gateway_core::Clock>) -> Self {
         PlayApi {
             http,
             tokens: Tokens::default(),
+            clock,
         }
     }
 
@@ -242,7 +250,8 @@ impl PlayApi {
         );
         let mut renewed = false;
         loop {
-            let bearer = self.tokens.bearer(&self.http, app).await?;
+            let now = self.clock.now();
+            let bearer = self.tokens.bearer(&self.http, app, now).await?;
             let build = || {
                 let mut request = self
                     .http
@@ -304,7 +313,13 @@ fn refusal(app: &App, refused: &call::Refusal) -> StoreError {
         "google_reason": reason,
         "google_message": message,
     });
+    let precondition = status_name.as_deref() == Some("FAILED_PRECONDITION");
     let error = match refused.status {
+        400 if precondition => StoreError::new(
+            Problem::Conflict,
+            "invalid_purchase_state",
+            format!("Google Play refused the call in the purchase's state: {message}"),
+        ),
         401 => StoreError::new(
             Problem::NotConfigured,
             "store_credentials_refused",

@@ -77,7 +77,12 @@ fn not_configured(app: &App, what: &str) -> StoreError {
 
 impl Tokens {
     /// An access token for the app's service account: cached, or granted now.
-    pub async fn bearer(&self, http: &reqwest::Client, app: &App) -> StoreResult<String> {
+    pub async fn bearer(
+        &self,
+        http: &reqwest::Client,
+        app: &App,
+        now: gateway_core::Timestamp,
+    ) -> StoreResult<String> {
         let config =
             app.settings.play_store.as_ref().ok_or_else(|| {
                 StoreError::not_configured("This app has no `play_store` settings.")
@@ -101,7 +106,7 @@ impl Tokens {
         {
             return Ok(token.clone());
         }
-        let assertion = assertion(app, &key, token_uri)?;
+        let assertion = assertion(app, &key, token_uri, now)?;
         let answer = http
             .post(token_uri)
             .form(&[
@@ -173,12 +178,15 @@ impl Tokens {
 }
 
 /// The signed assertion of the JWT bearer grant.
-fn assertion(app: &App, key: &KeyFile, token_uri: &str) -> StoreResult<String> {
+fn assertion(
+    app: &App,
+    key: &KeyFile,
+    token_uri: &str,
+    now: gateway_core::Timestamp,
+) -> StoreResult<String> {
     let signing = EncodingKey::from_rsa_pem(key.private_key.as_bytes())
         .map_err(|_| not_configured(app, "holds a `private_key` that is not an RSA key"))?;
-    let iat = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let iat = u64::try_from(now.millis().div_euclid(1000)).unwrap_or_default();
     let mut header = Header::new(Algorithm::RS256);
     header.typ = Some("JWT".into());
     header.kid = key.private_key_id.clone();

@@ -57,6 +57,9 @@ pub const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 /// The issuers of Google's OIDC tokens.
 const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
 
+/// Slack on an OIDC token's `exp`, in seconds, for clock skew.
+const LEEWAY_SECS: i64 = 60;
+
 /// Play lists voids of the last 30 days.
 const VOIDED_WINDOW_MS: i64 = 30 * 86_400_000;
 
@@ -289,9 +292,9 @@ pub fn can_poll(app: &App) -> bool {
 }
 
 impl PlayStore {
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: reqwest::Client, clock: std::sync::Arc<dyn gateway_core::Clock>) -> Self {
         PlayStore {
-            api: PlayApi::new(http.clone()),
+            api: PlayApi::new(http.clone(), clock),
             certs: JwksCache::new(http),
         }
     }
@@ -400,7 +403,12 @@ impl PlayStore {
 
     /// Checks that a push comes from the app's Pub/Sub subscription: its OIDC token (Google-signed,
     /// the app's audience and service account), or the app's push token in the URL.
-    async fn authenticate(&self, c: &PlayStoreConfig, delivery: &Delivery<'_>) -> StoreResult<()> {
+    async fn authenticate(
+        &self,
+        c: &PlayStoreConfig,
+        delivery: &Delivery<'_>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
         let refused = |code: &'static str, message: String| {
             StoreError::new(Problem::Unauthenticated, code, message)
         };
@@ -456,8 +464,11 @@ impl PlayStore {
         validation.set_issuer(&GOOGLE_ISSUERS);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // `exp` is checked against the gateway's clock, not the machine's.
+        validation.validate_exp = false;
         #[derive(Deserialize)]
         struct Claims {
+            exp: i64,
             #[serde(default)]
             email: Option<String>,
             #[serde(default)]
@@ -477,6 +488,9 @@ impl PlayStore {
                 })
             })?
             .claims;
+        if claims.exp.saturating_add(LEEWAY_SECS) <= now.millis().div_euclid(1000) {
+            return Err(bad("it has expired".into()));
+        }
         if claims.email.as_deref() != Some(account.as_str()) || claims.email_verified != Some(true)
         {
             return Err(bad(
@@ -504,7 +518,7 @@ impl PlayStore {
         };
         let push: PushRequest = serde_json::from_slice(delivery.body)
             .map_err(|_| malformed("it is not `{\"message\": {...}}`"))?;
-        self.authenticate(c, &delivery).await?;
+        self.authenticate(c, &delivery, now).await?;
         let id = push
             .message
             .id()
@@ -716,6 +730,26 @@ impl PlayStore {
             self.api
                 .acknowledge_product(app, &ack.product_id, &ack.token)
                 .await
+        };
+        // Acknowledged already (an earlier attempt whose answer was lost): Play refuses a second one,
+        // and what it says of the purchase now settles it.
+        let done = match done {
+            Err(e) if e.code == "invalid_purchase_state" => {
+                let p = self
+                    .read(
+                        app,
+                        &ack.token,
+                        Some(ack.subscription),
+                        Timestamp::from_millis(0),
+                    )
+                    .await?;
+                if p.acknowledgement().is_none() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
         };
         let label = if done.is_ok() { "sent" } else { "failed" };
         metrics::counter!("gateway_play_acknowledgements_total", "outcome" => label).increment(1);

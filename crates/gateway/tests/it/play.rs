@@ -1,0 +1,437 @@
+//! Google Play end to end through the Play simulator (`store_sim::play`): its token endpoint checks
+//! the gateway's signed assertions, its Developer API holds the purchases, and its Pub/Sub pushes
+//! reach the gateway with Google-signed OIDC tokens. Every story runs on both databases.
+
+use std::sync::Arc;
+
+use gateway_core::Clock;
+use serde_json::{Value, json};
+use store_sim::{
+    SimClock,
+    play::{Action, Buy, Forge, Period, PlaySim, PushMode, PushSettings, Refund, Subscribe},
+};
+
+use crate::{both, helpers::*};
+
+const PACKAGE: &str = "edu.acme.app";
+const PUSH_ACCOUNT: &str = "pubsub-push@acme-project.iam.gserviceaccount.com";
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// The simulated Play of app `acme`, on the gateway's clock, pushing to the gateway.
+struct Play {
+    sim: Arc<PlaySim>,
+    url: String,
+}
+
+impl Play {
+    /// Seeds `acme`'s catalog (with Play SKUs) and points its Play settings at a new simulator.
+    async fn open(app: &TestApp) -> Play {
+        app.seed_catalog("acme").await;
+        for (id, body) in [
+            (
+                "coins100",
+                json!({"kind": "consumable", "store_skus": {"app_store": "edu.acme.coins100", "play_store": "coins_100"},
+                    "consumable": {"currency": "COINS", "amount": 100}}),
+            ),
+            (
+                "premium",
+                json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium", "play_store": "premium"},
+                    "entitlements": [{"id": "premium"}]}),
+            ),
+        ] {
+            app.put(&format!("/v1/apps/acme/products/{id}"), body)
+                .await
+                .expect(200);
+        }
+        let clock = app.clock.clone();
+        let sim = PlaySim::new(SimClock::from_fn(move || clock.now().millis())).unwrap();
+        let url = sim.serve().await.unwrap();
+        sim.add_package(PACKAGE);
+        let account = sim.create_service_account("acme-project").unwrap();
+        sim.grant(&account, PACKAGE).unwrap();
+        let endpoint = format!("{}/v1/apps/acme/notifications/play_store", app.addr);
+        sim.set_push(PACKAGE, PushSettings::oidc(&endpoint, PUSH_ACCOUNT))
+            .unwrap();
+        app.patch(
+            "/v1/apps/acme",
+            json!({"play_store": {
+                "package_name": PACKAGE, "service_account_json": account.key_file_json(),
+                "api_base_url": url, "pubsub_audience": endpoint, "pubsub_service_account": PUSH_ACCOUNT,
+                "google_certs_url": format!("{url}/oauth2/v3/certs")
+            }}),
+        )
+        .await
+        .expect(200);
+        Play { sim, url }
+    }
+
+    async fn buy(&self, sku: &str, customize: impl FnOnce(&mut Buy)) -> String {
+        let mut buy = Buy::new(PACKAGE, sku);
+        customize(&mut buy);
+        let out = self.sim.buy(buy).await.unwrap();
+        out.purchase_token.unwrap()
+    }
+
+    /// The acknowledgements (and consumptions) the simulated API took, by token.
+    fn acknowledged(&self, token: &str) -> bool {
+        let one_time = self
+            .sim
+            .product_purchase(token)
+            .is_some_and(|p| p["acknowledgementState"] == "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED");
+        let sub = self
+            .sim
+            .subscription_purchase(token)
+            .is_some_and(|p| p["acknowledgementState"] == "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED");
+        one_time || sub
+    }
+
+    fn calls_to(&self, token: &str, verb: &str) -> usize {
+        self.sim
+            .calls()
+            .iter()
+            .filter(|c| c.path.contains(token) && c.path.ends_with(verb) && c.status < 300)
+            .count()
+    }
+}
+
+async fn submit(app: &TestApp, user: &str, token: &str, product: Option<&str>) -> Answer {
+    let mut body = json!({"app_user_id": user, "store": "play_store", "purchase_token": token});
+    if let Some(p) = product {
+        body["product_id"] = json!(p);
+    }
+    app.post("/v1/apps/acme/purchases", body).await
+}
+
+/// Runs the delivery worker until nothing is left to send now.
+async fn deliver(app: &TestApp) {
+    let clock: Arc<dyn Clock> = Arc::new(app.clock.clone());
+    let senders = gateway::jobs::deliveries::Senders {
+        http: reqwest::Client::new(),
+        lms: Arc::new(gateway::service::openedx::Caches::default()),
+        stores: app.cx.stores.clone(),
+    };
+    for _ in 0..5 {
+        gateway::jobs::deliveries::step(&app.db, &clock, &senders).await;
+    }
+}
+
+async fn premium(app: &TestApp) -> String {
+    let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+    entitlement(&snap, "premium")
+}
+
+fn entitlement(snap: &Value, id: &str) -> String {
+    snap["entitlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .map_or("none".into(), |e| e["status"].as_str().unwrap().to_owned())
+}
+
+both!(
+    a_purchase_is_granted_then_acknowledged,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let token = play.buy("cs101", |_| {}).await;
+        // Pub/Sub pushed ONE_TIME_PRODUCT_PURCHASED before any customer held the token: kept, held.
+        let pushed = play.sim.deliveries();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].status, Some(200), "{:?}", pushed[0].answer);
+        assert!(
+            !play.acknowledged(&token),
+            "nothing is acknowledged before a grant"
+        );
+
+        let answer = submit(&app, "u1", &token, Some("cs101")).await.expect(200);
+        assert_eq!(answer["status"], "granted");
+        assert_eq!(
+            entitlement(&answer["customer"], "course-v1:Acme+CS101+2026"),
+            "active"
+        );
+        assert_eq!(answer["purchase"]["store"], "play_store");
+        // The acknowledgement is owed by the grant's commit and performed by the outbox after it.
+        let owed = app.outbox("u1").await;
+        assert!(
+            owed.iter()
+                .any(|e| e.event_type == "store.play_store.acknowledge"),
+            "{owed:?}"
+        );
+        deliver(&app).await;
+        assert!(play.acknowledged(&token));
+        assert_eq!(play.calls_to(&token, ":acknowledge"), 1);
+        // Submitting again changes nothing and acknowledges nothing more.
+        submit(&app, "u1", &token, None).await.expect(200);
+        deliver(&app).await;
+        assert_eq!(play.calls_to(&token, ":acknowledge"), 1);
+    }
+);
+
+both!(
+    a_pending_purchase_grants_only_once_play_confirms_it,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let token = play.buy("cs101", |b| b.pending = true).await;
+        let answer = submit(&app, "u1", &token, Some("cs101")).await.expect(200);
+        assert_eq!(answer["status"], "pending");
+        assert_ne!(
+            entitlement(&answer["customer"], "course-v1:Acme+CS101+2026"),
+            "active"
+        );
+        deliver(&app).await;
+        assert!(
+            !play.acknowledged(&token),
+            "a pending payment is not acknowledged"
+        );
+        // Play confirms: its RTDN makes the gateway read the token again.
+        play.sim.confirm(&token).await.unwrap();
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(entitlement(&snap, "course-v1:Acme+CS101+2026"), "active");
+        deliver(&app).await;
+        assert!(play.acknowledged(&token));
+
+        // Another pending purchase that Play cancels ends as nothing.
+        let dropped = play.buy("cs101", |b| b.pending = true).await;
+        submit(&app, "u2", &dropped, Some("cs101"))
+            .await
+            .expect(200);
+        play.sim.cancel_pending(&dropped).await.unwrap();
+        let snap = app.get("/v1/apps/acme/customers/u2").await.expect(200);
+        assert_eq!(snap["purchases"][0]["status"], "revoked");
+        assert_eq!(entitlement(&snap, "course-v1:Acme+CS101+2026"), "revoked");
+        let granted = app.outbox("u2").await;
+        assert!(
+            !granted
+                .iter()
+                .any(|e| e.event_type == "entitlement.granted"),
+            "nothing was ever granted: {granted:?}"
+        );
+        deliver(&app).await;
+        assert!(!play.acknowledged(&dropped));
+    }
+);
+
+both!(
+    a_purchase_refused_by_a_rule_is_never_acknowledged,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        // Bought through u1's order (its obfuscatedAccountId), with no push to the gateway; u2
+        // submits it: refused, so nothing grants it and nothing acknowledges it.
+        play.sim.set_push_mode(PushMode::Skip);
+        let order = app
+            .post(
+                "/v1/apps/acme/customers/u1/orders",
+                json!({"product_ids": ["cs101"]}),
+            )
+            .await
+            .expect(201);
+        let account = order["obfuscated_account_id"].as_str().unwrap().to_owned();
+        let token = play
+            .buy("cs101", |b| b.obfuscated_account_id = Some(account))
+            .await;
+        submit(&app, "u2", &token, None)
+            .await
+            .error(409, "transaction_of_another_customer");
+        deliver(&app).await;
+        assert!(!play.acknowledged(&token));
+        assert_eq!(play.calls_to(&token, ":acknowledge"), 0);
+        // Play refunds what is not acknowledged within three days.
+        app.clock.advance_millis(3 * DAY + HOUR);
+        play.sim.tick().await;
+        assert!(
+            play.sim
+                .voided_purchases()
+                .iter()
+                .any(|v| v["purchaseToken"] == token.as_str()),
+            "Play refunded the unacknowledged purchase"
+        );
+    }
+);
+
+both!(
+    a_void_found_by_the_poller_revokes_and_claws_back,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let course = play.buy("cs101", |_| {}).await;
+        let coins = play.buy("coins_100", |_| {}).await;
+        submit(&app, "u1", &course, None).await.expect(200);
+        let snap = submit(&app, "u1", &coins, Some("coins100"))
+            .await
+            .expect(200);
+        assert_eq!(snap["customer"]["balances"]["COINS"], 100);
+        deliver(&app).await;
+        assert_eq!(
+            play.calls_to(&coins, ":consume"),
+            1,
+            "a consumable is consumed"
+        );
+        // Refunds Play does not push: only its voided purchases know.
+        play.sim.set_push_mode(PushMode::Skip);
+        app.clock.advance_millis(HOUR);
+        play.sim.refund(&course, Refund::default()).await.unwrap();
+        play.sim.refund(&coins, Refund::default()).await.unwrap();
+        let recovered = app
+            .post(
+                "/v1/apps/acme/notifications/play_store/recover",
+                json!({"start": t0().plus_millis(-DAY)}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(recovered["seen"], 2, "{recovered}");
+        assert_eq!(recovered["recovered"], 2, "{recovered}");
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(entitlement(&snap, "course-v1:Acme+CS101+2026"), "refunded");
+        assert_eq!(snap["balances"]["COINS"], 0, "the coins are clawed back");
+        // The walk again finds nothing new.
+        let again = app
+            .post(
+                "/v1/apps/acme/notifications/play_store/recover",
+                json!({"start": t0().plus_millis(-DAY)}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(again["duplicates"], 2, "{again}");
+    }
+);
+
+both!(
+    a_subscription_follows_play_through_its_states,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let out = play
+            .sim
+            .subscribe(Subscribe::new(PACKAGE, "premium", "monthly"))
+            .await
+            .unwrap();
+        let token = out.purchase_token.unwrap();
+        let answer = submit(&app, "u1", &token, Some("premium"))
+            .await
+            .expect(200);
+        assert_eq!(answer["status"], "granted");
+        deliver(&app).await;
+        assert!(play.acknowledged(&token));
+        // Renewal, grace, hold, recovery, pause, cancellation and expiry each move the entitlement.
+        app.clock.advance_millis(30 * DAY);
+        play.sim.renew(&token).await.unwrap();
+        assert_eq!(premium(&app).await, "active");
+        // To the end of the paid period (calendar months), where billing fails.
+        let expiry = play.sim.subscription_purchase(&token).unwrap()["lineItems"][0]["expiryTime"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        app.clock
+            .set(gateway_core::Timestamp::parse_rfc3339(&expiry).unwrap());
+        play.sim
+            .act(Action::EnterGracePeriod {
+                token: token.clone(),
+                grace: std::time::Duration::from_millis(3 * DAY as u64),
+            })
+            .await
+            .unwrap();
+        assert_eq!(premium(&app).await, "grace_period");
+        play.sim
+            .act(Action::PutOnHold {
+                token: token.clone(),
+            })
+            .await
+            .unwrap();
+        app.clock.advance_millis(4 * DAY);
+        assert_ne!(premium(&app).await, "active");
+        play.sim
+            .act(Action::Recover {
+                token: token.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(premium(&app).await, "active");
+        play.sim
+            .act(Action::Pause {
+                token: token.clone(),
+                duration: Period::ONE_MONTH,
+            })
+            .await
+            .unwrap();
+        assert_ne!(premium(&app).await, "active");
+        // A duplicate push changes nothing.
+        let last = play.sim.deliveries().last().unwrap().clone();
+        let before = app.get("/v1/apps/acme/customers/u1").await.expect(200)["version"].clone();
+        let again = play.sim.resend(&last.message_id).await.unwrap();
+        assert_eq!(again.status, Some(200));
+        assert!(again.answer.unwrap().contains("duplicate"));
+        let after = app.get("/v1/apps/acme/customers/u1").await.expect(200)["version"].clone();
+        assert_eq!(before, after);
+    }
+);
+
+both!(
+    forged_and_foreign_pushes_are_refused_and_change_nothing,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let token = play.buy("cs101", |_| {}).await;
+        submit(&app, "u1", &token, None).await.expect(200);
+        let version = app.get("/v1/apps/acme/customers/u1").await.expect(200)["version"].clone();
+        for forge in [
+            Forge::OtherKey,
+            Forge::Audience("https://elsewhere.example/push".into()),
+            Forge::Email("someone@else.iam.gserviceaccount.com".into()),
+            Forge::EmailUnverified,
+            Forge::Issuer("https://evil.example".into()),
+            Forge::Expired,
+            Forge::NoAuth,
+        ] {
+            let out = play
+                .sim
+                .act_with(
+                    Action::TestNotification {
+                        package: PACKAGE.into(),
+                    },
+                    PushMode::Forge(forge.clone()),
+                )
+                .await;
+            let delivery = out.unwrap().delivery.unwrap();
+            assert_eq!(
+                delivery.status,
+                Some(401),
+                "{forge:?}: {:?}",
+                delivery.answer
+            );
+        }
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["version"], version, "nothing changed");
+        // A wrong push token, when the app authenticates pushes by token.
+        app.patch(
+            "/v1/apps/acme",
+            json!({"play_store": {"package_name": PACKAGE, "api_base_url": play.url, "push_token": "s3cret-push-token"}}),
+        )
+        .await
+        .expect(200);
+        let url = "/v1/apps/acme/notifications/play_store?token=wrong";
+        let body = json!({"message": {"data": "e30=", "messageId": "1"}});
+        app.post(url, body).await.error(401, "invalid_push_token");
+        // Another package, authenticated.
+        let other = base64_json(&json!({"version": "1.0", "packageName": "com.other.app",
+            "eventTimeMillis": "1", "testNotification": {"version": "1.0"}}));
+        let url = "/v1/apps/acme/notifications/play_store?token=s3cret-push-token";
+        let pushed = app
+            .post(url, json!({"message": {"data": other, "messageId": "2"}}))
+            .await;
+        pushed.error(422, "wrong_app");
+        // A malformed envelope.
+        let malformed = app.post(url, json!({"nothing": true})).await;
+        malformed.error(400, "malformed_notification");
+        // A token Play does not know, and a product the catalog does not sell.
+        let unknown = submit(&app, "u1", "unknown-token-123", Some("cs101")).await;
+        unknown.error(404, "purchase_token_not_found");
+        let stray = play.buy("not_in_catalog", |_| {}).await;
+        let refused = submit(&app, "u1", &stray, None).await;
+        refused.error(422, "unknown_product");
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["version"], version);
+    }
+);
+
+fn base64_json(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(v.to_string())
+}
