@@ -285,6 +285,9 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             Work::Notification(n) => {
                 let store = n.transaction.store();
                 lineages.push(lineage_key(&n.app, store, &n.lineage()));
+                if let Some(linked) = n.transaction.linked_lineage() {
+                    lineages.push(lineage_key(&n.app, store, linked));
+                }
                 skus.entry(store.as_str())
                     .or_default()
                     .push((n.app.to_string(), n.transaction.sku().to_owned()));
@@ -359,6 +362,11 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 };
                 facts.events.extend(n.events.iter().cloned());
                 let lineage = lineage_key(&n.app, facts.store, &facts.store_transaction_id);
+                let linked = n
+                    .transaction
+                    .linked_lineage()
+                    .and_then(|l| owners.get(&lineage_key(&n.app, store, l)))
+                    .map(|o| o.customer.clone());
                 let owner = owners
                     .get(&lineage)
                     .map(|o| o.customer.clone())
@@ -368,7 +376,8 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                                 .get(&(n.app.to_string(), t.to_ascii_lowercase()))
                                 .cloned()
                         })
-                    });
+                    })
+                    .or_else(|| linked.clone());
                 let Some(owner) = owner else {
                     holds.push((i, raw_row(), facts));
                     continue;
@@ -376,6 +385,13 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 let customer: AppUserId = owner.parse().map_err(|_| {
                     ServiceError::Internal(db::DbError::Corrupt(format!("customer id {owner:?}")))
                 })?;
+                let mut purchases = vec![facts];
+                // The subscription it replaces ends as it starts, when the same customer holds it.
+                if linked.as_deref() == Some(owner.as_str())
+                    && let Some(old) = n.transaction.replaced_facts(product)
+                {
+                    purchases.push(old);
+                }
                 let input = Input {
                     source: n.source,
                     dedupe_key: n.id.clone(),
@@ -384,7 +400,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     actor: store.as_str().into(),
                     manual: Vec::new(),
                     request_key: None,
-                    purchases: vec![facts],
+                    purchases,
                     transfer: false,
                     owed: n
                         .owed

@@ -130,6 +130,14 @@ pub async fn submit(
         // A lineage another customer holds is refused by the decision itself, under the lineage's
         // lock (`purchase_of_another_customer`): a check here would cost a read and could race.
         let facts = t.facts(db::new_id("pur"), &product)?;
+        // The subscription it replaces ends as it starts, when this customer holds it.
+        if let Some(old) = t.replaced_facts(&product)
+            && recorded::purchase_owner(db, &app.id, store, &old.store_transaction_id)
+                .await?
+                .is_some_and(|o| o == customer.as_str())
+        {
+            all_facts.push(old);
+        }
         if lineage.is_none() {
             lineage = Some(facts.store_transaction_id.clone());
             label = format!("{} ({sku})", t.id());

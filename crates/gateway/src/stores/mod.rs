@@ -163,6 +163,24 @@ impl Transaction {
         }
     }
 
+    /// The lineage this one carries on from, for the same customer: the subscription an upgrade or
+    /// a downgrade replaced, or the expired one a resubscription bought outside the app renews.
+    pub fn linked_lineage(&self) -> Option<&str> {
+        match self {
+            Transaction::AppStore(_) => None,
+            Transaction::Play(p) => p.linked_token(),
+        }
+    }
+
+    /// The facts that end the lineage this one replaces (see [`Transaction::linked_lineage`]), as
+    /// `product`'s purchase: it ends when this one starts, so access has no gap and no overlap.
+    pub fn replaced_facts(&self, product: &Product) -> Option<PurchaseFacts> {
+        match self {
+            Transaction::AppStore(_) => None,
+            Transaction::Play(p) => p.replaced_facts(product),
+        }
+    }
+
     /// The store's id of this transaction, for the timeline.
     pub fn id(&self) -> &str {
         match self {

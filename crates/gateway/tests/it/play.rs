@@ -435,3 +435,85 @@ fn base64_json(v: &Value) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(v.to_string())
 }
+
+both!(
+    an_upgrade_moves_access_without_gap_or_double_and_a_restore_follows_the_policy,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        app.put(
+            "/v1/apps/acme/products/premium_plus",
+            json!({"kind": "subscription", "store_skus": {"play_store": "premium_plus"},
+                "entitlements": [{"id": "premium"}, {"id": "plus"}]}),
+        )
+        .await
+        .expect(201);
+        let old = play
+            .sim
+            .subscribe(Subscribe::new(PACKAGE, "premium", "monthly"))
+            .await
+            .unwrap()
+            .purchase_token
+            .unwrap();
+        submit(&app, "u1", &old, Some("premium")).await.expect(200);
+        deliver(&app).await;
+        app.clock.advance_millis(10 * DAY);
+        // The upgrade reaches the gateway only as Play's push about the new token.
+        let new = play
+            .sim
+            .act(Action::ChangePlan {
+                token: old.clone(),
+                to: Subscribe::new(PACKAGE, "premium_plus", "monthly"),
+            })
+            .await
+            .unwrap()
+            .purchase_token
+            .unwrap();
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(entitlement(&snap, "premium"), "active");
+        assert_eq!(entitlement(&snap, "plus"), "active");
+        let premium: Vec<_> = snap["entitlements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["id"] == "premium")
+            .collect();
+        assert_eq!(premium.len(), 1, "one entitlement, not two");
+        let status_of = |token: &str| {
+            snap["purchases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["store_transaction_id"] == token)
+                .map(|p| p["status"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(status_of(&old).as_deref(), Some("expired"), "{snap}");
+        assert_eq!(status_of(&new).as_deref(), Some("active"));
+        let lapses: Vec<_> = app
+            .outbox("u1")
+            .await
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.event_type.as_str(),
+                    "entitlement.revoked" | "entitlement.expired"
+                )
+            })
+            .collect();
+        assert!(lapses.is_empty(), "premium never lapsed: {lapses:?}");
+        deliver(&app).await;
+        assert!(play.acknowledged(&new));
+
+        // Another customer restores the new token on a new device: under the default `transfer`
+        // policy it moves to them, and u1 keeps nothing of it.
+        let restored = app
+            .post(
+                "/v1/apps/acme/customers/u2/restore",
+                json!({"store": "play_store", "purchase_tokens": [new]}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(entitlement(&restored, "plus"), "active");
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_ne!(entitlement(&snap, "plus"), "active");
+    }
+);

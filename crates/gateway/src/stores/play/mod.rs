@@ -141,6 +141,40 @@ impl PlayPurchase {
         }
     }
 
+    /// The token this subscription carries on from: the one an upgrade or downgrade replaced
+    /// (`linkedPurchaseToken`), or the expired one a resubscription outside the app renews.
+    pub fn linked_token(&self) -> Option<&str> {
+        let PlayState::Subscription { purchase } = &self.state else {
+            return None;
+        };
+        purchase.linked_purchase_token.as_deref().or_else(|| {
+            purchase
+                .out_of_app_purchase_context
+                .as_ref()?
+                .expired_purchase_token
+                .as_deref()
+        })
+    }
+
+    /// An expiry of the linked token, from when this one was stated.
+    pub fn replaced_facts(&self, product: &Product) -> Option<PurchaseFacts> {
+        let old = self.linked_token()?;
+        Some(PurchaseFacts {
+            id: String::new(),
+            store: Store::PlayStore,
+            product_id: product.id.clone(),
+            store_transaction_id: old.to_owned(),
+            environment: None,
+            terms: Some(product.terms()),
+            settled: None,
+            events: vec![gateway_core::StoreEvent {
+                dedupe_key: format!("play:{old}:replaced_by:{}", self.token),
+                occurred_at: self.at,
+                kind: gateway_core::EventKind::Expired,
+            }],
+        })
+    }
+
     /// Play's order id, or the token when there is none.
     pub fn id(&self) -> &str {
         let order = match &self.state {
@@ -181,12 +215,14 @@ impl PlayPurchase {
             PlayState::Subscription { purchase } => (
                 purchase.acknowledgement_state.as_deref(),
                 true,
-                // A purchase made outside the app is named for its customer when acknowledged.
-                purchase
-                    .out_of_app_purchase_context
-                    .is_some()
-                    .then(|| self.order_token().map(str::to_owned))
-                    .flatten(),
+                // A purchase made outside the app is named for its customer when acknowledged: the
+                // account the expired subscription it renews was bought for.
+                purchase.out_of_app_purchase_context.as_ref().and_then(|c| {
+                    c.expired_external_account_identifiers
+                        .as_ref()?
+                        .obfuscated_external_account_id
+                        .clone()
+                }),
             ),
             PlayState::Gone { .. } => return None,
         };
