@@ -512,3 +512,19 @@ pub async fn retry(db: &Db, app: &AppId, id: &str, now: Timestamp) -> DbResult<b
     .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// Store actions (`store.*`) not delivered yet that were owed before `before`, by type: an
+/// acknowledgement Play still waits for, say.
+pub async fn overdue_store_actions(db: &Db, before: Timestamp) -> DbResult<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT event_type, COUNT(*) AS n FROM deliveries \
+         WHERE status <> 'delivered' AND event_type LIKE 'store.%' AND created_at <= $1 \
+         GROUP BY event_type",
+    )
+    .bind(before.millis())
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("event_type")?, r.try_get("n")?)))
+        .collect()
+}

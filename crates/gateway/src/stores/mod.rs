@@ -66,6 +66,9 @@ impl Stores {
     }
 }
 
+/// The outbox types of the actions stores are owed.
+pub const ACTION_TYPES: [&str; 2] = [apple::CONSUMPTION, play::ACKNOWLEDGE];
+
 /// One store's adapter: the verbs every store has, dispatched to it.
 #[derive(Debug, Clone, Copy)]
 pub enum Adapter<'a> {

@@ -86,6 +86,18 @@ impl Play {
         one_time || sub
     }
 
+    /// Whether `token` is acknowledged within a few seconds: the server's own delivery worker may
+    /// hold the acknowledgement's lease while a test step runs.
+    async fn acknowledged_soon(&self, token: &str) -> bool {
+        for _ in 0..50 {
+            if self.acknowledged(token) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     fn calls_to(&self, token: &str, verb: &str) -> usize {
         self.sim
             .calls()
@@ -144,6 +156,8 @@ both!(
             "nothing is acknowledged before a grant"
         );
 
+        // Play's API fails after the submission's read, for a while: the acknowledgement waits.
+        play.sim.fail_after(1, vec![(503, None); 20]);
         let answer = submit(&app, "u1", &token, Some("cs101")).await.expect(200);
         assert_eq!(answer["status"], "granted");
         assert_eq!(
@@ -158,8 +172,29 @@ both!(
                 .any(|e| e.event_type == "store.play_store.acknowledge"),
             "{owed:?}"
         );
+        // After 48 hours it is overdue; once Play answers again, it is acknowledged.
         deliver(&app).await;
-        assert!(play.acknowledged(&token));
+        assert!(!play.acknowledged(&token));
+        let overdue = |app: &TestApp| {
+            let before = app.clock.now().plus_millis(-48 * HOUR);
+            let db = app.db.clone();
+            async move {
+                gateway::db::deliveries::overdue_store_actions(&db, before)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(overdue(&app).await.is_empty());
+        app.clock.advance_millis(49 * HOUR);
+        assert_eq!(
+            overdue(&app).await,
+            [("store.play_store.acknowledge".to_owned(), 1)]
+        );
+        play.sim.fail_next(Vec::new());
+        app.clock.advance_millis(HOUR);
+        deliver(&app).await;
+        assert!(play.acknowledged_soon(&token).await);
+        assert!(overdue(&app).await.is_empty());
         assert_eq!(play.calls_to(&token, ":acknowledge"), 1);
         // Submitting again changes nothing and acknowledges nothing more.
         submit(&app, "u1", &token, None).await.expect(200);
@@ -189,7 +224,7 @@ both!(
         let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
         assert_eq!(entitlement(&snap, "course-v1:Acme+CS101+2026"), "active");
         deliver(&app).await;
-        assert!(play.acknowledged(&token));
+        assert!(play.acknowledged_soon(&token).await);
 
         // Another pending purchase that Play cancels ends as nothing.
         let dropped = play.buy("cs101", |b| b.pending = true).await;
@@ -310,7 +345,7 @@ both!(
             .expect(200);
         assert_eq!(answer["status"], "granted");
         deliver(&app).await;
-        assert!(play.acknowledged(&token));
+        assert!(play.acknowledged_soon(&token).await);
         // Renewal, grace, hold, recovery, pause, cancellation and expiry each move the entitlement.
         app.clock.advance_millis(30 * DAY);
         play.sim.renew(&token).await.unwrap();
@@ -501,7 +536,7 @@ both!(
             .collect();
         assert!(lapses.is_empty(), "premium never lapsed: {lapses:?}");
         deliver(&app).await;
-        assert!(play.acknowledged(&new));
+        assert!(play.acknowledged_soon(&new).await);
 
         // Another customer restores the new token on a new device: under the default `transfer`
         // policy it moves to them, and u1 keeps nothing of it.
