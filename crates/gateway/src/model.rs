@@ -109,6 +109,10 @@ pub struct PlayStoreConfig {
     /// tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_token: Option<Secret>,
+    /// Answer Play's refund reviews (a chargeback the developer is asked about) with what the gateway
+    /// knows of the purchase: set it only when your terms obtain the customer's consent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer_refund_reviews: bool,
 }
 
 /// Stripe settings of an app.

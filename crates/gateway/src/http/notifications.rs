@@ -67,17 +67,22 @@ pub async fn recover_app_store(
     Path(app): Path<String>,
     ApiJson(req): ApiJson<RecoverRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Purchases])).await?;
+    recover(&s, &caller, &app, req, Store::AppStore).await
+}
+
+/// Reads `store`'s history for the window of `req`, as a caller with `purchases` asked.
+async fn recover(
+    s: &AppState,
+    caller: &Caller,
+    app: &str,
+    req: RecoverRequest,
+    store: Store,
+) -> ApiResult<ApiJson<recovery::Recovered>> {
+    let app = app_for(s, caller, app, Access::Scopes(&[Scope::Purchases])).await?;
     let now = s.clock.now();
-    let adapter = s.cx.adapter(Store::AppStore)?;
-    let recovered = recovery::recover(
-        &s.cx,
-        adapter,
-        &app,
-        (req.start, req.end.unwrap_or(now)),
-        now,
-    )
-    .await?;
+    let adapter = s.cx.adapter(store)?;
+    let window = (req.start, req.end.unwrap_or(now));
+    let recovered = recovery::recover(&s.cx, adapter, &app, window, now).await?;
     Ok(ApiJson(recovered))
 }
 
@@ -152,10 +157,5 @@ pub async fn recover_play_store(
     Path(app): Path<String>,
     ApiJson(req): ApiJson<RecoverRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Purchases])).await?;
-    let now = s.clock.now();
-    let adapter = s.cx.adapter(Store::PlayStore)?;
-    let window = (req.start, req.end.unwrap_or(now));
-    let recovered = recovery::recover(&s.cx, adapter, &app, window, now).await?;
-    Ok(ApiJson(recovered))
+    recover(&s, &caller, &app, req, Store::PlayStore).await
 }

@@ -67,7 +67,7 @@ impl Stores {
 }
 
 /// The outbox types of the actions stores are owed.
-pub const ACTION_TYPES: [&str; 2] = [apple::CONSUMPTION, play::ACKNOWLEDGE];
+pub const ACTION_TYPES: [&str; 3] = [apple::CONSUMPTION, play::ACKNOWLEDGE, play::REFUND_REVIEW];
 
 /// One store's adapter: the verbs every store has, dispatched to it.
 #[derive(Debug, Clone, Copy)]

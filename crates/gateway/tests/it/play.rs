@@ -396,6 +396,17 @@ both!(
         assert!(again.answer.unwrap().contains("duplicate"));
         let after = app.get("/v1/apps/acme/customers/u1").await.expect(200)["version"].clone();
         assert_eq!(before, after);
+        // Resumed by a renewal, cancelled (access to the end of the period), then expired.
+        app.clock.advance_millis(30 * DAY);
+        play.sim.renew(&token).await.unwrap();
+        assert_eq!(premium(&app).await, "active");
+        app.clock.advance_millis(60_000);
+        play.sim.cancel(&token).await.unwrap();
+        assert_eq!(premium(&app).await, "active");
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["purchases"][0]["auto_renew"], false);
+        play.sim.expire(&token).await.unwrap();
+        assert_eq!(premium(&app).await, "expired");
     }
 );
 
@@ -550,5 +561,51 @@ both!(
         assert_eq!(entitlement(&restored, "plus"), "active");
         let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
         assert_ne!(entitlement(&snap, "plus"), "active");
+    }
+);
+
+both!(
+    a_refund_review_is_answered_from_what_the_gateway_knows_when_the_app_opts_in,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let token = play.buy("cs101", |_| {}).await;
+        submit(&app, "u1", &token, Some("cs101")).await.expect(200);
+        // Not opted in: the review is kept, nothing is answered.
+        play.sim.request_refund_review(&token).await.unwrap();
+        deliver(&app).await;
+        assert!(play.sim.refund_reviews().is_empty());
+        let settings = app.get("/v1/apps/acme").await.expect(200)["play_store"].clone();
+        let mut settings = settings;
+        settings["answer_refund_reviews"] = json!(true);
+        settings
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.starts_with("service_account_json"));
+        app.patch("/v1/apps/acme", json!({"play_store": settings}))
+            .await
+            .expect(200);
+        let pushed = play.sim.request_refund_review(&token).await.unwrap();
+        assert_eq!(pushed.delivery.unwrap().status, Some(200));
+        deliver(&app).await;
+        let mut reviews = Vec::new();
+        for _ in 0..50 {
+            reviews = play.sim.refund_reviews();
+            if !reviews.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(reviews.len(), 1, "{reviews:?}");
+        assert_eq!(
+            reviews[0].pending_refund_token,
+            pushed.pending_refund_token.unwrap()
+        );
+        assert_eq!(
+            reviews[0].refund_preference, "NEUTRAL",
+            "the course was delivered"
+        );
+        // A review is not a refund: access stays.
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(entitlement(&snap, "course-v1:Acme+CS101+2026"), "active");
     }
 );

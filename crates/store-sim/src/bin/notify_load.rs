@@ -15,6 +15,13 @@
 //! with the signed transaction), which answers with the customer's snapshot. With `--give-up-percent`,
 //! that share of the clients' requests is abandoned at a moment within `--give-up-within-ms`, the
 //! connection dropped, as by a client that goes away: the gateway must stay whole for the others.
+//!
+//! With `--store play`, the purchases are Google Play's: this process serves the Play simulator (its
+//! token endpoint, Developer API and Google's OIDC keys), buys each purchase there, and sends each as
+//! a Real-time developer notification in a Pub/Sub push with a Google-signed OIDC token, so each one
+//! is a push verified, a purchase read from the simulated Play Developer API, a decision, and an
+//! acknowledgement owed (performed by the gateway's outbox after the answer). The simulator runs in
+//! this process, on the same machine: its CPU is counted beside the gateway's.
 
 use std::{
     sync::Arc,
@@ -46,6 +53,11 @@ struct Args {
     /// Customers the purchases are spread over.
     #[arg(long, default_value_t = 200)]
     customers: usize,
+    /// The store whose notifications are sent: `app_store` (signed App Store Server Notifications) or
+    /// `play` (Real-time developer notifications as authenticated Pub/Sub pushes, each purchase read
+    /// from the Play simulator this process serves).
+    #[arg(long, default_value = "app_store", value_parser = ["app_store", "play"])]
+    store: String,
     /// Serve a stand-in Open edX LMS and measure purchase -> LMS-enrolled latency (one customer per
     /// notification).
     #[arg(long)]
@@ -115,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
     if args.lms {
         args.customers = args.count;
     }
+    let play = args.store == "play";
+    if play && (args.submit || args.lms) {
+        bail!("--store play sends notifications: it cannot be used with --submit or --lms");
+    }
     let host = url_host(&args.gateway)?;
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
         bail!("notify-load only sends to a gateway on this machine (loopback); got {host}");
@@ -137,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             res.text().await.unwrap_or_default()
         );
     }
-    admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course"}, "entitlements": [{"id": "course", "attributes": {"course_id": COURSE, "mode": "verified"}}]})).await?.error_for_status()?;
+    admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course", "play_store": "load_course"}, "entitlements": [{"id": "course", "attributes": {"course_id": COURSE, "mode": "verified"}}]})).await?.error_for_status()?;
     let lms = if args.lms {
         let lms = store_sim::openedx::Lms::new("load-client", "load-secret");
         lms.add_course(
@@ -174,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Orders from several clients at once: with --lms there is one per notification.
     let mut tokens = vec![String::new(); args.customers.max(1)];
+    let mut accounts = vec![String::new(); args.customers.max(1)];
     let mut next_order = 0;
     while next_order < tokens.len() {
         let batch: Vec<usize> = (next_order..tokens.len().min(next_order + 32)).collect();
@@ -196,15 +213,30 @@ async fn main() -> anyhow::Result<()> {
                 .as_str()
                 .context("an order has a token")?
                 .to_owned();
+            accounts[c] = order["obfuscated_account_id"]
+                .as_str()
+                .context("an order has an obfuscated account id")?
+                .to_owned();
         }
     }
 
+    let push_auth = if play {
+        Some(setup_play(&args, &app, &accounts).await?)
+    } else {
+        None
+    };
     // Sign everything first: the measurement is the gateway's, not the signer's.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
     let mut bodies = Vec::with_capacity(args.count);
+    if let Some((_, _, pushes)) = &push_auth {
+        bodies.clone_from(pushes);
+    }
     for i in 0..args.count {
+        if play {
+            break;
+        }
         let id = format!("{}", 3_000_000_000_u64 + i as u64);
         let tx = json!({"transactionId": id, "originalTransactionId": id, "bundleId": bundle, "productId": "edu.load.course",
             "purchaseDate": now, "signedDate": now, "environment": "Sandbox", "type": "Non-Consumable",
@@ -232,10 +264,16 @@ async fn main() -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let url = Arc::new(if args.submit {
         format!("{}/v1/apps/{app}/purchases", args.gateway)
+    } else if play {
+        format!("{}/v1/apps/{app}/notifications/play_store", args.gateway)
     } else {
         format!("{}/v1/apps/{app}/notifications/app_store", args.gateway)
     });
-    let key = Arc::new(args.admin_key.clone());
+    // Pushes carry Pub/Sub's OIDC token; the other requests the admin key.
+    let key = Arc::new(match &push_auth {
+        Some((_, oidc, _)) => oidc.clone(),
+        None => args.admin_key.clone(),
+    });
     let (give_up_percent, give_up_within_ms) = (args.give_up_percent, args.give_up_within_ms);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -330,6 +368,65 @@ async fn main() -> anyhow::Result<()> {
         report_enrollments(&lms, &sent_at).await?;
     }
     Ok(())
+}
+
+/// Serves the Play simulator, points the load app's Play settings at it, buys one purchase per
+/// notification (each for its customer's order) without pushing, and returns the simulator (which
+/// serves the gateway's reads and acknowledgements while it lives), the push's OIDC token and the
+/// push bodies, one Real-time developer notification per purchase.
+async fn setup_play(
+    args: &Args,
+    app: &str,
+    accounts: &[String],
+) -> anyhow::Result<(Arc<store_sim::play::PlaySim>, String, Vec<String>)> {
+    use base64::Engine;
+    use store_sim::play::{Buy, PlaySim, PushMode};
+    const PACKAGE: &str = "edu.load.app";
+    const PUSHER: &str = "load-push@load.iam.gserviceaccount.com";
+    let sim = PlaySim::new(store_sim::SimClock::system())?;
+    let url = sim.serve().await?;
+    sim.add_package(PACKAGE);
+    sim.set_push_mode(PushMode::Skip);
+    let account = sim.create_service_account("load")?;
+    sim.grant(&account, PACKAGE)?;
+    let audience = format!("{}/v1/apps/{app}/notifications/play_store", args.gateway);
+    let res = reqwest::Client::new()
+        .patch(format!("{}/v1/apps/{app}", args.gateway))
+        .bearer_auth(&args.admin_key)
+        .json(&json!({"play_store": {"package_name": PACKAGE,
+            "service_account_json": account.key_file_json(), "api_base_url": url,
+            "pubsub_audience": audience, "pubsub_service_account": PUSHER,
+            "google_certs_url": format!("{url}/oauth2/v3/certs")}}))
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!(
+            "setting the load app's Play settings failed: {}",
+            res.text().await?
+        );
+    }
+    let mut bodies = Vec::with_capacity(args.count);
+    for i in 0..args.count {
+        let mut buy = Buy::new(PACKAGE, "load_course");
+        buy.obfuscated_account_id = Some(accounts[i % accounts.len()].clone());
+        let token = sim
+            .buy(buy)
+            .await?
+            .purchase_token
+            .context("a purchase has a token")?;
+        let notification = json!({"version": "1.0", "packageName": PACKAGE,
+            "eventTimeMillis": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis().to_string(),
+            "oneTimeProductNotification": {"version": "1.0", "notificationType": 1, "purchaseToken": token, "sku": "load_course"}});
+        let data = base64::engine::general_purpose::STANDARD.encode(notification.to_string());
+        let id = format!("{}", 9_000_000_000_u64 + i as u64);
+        bodies.push(
+            json!({"message": {"data": data, "messageId": id, "message_id": id},
+                "subscription": "projects/load/subscriptions/load"})
+            .to_string(),
+        );
+    }
+    let oidc = sim.push_token(&audience, PUSHER, None)?;
+    Ok((sim, oidc, bodies))
 }
 
 fn url_host(url: &str) -> anyhow::Result<String> {

@@ -51,6 +51,9 @@ pub const NAMES: Names = Names {
 /// The outbox type of an owed acknowledgement (or consumption, for a consumable).
 pub const ACKNOWLEDGE: &str = "store.play_store.acknowledge";
 
+/// The outbox type of an owed answer to a refund review (`orders.reviewrefund`).
+pub const REFUND_REVIEW: &str = "store.play_store.refund_review";
+
 /// Where Google publishes the keys of its OIDC tokens.
 pub const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 
@@ -95,6 +98,14 @@ pub enum PlayState {
     Gone {
         sku: String,
     },
+}
+
+/// The payload of an owed answer to a refund review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Review {
+    order_id: String,
+    pending_refund_token: String,
+    token: String,
 }
 
 /// The payload of an owed acknowledgement.
@@ -646,12 +657,43 @@ impl PlayStore {
             }
             return Ok(out);
         }
+        if let Some(r) = &n.pending_refund_review_notification {
+            // The review names an order, not a token: the order says which purchase it is. A review
+            // is not a refund; access stays until Play voids the order.
+            let order = self.api.order(app, &r.order_id).await?;
+            let token = order.purchase_token.unwrap_or_default();
+            check_token("purchaseToken", &token)?;
+            let p = self.read(app, &token, None, at).await?;
+            let owed = c.answer_refund_reviews.then(|| {
+                let review = Review {
+                    order_id: r.order_id.clone(),
+                    pending_refund_token: r.pending_refund_token.clone(),
+                    token: token.clone(),
+                };
+                Owed {
+                    id: format!(
+                        "act_play_review_{}",
+                        &hex::encode(sha2::Sha256::digest(r.pending_refund_token.as_bytes()))[..40]
+                    ),
+                    event_type: REFUND_REVIEW,
+                    payload: serde_json::to_value(&review).unwrap_or_default(),
+                    on_grant: None,
+                }
+            });
+            let cause = format!(
+                "Google Play notification PENDING_REFUND_REVIEW for order {}.",
+                r.order_id
+            );
+            return Ok(notice(
+                cause,
+                Some(Transaction::Play(p)),
+                owed.into_iter().collect(),
+            ));
+        }
         let what = if n.test_notification.is_some() {
-            "TEST_NOTIFICATION".to_owned()
-        } else if let Some(r) = &n.pending_refund_review_notification {
-            format!("PENDING_REFUND_REVIEW for order {}", r.order_id)
+            "TEST_NOTIFICATION"
         } else {
-            "UNKNOWN".to_owned()
+            "UNKNOWN"
         };
         Ok(notice(
             format!("Google Play notification {what}."),
@@ -738,6 +780,9 @@ impl PlayStore {
         event_type: &str,
         payload: &serde_json::Value,
     ) -> StoreResult<(String, u32)> {
+        if event_type == REFUND_REVIEW {
+            return Ok((review(payload)?.token, 1));
+        }
         let ack = acknowledgement(event_type, payload)?;
         Ok((ack.token, 1))
     }
@@ -750,6 +795,24 @@ impl PlayStore {
         payload: &serde_json::Value,
         standing: Standing,
     ) -> StoreResult<u16> {
+        if event_type == REFUND_REVIEW {
+            let r = review(payload)?;
+            // Not delivered: the refund is fair. Delivered: the facts, and Google decides.
+            let answer = api::ReviewRefund {
+                pending_refund_token: r.pending_refund_token,
+                sample_content_provided: false,
+                refund_preference: if standing.delivered {
+                    "NEUTRAL"
+                } else {
+                    "APPROVE"
+                },
+                consumption_percentage_milliunits: standing.consumed,
+            };
+            self.api.review_refund(app, &r.order_id, &answer).await?;
+            metrics::counter!("gateway_play_refund_reviews_total").increment(1);
+            tracing::info!(app = %app.id, order = %r.order_id, preference = answer.refund_preference, "answered a Play refund review");
+            return Ok(200);
+        }
         let ack = acknowledgement(event_type, payload)?;
         let done = if ack.subscription {
             self.api
@@ -805,4 +868,14 @@ fn acknowledgement(event_type: &str, payload: &serde_json::Value) -> StoreResult
         return Err(not_ours());
     }
     serde_json::from_value(payload.clone()).map_err(|_| not_ours())
+}
+
+fn review(payload: &serde_json::Value) -> StoreResult<Review> {
+    serde_json::from_value(payload.clone()).map_err(|_| {
+        StoreError::new(
+            Problem::Malformed,
+            "unknown_store_action",
+            "the action is not an answer to a Play refund review",
+        )
+    })
 }
