@@ -113,6 +113,11 @@ pub struct PlayStoreConfig {
     /// knows of the purchase: set it only when your terms obtain the customer's consent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub answer_refund_reviews: bool,
+    /// How often, in minutes, the gateway walks Play's voided purchases for refunds and chargebacks
+    /// no notification brought (15 by default; 1 to 1440).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1440)]
+    pub voided_poll_minutes: Option<u32>,
 }
 
 /// Stripe settings of an app.

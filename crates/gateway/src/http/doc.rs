@@ -166,6 +166,12 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
         ),
         ("PlayStoreConfig", "api_base_url", t(&text::URL_TEXT)),
         ("PlayStoreConfig", "pubsub_audience", t(&text::STORE_ID)),
+        (
+            "PlayStoreConfig",
+            "pubsub_service_account",
+            t(&text::STORE_ID),
+        ),
+        ("PlayStoreConfig", "google_certs_url", t(&text::URL_TEXT)),
         ("PlayStoreConfig", "push_token", t(&text::SECRET_TEXT)),
         ("StripeConfig", "secret_key", t(&text::SECRET_TEXT)),
         ("StripeConfig", "webhook_secret", t(&text::SECRET_TEXT)),

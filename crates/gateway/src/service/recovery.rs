@@ -22,8 +22,8 @@ use crate::{db::cursors, model::App, stores::Adapter};
 const FIRST_WINDOW_MS: i64 = 24 * 3_600_000;
 /// Each window starts this much before the last one ended, for notifications a store recorded late.
 const OVERLAP_MS: i64 = 10 * 60_000;
-/// How often the job reads each app's history: stores retry a notification for days, so this only
-/// bounds how late a missed one is taken.
+/// How often the job reads each app's history, unless the app says (Play's `voided_poll_minutes`):
+/// stores retry a notification for days, so this only bounds how late a missed one is taken.
 pub const INTERVAL_MS: i64 = 15 * 60_000;
 /// How long an instance holds an app's run without saving a page before another may take it over:
 /// far longer than one page takes (one API call and a page of decisions).
@@ -102,7 +102,7 @@ pub async fn recover_step(
     match read {
         Ok((recovered, finished)) => {
             let due = if finished {
-                now.plus_millis(INTERVAL_MS)
+                now.plus_millis(adapter.poll_interval_ms(app).unwrap_or(INTERVAL_MS))
             } else {
                 now
             };

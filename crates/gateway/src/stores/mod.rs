@@ -357,6 +357,14 @@ impl<'a> Adapter<'a> {
         }
     }
 
+    /// How often the app's history is read when the app says (the recovery job's default otherwise).
+    pub fn poll_interval_ms(self, app: &App) -> Option<i64> {
+        match self {
+            Adapter::AppStore(_) => None,
+            Adapter::Play(_) => play::poll_interval_ms(app),
+        }
+    }
+
     /// The window the store's history can be read for, from `start` (or why not).
     pub fn poll_window(
         self,

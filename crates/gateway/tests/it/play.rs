@@ -327,6 +327,38 @@ both!(
             .await
             .expect(200);
         assert_eq!(again["duplicates"], 2, "{again}");
+
+        // The job walks each app as often as the app says (`voided_poll_minutes`).
+        let mut settings = app.get("/v1/apps/acme").await.expect(200)["play_store"].clone();
+        settings["voided_poll_minutes"] = json!(1);
+        settings
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.starts_with("service_account_json"));
+        app.patch("/v1/apps/acme", json!({"play_store": settings}))
+            .await
+            .expect(200);
+        let acme = gateway::service::apps::get(&app.db, &"acme".parse().unwrap())
+            .await
+            .unwrap();
+        let step = |app: &TestApp| {
+            let (cx, acme, now) = (app.cx.clone(), acme.clone(), app.clock.now());
+            async move {
+                let adapter = cx
+                    .stores
+                    .adapter(gateway_core::ids::Store::PlayStore)
+                    .unwrap();
+                let pass = gateway::service::recovery::recover_step(&cx, adapter, &acme, "t", now)
+                    .await
+                    .unwrap();
+                matches!(pass, gateway::service::recovery::Pass::Read { .. })
+            }
+        };
+        assert!(step(&app).await, "the first walk reads");
+        app.clock.advance_millis(30_000);
+        assert!(!step(&app).await, "not due yet");
+        app.clock.advance_millis(31_000);
+        assert!(step(&app).await, "due after a minute, not fifteen");
     }
 );
 
@@ -502,6 +534,8 @@ both!(
             .unwrap();
         submit(&app, "u1", &old, Some("premium")).await.expect(200);
         deliver(&app).await;
+        // Acknowledged before time passes, or Play refunds it after three days.
+        assert!(play.acknowledged_soon(&old).await);
         app.clock.advance_millis(10 * DAY);
         // The upgrade reaches the gateway only as Play's push about the new token.
         let new = play
@@ -607,5 +641,62 @@ both!(
         // A review is not a refund: access stays.
         let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
         assert_eq!(entitlement(&snap, "course-v1:Acme+CS101+2026"), "active");
+    }
+);
+
+both!(
+    a_resubscription_bought_in_the_play_store_is_linked_to_its_customer_before_acknowledgement,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let order = app
+            .post(
+                "/v1/apps/acme/customers/u1/orders",
+                json!({"product_ids": ["premium"]}),
+            )
+            .await
+            .expect(201);
+        let account = order["obfuscated_account_id"].as_str().unwrap().to_owned();
+        let mut subscribe = Subscribe::new(PACKAGE, "premium", "monthly");
+        subscribe.obfuscated_account_id = Some(account.clone());
+        let old = play
+            .sim
+            .subscribe(subscribe)
+            .await
+            .unwrap()
+            .purchase_token
+            .unwrap();
+        submit(&app, "u1", &old, Some("premium")).await.expect(200);
+        deliver(&app).await;
+        assert!(play.acknowledged_soon(&old).await);
+        app.clock.advance_millis(DAY);
+        play.sim.cancel(&old).await.unwrap();
+        // Cancelled, it expires at the end of its period.
+        app.clock.advance_millis(40 * DAY);
+        play.sim.tick().await;
+        assert_eq!(premium(&app).await, "expired");
+        // Bought again in the Play Store's subscription center, outside the app: only Play's push
+        // tells the gateway, and the token it replaces says whose it is.
+        app.clock.advance_millis(DAY);
+        let new = play
+            .sim
+            .act(Action::Resubscribe { token: old.clone() })
+            .await
+            .unwrap()
+            .purchase_token
+            .unwrap();
+        assert_eq!(premium(&app).await, "active");
+        deliver(&app).await;
+        assert!(play.acknowledged_soon(&new).await);
+        let ack = play
+            .sim
+            .acknowledgements()
+            .into_iter()
+            .find(|a| a.purchase_token == new)
+            .unwrap();
+        assert_eq!(
+            ack.obfuscated_account_id.as_deref(),
+            Some(account.as_str()),
+            "acknowledged naming its customer's account"
+        );
     }
 );

@@ -320,14 +320,30 @@ pub fn check_settings(p: &PlayStoreConfig) -> StoreResult<()> {
             ));
         }
     }
-    if p.pubsub_audience.is_some() != p.pubsub_service_account.is_some() {
+    if p.voided_poll_minutes
+        .is_some_and(|m| !(1..=1440).contains(&m))
+    {
         return Err(StoreError::new(
             Problem::Malformed,
+            "invalid_play_store",
+            "`play_store.voided_poll_minutes` is 1 to 1440 (a day).",
+        ));
+    }
+    if p.pubsub_audience.is_some() != p.pubsub_service_account.is_some() {
+        // Two fields each of the right shape that must come together: more than a schema states.
+        return Err(StoreError::new(
+            Problem::Refused,
             "invalid_play_store",
             "`play_store.pubsub_audience` and `pubsub_service_account` go together: pushes are checked against both.",
         ));
     }
     Ok(())
+}
+
+/// How often the app's voided purchases are walked, in milliseconds.
+pub fn poll_interval_ms(app: &App) -> Option<i64> {
+    let minutes = app.settings.play_store.as_ref()?.voided_poll_minutes?;
+    Some(i64::from(minutes) * 60_000)
 }
 
 /// True when the app can call the Play Developer API.
