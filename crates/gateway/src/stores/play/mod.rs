@@ -291,7 +291,7 @@ pub fn check_settings(p: &PlayStoreConfig) -> StoreResult<()> {
     };
     check(&text::STORE_ID, "package_name", Some(&p.package_name))?;
     check(
-        &text::URL_TEXT,
+        &text::STORE_ID,
         "pubsub_audience",
         p.pubsub_audience.as_deref(),
     )?;
