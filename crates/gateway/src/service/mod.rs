@@ -180,8 +180,7 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 
 /// Checks text against its rule, refusing it with `code` and a sentence naming `field`.
 pub fn text(rule: &TextRule, code: &'static str, field: &str, value: &str) -> ServiceResult<()> {
-    rule.check(value)
-        .map_err(|e| ServiceError::bad_request(code, format!("`{field}` {e}.")))
+    opt_text(rule, code, field, Some(value))
 }
 
 /// [`text`] for a value that may be absent.
@@ -191,7 +190,9 @@ pub fn opt_text(
     field: &str,
     value: Option<&str>,
 ) -> ServiceResult<()> {
-    value.map_or(Ok(()), |v| text(rule, code, field, v))
+    // One rule check and one sentence for every field, a store's or the API's: a malformed value is
+    // a 400 with the field named.
+    Ok(crate::stores::text(rule, code, field, value)?)
 }
 
 /// Checks a free-text reason an operator must give.

@@ -442,6 +442,25 @@ pub(crate) fn check_url(field: &str, value: Option<&str>) -> StoreResult<()> {
     text(&gateway_core::text::URL_TEXT, "invalid_url", field, value)
 }
 
+/// An owed action's payload, when it is of `event_type` (`expected`); `what` names it in the error.
+pub(crate) fn action<T: serde::de::DeserializeOwned>(
+    (event_type, expected): (&str, &str),
+    payload: &serde_json::Value,
+    what: &str,
+) -> StoreResult<T> {
+    let not_ours = || {
+        StoreError::new(
+            Problem::Malformed,
+            "unknown_store_action",
+            format!("the action is not {what}"),
+        )
+    };
+    if event_type != expected {
+        return Err(not_ours());
+    }
+    T::deserialize(payload).map_err(|_| not_ours())
+}
+
 /// Checks a field of what a client or store sent against its rule.
 pub(crate) fn text(
     rule: &TextRule,

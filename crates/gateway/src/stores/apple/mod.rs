@@ -533,17 +533,7 @@ fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment) -> 
 }
 
 fn consumption(event_type: &str, payload: &serde_json::Value) -> StoreResult<ConsumptionAnswer> {
-    let not_ours = || {
-        StoreError::new(
-            Problem::Malformed,
-            "unknown_store_action",
-            "the action is not a consumption answer",
-        )
-    };
-    if event_type != CONSUMPTION {
-        return Err(not_ours());
-    }
-    serde_json::from_value(payload.clone()).map_err(|_| not_ours())
+    super::action((event_type, CONSUMPTION), payload, "a consumption answer")
 }
 
 /// The token of the page after `page`, if there is one. A page that says there is more but brings

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 
+use futures_util::StreamExt;
 use gateway_core::{
     Product, PurchaseFacts, Timestamp,
     ids::Store,
@@ -65,6 +66,9 @@ const LEEWAY_SECS: i64 = 60;
 
 /// Play lists voids of the last 30 days.
 const VOIDED_WINDOW_MS: i64 = 30 * 86_400_000;
+
+/// Purchases a voided page reads from Play at once.
+const VOIDED_READS: usize = 8;
 
 /// The most tokens one restore may carry.
 pub const MAX_RESTORE: usize = 200;
@@ -754,9 +758,11 @@ impl PlayStore {
             .api
             .voided(app, (start.millis(), end.millis()), token)
             .await?;
-        let mut notices = Vec::new();
+        // The purchases a page voids are read a few at a time: a page holds up to a thousand, and
+        // one read after another would take minutes; more at once would spend Play's quota in bursts.
+        let mut reads = Vec::with_capacity(page.voided_purchases.len());
         for v in &page.voided_purchases {
-            let notice = async {
+            reads.push(async move {
                 check_token("purchaseToken", &v.purchase_token)?;
                 let p = self.read(app, &v.purchase_token, None, now).await?;
                 let mut n = Notice {
@@ -778,9 +784,12 @@ impl PlayStore {
                     n.events.push(play_facts::voided_event(v, now));
                 }
                 Ok(n)
-            };
-            notices.push(notice.await);
+            });
         }
+        let notices = futures_util::stream::iter(reads)
+            .buffered(VOIDED_READS)
+            .collect()
+            .await;
         let next = page
             .token_pagination
             .and_then(|t| t.next_page_token)
@@ -873,25 +882,13 @@ impl PlayStore {
 }
 
 fn acknowledgement(event_type: &str, payload: &serde_json::Value) -> StoreResult<Acknowledgement> {
-    let not_ours = || {
-        StoreError::new(
-            Problem::Malformed,
-            "unknown_store_action",
-            "the action is not a Play acknowledgement",
-        )
-    };
-    if event_type != ACKNOWLEDGE {
-        return Err(not_ours());
-    }
-    serde_json::from_value(payload.clone()).map_err(|_| not_ours())
+    super::action((event_type, ACKNOWLEDGE), payload, "a Play acknowledgement")
 }
 
 fn review(payload: &serde_json::Value) -> StoreResult<Review> {
-    serde_json::from_value(payload.clone()).map_err(|_| {
-        StoreError::new(
-            Problem::Malformed,
-            "unknown_store_action",
-            "the action is not an answer to a Play refund review",
-        )
-    })
+    super::action(
+        (REFUND_REVIEW, REFUND_REVIEW),
+        payload,
+        "an answer to a Play refund review",
+    )
 }
