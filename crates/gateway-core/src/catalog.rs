@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     duration::IsoDuration,
-    ids::{Currency, EntitlementId, ProductId},
+    ids::{Currency, EntitlementId, ProductId, Store},
     time::Timestamp,
 };
 
@@ -62,6 +62,18 @@ pub struct StoreSkus {
     pub stripe_price: Option<String>,
 }
 
+impl StoreSkus {
+    /// The product's id in `store`, if it is sold there.
+    pub fn for_store(&self, store: Store) -> Option<String> {
+        match store {
+            Store::AppStore => self.app_store.clone(),
+            Store::PlayStore => self.play_store.clone(),
+            Store::Stripe => self.stripe_price.clone(),
+            Store::RevenueCat | Store::Manual => None,
+        }
+    }
+}
+
 /// An entitlement a product grants, with the attributes a downstream needs (for Open edX: `course_id`
 /// and `mode`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +122,26 @@ impl Terms {
     }
 }
 
+/// What a refund of part of a payment does to what the payment bought (a web payment refunded in
+/// part, say): nothing (`keep`, the default), or it ends as a whole refund does (`revoke`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum PartialRefund {
+    #[default]
+    Keep,
+    Revoke,
+}
+
+impl PartialRefund {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartialRefund::Keep => "keep",
+            PartialRefund::Revoke => "revoke",
+        }
+    }
+}
+
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -122,6 +154,9 @@ pub struct Product {
     pub access_duration: Option<IsoDuration>,
     pub expires_at: Option<Timestamp>,
     pub active: bool,
+    /// What a partial refund of its payment does.
+    #[serde(default)]
+    pub partial_refund: PartialRefund,
 }
 
 /// A rule of the catalog that a product breaks.
@@ -248,6 +283,7 @@ mod tests {
             access_duration: None,
             expires_at: None,
             active: true,
+            partial_refund: Default::default(),
         }
     }
 

@@ -335,7 +335,7 @@ pub fn derive(facts: &CustomerFacts, catalog: &Catalog, now: Timestamp) -> Custo
         if let Some(c) = terms.as_ref().and_then(|t| t.consumable.as_ref()) {
             let credited =
                 if s.status == PurchaseStatus::Active || s.status == PurchaseStatus::Expired {
-                    c.amount.saturating_mul(i64::from(s.quantity))
+                    c.amount.saturating_mul(i64::from(s.kept_units()))
                 } else {
                     0
                 };

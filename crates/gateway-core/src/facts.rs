@@ -28,6 +28,10 @@ pub enum EventKind {
     Renewed { expires_at: Timestamp },
     /// The store gave the money back (refund or chargeback).
     Refunded,
+    /// The store gave back the money for `quantity` of the units bought at once (Play's
+    /// quantity-based partial refund). The purchase stands with that many fewer units; refunds that
+    /// cover every unit make it refunded.
+    PartlyRefunded { quantity: u32 },
     /// A refund was undone; access comes back.
     RefundReversed,
     /// Access withdrawn without a refund to this customer (family sharing ended, voided by the store).
@@ -61,6 +65,7 @@ impl EventKind {
             EventKind::Refunded => 7,
             EventKind::RefundReversed => 8,
             EventKind::Revoked => 9,
+            EventKind::PartlyRefunded { .. } => 10,
         }
     }
 
@@ -71,6 +76,7 @@ impl EventKind {
             EventKind::Purchased { .. } => "purchased",
             EventKind::Renewed { .. } => "renewed",
             EventKind::Refunded => "refunded",
+            EventKind::PartlyRefunded { .. } => "partly_refunded",
             EventKind::RefundReversed => "refund_reversed",
             EventKind::Revoked => "revoked",
             EventKind::Expired => "expired",

@@ -229,6 +229,8 @@ impl<'de> Deserialize<'de> for Currency {
 }
 
 /// Where a purchase came from. `Manual` marks an operator's grant, which has no store behind it.
+/// `RevenueCat` names the provider that relays purchases of the other stores: a purchase it relays is
+/// recorded as its store's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -236,6 +238,8 @@ pub enum Store {
     AppStore,
     PlayStore,
     Stripe,
+    #[serde(rename = "revenuecat")]
+    RevenueCat,
     Manual,
 }
 
@@ -245,6 +249,7 @@ impl Store {
             Store::AppStore => "app_store",
             Store::PlayStore => "play_store",
             Store::Stripe => "stripe",
+            Store::RevenueCat => "revenuecat",
             Store::Manual => "manual",
         }
     }
@@ -254,6 +259,7 @@ impl Store {
             "app_store" => Store::AppStore,
             "play_store" => Store::PlayStore,
             "stripe" => Store::Stripe,
+            "revenuecat" => Store::RevenueCat,
             "manual" => Store::Manual,
             _ => return None,
         })

@@ -23,6 +23,8 @@ pub mod ids;
 pub mod ledger;
 pub mod play;
 pub mod purchase;
+pub mod revenuecat;
+pub mod stripe;
 pub mod text;
 pub mod time;
 

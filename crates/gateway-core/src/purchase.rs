@@ -2,6 +2,8 @@
 //! fixed tie-break, drop duplicates by dedupe key, fold. Arrival order never enters, which is what makes
 //! invariants 3 (idempotence) and 4 (order does not matter) true by construction.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -90,6 +92,9 @@ pub struct Settled {
     pub expires_at: Option<Timestamp>,
     pub quantity: Option<(OrderKey, u32)>,
     pub auto_renew: Option<(OrderKey, bool)>,
+    /// The partial refunds, by dedupe key: the units each gave back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partial_refunds: BTreeMap<String, u32>,
     /// The latest renewal: every fact ordered after it must be folded in full.
     pub renewed: Option<OrderKey>,
 }
@@ -126,6 +131,10 @@ impl Settled {
                     self.auto_renew = Some((key(), *enabled));
                 }
             }
+            EventKind::PartlyRefunded { quantity } => {
+                self.partial_refunds
+                    .insert(e.dedupe_key.clone(), (*quantity).clamp(1, MAX_QUANTITY));
+            }
             EventKind::BillingRetry
             | EventKind::GracePeriod { .. }
             | EventKind::Expired
@@ -161,10 +170,19 @@ pub struct PurchaseState {
     pub grace_until: Option<Timestamp>,
     /// Billing failed since the last paid period and the store is retrying.
     pub billing_retry: bool,
+    /// The units bought at once.
     pub quantity: u32,
+    /// Of those, the units the store gave the money back for (partial refunds).
+    #[serde(default)]
+    pub refunded_units: u32,
 }
 
 impl PurchaseState {
+    /// The units the customer keeps: those bought less those refunded.
+    pub fn kept_units(&self) -> u32 {
+        self.quantity.saturating_sub(self.refunded_units)
+    }
+
     /// True while the grace period, not the paid period, is what keeps access open.
     pub fn in_grace(&self, now: Timestamp) -> bool {
         self.status == PurchaseStatus::Active
@@ -217,6 +235,7 @@ pub fn fold_with_terms(
         grace_until: None,
         billing_retry: false,
         quantity: 1,
+        refunded_units: 0,
     };
     for e in ordered(events) {
         let at = e.occurred_at;
@@ -256,6 +275,11 @@ pub fn fold_with_terms(
                 state.billing_retry = false;
             }
             EventKind::Refunded => refunded = true,
+            EventKind::PartlyRefunded { quantity } => {
+                state.refunded_units = state
+                    .refunded_units
+                    .saturating_add((*quantity).clamp(1, MAX_QUANTITY));
+            }
             EventKind::RefundReversed => refunded = false,
             EventKind::Revoked => revoked = true,
         }
@@ -313,6 +337,7 @@ pub fn fold_from(
             EventKind::Revoked => revoked = true,
             EventKind::Pending
             | EventKind::Purchased { .. }
+            | EventKind::PartlyRefunded { .. }
             | EventKind::AutoRenewChanged { .. } => {}
         }
     }
@@ -325,6 +350,10 @@ pub fn fold_from(
         grace_until,
         billing_retry,
         quantity: sum.quantity.map_or(1, |(_, q)| q),
+        refunded_units: sum
+            .partial_refunds
+            .values()
+            .fold(0_u32, |a, q| a.saturating_add(*q)),
     };
     let flags = Flags {
         bought: sum.bought,
@@ -362,7 +391,7 @@ fn settle_status(
     }
     state.status = if f.revoked {
         PurchaseStatus::Revoked
-    } else if f.refunded {
+    } else if f.refunded || (f.bought && state.refunded_units >= state.quantity) {
         PurchaseStatus::Refunded
     } else if !f.bought {
         if f.pending || !f.expired {

@@ -153,6 +153,8 @@ rules! {
     STORE_ID = ("1 to 255 printable ASCII characters without spaces", 1, 255, TOKEN);
     /// An App Store transaction id, which goes into the App Store Server API's URL paths.
     TRANSACTION_ID = ("1 to 64 ASCII letters and digits", 1, 64, r"^[A-Za-z0-9]+$");
+    /// A Google Play purchase token (and Play product ids, which go into the same URL paths).
+    PURCHASE_TOKEN = ("1 to 1024 ASCII letters, digits, '.', '-' and '_'", 1, 1024, r"^[A-Za-z0-9._-]+$");
     /// A Google Play purchase token or a Stripe Checkout Session id: longer than other store ids.
     STORE_TOKEN = ("1 to 4096 printable ASCII characters without spaces", 1, 4096, TOKEN);
     /// A URL the gateway calls.

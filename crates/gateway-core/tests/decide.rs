@@ -44,6 +44,7 @@ fn product(id: &str, kind: ProductKind, entitlements: Vec<EntitlementSpec>) -> P
         access_duration: None,
         expires_at: None,
         active: true,
+        partial_refund: Default::default(),
     }
 }
 
@@ -564,6 +565,57 @@ fn refunding_spent_coins_claws_back_below_zero() {
         c.state.ledger[&(LedgerSource::Purchase("p1".into()), coins())],
         0
     );
+}
+
+#[test]
+fn a_partial_refund_claws_back_its_share_and_one_of_every_unit_refunds_the_purchase() {
+    let mut c = Customer::new();
+    let three = EventKind::Purchased {
+        expires_at: None,
+        quantity: 3,
+    };
+    c.store("p1", COINS_100, "tx1", day(0), three, day(0));
+    assert_eq!(c.balances[&coins()], 300);
+
+    // Two of the three packs refunded: 200 clawed back, the purchase stands with one.
+    let two = EventKind::PartlyRefunded { quantity: 2 };
+    let effects = c.store("p1", COINS_100, "void-a", day(1), two.clone(), day(1));
+    assert_eq!(
+        effects,
+        vec![
+            Effect::LedgerEntry {
+                source: LedgerSource::Purchase("p1".into()),
+                currency: coins(),
+                amount: -200,
+            },
+            Effect::BalanceChanged {
+                currency: coins(),
+                previous: 300,
+                balance: 100,
+            },
+        ]
+    );
+    assert_eq!(c.purchase("p1").status, PurchaseStatus::Active);
+
+    // The same partial refund told again changes nothing.
+    assert!(
+        c.store("p1", COINS_100, "void-a", day(1), two, day(2))
+            .is_empty()
+    );
+
+    // The last pack refunded too: the purchase is refunded, nothing is left of its credit.
+    let one = EventKind::PartlyRefunded { quantity: 1 };
+    let effects = c.store("p1", COINS_100, "void-b", day(3), one, day(3));
+    assert!(
+        matches!(effects[0], Effect::PurchaseRefunded { .. }),
+        "{effects:?}"
+    );
+    assert!(effects.contains(&Effect::LedgerEntry {
+        source: LedgerSource::Purchase("p1".into()),
+        currency: coins(),
+        amount: -100,
+    }));
+    assert_eq!(c.balances[&coins()], 0);
 }
 
 #[test]
@@ -1262,6 +1314,7 @@ fn an_entitlement_the_catalog_no_longer_grants_is_revoked_once() {
         access_duration: None,
         expires_at: None,
         active: true,
+        partial_refund: Default::default(),
     };
     let facts = gateway_core::CustomerFacts {
         purchases: vec![gateway_core::PurchaseFacts {
@@ -1319,6 +1372,7 @@ fn a_purchase_keeps_the_terms_it_was_sold_with() {
         access_duration: None,
         expires_at: None,
         active: true,
+        partial_refund: Default::default(),
     };
     let sold_with = coins.terms();
     let facts = gateway_core::CustomerFacts {

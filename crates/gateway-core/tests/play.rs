@@ -232,8 +232,21 @@ fn a_void_refunds_its_order_and_a_gone_token_has_ended() {
     }))
     .unwrap();
     let e = voided_event(&v, at(9_000));
-    assert_eq!((e.kind, e.occurred_at), (EventKind::Refunded, at(5_000)));
+    assert_eq!(
+        (e.kind.clone(), e.occurred_at),
+        (EventKind::Refunded, at(5_000))
+    );
     assert_eq!(e.dedupe_key, "play:void:GPA.1-2-3-4");
+    // Google writes `voidedQuantity: 0` for a full refund when partial ones are asked for.
+    let mut full = v.clone();
+    full.voided_quantity = Some(0);
+    assert_eq!(voided_event(&full, at(9_000)), e);
+    // Two of the order's units refunded: a partial refund, keyed by order and time.
+    let mut part = v.clone();
+    part.voided_quantity = Some(2);
+    let p = voided_event(&part, at(9_000));
+    assert_eq!(p.kind, EventKind::PartlyRefunded { quantity: 2 });
+    assert_eq!(p.dedupe_key, "play:void:GPA.1-2-3-4:5000:2");
     let gone = gone_facts("tok", "p".into(), &product("subscription"), at(1));
     assert_eq!(gone.events[0].kind, EventKind::Expired);
 }
@@ -270,4 +283,48 @@ fn base64_of(v: &serde_json::Value) -> String {
 fn decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn a_v1_product_purchase_reads_as_v2() {
+    // `purchases.products.get` as Google writes it: integer states, int64 as strings.
+    let v1: gateway_core::play::models::ProductPurchase = serde_json::from_value(json!({
+        "kind": "androidpublisher#productPurchase", "purchaseTimeMillis": "1700000000000",
+        "purchaseState": 0, "consumptionState": 0, "developerPayload": "", "orderId": "GPA.3-3-3-3",
+        "acknowledgementState": 0, "purchaseType": 0, "quantity": 3, "refundableQuantity": 3,
+        "regionCode": "US", "obfuscatedExternalAccountId": "acct"
+    }))
+    .unwrap();
+    let p = product("consumable");
+    let v2 = v1.clone().into_v2("coins_100");
+    assert_eq!(v2.product_line_item[0].product_id, "coins_100");
+    assert_eq!(v2.obfuscated_external_account_id.as_deref(), Some("acct"));
+    assert!(
+        v2.test_purchase_context.is_some(),
+        "purchaseType 0 is a test"
+    );
+    let facts = product_facts(&v2, "t", "p".into(), &p, at(0)).unwrap();
+    assert_eq!(
+        facts.events[0].kind,
+        EventKind::Purchased {
+            expires_at: None,
+            quantity: 3
+        }
+    );
+    assert_eq!(facts.events[0].occurred_at, at(1_700_000_000_000));
+    assert_eq!(facts.environment.as_deref(), Some("Sandbox"));
+
+    let pending = gateway_core::play::models::ProductPurchase {
+        purchase_state: Some(2),
+        ..v1.clone()
+    }
+    .into_v2("coins_100");
+    assert_eq!(pending.purchase_completion_time, None);
+    let cancelled = gateway_core::play::models::ProductPurchase {
+        purchase_state: Some(1),
+        ..v1
+    }
+    .into_v2("coins_100");
+    let facts = product_facts(&cancelled, "t", "p".into(), &p, at(5)).unwrap();
+    assert_eq!(facts.events[0].kind, EventKind::Refunded);
 }

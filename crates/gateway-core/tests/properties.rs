@@ -68,6 +68,7 @@ fn catalog() -> Catalog {
         access_duration: None,
         expires_at: None,
         active: true,
+        partial_refund: Default::default(),
     };
     let course = base(
         COURSE,
@@ -158,6 +159,7 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
         }),
         2 => slot().prop_map(|expires_at| EventKind::Renewed { expires_at }),
         2 => Just(EventKind::Refunded),
+        1 => (1u32..=3).prop_map(|quantity| EventKind::PartlyRefunded { quantity }),
         1 => Just(EventKind::RefundReversed),
         1 => Just(EventKind::Revoked),
         1 => Just(EventKind::Expired),

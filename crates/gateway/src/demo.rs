@@ -1,7 +1,9 @@
-//! `purchase-gateway demo`: the whole App Store story on this machine, with nothing configured. It
-//! starts the gateway on a fresh SQLite file next to the store simulator, sets up an app and its
-//! catalog over the real API, buys a course, has Apple refund it, sells and renews a subscription,
-//! printing each customer's timeline as it happens, then keeps serving for you to try more.
+//! `purchase-gateway demo`: the whole story on this machine, with nothing configured. It starts the
+//! gateway on a fresh SQLite file next to the App Store and Google Play simulators, sets up an app
+//! and its catalog over the real API, buys a course on iOS and has Apple refund it, buys it again on
+//! the web through Stripe Checkout, buys the same course on Android (granted, then acknowledged to
+//! Play) and has Google refund it, sells and renews a subscription, printing each customer's
+//! timeline as it happens, then keeps serving for you to try more.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -9,13 +11,22 @@ use anyhow::Context;
 use gateway::config::{Config, LogFormat};
 use gateway_core::SystemClock;
 use serde_json::{Value, json};
-use store_sim::apple::{
-    api::{ApiKey, AppStoreServer},
-    chain::{AppleChain, Notification},
+use store_sim::{
+    SimClock,
+    apple::{
+        api::{ApiKey, AppStoreServer},
+        chain::{AppleChain, Notification},
+    },
+    play::{Action, Buy, PlaySim, PushMode, PushSettings, Refund},
+    stripe::{PayMode, Price, StripeSim},
 };
 use tokio_util::sync::CancellationToken;
 
 const BUNDLE: &str = "edu.demo.app";
+/// The Android app's package name (the same app on Google Play).
+const PACKAGE: &str = "edu.demo.app";
+/// The service account Google's Pub/Sub pushes as.
+const PUSH_ACCOUNT: &str = "rtdn-push@demo-project.iam.gserviceaccount.com";
 
 struct Demo {
     gateway: crate::sim::Gateway,
@@ -130,6 +141,20 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let sim_url = format!("http://{}", sim_listener.local_addr()?);
     let router = apple.router();
     tokio::spawn(async move { axum::serve(sim_listener, router).await });
+    // And Google Play: its token endpoint, Play Developer API and Pub/Sub pushes, on loopback.
+    let play = PlaySim::new(SimClock::system())?;
+    let play_url = play.serve().await?;
+    play.add_package(PACKAGE);
+    let account = play.create_service_account("demo-project")?;
+    play.grant(&account, PACKAGE)?;
+    let rtdn_url = format!("http://{addr}/v1/apps/demo/notifications/play_store");
+    play.set_push(PACKAGE, PushSettings::oidc(&rtdn_url, PUSH_ACCOUNT))?;
+    // And Stripe: its API, hosted checkout pages and signed webhooks.
+    let stripe = StripeSim::new(SimClock::system())?;
+    stripe.add_price(Price::one_time("price_cs101", 4999, "usd", "CS101"));
+    let stripe_url = stripe.serve().await?;
+    let whsec =
+        stripe.add_webhook_endpoint(&format!("http://{addr}/v1/apps/demo/notifications/stripe"));
 
     let demo = Demo {
         gateway: crate::sim::Gateway {
@@ -140,15 +165,20 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         chain,
     };
     println!(
-        "Purchase Gateway demo: the gateway listens on http://{addr}, the App Store simulator on {sim_url}."
+        "Purchase Gateway demo: the gateway listens on http://{addr}, the App Store simulator on {sim_url}, the Google Play simulator on {play_url}, the Stripe simulator on {stripe_url}."
     );
     println!("Database: {}\n", dir.join("gateway.db").display());
 
-    println!("1. An operator creates an app that sells on the App Store, and its catalog.");
+    println!(
+        "1. An operator creates an app that sells on the App Store, Google Play and the web, and its catalog."
+    );
     demo.gateway.call(reqwest::Method::POST, "/v1/apps", Some(json!({"id": "demo", "name": "Demo Academy", "app_store": {
         "bundle_id": BUNDLE, "environment": "Sandbox", "root_certificates_pem": [demo.chain.root_pem()], "api_base_url": sim_url,
-        "issuer_id": api_key.issuer_id, "key_id": api_key.key_id, "private_key_pem": api_key.private_key_pem}}))).await?;
-    demo.gateway.call(reqwest::Method::PUT, "/v1/apps/demo/products/cs101", Some(json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.demo.cs101"},
+        "issuer_id": api_key.issuer_id, "key_id": api_key.key_id, "private_key_pem": api_key.private_key_pem},
+        "play_store": {"package_name": PACKAGE, "service_account_json": account.key_file_json(), "api_base_url": play_url,
+        "google_certs_url": format!("{play_url}/oauth2/v3/certs"), "pubsub_audience": rtdn_url, "pubsub_service_account": PUSH_ACCOUNT},
+        "stripe": {"secret_key": stripe.secret_key(), "webhook_secret": whsec, "api_base_url": stripe_url}}))).await?;
+    demo.gateway.call(reqwest::Method::PUT, "/v1/apps/demo/products/cs101", Some(json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.demo.cs101", "play_store": "cs101", "stripe_price": "price_cs101"},
         "entitlements": [{"id": "course-v1:Demo+CS101+2026", "attributes": {"course_id": "course-v1:Demo+CS101+2026", "mode": "verified"}}]}))).await?;
     demo.gateway.call(
         reqwest::Method::PUT,
@@ -160,7 +190,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "   app `demo` (bundle {BUNDLE}), products `cs101` (a course) and `premium` (a monthly subscription).\n"
+        "   app `demo` (bundle and package {BUNDLE}), products `cs101` (a course, on every store) and `premium` (a monthly subscription).\n"
     );
 
     let now = gateway_core::Clock::now(&SystemClock).millis();
@@ -218,7 +248,66 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("   notification: {}", n["status"]);
     demo.timeline("ada", &mut ada).await?;
 
-    println!("\n4. Grace subscribes to premium; a month later Apple renews it.");
+    println!(
+        "\n4. Ada buys the course again, on the web: the gateway starts a Stripe Checkout; Stripe's event grants it."
+    );
+    let started = demo.gateway.call(reqwest::Method::POST, "/v1/apps/demo/checkout", Some(json!({"app_user_id": "ada", "product_id": "cs101",
+        "success_url": format!("http://{addr}/pay/demo/return?session_id={{CHECKOUT_SESSION_ID}}"), "cancel_url": "https://demo.example/courses"}))).await?;
+    let session = started["checkout_session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!("   checkout: {}", started["url"]);
+    stripe.pay(&session, PayMode::Now).await?;
+    demo.timeline("ada", &mut ada).await?;
+    println!("   the return page: http://{addr}/pay/demo/return?session_id={session}");
+
+    println!(
+        "\n5. Linus buys the same course in the Android app; the app hands the gateway Play's purchase token."
+    );
+    let order = demo
+        .gateway
+        .call(
+            reqwest::Method::POST,
+            "/v1/apps/demo/customers/linus/orders",
+            Some(json!({"product_ids": ["cs101"], "country": "US"})),
+        )
+        .await?;
+    let mut buy = Buy::new(PACKAGE, "cs101");
+    buy.obfuscated_account_id = order["obfuscated_account_id"].as_str().map(str::to_owned);
+    // Play's notification of the purchase is left for later: here the app reports it first.
+    let bought = play.act_with(Action::Buy(buy), PushMode::Skip).await?;
+    let purchase_token = bought.purchase_token.unwrap_or_default();
+    let answer = demo.gateway.call(reqwest::Method::POST, "/v1/apps/demo/purchases", Some(json!({"app_user_id": "linus", "store": "play_store", "purchase_token": purchase_token, "product_id": "cs101"}))).await?;
+    println!("   answer: {}", answer["status"]);
+    let mut linus = 0;
+    demo.timeline("linus", &mut linus).await?;
+    // Play refunds a purchase not acknowledged within three days: the outbox acknowledges it once
+    // the grant has committed.
+    let acknowledged = acknowledged(&play, &purchase_token).await;
+    println!(
+        "   acknowledged to Google Play: {}",
+        if acknowledged {
+            "yes"
+        } else {
+            "not yet (the outbox retries)"
+        }
+    );
+
+    println!(
+        "\n6. Google refunds Linus; Play's real-time developer notification reaches the gateway."
+    );
+    let refund = play.refund(&purchase_token, Refund::default()).await?;
+    println!(
+        "   notification: {}",
+        refund
+            .delivery
+            .and_then(|d| d.status)
+            .map_or_else(|| "not delivered".to_owned(), |s| format!("HTTP {s}"))
+    );
+    demo.timeline("linus", &mut linus).await?;
+
+    println!("\n7. Grace subscribes to premium; a month later Apple renews it.");
     let month = 30 * 86_400_000_i64;
     apple.put_transaction(transaction(
         "2000000200",
@@ -270,6 +359,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!(
         "  curl -s http://{addr}/v1/apps/demo/customers/grace/timeline -H 'Authorization: Bearer {admin_key}'"
     );
+    println!(
+        "  purchase-gateway sim google purchase --sim {play_url} --purchase-token {purchase_token}"
+    );
     println!("  curl -s http://{addr}/openapi.json | head -c 300");
 
     let signal = shutdown.clone();
@@ -279,4 +371,19 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
+}
+
+/// Whether Play took the purchase's acknowledgement within a few seconds.
+async fn acknowledged(play: &PlaySim, token: &str) -> bool {
+    for _ in 0..50 {
+        if play
+            .acknowledgements()
+            .iter()
+            .any(|a| a.purchase_token == token)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

@@ -36,15 +36,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole App Store story against the built-in store simulator, on a fresh database, then
-    /// keep serving: the quickest way to see the gateway work.
+    /// Run the whole story (a course bought on iOS and on Android, refunds, a subscription) against
+    /// the built-in store simulators, on a fresh database, then keep serving: the quickest way to see
+    /// the gateway work.
     Demo {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
-    /// The store simulator: a simulated App Store for a running gateway (`sim serve`), and the
-    /// client that acts as Apple on it (`sim apple buy|renew|refund|...`).
+    /// The store simulators for a running gateway: a simulated App Store (`sim serve`) and the
+    /// client that acts as Apple on it (`sim apple buy|renew|refund|...`); a simulated Google Play
+    /// (`sim google serve`) and its actions (`sim google buy|subscribe|refund|...`).
     Sim {
         #[command(subcommand)]
         command: sim::SimCommand,

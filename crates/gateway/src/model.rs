@@ -129,6 +129,13 @@ pub struct StripeConfig {
     /// Required; on PATCH, omitting it keeps the stored one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<Secret>,
+    /// The signing secret before the last change, still taken until
+    /// `previous_webhook_secret_expires_at`: Stripe's roll keeps the old secret signing for up to a
+    /// day. The gateway sets both when `webhook_secret` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_secret: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_secret_expires_at: Option<gateway_core::Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
 }

@@ -18,6 +18,11 @@
 //!   Developer API with state (one-time purchases, subscriptions, orders, voided purchases), Real-time
 //!   developer notifications pushed as authenticated Pub/Sub pushes, and the `/sim/play` control
 //!   surface ([`play::PlaySim`]).
+//! - [`stripe`] (`src/stripe/`): Stripe: one test-mode account and its secret key, the `/v1` API
+//!   (customers, Checkout Sessions, payment intents, charges, refunds, disputes, subscriptions,
+//!   invoices, the events list) with idempotency keys and Stripe's errors, events signed and
+//!   POSTed to webhook endpoints as Stripe does (secret rotation, forgeries, thin events), a hosted
+//!   checkout page, and the `/sim/stripe` control surface ([`stripe::StripeSim`]).
 //! - [`SimClock`] (this file): the simulator's time, which tests can set and move.
 //!
 //! A store's simulator goes in `src/<store>/`, its state apart from its HTTP surface: the state and
@@ -33,6 +38,7 @@
 pub mod apple;
 pub mod openedx;
 pub mod play;
+pub mod stripe;
 
 use std::sync::{Arc, Mutex};
 

@@ -334,11 +334,22 @@ async fn the_token_endpoint_takes_good_assertions_and_refuses_the_rest_as_google
     let answer = r.exchange(&assertion).await;
     assert_eq!(answer.1["error_description"], "Invalid JWT Signature.");
     refused(answer, 400, "invalid_grant");
-    // Google's own token URI is not this endpoint's audience.
+    // Google's own token endpoint is an audience Google takes wherever the grant is posted (its
+    // auth libraries always name it); another is refused.
     let assertion = r
         .account
         .sign(&claims(
             "https://oauth2.googleapis.com/token",
+            now_s,
+            now_s + 3600,
+            Some(SCOPE),
+        ))
+        .unwrap();
+    assert_eq!(r.exchange(&assertion).await.0, StatusCode::OK);
+    let assertion = r
+        .account
+        .sign(&claims(
+            "https://elsewhere.example/token",
             now_s,
             now_s + 3600,
             Some(SCOPE),
@@ -391,8 +402,8 @@ async fn the_token_endpoint_takes_good_assertions_and_refuses_the_rest_as_google
         .send(r.http.get(r.api("purchases/voidedpurchases")), Some(&token))
         .await;
     assert_google_error(&answer, 401, "UNAUTHENTICATED", "authError");
-    // Every exchange was counted: 1 good, 6 refused, 2 before revoking, 1 after.
-    assert_eq!(r.sim.token_calls(), 10);
+    // Every exchange was counted: 2 good, 6 refused, 2 before revoking, 1 after.
+    assert_eq!(r.sim.token_calls(), 11);
 }
 
 #[tokio::test]
@@ -935,6 +946,155 @@ async fn push_oidc_tokens_verify_against_the_served_jwks_and_forgeries_do_not() 
     r.receiver.status.store(204, Ordering::SeqCst);
     let d = r.sim.resend(&d.message_id).await.unwrap();
     assert_eq!((d.status, d.acked), (Some(204), true));
+}
+
+/// A directory holding Google's own auth library for Python (`google-auth`, with `requests` for its
+/// transport) from PyPI, installed on first use.
+fn google_auth() -> std::path::PathBuf {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-google-auth-2.40.3");
+    if !dir.join("google").join("oauth2").exists() {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&dir)
+            .args(["google-auth==2.40.3", "requests==2.32.4"])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "installing google-auth from PyPI failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Runs a Python `script` with google-auth on its path, `case` as JSON on its standard input.
+async fn with_google_auth(script: &'static str, case: Value) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("PYTHONPATH", google_auth())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(case.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn googles_own_auth_library_accepts_the_push_tokens_and_refuses_forgeries() {
+    let r = rig_on(SimClock::system()).await;
+    let mut tokens = Vec::new();
+    let push = |forge: Option<Forge>| {
+        let sim = r.sim.clone();
+        async move {
+            let test = Action::TestNotification {
+                package: PKG.into(),
+            };
+            let o = match forge {
+                Some(f) => sim.act_with(test, PushMode::Forge(f)).await,
+                None => sim.act(test).await,
+            };
+            o.unwrap().delivery.unwrap().authorization.unwrap()
+        }
+    };
+    tokens.push(push(None).await);
+    tokens.push(push(Some(Forge::OtherKey)).await);
+    tokens.push(push(Some(Forge::Audience("https://elsewhere.example".into()))).await);
+    tokens.push(push(Some(Forge::Expired)).await);
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .map(|t| t.trim_start_matches("Bearer ").to_owned())
+        .collect();
+
+    // As Google's Pub/Sub push guide verifies a push: google.oauth2.id_token against Google's
+    // certificates (here the simulator's `oauth2/v1/certs`), the audience, then the issuer.
+    let script = r#"
+import json, sys
+from google.auth.transport import requests as transport
+from google.oauth2 import id_token
+case = json.load(sys.stdin)
+request = transport.Request()
+for token in case["tokens"]:
+    try:
+        claims = id_token.verify_token(token, request, audience=case["audience"],
+                                       certs_url=case["certs_url"])
+        if claims["iss"] not in ("accounts.google.com", "https://accounts.google.com"):
+            raise ValueError("wrong issuer")
+        print("ok", claims["email"], claims["email_verified"])
+    except Exception as e:
+        print("refused", type(e).__name__)
+"#;
+    let case = json!({"tokens": tokens, "audience": r.endpoint,
+        "certs_url": format!("{}/oauth2/v1/certs", r.url)});
+    let out = with_google_auth(script, case).await;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("ok {PUSH_EMAIL} True").as_str(),
+            // Another key: no certificate of its kid.
+            "refused MalformedError",
+            // Another audience, then expired.
+            "refused InvalidValue",
+            "refused InvalidValue"
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // And the other way: Google's library signs in with the simulator's key file (the JWT bearer
+    // grant to its `token_uri`), and the token it gets reads the Play Developer API.
+    let script = r#"
+import json, sys
+from google.auth.transport import requests as transport
+from google.oauth2 import service_account
+case = json.load(sys.stdin)
+creds = service_account.Credentials.from_service_account_info(case["key_file"], scopes=[case["scope"]])
+session = transport.AuthorizedSession(creds)
+answer = session.get(case["url"])
+print(answer.status_code, answer.json().get("kind"))
+"#;
+    let bought = r.sim.buy(Buy::new(PKG, "coins_100")).await.unwrap();
+    let url = format!(
+        "{}/androidpublisher/v3/applications/{PKG}/purchases/productsv2/tokens/{}",
+        r.url,
+        bought.purchase_token.unwrap()
+    );
+    let case = json!({"key_file": r.account.key_file(), "scope": SCOPE, "url": url});
+    let out = with_google_auth(script, case).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200 androidpublisher#productPurchaseV2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        r.sim.token_calls(),
+        1,
+        "one token for the library's session"
+    );
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@
 //! it, as the core's renewals do. A one-time product: `PENDING` is pending, `PURCHASED` is purchased
 //! with its quantity, `CANCELLED` is refunded once paid (`purchaseCompletionTime`), and revoked
 //! before (a pending purchase Play cancelled ends without access). A voided purchase is a refund of
-//! its order.
+//! its order, or of some of its units (a quantity-based partial refund).
 
 use super::models::{ProductPurchaseV2, SubscriptionPurchaseV2, VoidedPurchase};
 use crate::{EventKind, Product, PurchaseFacts, StoreEvent, Timestamp, ids::Store};
@@ -249,8 +249,10 @@ pub fn gone_facts(
     }
 }
 
-/// A voided purchase as a refund of its order (a whole one: a quantity-based partial refund names
-/// `voided_quantity` and is not a refund of the purchase).
+/// A voided purchase as a refund of its order, or, when it names a `voidedQuantity` (a
+/// quantity-based partial refund; Google writes 0 for a full one), of that many of its units. A
+/// partial refund is keyed by its order and time, so two partial refunds of one order are two facts
+/// and the same one listed again is one.
 pub fn voided_event(v: &VoidedPurchase, at: Timestamp) -> StoreEvent {
     let when = v
         .voided_time_millis
@@ -258,5 +260,12 @@ pub fn voided_event(v: &VoidedPurchase, at: Timestamp) -> StoreEvent {
         .and_then(|ms| ms.parse::<i64>().ok())
         .map_or(at, Timestamp::from_millis);
     let order = v.order_id.as_deref().unwrap_or(&v.purchase_token);
-    event(format!("play:void:{order}"), when, EventKind::Refunded)
+    match v.voided_quantity {
+        Some(quantity) if quantity > 0 => event(
+            format!("play:void:{order}:{}:{quantity}", when.millis()),
+            when,
+            EventKind::PartlyRefunded { quantity },
+        ),
+        _ => event(format!("play:void:{order}"), when, EventKind::Refunded),
+    }
 }

@@ -32,6 +32,98 @@ pub struct ProductPurchaseV2 {
     pub test_purchase_context: Option<serde_json::Value>,
 }
 
+/// `purchases.products.get` (v1), read only where the v2 read is refused and the product id is
+/// known. Integer states, int64 as strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductPurchase {
+    #[serde(default, deserialize_with = "int64")]
+    pub purchase_time_millis: Option<i64>,
+    /// 0 purchased, 1 canceled, 2 pending.
+    #[serde(default)]
+    pub purchase_state: Option<i64>,
+    /// 0 yet to be consumed, 1 consumed.
+    #[serde(default)]
+    pub consumption_state: Option<i64>,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    /// 0 test (a license tester's purchase), 1 promo, 2 rewarded.
+    #[serde(default)]
+    pub purchase_type: Option<i64>,
+    /// 0 yet to be acknowledged, 1 acknowledged.
+    #[serde(default)]
+    pub acknowledgement_state: Option<i64>,
+    /// Left out when 1.
+    #[serde(default)]
+    pub quantity: Option<u32>,
+    #[serde(default)]
+    pub refundable_quantity: Option<u32>,
+    #[serde(default)]
+    pub region_code: Option<String>,
+    #[serde(default)]
+    pub obfuscated_external_account_id: Option<String>,
+    #[serde(default)]
+    pub obfuscated_external_profile_id: Option<String>,
+}
+
+impl ProductPurchase {
+    /// The same purchase as `purchases.productsv2` states it, for the product `product_id`. v1
+    /// cannot tell a cancelled pending payment from a refund: a cancelled purchase is taken as paid
+    /// at its purchase time (it was never granted if it was never paid, so nothing is taken back).
+    pub fn into_v2(self, product_id: &str) -> ProductPurchaseV2 {
+        let state = match self.purchase_state {
+            Some(1) => "CANCELLED",
+            Some(2) => "PENDING",
+            _ => "PURCHASED",
+        };
+        let completed = (state != "PENDING")
+            .then_some(self.purchase_time_millis)
+            .flatten()
+            .and_then(rfc3339);
+        ProductPurchaseV2 {
+            product_line_item: vec![ProductLineItem {
+                product_id: product_id.to_owned(),
+                product_offer_details: Some(ProductOfferDetails {
+                    quantity: Some(self.quantity.unwrap_or(1)),
+                    refundable_quantity: self.refundable_quantity,
+                    consumption_state: Some(
+                        if self.consumption_state == Some(1) {
+                            "CONSUMPTION_STATE_CONSUMED"
+                        } else {
+                            "CONSUMPTION_STATE_YET_TO_BE_CONSUMED"
+                        }
+                        .to_owned(),
+                    ),
+                    ..ProductOfferDetails::default()
+                }),
+            }],
+            purchase_state_context: Some(PurchaseStateContext {
+                purchase_state: state.to_owned(),
+            }),
+            purchase_completion_time: completed,
+            acknowledgement_state: Some(
+                if self.acknowledgement_state == Some(1) {
+                    "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED"
+                } else {
+                    "ACKNOWLEDGEMENT_STATE_PENDING"
+                }
+                .to_owned(),
+            ),
+            order_id: self.order_id,
+            region_code: self.region_code,
+            obfuscated_external_account_id: self.obfuscated_external_account_id,
+            obfuscated_external_profile_id: self.obfuscated_external_profile_id,
+            test_purchase_context: (self.purchase_type == Some(0))
+                .then(|| serde_json::json!({"fopType": "TEST"})),
+        }
+    }
+}
+
+/// Unix ms as a google-datetime (RFC 3339, UTC).
+fn rfc3339(ms: i64) -> Option<String> {
+    Some(crate::Timestamp::from_millis(ms).to_rfc3339())
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductLineItem {

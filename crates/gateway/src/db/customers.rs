@@ -209,6 +209,35 @@ pub async fn purchase_owner(
     .await?)
 }
 
+/// A recorded purchase: whose it is and what the store calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseRow {
+    pub customer_id: String,
+    pub store: String,
+    pub store_transaction_id: String,
+    pub product_id: String,
+}
+
+/// A purchase of `app` by its id.
+pub async fn purchase_by_id(db: &Db, app: &AppId, id: &str) -> DbResult<Option<PurchaseRow>> {
+    let row = sqlx::query(
+        "SELECT customer_id, store, store_transaction_id, product_id FROM purchases WHERE app_id = $1 AND id = $2",
+    )
+    .bind(app.as_str())
+    .bind(id)
+    .fetch_optional(db.reader())
+    .await?;
+    row.map(|r| {
+        Ok(PurchaseRow {
+            customer_id: r.try_get("customer_id")?,
+            store: r.try_get("store")?,
+            store_transaction_id: r.try_get("store_transaction_id")?,
+            product_id: r.try_get("product_id")?,
+        })
+    })
+    .transpose()
+}
+
 /// What a snapshot is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Recorded {

@@ -92,3 +92,50 @@ pub async fn by_app_account_token(db: &Db, app: &AppId, token: &str) -> DbResult
     })
     .transpose()
 }
+
+/// A customer's account at `store` (a Stripe customer), if one was made.
+pub async fn store_account(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    store: &str,
+) -> DbResult<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT account_id FROM store_accounts WHERE app_id = $1 AND customer_id = $2 AND store = $3",
+    )
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(store)
+    .fetch_optional(db.reader())
+    .await?)
+}
+
+/// Keeps a customer's account at `store`; the first kept stays when two checkouts raced. Answers
+/// the one kept.
+pub async fn keep_store_account(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    (store, account): (&str, &str),
+    now: Timestamp,
+) -> DbResult<String> {
+    sqlx::query(
+        "INSERT INTO store_accounts (app_id, customer_id, store, account_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, customer_id, store) DO NOTHING",
+    )
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(store)
+    .bind(account)
+    .bind(now.millis())
+    .execute(db.writer())
+    .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT account_id FROM store_accounts WHERE app_id = $1 AND customer_id = $2 AND store = $3",
+    )
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(store)
+    .fetch_one(db.writer())
+    .await?)
+}

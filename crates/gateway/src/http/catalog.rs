@@ -95,7 +95,7 @@ pub async fn delete_product(
 
 /// Imports products from CSV, all or nothing; every bad row is reported with its line number.
 #[utoipa::path(post, path = "/v1/apps/{app}/products/import", tag = "catalog", params(("app" = gateway_core::AppId, Path)),
-    request_body(content = String, content_type = "text/csv", description = "Columns: product_id, kind, active, app_store, play_store, play_base_plan, stripe_price, entitlements (ids separated by `;`, or a JSON list of `{id, attributes}`), consumable_currency, consumable_amount, access_duration, expires_at"),
+    request_body(content = String, content_type = "text/csv", description = "Columns: product_id, kind, active, app_store, play_store, play_base_plan, stripe_price, entitlements (ids separated by `;`, or a JSON list of `{id, attributes}`), consumable_currency, consumable_amount, access_duration, expires_at, partial_refund (`keep` or `revoke`)"),
     responses((status = 200, body = Imported), (status = 422, description = "`invalid_csv`, with `details: [{line, message}]` naming every bad row", body = ErrorBody)))]
 pub async fn import_products(
     State(s): State<AppState>,

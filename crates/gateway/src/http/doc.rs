@@ -20,7 +20,7 @@ use gateway_core::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{service::webhooks::EVENT_TYPES, stores::apple::MAX_RESTORE};
+use crate::{service::webhooks::EVENT_TYPES, stores};
 
 /// The document to serve.
 pub fn document(generated: &utoipa::openapi::OpenApi) -> Value {
@@ -49,8 +49,6 @@ enum Rule {
     Id(&'static str, usize),
     /// Only these values.
     OneOf(&'static [&'static str]),
-    /// Only `null` (or absence): a field kept for a store that is not taken yet.
-    Null,
     /// Array items of a rule, with bounds on the count.
     Items(Box<Rule>, Option<usize>, Option<usize>),
     /// An integer range.
@@ -88,14 +86,6 @@ impl Rule {
             }
             Rule::OneOf(values) => {
                 p.insert("enum".into(), json!(values));
-            }
-            Rule::Null => {
-                p.clear();
-                p.insert("type".into(), "null".into());
-                p.insert(
-                    "description".into(),
-                    "Not taken yet: only `null`, or leave it out.".into(),
-                );
             }
             Rule::Items(rule, min, max) => {
                 if let Some(min) = min {
@@ -198,6 +188,7 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
         ("GrantBody", "reason", t(&text::REASON)),
         ("ReasonBody", "reason", t(&text::REASON)),
         ("SpendBody", "reason", t(&text::REASON)),
+        ("RefundBody", "reason", t(&text::REASON)),
         ("SpendBody", "amount", Rule::Range(1, i64::MAX / 4)),
         (
             "OrderBody",
@@ -210,7 +201,11 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
             "app_user_id",
             Id(AppUserId::PATTERN, AppUserId::MAX_LEN),
         ),
-        ("PurchaseBody", "store", Rule::OneOf(&["app_store"])),
+        (
+            "PurchaseBody",
+            "store",
+            Rule::OneOf(&["app_store", "play_store", "stripe"]),
+        ),
         (
             "PurchaseBody",
             "order_id",
@@ -220,19 +215,40 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
         ("PurchaseBody", "transaction_id", t(&text::TRANSACTION_ID)),
         ("PurchaseBody", "receipt_data", t(&text::RECEIPT)),
         ("PurchaseBody", "product_id", product_id()),
-        ("PurchaseBody", "purchase_token", Rule::Null),
-        ("PurchaseBody", "checkout_session_id", Rule::Null),
-        ("RestoreBody", "store", Rule::OneOf(&["app_store"])),
+        ("PurchaseBody", "purchase_token", t(&text::PURCHASE_TOKEN)),
+        ("PurchaseBody", "checkout_session_id", t(&text::STORE_ID)),
+        (
+            "CheckoutBody",
+            "app_user_id",
+            Id(AppUserId::PATTERN, AppUserId::MAX_LEN),
+        ),
+        ("CheckoutBody", "product_id", product_id()),
+        ("CheckoutBody", "success_url", t(&text::URL_TEXT)),
+        ("CheckoutBody", "cancel_url", t(&text::URL_TEXT)),
+        ("CheckoutBody", "country", t(&text::ANY_CASE_COUNTRY)),
+        (
+            "RestoreBody",
+            "store",
+            Rule::OneOf(&["app_store", "play_store"]),
+        ),
         (
             "RestoreBody",
             "signed_transactions",
-            Rule::Items(Box::new(t(&text::SIGNED_DATA)), None, Some(MAX_RESTORE)),
+            Rule::Items(
+                Box::new(t(&text::SIGNED_DATA)),
+                None,
+                Some(stores::apple::MAX_RESTORE),
+            ),
         ),
         ("RestoreBody", "receipt_data", t(&text::RECEIPT)),
         (
             "RestoreBody",
             "purchase_tokens",
-            Rule::Items(Box::new(t(&text::STORE_TOKEN)), None, Some(0)),
+            Rule::Items(
+                Box::new(t(&text::PURCHASE_TOKEN)),
+                None,
+                Some(stores::play::MAX_RESTORE),
+            ),
         ),
         ("NewEndpoint", "url", t(&text::URL_TEXT)),
         ("NewEndpoint", "events", items(Rule::OneOf(EVENT_TYPES))),
@@ -329,21 +345,41 @@ fn tie_fields(schemas: &mut Value) {
             present("product_id", "string")
         ]),
     );
+    // An App Store purchase carries one of its three proofs; a Play purchase its token alone; a
+    // Stripe one its Checkout Session.
+    let apple = |proof: &str| {
+        json!({"allOf": [present(proof, "string"), {"properties": {
+            "store": {"const": "app_store"}, "purchase_token": {"type": "null"},
+            "checkout_session_id": {"type": "null"}}}]})
+    };
     add(
         "PurchaseBody",
         "oneOf",
         json!([
-            present("signed_transaction", "string"),
-            present("transaction_id", "string"),
-            present("receipt_data", "string"),
+            apple("signed_transaction"),
+            apple("transaction_id"),
+            apple("receipt_data"),
+            {"allOf": [present("purchase_token", "string"), {"properties": {
+                "store": {"const": "play_store"}, "signed_transaction": {"type": "null"},
+                "transaction_id": {"type": "null"}, "receipt_data": {"type": "null"},
+                "checkout_session_id": {"type": "null"}}}]},
+            {"allOf": [present("checkout_session_id", "string"), {"properties": {
+                "store": {"const": "stripe"}, "signed_transaction": {"type": "null"},
+                "transaction_id": {"type": "null"}, "receipt_data": {"type": "null"},
+                "purchase_token": {"type": "null"}}}]},
         ]),
     );
     add(
         "RestoreBody",
         "anyOf",
         json!([
-            {"required": ["signed_transactions"], "properties": {"signed_transactions": {"minItems": 1}}},
-            present("receipt_data", "string"),
+            {"required": ["signed_transactions"], "properties": {"store": {"const": "app_store"},
+                "signed_transactions": {"minItems": 1}, "purchase_tokens": {"maxItems": 0}}},
+            {"allOf": [present("receipt_data", "string"), {"properties": {
+                "store": {"const": "app_store"}, "purchase_tokens": {"maxItems": 0}}}]},
+            {"required": ["purchase_tokens"], "properties": {"store": {"const": "play_store"},
+                "purchase_tokens": {"minItems": 1}, "signed_transactions": {"maxItems": 0},
+                "receipt_data": {"type": "null"}}},
         ]),
     );
     // A webhook takes a signing secret and every event type; the Open edX connector takes its OAuth2

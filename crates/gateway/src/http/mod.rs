@@ -10,6 +10,7 @@ pub mod error;
 pub mod idempotency;
 pub mod notifications;
 pub mod ops;
+pub mod pay;
 pub mod purchases;
 pub mod webhooks;
 
@@ -121,10 +122,15 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(customers::spend))
         .routes(routes!(purchases::submit))
         .routes(routes!(purchases::restore))
+        .routes(routes!(purchases::refund))
+        .routes(routes!(purchases::checkout))
         .routes(routes!(notifications::app_store))
         .routes(routes!(notifications::recover_app_store))
         .routes(routes!(notifications::play_store))
         .routes(routes!(notifications::recover_play_store))
+        .routes(routes!(notifications::stripe))
+        .routes(routes!(notifications::recover_stripe))
+        .routes(routes!(notifications::revenuecat))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(webhooks::get_endpoint, webhooks::patch_endpoint))
         .routes(routes!(webhooks::rotate_secret))
@@ -149,39 +155,41 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = api();
     let doc = Arc::new(doc::document(&doc));
     let writes = Arc::new(idempotency::Writes::of(&doc));
-    api.route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { axum::Json(doc.as_ref().clone()) }
-        }),
-    )
-    .fallback(|| async {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "not_found",
-            "There is no such route.",
+    api.route("/pay/{app}/return", axum::routing::get(pay::return_page))
+        .route("/pay/{app}/status", axum::routing::get(pay::status))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
         )
-    })
-    // The first layer is the innermost. The body limit is enforced where bodies are read (extractors
-    // and the idempotency layer), so its 413 speaks the error shape.
-    .layer(DefaultBodyLimit::max(idempotency::BODY_LIMIT))
-    .layer(middleware::from_fn_with_state(
-        (state.clone(), writes),
-        idempotency::layer,
-    ))
-    .layer(middleware::from_fn(ops::track))
-    .layer(middleware::from_fn(error::shape_errors))
-    // A panic is a bug; the caller still gets the error shape, and the process lives on.
-    .layer(CatchPanicLayer::custom(error::panic_answer))
-    .layer(TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
-    ))
-    .layer(TraceLayer::new_for_http())
-    .layer(PropagateRequestIdLayer::x_request_id())
-    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-    .with_state(state)
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "There is no such route.",
+            )
+        })
+        // The first layer is the innermost. The body limit is enforced where bodies are read (extractors
+        // and the idempotency layer), so its 413 speaks the error shape.
+        .layer(DefaultBodyLimit::max(idempotency::BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), writes),
+            idempotency::layer,
+        ))
+        .layer(middleware::from_fn(ops::track))
+        .layer(middleware::from_fn(error::shape_errors))
+        // A panic is a bug; the caller still gets the error shape, and the process lives on.
+        .layer(CatchPanicLayer::custom(error::panic_answer))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
 }
 
 /// Who may call a handler on an app.

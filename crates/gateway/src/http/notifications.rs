@@ -30,14 +30,24 @@ use crate::{
 pub async fn app_store(
     State(s): State<AppState>,
     Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let app = apps::get(&s.cx.db, &parse_app(&app)?).await?;
-    let received =
-        notifications::receive(&s.cx, &app, Store::AppStore, delivery(&body), s.clock.now())
-            .await?;
-    metrics::counter!("gateway_notifications_total", "store" => "app_store", "status" => received.status).increment(1);
-    tracing::info!(app = %app.id, notification = %received.notification_uuid, status = received.status, "App Store notification");
+    take(&s, &app, Store::AppStore, delivery(&body, &headers, None)).await
+}
+
+/// Takes a notification for `store` of the app named `app`: verified by its adapter, answered once
+/// durable, counted and logged.
+async fn take(
+    s: &AppState,
+    app: &str,
+    store: Store,
+    delivery: Delivery<'_>,
+) -> ApiResult<ApiJson<notifications::Received>> {
+    let app = apps::get(&s.cx.db, &parse_app(app)?).await?;
+    let received = notifications::receive(&s.cx, &app, store, delivery, s.clock.now()).await?;
+    metrics::counter!("gateway_notifications_total", "store" => store.as_str(), "status" => received.status).increment(1);
+    tracing::info!(app = %app.id, store = store.as_str(), notification = %received.notification_uuid, status = received.status, "store notification");
     Ok(ApiJson(received))
 }
 
@@ -86,12 +96,22 @@ async fn recover(
     Ok(ApiJson(recovered))
 }
 
-/// A body with nothing else to authenticate it (Apple's signed payload authenticates itself).
-fn delivery(body: &[u8]) -> Delivery<'_> {
+/// A notification as it arrived: its body, and what may authenticate it (each store's adapter
+/// reads its own: Apple's payload signs itself, Play's push carries a bearer token or `?token=`,
+/// Stripe a `Stripe-Signature`, RevenueCat a shared `Authorization` value).
+fn delivery<'a>(
+    body: &'a [u8],
+    headers: &'a axum::http::HeaderMap,
+    query_token: Option<&'a str>,
+) -> Delivery<'a> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let authorization = header("authorization");
     Delivery {
         body,
-        bearer: None,
-        query_token: None,
+        bearer: authorization.and_then(|v| v.strip_prefix("Bearer ")),
+        query_token,
+        signature: header("stripe-signature"),
+        authorization,
     }
 }
 
@@ -125,21 +145,67 @@ pub async fn play_store(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let app = apps::get(&s.cx.db, &parse_app(&app)?).await?;
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let delivery = Delivery {
-        body: &body,
-        bearer,
-        query_token: query.token.as_deref(),
-    };
-    let received =
-        notifications::receive(&s.cx, &app, Store::PlayStore, delivery, s.clock.now()).await?;
-    metrics::counter!("gateway_notifications_total", "store" => "play_store", "status" => received.status).increment(1);
-    tracing::info!(app = %app.id, message = %received.notification_uuid, status = received.status, "Google Play notification");
-    Ok(ApiJson(received))
+    let delivery = delivery(&body, &headers, query.token.as_deref());
+    take(&s, &app, Store::PlayStore, delivery).await
+}
+
+/// Stripe webhook events. Authenticated by `Stripe-Signature` (HMAC-SHA256 with the app's
+/// `stripe.webhook_secret`, or the previous one for a day after it changed; 300 s tolerance). A thin
+/// event (`v2.core.event`) is read through the object it names. The gateway answers 200 once the
+/// raw body is durable; a duplicate `event.id` changes nothing.
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/stripe", tag = "notifications", security(()),
+    params(("app" = gateway_core::AppId, Path)),
+    request_body(content = Object, description = "A Stripe event (`object: \"event\"`) or thin event (`object: \"v2.core.event\"`), as Stripe sends it"),
+    responses((status = 200, body = notifications::Received),
+              (status = 400, description = "`malformed_notification`", body = ErrorBody),
+              (status = 401, description = "`missing_signature`, `invalid_signature` or `stale_signature`", body = ErrorBody),
+              (status = 404, description = "`stripe_object_not_found`: the object a thin event names is not in Stripe", body = ErrorBody),
+              (status = 409, description = "`store_not_configured`: the app has no `stripe` settings", body = ErrorBody),
+              (status = 503, description = "Stripe did not answer; Stripe retries", body = ErrorBody)))]
+pub async fn stripe(
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    take(&s, &app, Store::Stripe, delivery(&body, &headers, None)).await
+}
+
+/// RevenueCat webhook events, authenticated by the `Authorization` header value set in RevenueCat's
+/// dashboard (the app's `revenuecat.webhook_authorization`, compared whole). What RevenueCat says is
+/// taken on its word: the customer (`app_user_id`), the product (by the SKU of the event's `store`),
+/// the dates. Answers 200 once the raw body is durable; a duplicate `event.id` changes nothing.
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/revenuecat", tag = "notifications", security(()),
+    params(("app" = gateway_core::AppId, Path)),
+    request_body(content = Object, description = "`{\"api_version\": \"1.0\", \"event\": {\"id\", \"type\", \"app_user_id\", \"product_id\", \"store\", ...}}`"),
+    responses((status = 200, body = notifications::Received),
+              (status = 400, description = "`malformed_notification`", body = ErrorBody),
+              (status = 401, description = "`invalid_authorization`", body = ErrorBody),
+              (status = 409, description = "`store_not_configured`: the app has no `revenuecat` settings", body = ErrorBody)))]
+pub async fn revenuecat(
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    take(&s, &app, Store::RevenueCat, delivery(&body, &headers, None)).await
+}
+
+/// Reads Stripe's events for a window (within Stripe's 30 days) and takes every one the gateway
+/// missed; the recovery job does the same every 15 minutes from where it last stopped.
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/stripe/recover", tag = "notifications", params(("app" = gateway_core::AppId, Path)),
+    request_body = RecoverRequest,
+    responses((status = 200, body = recovery::Recovered),
+              (status = 409, description = "`store_not_configured`: the app has no Stripe secret key", body = ErrorBody),
+              (status = 422, description = "`invalid_window` (`start` is not before `end` within Stripe's 30 days), or Stripe refused the request", body = ErrorBody),
+              (status = 503, description = "Stripe did not answer", body = ErrorBody)))]
+pub async fn recover_stripe(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiJson(req): ApiJson<RecoverRequest>,
+) -> ApiResult<impl IntoResponse> {
+    recover(&s, &caller, &app, req, Store::Stripe).await
 }
 
 /// Walks Play's voided purchases for a window (within Play's 30 days) and takes every refund and

@@ -1,4 +1,5 @@
-//! `POST /v1/apps/{app}/purchases`: an app submits what the store gave it.
+//! `POST /v1/apps/{app}/purchases`: an app submits what the store gave it; a restore; and an
+//! operator's refund of a purchase at its store.
 
 use axum::{
     extract::{Path, State},
@@ -9,14 +10,17 @@ use gateway_core::ids::Store;
 use serde::Deserialize;
 
 use super::{
-    AppState, app_for_customer,
+    Access, AppState, app_for, app_for_customer,
     auth::Caller,
     error::{ApiError, ApiJson, ApiResult, ErrorBody},
-    parse_user,
+    parse_id, parse_user,
 };
 use crate::{
     model::Scope,
-    service::purchases::{self, Submission, Submitted},
+    service::{
+        checkout::{self, CheckoutAsk, CheckoutStarted},
+        purchases::{self, RefundAsk, RefundDone, Submission, Submitted},
+    },
     stores::{Proof, RestoreProof},
 };
 
@@ -89,6 +93,7 @@ pub async fn submit(
             purchase_token: body.purchase_token,
             checkout_session_id: body.checkout_session_id,
             subscription: None,
+            store_sku: None,
         },
     };
     let answer =
@@ -165,4 +170,99 @@ pub async fn restore(
     )
     .await?;
     Ok(ApiJson(snap))
+}
+
+/// The body of a refund.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// Why; kept in the customer's audit log.
+    reason: String,
+    /// Refund only what is left of a subscription's paid period (Play's `proratedRefund`); the
+    /// whole of it by default.
+    #[serde(default)]
+    prorated: bool,
+}
+
+/// Refunds a purchase at its store and ends its access (Google Play: `subscriptionsv2.revoke`, or
+/// `orders.refund` with `revoke` for a one-time purchase). Apple refunds only at the customer's
+/// request, so an App Store purchase gets 409 `store_cannot_refund`.
+#[utoipa::path(post, path = "/v1/apps/{app}/purchases/{purchase_id}/refund", tag = "customers",
+    params(("app" = gateway_core::AppId, Path), ("purchase_id" = gateway_core::ResourceId, Path)), request_body = RefundBody,
+    responses((status = 200, description = "The purchase and the customer after the refund", body = RefundDone),
+              (status = 400, description = "`reason_required`", body = ErrorBody),
+              (status = 422, description = "`prorated_refund_not_possible`: only a subscription is refunded pro rata", body = ErrorBody),
+              (status = 404, description = "`purchase_not_found`", body = ErrorBody),
+              (status = 409, description = "`already_refunded`, `store_cannot_refund`, `invalid_purchase_state`, `store_not_configured`", body = ErrorBody),
+              (status = 503, description = "`store_unavailable`: the store did not answer; nothing changed", body = ErrorBody)))]
+pub async fn refund(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((app, purchase_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RefundBody>,
+) -> ApiResult<impl IntoResponse> {
+    let purchase_id = parse_id(&purchase_id, "purchase_id")?;
+    let app = app_for(&s, &caller, &app, Access::Scopes(&[Scope::Refunds])).await?;
+    let ask = RefundAsk {
+        reason: body.reason,
+        prorated: body.prorated,
+    };
+    let done = purchases::refund(
+        &s.cx,
+        &app,
+        purchase_id.as_str(),
+        ask,
+        caller.id(),
+        s.clock.now(),
+    )
+    .await?;
+    tracing::info!(app = %app.id, purchase = %purchase_id, "purchase refunded at its store");
+    Ok(ApiJson(done))
+}
+
+/// The body of a checkout.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    app_user_id: String,
+    /// The catalog's product (its `store_skus.stripe_price` is what Stripe sells).
+    product_id: String,
+    /// Where Stripe sends the customer after paying; `{CHECKOUT_SESSION_ID}` in it is replaced by
+    /// the session's id (the gateway's own return page, `/pay/{app}/return?session_id=...`, waits
+    /// for the grant).
+    success_url: String,
+    cancel_url: String,
+    /// The buyer's country (ISO 3166 alpha-2), required when the app embargoes some.
+    #[serde(default)]
+    country: Option<String>,
+}
+
+/// Starts a web purchase: a gateway order and a Stripe Checkout Session for the product's Stripe
+/// price (payment mode, or subscription mode for a subscription), the customer's Stripe customer
+/// reused. Send the customer to `url`.
+#[utoipa::path(post, path = "/v1/apps/{app}/checkout", tag = "customers", params(("app" = gateway_core::AppId, Path)), request_body = CheckoutBody,
+    responses((status = 201, description = "The session to send the customer to", body = CheckoutStarted),
+              (status = 403, description = "`embargoed`: the buyer's country is refused", body = ErrorBody),
+              (status = 404, description = "`product_not_found`", body = ErrorBody),
+              (status = 409, description = "`store_not_configured`, `not_sold_on_stripe`, `product_inactive` or `country_required`", body = ErrorBody),
+              (status = 422, description = "Stripe refused the session (`store_refused`: an unknown price, say)", body = ErrorBody),
+              (status = 503, description = "`store_unavailable`: Stripe did not answer; try again", body = ErrorBody)))]
+pub async fn checkout(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CheckoutBody>,
+) -> ApiResult<impl IntoResponse> {
+    let user = parse_user(&body.app_user_id)?;
+    let app = app_for_customer(&s, &caller, &app, &user, &headers, &[Scope::Purchases]).await?;
+    let ask = CheckoutAsk {
+        product_id: super::parse_product(&body.product_id)?,
+        success_url: body.success_url,
+        cancel_url: body.cancel_url,
+        country: body.country,
+    };
+    let started = checkout::start(&s.cx, &app, &user, ask, s.clock.now()).await?;
+    tracing::info!(app = %app.id, customer = %user, session = %started.checkout_session_id, "checkout started");
+    Ok((axum::http::StatusCode::CREATED, ApiJson(started)))
 }

@@ -230,6 +230,15 @@ pub async fn update(db: &Db, id: &AppId, patch: AppPatch, now: Timestamp) -> Ser
         if let (Some(new), Some(old)) = (v.as_mut(), old.stripe.as_ref()) {
             keep(&mut new.secret_key, old.secret_key.as_ref());
             keep(&mut new.webhook_secret, old.webhook_secret.as_ref());
+            if new.webhook_secret != old.webhook_secret && old.webhook_secret.is_some() {
+                // A new signing secret: the old one keeps verifying for a day, as Stripe signs
+                // with both while it rolls.
+                new.previous_webhook_secret = old.webhook_secret.clone();
+                new.previous_webhook_secret_expires_at = Some(now.plus_millis(86_400_000));
+            } else if new.previous_webhook_secret.is_none() {
+                new.previous_webhook_secret = old.previous_webhook_secret.clone();
+                new.previous_webhook_secret_expires_at = old.previous_webhook_secret_expires_at;
+            }
         }
         app.settings.stripe = v;
     }
@@ -258,7 +267,8 @@ pub async fn update(db: &Db, id: &AppId, patch: AppPatch, now: Timestamp) -> Ser
 }
 
 /// Fields that hold secrets: the public view says whether each is set, never what it is.
-const SECRET_FIELDS: [&str; 7] = [
+const SECRET_FIELDS: [&str; 8] = [
+    "previous_webhook_secret",
     "private_key_pem",
     "shared_secret",
     "service_account_json",

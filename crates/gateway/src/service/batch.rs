@@ -377,7 +377,8 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                                 .cloned()
                         })
                     })
-                    .or_else(|| linked.clone());
+                    .or_else(|| linked.clone())
+                    .or_else(|| n.transaction.named_customer().map(str::to_owned));
                 let Some(owner) = owner else {
                     holds.push((i, raw_row(), facts));
                     continue;

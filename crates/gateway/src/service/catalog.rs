@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use gateway_core::{
     AppId, ConsumableSpec, Currency, EntitlementId, EntitlementSpec, Product, ProductId,
-    ProductKind, StoreSkus, Timestamp, catalog::ProductError, duration::IsoDuration,
+    ProductKind, StoreSkus, Timestamp,
+    catalog::{PartialRefund, ProductError},
+    duration::IsoDuration,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -33,6 +35,9 @@ pub struct ProductBody {
     pub expires_at: Option<Timestamp>,
     #[serde(default = "yes")]
     pub active: bool,
+    /// What a partial refund of a payment does: `keep` (the default) or `revoke`.
+    #[serde(default)]
+    pub partial_refund: PartialRefund,
 }
 
 fn yes() -> bool {
@@ -59,6 +64,7 @@ impl ProductBody {
             access_duration: self.access_duration,
             expires_at: self.expires_at,
             active: self.active,
+            partial_refund: self.partial_refund,
         })
     }
 }
@@ -128,7 +134,7 @@ pub async fn deactivate(
 }
 
 /// The CSV columns, in export order.
-pub const CSV_COLUMNS: [&str; 12] = [
+pub const CSV_COLUMNS: [&str; 13] = [
     "product_id",
     "kind",
     "active",
@@ -141,6 +147,7 @@ pub const CSV_COLUMNS: [&str; 12] = [
     "consumable_amount",
     "access_duration",
     "expires_at",
+    "partial_refund",
 ];
 
 /// One refused row of an import.
@@ -226,6 +233,13 @@ fn parse_row(header: &HashMap<String, usize>, rec: &csv::StringRecord) -> Result
             })
             .transpose()?,
         active,
+        partial_refund: match opt(cell("partial_refund")).as_deref() {
+            None | Some("keep") => PartialRefund::Keep,
+            Some("revoke") => PartialRefund::Revoke,
+            Some(other) => {
+                return Err(format!("partial_refund: {other:?} is not keep or revoke"));
+            }
+        },
     };
     product.validate().map_err(|e| e.to_string())?;
     Ok(product)
@@ -452,6 +466,7 @@ pub async fn export_csv(db: &Db, app: &AppId) -> ServiceResult<String> {
             amount,
             p.access_duration.map(|d| d.to_string()).unwrap_or_default(),
             p.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            p.partial_refund.as_str().to_owned(),
         ])
         .map_err(io)?;
     }

@@ -14,6 +14,7 @@
 pub mod apps;
 pub mod batch;
 pub mod catalog;
+pub mod checkout;
 pub mod committer;
 pub mod customer_auth;
 pub mod customers;

@@ -6,7 +6,7 @@
 //! A notification about a SKU the catalog does not map is held too, and decided when the catalog maps
 //! it ([`rerun_unmapped`]).
 
-use gateway_core::{AppId, Timestamp, ids::Store};
+use gateway_core::{AppId, AppUserId, Timestamp, ids::Store};
 use serde::Serialize;
 
 use super::{
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     db::unmapped,
     model::App,
-    stores::{Adapter, Delivery, Notice},
+    stores::{Adapter, Delivery, Notice, Transfer},
 };
 
 /// What became of a notification.
@@ -58,8 +58,13 @@ pub async fn decide(
         transaction,
         events,
         owed,
+        transfer,
         ..
     } = notice;
+    if let Some(t) = transfer {
+        let store = adapter.store().as_str();
+        return take_transfer(cx, app, t, (source, store), (id, raw, cause), now).await;
+    }
     let work = match transaction {
         Some(transaction) => Work::Notification(Box::new(Notification {
             app: app.id.clone(),
@@ -90,6 +95,82 @@ pub async fn decide(
     };
     Ok(Received {
         status,
+        notification_uuid: id,
+    })
+}
+
+/// A provider's move of the purchases it relays (RevenueCat's `TRANSFER`): every such purchase of
+/// the customers it names moves to the one it names, in one decision (as a restore under the
+/// `transfer` policy moves one); with none to move, the notification is kept.
+async fn take_transfer(
+    cx: &Context,
+    app: &App,
+    t: Transfer,
+    (source, actor): (&'static str, &str),
+    (id, raw, cause): (String, String, String),
+    now: Timestamp,
+) -> ServiceResult<Received> {
+    let mut purchases = Vec::new();
+    for from in t.from.iter().filter(|f| **f != t.to) {
+        let Ok(customer) = from.parse::<AppUserId>() else {
+            continue;
+        };
+        let Some(held) = crate::db::customers::recorded(&cx.db, &app.id, &customer).await? else {
+            continue;
+        };
+        purchases.extend(
+            held.purchases
+                .into_iter()
+                .filter(|p| p.store_transaction_id.starts_with(t.lineage_prefix))
+                .map(|p| gateway_core::PurchaseFacts {
+                    id: p.id,
+                    store: p.store,
+                    product_id: p.product_id,
+                    store_transaction_id: p.store_transaction_id,
+                    environment: p.environment,
+                    terms: None,
+                    settled: None,
+                    events: Vec::new(),
+                }),
+        );
+    }
+    let to: Option<AppUserId> = t.to.parse().ok();
+    let (Some(to), false) = (to, purchases.is_empty()) else {
+        let work = Work::Record(Box::new(Recorded {
+            app: app.id.clone(),
+            source,
+            dedupe_key: id.clone(),
+            raw,
+            now,
+        }));
+        let status = match cx.committer().submit(work).await? {
+            Done::Recorded => "recorded",
+            _ => "duplicate",
+        };
+        return Ok(Received {
+            status,
+            notification_uuid: id,
+        });
+    };
+    let input = super::decision::Input {
+        source,
+        dedupe_key: id.clone(),
+        raw,
+        cause,
+        actor: actor.to_owned(),
+        manual: Vec::new(),
+        request_key: None,
+        purchases,
+        transfer: true,
+        owed: Vec::new(),
+    };
+    let outcome = super::decision::apply(cx, &app.id, &to, input, now).await?;
+    Ok(Received {
+        status: if outcome.duplicate {
+            "duplicate"
+        } else {
+            "decided"
+        },
         notification_uuid: id,
     })
 }

@@ -80,6 +80,7 @@ pub async fn submit(
     proof.subscription = named
         .as_ref()
         .map(|p| p.kind == gateway_core::ProductKind::Subscription);
+    proof.store_sku = named.as_ref().and_then(|p| p.store_skus.for_store(store));
     // What the store says: one verified transaction, or every transaction of a listing.
     let proven = adapter.verify_submission(app, proof, now).await?;
     let names = adapter.names();
@@ -286,4 +287,116 @@ pub async fn restore(
         decision::apply(cx, &app.id, customer, input, now).await?;
     }
     customers::snapshot(cx, &app.id, customer, now).await
+}
+
+/// What an operator asks of a refund.
+#[derive(Debug, Clone)]
+pub struct RefundAsk {
+    /// Why; kept in the customer's audit log.
+    pub reason: String,
+    /// Refund only what is left of a subscription's paid period.
+    pub prorated: bool,
+}
+
+/// The answer to a refund.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RefundDone {
+    pub purchase: PurchaseView,
+    pub customer: customers::Snapshot,
+}
+
+/// Asks a purchase's store to refund it and end its access, then decides on what the store says
+/// afterwards, with the refund as a fact of the operator's. Nothing changes if the store refuses;
+/// if the decision fails after the store refunded, the store's own notification of it still comes.
+pub async fn refund(
+    cx: &Context,
+    app: &App,
+    purchase_id: &str,
+    ask: RefundAsk,
+    actor: &str,
+    now: Timestamp,
+) -> ServiceResult<RefundDone> {
+    let reason = super::reason(&ask.reason)?;
+    let db = &cx.db;
+    let not_found = || {
+        ServiceError::not_found(
+            "purchase_not_found",
+            format!("There is no purchase {purchase_id:?} in this app."),
+        )
+    };
+    let row = recorded::purchase_by_id(db, &app.id, purchase_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let customer: AppUserId = row.customer_id.parse().map_err(|_| not_found())?;
+    let store = Store::parse(&row.store).ok_or_else(not_found)?;
+    let adapter = cx.adapter(store)?;
+    let snapshot = customers::snapshot(cx, &app.id, &customer, now).await?;
+    let current = snapshot
+        .purchases
+        .iter()
+        .find(|p| p.id == purchase_id)
+        .ok_or_else(not_found)?;
+    use gateway_core::PurchaseStatus as S;
+    if matches!(current.status, S::Refunded | S::Revoked | S::Rejected) {
+        return Err(ServiceError::conflict(
+            "already_refunded",
+            format!(
+                "Purchase {purchase_id} is {} already; there is nothing to refund.",
+                current.status.as_str()
+            ),
+        ));
+    }
+    let product = products::get(db, &app.id, &current.product_id)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::conflict(
+                "product_not_found",
+                format!(
+                    "The catalog no longer has product {}; the store cannot be asked about it.",
+                    current.product_id
+                ),
+            )
+        })?;
+    let sku = product.store_skus.for_store(store);
+    let order = crate::stores::RefundOrder {
+        lineage: &row.store_transaction_id,
+        sku: sku.as_deref(),
+        subscription: product.kind == gateway_core::ProductKind::Subscription,
+        prorated: ask.prorated,
+    };
+    let transaction = adapter.refund(app, order, now).await?;
+    let names = adapter.names();
+    let mut facts = transaction.facts(purchase_id.to_owned(), &product)?;
+    facts.events.push(gateway_core::StoreEvent {
+        dedupe_key: format!("refund:{purchase_id}"),
+        occurred_at: now,
+        kind: gateway_core::EventKind::Refunded,
+    });
+    let input = decision::Input {
+        source: names.refund,
+        dedupe_key: format!("refund:{purchase_id}"),
+        raw: serde_json::json!({"purchase_id": purchase_id, "reason": reason,
+            "prorated": ask.prorated, "store_says": transaction.to_json().unwrap_or_default()})
+        .to_string(),
+        cause: format!(
+            "Refunded at {} {} by an operator: {reason}",
+            names.title,
+            transaction.id()
+        ),
+        actor: actor.to_owned(),
+        manual: Vec::new(),
+        request_key: None,
+        purchases: vec![facts],
+        transfer: false,
+        owed: Vec::new(),
+    };
+    decision::apply(cx, &app.id, &customer, input, now).await?;
+    let customer = customers::snapshot(cx, &app.id, &customer, now).await?;
+    let purchase = customer
+        .purchases
+        .iter()
+        .find(|p| p.id == purchase_id)
+        .cloned()
+        .ok_or_else(not_found)?;
+    Ok(RefundDone { purchase, customer })
 }

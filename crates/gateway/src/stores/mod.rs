@@ -8,7 +8,7 @@
 //!
 //! Generic code reaches a store only through an [`Adapter`], whose verbs every store has: check and
 //! verify what a client submitted, verify a notification, poll for what notifications missed, perform
-//! a store action. What they answer is store-neutral: a verified [`Transaction`] the service maps to
+//! a store action, refund a purchase for an operator. What they answer is store-neutral: a verified [`Transaction`] the service maps to
 //! the catalog and to a customer, a [`Notice`] the batch decides, a [`Page`] of notices. Adapters
 //! answer with their own [`StoreError`], which the service maps to the API's errors once.
 //!
@@ -24,6 +24,8 @@ pub mod apple;
 mod call;
 pub mod error;
 pub mod play;
+pub mod revenuecat;
+pub mod stripe;
 
 use gateway_core::{
     Product, PurchaseFacts, StoreEvent, Timestamp, apple::models::JwsTransaction, ids::Store,
@@ -39,6 +41,8 @@ use crate::model::App;
 pub struct Stores {
     pub apple: apple::AppStore,
     pub play: play::PlayStore,
+    pub stripe: stripe::StripeStore,
+    pub revenuecat: revenuecat::RevenueCatStore,
 }
 
 impl Stores {
@@ -47,6 +51,8 @@ impl Stores {
     pub fn new(http: reqwest::Client, clock: std::sync::Arc<dyn gateway_core::Clock>) -> Self {
         Stores {
             apple: apple::AppStore::new(http.clone()),
+            stripe: stripe::StripeStore::new(http.clone()),
+            revenuecat: revenuecat::RevenueCatStore,
             play: play::PlayStore::new(http, clock),
         }
     }
@@ -56,13 +62,20 @@ impl Stores {
         match store {
             Store::AppStore => Some(Adapter::AppStore(&self.apple)),
             Store::PlayStore => Some(Adapter::Play(&self.play)),
-            _ => None,
+            Store::Stripe => Some(Adapter::Stripe(&self.stripe)),
+            Store::RevenueCat => Some(Adapter::RevenueCat(&self.revenuecat)),
+            Store::Manual => None,
         }
     }
 
     /// Every adapter.
-    pub fn all(&self) -> [Adapter<'_>; 2] {
-        [Adapter::AppStore(&self.apple), Adapter::Play(&self.play)]
+    pub fn all(&self) -> [Adapter<'_>; 4] {
+        [
+            Adapter::AppStore(&self.apple),
+            Adapter::Play(&self.play),
+            Adapter::Stripe(&self.stripe),
+            Adapter::RevenueCat(&self.revenuecat),
+        ]
     }
 }
 
@@ -74,6 +87,8 @@ pub const ACTION_TYPES: [&str; 3] = [apple::CONSUMPTION, play::ACKNOWLEDGE, play
 pub enum Adapter<'a> {
     AppStore(&'a apple::AppStore),
     Play(&'a play::PlayStore),
+    Stripe(&'a stripe::StripeStore),
+    RevenueCat(&'a revenuecat::RevenueCatStore),
 }
 
 /// What an app submits as proof of a purchase, as it arrived; each store reads its own fields and
@@ -88,6 +103,9 @@ pub struct Proof {
     /// Whether the purchase is of a subscription, when the catalog knows from the product the app
     /// named (a store that reads subscriptions apart asks the right API first).
     pub subscription: Option<bool>,
+    /// The store's id of the product the app named, when the catalog knows it (a store with an
+    /// older read by product id falls back to it).
+    pub store_sku: Option<String>,
 }
 
 /// What an app submits to restore its purchases (a new device, a new install).
@@ -106,6 +124,10 @@ pub struct Delivery<'a> {
     pub bearer: Option<&'a str>,
     /// The `token` query parameter, if any.
     pub query_token: Option<&'a str>,
+    /// The `Stripe-Signature` header, if any.
+    pub signature: Option<&'a str>,
+    /// The whole `Authorization` header, if any (RevenueCat's shared secret).
+    pub authorization: Option<&'a str>,
 }
 
 /// What a submission proved: the transactions the store vouches for, and the raw proof to keep.
@@ -113,7 +135,7 @@ pub struct Delivery<'a> {
 pub struct Proven {
     pub transactions: Vec<Transaction>,
     pub raw: String,
-    /// What the proof was (`transaction`, `receipt`), for the dedupe key and the timeline.
+    /// What the proof was (`transaction`, `receipt`, `purchase`), for the dedupe key and the timeline.
     pub what: &'static str,
     /// A listing of every purchase of the app (a receipt): only those the catalog sells count, and
     /// one it does not is skipped rather than refused.
@@ -127,6 +149,9 @@ pub struct Proven {
 pub enum Transaction {
     AppStore(JwsTransaction),
     Play(play::PlayPurchase),
+    Stripe(stripe::StripePurchase),
+    /// A purchase of another store, relayed by RevenueCat.
+    RevenueCat(revenuecat::RelayedPurchase),
 }
 
 impl Transaction {
@@ -134,6 +159,8 @@ impl Transaction {
         match self {
             Transaction::AppStore(_) => Store::AppStore,
             Transaction::Play(_) => Store::PlayStore,
+            Transaction::Stripe(_) => Store::Stripe,
+            Transaction::RevenueCat(r) => r.store,
         }
     }
 
@@ -142,6 +169,8 @@ impl Transaction {
         match self {
             Transaction::AppStore(t) => t.product_id.as_deref().unwrap_or_default(),
             Transaction::Play(p) => p.sku(),
+            Transaction::Stripe(s) => &s.price,
+            Transaction::RevenueCat(r) => &r.sku,
         }
     }
 
@@ -154,6 +183,8 @@ impl Transaction {
                 .or_else(|| t.transaction_id.clone())
                 .unwrap_or_default(),
             Transaction::Play(p) => p.token.clone(),
+            Transaction::Stripe(s) => s.lineage.clone(),
+            Transaction::RevenueCat(r) => r.lineage.clone(),
         }
     }
 
@@ -163,6 +194,17 @@ impl Transaction {
         match self {
             Transaction::AppStore(t) => t.app_account_token.as_deref(),
             Transaction::Play(p) => p.order_token(),
+            Transaction::Stripe(s) => s.order.as_deref(),
+            Transaction::RevenueCat(_) => None,
+        }
+    }
+
+    /// The customer the store names outright (RevenueCat's `app_user_id`), taken on its word when
+    /// nothing the gateway issued names one.
+    pub fn named_customer(&self) -> Option<&str> {
+        match self {
+            Transaction::RevenueCat(r) => Some(&r.customer),
+            _ => None,
         }
     }
 
@@ -170,7 +212,7 @@ impl Transaction {
     /// a downgrade replaced, or the expired one a resubscription bought outside the app renews.
     pub fn linked_lineage(&self) -> Option<&str> {
         match self {
-            Transaction::AppStore(_) => None,
+            Transaction::AppStore(_) | Transaction::Stripe(_) | Transaction::RevenueCat(_) => None,
             Transaction::Play(p) => p.linked_token(),
         }
     }
@@ -179,7 +221,7 @@ impl Transaction {
     /// `product`'s purchase: it ends when this one starts, so access has no gap and no overlap.
     pub fn replaced_facts(&self, product: &Product) -> Option<PurchaseFacts> {
         match self {
-            Transaction::AppStore(_) => None,
+            Transaction::AppStore(_) | Transaction::Stripe(_) | Transaction::RevenueCat(_) => None,
             Transaction::Play(p) => p.replaced_facts(product),
         }
     }
@@ -189,6 +231,8 @@ impl Transaction {
         match self {
             Transaction::AppStore(t) => t.transaction_id.as_deref().unwrap_or("?"),
             Transaction::Play(p) => p.id(),
+            Transaction::Stripe(s) => &s.lineage,
+            Transaction::RevenueCat(r) => &r.lineage,
         }
     }
 
@@ -197,6 +241,8 @@ impl Transaction {
         match self {
             Transaction::AppStore(t) => apple::transaction_facts(t, purchase_id, product),
             Transaction::Play(p) => p.facts(purchase_id, product),
+            Transaction::Stripe(s) => Ok(s.facts(purchase_id, product)),
+            Transaction::RevenueCat(r) => Ok(r.facts(purchase_id, product)),
         }
     }
 
@@ -205,14 +251,21 @@ impl Transaction {
         match self {
             Transaction::AppStore(t) => serde_json::to_value(t),
             Transaction::Play(p) => serde_json::to_value(p),
+            Transaction::Stripe(s) => serde_json::to_value(s),
+            Transaction::RevenueCat(r) => serde_json::to_value(r),
         }
     }
 
     /// A transaction kept by [`Transaction::to_json`].
     pub fn from_json(store: Store, value: serde_json::Value) -> serde_json::Result<Self> {
+        // A relayed purchase is kept under its store's name, and says it is relayed.
+        if value.get("via").and_then(|v| v.as_str()) == Some(revenuecat::VIA) {
+            return Ok(Transaction::RevenueCat(serde_json::from_value(value)?));
+        }
         match store {
             Store::AppStore => Ok(Transaction::AppStore(serde_json::from_value(value)?)),
             Store::PlayStore => Ok(Transaction::Play(serde_json::from_value(value)?)),
+            Store::Stripe => Ok(Transaction::Stripe(serde_json::from_value(value)?)),
             other => Err(serde::de::Error::custom(format!(
                 "no transaction of {} is kept",
                 other.as_str()
@@ -237,6 +290,17 @@ pub struct Notice {
     pub events: Vec<StoreEvent>,
     /// Store actions it asks of the gateway (the answer to a consumption request).
     pub owed: Vec<Owed>,
+    /// Purchases the provider moved from some customers to another (RevenueCat's `TRANSFER`).
+    pub transfer: Option<Transfer>,
+}
+
+/// A provider's move of the purchases it relays from some customers to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub from: Vec<String>,
+    pub to: String,
+    /// The lineages it relays begin so (`rc:`): only those move.
+    pub lineage_prefix: &'static str,
 }
 
 /// A store action owed by an input, written to the outbox (type `store.*`) once per `id`.
@@ -285,6 +349,20 @@ pub struct Names {
     pub order_token: &'static str,
     /// The cursor of the poll for missed notifications.
     pub cursor: &'static str,
+    /// The source of a refund an operator asked the store for.
+    pub refund: &'static str,
+}
+
+/// A purchase an operator asks its store to refund and revoke.
+#[derive(Debug, Clone, Copy)]
+pub struct RefundOrder<'a> {
+    /// The purchase's lineage (its `store_transaction_id`).
+    pub lineage: &'a str,
+    /// The store's id of its product.
+    pub sku: Option<&'a str>,
+    pub subscription: bool,
+    /// Refund only what is left of the paid period (subscriptions), not all of it.
+    pub prorated: bool,
 }
 
 impl<'a> Adapter<'a> {
@@ -292,6 +370,8 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(_) => Store::AppStore,
             Adapter::Play(_) => Store::PlayStore,
+            Adapter::Stripe(_) => Store::Stripe,
+            Adapter::RevenueCat(_) => Store::RevenueCat,
         }
     }
 
@@ -299,6 +379,28 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(_) => &apple::NAMES,
             Adapter::Play(_) => &play::NAMES,
+            Adapter::Stripe(_) => &stripe::NAMES,
+            Adapter::RevenueCat(_) => &revenuecat::NAMES,
+        }
+    }
+
+    /// Asks the store to refund a purchase and end its access; answers the purchase as the store
+    /// states it afterwards.
+    pub async fn refund(
+        self,
+        app: &App,
+        order: RefundOrder<'_>,
+        now: Timestamp,
+    ) -> StoreResult<Transaction> {
+        match self {
+            Adapter::AppStore(_) => Err(StoreError::new(
+                Problem::Conflict,
+                "store_cannot_refund",
+                "Apple refunds App Store purchases only at the customer's request (reportaproblem.apple.com); the gateway cannot refund one.",
+            )),
+            Adapter::Play(p) => p.refund(app, order, now).await,
+            Adapter::Stripe(s) => s.refund(app, order, now).await,
+            Adapter::RevenueCat(_) => Err(relayed_only()),
         }
     }
 
@@ -307,6 +409,8 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.check(proof),
             Adapter::Play(p) => p.check(proof),
+            Adapter::Stripe(s) => s.check(proof),
+            Adapter::RevenueCat(_) => Err(relayed_only()),
         }
     }
 
@@ -320,6 +424,8 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.verify_submission(app, proof, now).await,
             Adapter::Play(p) => p.verify_submission(app, proof, now).await,
+            Adapter::Stripe(s) => s.verify_submission(app, proof).await,
+            Adapter::RevenueCat(_) => Err(relayed_only()),
         }
     }
 
@@ -333,6 +439,11 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.verify_restore(app, proof, now).await,
             Adapter::Play(p) => p.verify_restore(app, proof, now).await,
+            Adapter::Stripe(_) | Adapter::RevenueCat(_) => Err(StoreError::new(
+                Problem::Malformed,
+                "store_not_restorable",
+                "Stripe purchases are not restored: the gateway learns them from Stripe's events.",
+            )),
         }
     }
 
@@ -346,6 +457,8 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.verify_notification(app, delivery.body, now),
             Adapter::Play(p) => p.verify_notification(app, delivery, now).await,
+            Adapter::Stripe(s) => s.verify_notification(app, delivery, now).await,
+            Adapter::RevenueCat(r) => r.verify_notification(app, delivery, now),
         }
     }
 
@@ -354,28 +467,55 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(_) => apple::can_poll(app),
             Adapter::Play(_) => play::can_poll(app),
+            Adapter::Stripe(_) => stripe::can_poll(app),
+            Adapter::RevenueCat(_) => false,
         }
     }
 
     /// How often the app's history is read when the app says (the recovery job's default otherwise).
     pub fn poll_interval_ms(self, app: &App) -> Option<i64> {
         match self {
-            Adapter::AppStore(_) => None,
+            Adapter::AppStore(_) | Adapter::Stripe(_) | Adapter::RevenueCat(_) => None,
             Adapter::Play(_) => play::poll_interval_ms(app),
         }
     }
 
-    /// The window the store's history can be read for, from `start` (or why not).
+    /// The window the store's history can be read for, from `start` (or why not): within how far
+    /// back the store keeps it, and not past now.
     pub fn poll_window(
         self,
         app: &App,
-        window: (Timestamp, Timestamp),
+        (start, end): (Timestamp, Timestamp),
         now: Timestamp,
     ) -> StoreResult<(Timestamp, Timestamp)> {
-        match self {
-            Adapter::AppStore(a) => a.poll_window(app, window, now),
-            Adapter::Play(p) => p.poll_window(app, window, now),
+        let (keeps_ms, keeps, no_key) = match self {
+            Adapter::AppStore(_) => apple::HISTORY,
+            Adapter::Play(_) => play::HISTORY,
+            Adapter::Stripe(_) => stripe::HISTORY,
+            Adapter::RevenueCat(_) => (
+                0,
+                "nothing: RevenueCat keeps no history to read",
+                "RevenueCat's events are not read back: it retries its own deliveries.",
+            ),
+        };
+        if !self.can_poll(app) {
+            return Err(StoreError::not_configured(no_key));
         }
+        let start = start.max(now.plus_millis(-keeps_ms));
+        let end = end.min(now);
+        if start >= end {
+            // Two times, each of the right shape, that do not make a window: more than a schema
+            // states.
+            return Err(StoreError::new(
+                Problem::Refused,
+                "invalid_window",
+                format!("`start` must be before `end`, and within {keeps}."),
+            ));
+        }
+        if let Adapter::AppStore(a) = self {
+            a.check_app(app)?;
+        }
+        Ok((start, end))
     }
 
     /// Reads the page at `token` of the store's history for `window`.
@@ -389,6 +529,8 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.poll(app, window, token, now).await,
             Adapter::Play(p) => p.poll(app, window, token, now).await,
+            Adapter::Stripe(s) => s.poll(app, window, token).await,
+            Adapter::RevenueCat(_) => Err(relayed_only()),
         }
     }
 
@@ -402,6 +544,7 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.action_subject(event_type, payload),
             Adapter::Play(p) => p.action_subject(event_type, payload),
+            Adapter::Stripe(_) | Adapter::RevenueCat(_) => Err(no_action()),
         }
     }
 
@@ -416,6 +559,7 @@ impl<'a> Adapter<'a> {
         match self {
             Adapter::AppStore(a) => a.perform(app, event_type, payload, standing).await,
             Adapter::Play(p) => p.perform(app, event_type, payload, standing).await,
+            Adapter::Stripe(_) | Adapter::RevenueCat(_) => Err(no_action()),
         }
     }
 
@@ -424,6 +568,24 @@ impl<'a> Adapter<'a> {
         let store = event_type.strip_prefix("store.")?.split('.').next()?;
         stores.adapter(Store::parse(store)?)
     }
+}
+
+/// The error for an owed action of a store that is owed none.
+fn no_action() -> StoreError {
+    StoreError::new(
+        Problem::Malformed,
+        "unknown_store_action",
+        "This store is owed no store action.",
+    )
+}
+
+/// The error for what only a store, not RevenueCat, does.
+fn relayed_only() -> StoreError {
+    StoreError::new(
+        Problem::Conflict,
+        "relayed_by_revenuecat",
+        "RevenueCat relays purchases by its webhooks only: submit, restore and refund them with their store or in RevenueCat.",
+    )
 }
 
 /// Checks an app's settings of every store that has an adapter.
@@ -459,6 +621,23 @@ pub(crate) fn action<T: serde::de::DeserializeOwned>(
         return Err(not_ours());
     }
     T::deserialize(payload).map_err(|_| not_ours())
+}
+
+/// Checks the list a restore carries: at most `max` items (`code` and `what` name them when there
+/// are more), each of the store's shape.
+pub(crate) fn restore_items<T>(
+    items: &[T],
+    (max, code, what): (usize, &'static str, &str),
+    each: impl Fn(&T) -> StoreResult<()>,
+) -> StoreResult<()> {
+    if items.len() > max {
+        return Err(StoreError::new(
+            Problem::Malformed,
+            code,
+            format!("A restore carries at most {max} {what}."),
+        ));
+    }
+    items.iter().try_for_each(each)
 }
 
 /// Checks a field of what a client or store sent against its rule.

@@ -271,6 +271,10 @@ fn the_demo_tells_the_whole_story_and_keeps_serving() {
         "notification: \"decided\"",
         "entitlement_revoked",
         "entitlement_renewed",
+        "acknowledged to Google Play: yes",
+        "Stripe event checkout.session.completed",
+        "linus #",
+        "notification: HTTP 200",
         "keeps serving",
     ] {
         assert!(

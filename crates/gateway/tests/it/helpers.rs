@@ -397,6 +397,20 @@ impl TestApp {
         panic!("no pending delivery failed an attempt: {pending:#?}");
     }
 
+    /// Entitlement `id` of customer `customer` of app `acme` as its snapshot shows it (`null` when it
+    /// has none).
+    pub async fn entitlement(&self, customer: &str, id: &str) -> Value {
+        let snap = self
+            .get(&format!("/v1/apps/acme/customers/{customer}"))
+            .await
+            .expect(200);
+        snap["entitlements"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["id"] == id))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(self.db.reader())
@@ -462,4 +476,33 @@ macro_rules! both {
             }
         }
     };
+}
+
+/// A directory holding an npm package (`name@version`), installed into the test target's scratch
+/// directory on first use; `require(path.join(dir, 'node_modules', name))` loads it.
+pub fn node_package(name: &str, version: &str) -> std::path::PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("node-{name}-{version}"));
+    if !dir
+        .join("node_modules")
+        .join(name)
+        .join("package.json")
+        .exists()
+    {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg(format!("{name}@{version}"))
+            .output()
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "installing {name} from npm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
 }

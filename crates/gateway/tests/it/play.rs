@@ -244,6 +244,24 @@ both!(
         );
         deliver(&app).await;
         assert!(!play.acknowledged(&dropped));
+
+        // The app sends the same token again once Play Billing says it is paid; Play's notification
+        // has not come yet. The gateway reads the token again and grants.
+        let slow = play.buy("cs101", |b| b.pending = true).await;
+        let answer = submit(&app, "u3", &slow, Some("cs101")).await.expect(200);
+        assert_eq!(answer["status"], "pending");
+        play.sim
+            .act_with(
+                Action::Confirm {
+                    token: slow.clone(),
+                },
+                PushMode::Skip,
+            )
+            .await
+            .unwrap();
+        let answer = submit(&app, "u3", &slow, Some("cs101")).await.expect(200);
+        assert_eq!(answer["status"], "granted", "{answer}");
+        assert!(play.acknowledged_soon(&slow).await);
     }
 );
 
@@ -296,11 +314,12 @@ both!(
             .expect(200);
         assert_eq!(snap["customer"]["balances"]["COINS"], 100);
         deliver(&app).await;
-        assert_eq!(
-            play.calls_to(&coins, ":consume"),
-            1,
+        // The server's own delivery worker may hold the consumption's lease: wait for it.
+        assert!(
+            play.acknowledged_soon(&coins).await,
             "a consumable is consumed"
         );
+        assert_eq!(play.calls_to(&coins, ":consume"), 1, "consumed, once");
         // Refunds Play does not push: only its voided purchases know.
         play.sim.set_push_mode(PushMode::Skip);
         app.clock.advance_millis(HOUR);
@@ -359,6 +378,223 @@ both!(
         assert!(!step(&app).await, "not due yet");
         app.clock.advance_millis(31_000);
         assert!(step(&app).await, "due after a minute, not fifteen");
+    }
+);
+
+both!(
+    a_purchase_productsv2_refuses_is_read_through_v1_when_the_product_is_named,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let coins = play.buy("coins_100", |b| b.quantity = 2).await;
+        play.sim.refuse_v2(&coins);
+        // Without a product id there is nothing else to ask.
+        submit(&app, "u1", &coins, None)
+            .await
+            .error(404, "purchase_token_not_found");
+        // Named by its catalog id (or Play's), v1 answers for it.
+        let answer = submit(&app, "u1", &coins, Some("coins_100"))
+            .await
+            .expect(200);
+        assert_eq!(answer["status"], "granted", "{answer}");
+        assert_eq!(answer["customer"]["balances"]["COINS"], 200);
+        let v1 = format!("/purchases/products/coins_100/tokens/{coins}");
+        assert_eq!(
+            play.sim
+                .calls()
+                .iter()
+                .filter(|c| c.method == "GET" && c.path.ends_with(&v1) && c.status == 200)
+                .count(),
+            1,
+            "read once through v1"
+        );
+        deliver(&app).await;
+        assert!(play.acknowledged_soon(&coins).await, "and consumed");
+    }
+);
+
+both!(
+    an_operator_refunds_at_play_and_access_ends,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let sub = play
+            .sim
+            .subscribe(Subscribe::new(PACKAGE, "premium", "monthly"))
+            .await
+            .unwrap()
+            .purchase_token
+            .unwrap();
+        let course = play.buy("cs101", |_| {}).await;
+        submit(&app, "u1", &sub, Some("premium")).await.expect(200);
+        let bought = submit(&app, "u1", &course, Some("cs101")).await.expect(200);
+        let snap = &bought["customer"];
+        let id_of = |store_id: &str| {
+            snap["purchases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["store_transaction_id"] == store_id)
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let (sub_id, course_id) = (id_of(&sub), id_of(&course));
+        let refund = |id: &str| format!("/v1/apps/acme/purchases/{id}/refund");
+
+        // Refunds need a key with the `refunds` scope, and a reason.
+        let support = app.key("acme", "secret", &["customers", "read"]).await;
+        let body = json!({"reason": "the learner asked support"});
+        app.request(
+            reqwest::Method::POST,
+            &refund(&sub_id),
+            Some(&support),
+            Some(body.clone()),
+            &[],
+        )
+        .await
+        .error(403, "forbidden");
+        app.post(&refund(&sub_id), json!({"reason": " "}))
+            .await
+            .error(400, "reason_required");
+        app.post(&refund("pur_nope"), body.clone())
+            .await
+            .error(404, "purchase_not_found");
+        app.post(
+            &refund(&course_id),
+            json!({"reason": "x", "prorated": true}),
+        )
+        .await
+        .error(422, "prorated_refund_not_possible");
+        assert_eq!(premium(&app).await, "active", "nothing changed yet");
+
+        // The subscription: revoked at Play (a full refund), access ends at once.
+        let refunds = app.key("acme", "secret", &["refunds"]).await;
+        let done = app
+            .request(
+                reqwest::Method::POST,
+                &refund(&sub_id),
+                Some(&refunds),
+                Some(body.clone()),
+                &[],
+            )
+            .await
+            .expect(200);
+        assert_eq!(done["purchase"]["status"], "refunded", "{done}");
+        assert_eq!(premium(&app).await, "refunded");
+        let revoke = play
+            .sim
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.ends_with(&format!("{sub}:revoke")) && c.status == 200)
+            .count();
+        assert_eq!(revoke, 1, "subscriptionsv2.revoke once");
+        play.sim.settle().await;
+        assert_eq!(premium(&app).await, "refunded", "Play's own RTDN agrees");
+        app.post(&refund(&sub_id), body.clone())
+            .await
+            .error(409, "already_refunded");
+
+        // The course: its order refunded with revoke.
+        let done = app.post(&refund(&course_id), body).await.expect(200);
+        assert_eq!(done["purchase"]["status"], "refunded", "{done}");
+        assert_eq!(
+            entitlement(&done["customer"], "course-v1:Acme+CS101+2026"),
+            "refunded"
+        );
+        let order = play.sim.product_purchase(&course).unwrap()["orderId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            play.sim
+                .calls()
+                .iter()
+                .any(|c| c.path.ends_with(&format!("{order}:refund"))
+                    && c.query.as_deref() == Some("revoke=true")
+                    && c.status < 300),
+            "orders.refund with revoke"
+        );
+        let timeline = app
+            .get("/v1/apps/acme/customers/u1/timeline")
+            .await
+            .expect(200);
+        // Play's own notification of the refund may come after the operator's: look for the latter.
+        assert!(
+            timeline["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["cause"]
+                    .as_str()
+                    .unwrap()
+                    .contains("by an operator: the learner asked support")),
+            "{timeline}"
+        );
+    }
+);
+
+both!(
+    a_partial_refund_claws_back_its_share_of_the_units,
+    |app: TestApp| async move {
+        let play = Play::open(&app).await;
+        let coins = play.buy("coins_100", |b| b.quantity = 4).await;
+        let snap = submit(&app, "u1", &coins, Some("coins100"))
+            .await
+            .expect(200);
+        assert_eq!(snap["customer"]["balances"]["COINS"], 400);
+        deliver(&app).await;
+
+        // One unit refunded and notified: the notification says a partial refund, Play's voided
+        // purchases say how many units.
+        app.clock.advance_millis(HOUR);
+        let one = Refund {
+            quantity: Some(1),
+            ..Refund::default()
+        };
+        let pushed = play.sim.refund(&coins, one.clone()).await.unwrap();
+        assert_eq!(
+            pushed.notification.unwrap()["voidedPurchaseNotification"]["refundType"],
+            2
+        );
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["balances"]["COINS"], 300, "one unit clawed back");
+        assert_eq!(snap["purchases"][0]["status"], "active");
+
+        // Two more, not notified: the voided walk finds them; the first is not counted twice.
+        play.sim.set_push_mode(PushMode::Skip);
+        app.clock.advance_millis(HOUR);
+        let two = Refund {
+            quantity: Some(2),
+            ..Refund::default()
+        };
+        play.sim.refund(&coins, two).await.unwrap();
+        let recovered = app
+            .post(
+                "/v1/apps/acme/notifications/play_store/recover",
+                json!({"start": t0().plus_millis(-DAY)}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(recovered["seen"], 2, "{recovered}");
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["balances"]["COINS"], 100, "three of four clawed back");
+        assert_eq!(snap["purchases"][0]["status"], "active");
+
+        // The last unit: nothing of the purchase is left.
+        app.clock.advance_millis(HOUR);
+        play.sim.set_push_mode(PushMode::Send);
+        play.sim.refund(&coins, one).await.unwrap();
+        let snap = app.get("/v1/apps/acme/customers/u1").await.expect(200);
+        assert_eq!(snap["balances"]["COINS"], 0);
+        assert_eq!(snap["purchases"][0]["status"], "refunded");
+        let clawbacks: Vec<i64> = app
+            .outbox("u1")
+            .await
+            .iter()
+            .filter(|e| e.event_type == "balance.changed")
+            .filter_map(|e| e.payload["data"]["balance"].as_i64())
+            .collect();
+        assert_eq!(clawbacks, [400, 300, 100, 0]);
     }
 );
 

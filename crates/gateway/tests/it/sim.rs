@@ -180,6 +180,15 @@ both!(
             .expect(200);
         assert_eq!(answer["status"], "granted");
         assert_eq!(answer["customer"]["version"], version);
+        // Apple refunds only at the customer's request: an operator cannot refund it here.
+        let id = answer["purchase"]["id"].as_str().unwrap();
+        app.post(
+            &format!("/v1/apps/acme/purchases/{id}/refund"),
+            json!({"reason": "asked by support"}),
+        )
+        .await
+        .error(409, "store_cannot_refund");
+        assert_eq!(snapshot(&app, "alice").await["version"], version);
 
         app.clock.advance_millis(HOUR);
         let refunded = sim
@@ -351,7 +360,7 @@ both!(
 );
 
 /// Reads lines of a running `sim serve` until it says it serves; returns its URL.
-async fn served_url(
+pub(crate) async fn served_url(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) -> String {
     let mut url = None;
@@ -377,11 +386,16 @@ async fn served_url(
 
 /// `purchase-gateway sim apple <args>`: (success, stdout, stderr).
 async fn sim_apple(args: &[&str]) -> (bool, String, String) {
+    sim_command("apple", args).await
+}
+
+/// `purchase-gateway sim <store> <args>`: (success, stdout, stderr).
+pub(crate) async fn sim_command(store: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_purchase-gateway"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .arg("sim")
-        .arg("apple")
+        .arg(store)
         .args(args)
         .output()
         .await
@@ -470,6 +484,118 @@ async fn the_sim_command_points_an_app_at_itself_and_acts_as_apple() {
     assert!(!ok);
     assert!(
         err.contains("404") && err.contains("no transaction \"42\""),
+        "{err}"
+    );
+    serve.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sim_google_command_points_an_app_at_itself_and_acts_as_google() {
+    use tokio::io::AsyncBufReadExt;
+
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    // The simulator keeps real time, and Google refuses assertions signed at another time.
+    app.clock
+        .set(Timestamp::from_millis(SimClock::system().now_ms()));
+    app.seed_catalog("acme").await;
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_purchase-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["sim", "google", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--gateway", &app.addr, "--app", "acme"])
+        .args(["--admin-key", ADMIN_KEY, "--package", "edu.acme.app"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let url = served_url(&mut lines).await;
+
+    let settings = app.get("/v1/apps/acme").await.expect(200)["play_store"].clone();
+    assert_eq!(settings["api_base_url"], url.as_str());
+    assert_eq!(settings["package_name"], "edu.acme.app");
+    assert_eq!(
+        settings["google_certs_url"],
+        format!("{url}/oauth2/v3/certs")
+    );
+    assert_eq!(
+        settings["pubsub_audience"],
+        format!("{}/v1/apps/acme/notifications/play_store", app.addr)
+    );
+    assert_eq!(settings["service_account_json_set"], true);
+
+    // Dave orders the course; the Android app passes the order's account id to Play Billing.
+    let order = app
+        .post(
+            "/v1/apps/acme/customers/dave/orders",
+            json!({"product_ids": ["cs101"]}),
+        )
+        .await
+        .expect(201);
+    let account = order["obfuscated_account_id"].as_str().unwrap();
+    let (ok, out, err) = sim_command(
+        "google",
+        &[
+            "buy",
+            "--sim",
+            &url,
+            "--product-id",
+            "cs101",
+            "--obfuscated-account-id",
+            account,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answer["notification"]["oneTimeProductNotification"]["notificationType"],
+        1
+    );
+    assert_eq!(answer["delivery"]["status"], 200, "{answer}");
+    assert!(
+        err.starts_with("Google Play pushed ONE_TIME_PRODUCT_PURCHASED for purchase token "),
+        "{err}"
+    );
+    assert_eq!(status(&snapshot(&app, "dave").await, COURSE), "active");
+    let token = answer["purchase_token"].as_str().unwrap();
+
+    let (ok, out, err) = sim_command(
+        "google",
+        &[
+            "refund",
+            "--sim",
+            &url,
+            "--purchase-token",
+            token,
+            "--source",
+            "google",
+            "--reason",
+            "chargeback",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answer["notification"]["voidedPurchaseNotification"]["refundType"],
+        1
+    );
+    assert_eq!(status(&snapshot(&app, "dave").await, COURSE), "refunded");
+    let (ok, out, _) = sim_command("google", &["voided", "--sim", &url]).await;
+    assert!(ok);
+    let voided: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(voided[0]["voidedReason"], 7, "{voided}");
+    assert_eq!(voided[0]["voidedSource"], 2, "{voided}");
+
+    let (ok, _, err) = sim_command(
+        "google",
+        &["renew", "--sim", &url, "--purchase-token", "nope"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("404") && err.contains("no purchase token \"nope\""),
         "{err}"
     );
     serve.kill().await.unwrap();

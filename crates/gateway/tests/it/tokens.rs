@@ -1,7 +1,7 @@
 //! Entitlement tokens, verified as a downstream would: with `jose` (npm), an implementation of its
 //! own, against the gateway's `/.well-known/jwks.json`, through a key rotation.
 
-use std::{path::PathBuf, sync::Mutex};
+use std::path::PathBuf;
 
 use gateway_core::Clock;
 use serde_json::{Value, json};
@@ -10,26 +10,8 @@ use crate::{both, helpers::*};
 
 const COURSE: &str = "course-v1:Acme+CS101+2026";
 
-/// A directory holding the `jose` package from npm, installed on first use.
 fn jose() -> PathBuf {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one = INSTALL.lock().unwrap();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-jose-5.9.6");
-    if !dir.join("node_modules/jose/package.json").exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&dir)
-            .arg("jose@5.9.6")
-            .output()
-            .expect("npm runs");
-        assert!(
-            out.status.success(),
-            "installing jose from npm failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
+    node_package("jose", "5.9.6")
 }
 
 /// Verifies `token` with jose against the gateway's JWKS, for audience `aud`, as of `at_secs`;

@@ -28,7 +28,7 @@ const DEVELOPER_SHARE_PERCENT: i64 = 85;
 const FIRST_ORDER: u64 = 3_300_000_000_000_000;
 
 /// Who voided a purchase (`voidedSource`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum VoidedSource {
     /// 0: the user (a refund the user asked Google for).
     #[default]
@@ -59,7 +59,7 @@ impl VoidedSource {
 }
 
 /// Why a purchase was voided (`voidedReason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum VoidedReason {
     /// 0
     #[default]

@@ -255,6 +255,13 @@ impl PlaySim {
         }
     }
 
+    /// The packages in the simulated Play Console, sorted.
+    pub fn packages(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.packages).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     fn package_exists(&self, package: &str) -> bool {
         lock(&self.packages).contains_key(package)
     }

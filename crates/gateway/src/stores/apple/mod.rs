@@ -38,6 +38,7 @@ pub const NAMES: Names = Names {
     notification: "app_store.notification",
     order_token: "appAccountToken",
     cursor: "app_store.notification_history",
+    refund: "app_store.refund",
 };
 
 /// The outbox type of an owed consumption answer.
@@ -46,8 +47,13 @@ pub const CONSUMPTION: &str = "store.app_store.consumption";
 /// The most transactions one restore may carry.
 pub const MAX_RESTORE: usize = 200;
 
-/// Apple keeps 180 days of notification history.
-const HISTORY_MS: i64 = 180 * 86_400_000;
+/// How far back Apple keeps notification history (180 days), said as a sentence says it, and what
+/// an app lacks to read it.
+pub const HISTORY: (i64, &str, &str) = (
+    180 * 86_400_000,
+    "Apple's 180 days of history",
+    "This app has no App Store Server API key (`issuer_id`, `key_id`, `private_key_pem`).",
+);
 
 /// The App Store adapter: per-app verifiers and the App Store Server API client.
 #[derive(Debug)]
@@ -187,6 +193,32 @@ impl AppStore {
         )
     }
 
+    /// The transactions of a legacy receipt Apple verified, of the app's environment.
+    async fn receipt(
+        &self,
+        app: &App,
+        environment: AppleEnvironment,
+        receipt: &str,
+    ) -> StoreResult<Vec<Transaction>> {
+        let verified = receipts::verify(self.api.http(), app, receipt).await?;
+        if verified.environment != environment {
+            return Err(StoreError::new(
+                Problem::Refused,
+                "wrong_environment",
+                format!(
+                    "The receipt is from the {} environment; this app accepts {}.",
+                    verified.environment.as_str(),
+                    environment.as_str()
+                ),
+            ));
+        }
+        Ok(verified
+            .transactions
+            .into_iter()
+            .map(Transaction::AppStore)
+            .collect())
+    }
+
     /// One verified transaction (signed, or looked up by its id), or every transaction of a legacy
     /// receipt.
     pub async fn verify_submission(
@@ -224,23 +256,7 @@ impl AppStore {
                 Ok(proven(vec![verify(&jws)?], jws, "transaction"))
             }
             (None, None, Some(receipt)) => {
-                let verified = receipts::verify(self.api.http(), app, &receipt).await?;
-                if verified.environment != verifier.environment() {
-                    return Err(StoreError::new(
-                        Problem::Refused,
-                        "wrong_environment",
-                        format!(
-                            "The receipt is from the {} environment; this app accepts {}.",
-                            verified.environment.as_str(),
-                            verifier.environment().as_str()
-                        ),
-                    ));
-                }
-                let transactions = verified
-                    .transactions
-                    .into_iter()
-                    .map(Transaction::AppStore)
-                    .collect();
+                let transactions = self.receipt(app, verifier.environment(), &receipt).await?;
                 Ok(proven(transactions, receipt, "receipt"))
             }
             (None, None, None) => Err(StoreError::new(
@@ -265,21 +281,15 @@ impl AppStore {
         proof: &RestoreProof,
         now: Timestamp,
     ) -> StoreResult<Vec<Transaction>> {
-        if proof.signed_transactions.len() > MAX_RESTORE {
-            return Err(StoreError::new(
-                Problem::Malformed,
-                "too_many_transactions",
-                format!("A restore carries at most {MAX_RESTORE} transactions."),
-            ));
-        }
-        for jws in &proof.signed_transactions {
+        let limit = (MAX_RESTORE, "too_many_transactions", "transactions");
+        super::restore_items(&proof.signed_transactions, limit, |jws| {
             super::text(
                 &text::SIGNED_DATA,
                 "invalid_signed_transaction",
                 "signed_transactions",
                 Some(jws),
-            )?;
-        }
+            )
+        })?;
         super::text(
             &text::RECEIPT,
             "invalid_receipt_data",
@@ -300,15 +310,7 @@ impl AppStore {
             transactions.push(Transaction::AppStore(t));
         }
         if let Some(receipt) = &proof.receipt_data {
-            let verified = receipts::verify(self.api.http(), app, receipt).await?;
-            if verified.environment != verifier.environment() {
-                return Err(StoreError::new(
-                    Problem::Refused,
-                    "wrong_environment",
-                    "The receipt is from another environment than this app's.",
-                ));
-            }
-            transactions.extend(verified.transactions.into_iter().map(Transaction::AppStore));
+            transactions.extend(self.receipt(app, verifier.environment(), receipt).await?);
         }
         if transactions.is_empty() {
             return Err(StoreError::new(
@@ -393,33 +395,13 @@ impl AppStore {
             transaction: transaction.map(Transaction::AppStore),
             events,
             owed,
+            transfer: None,
         })
     }
 
-    /// Checks that the app can read its history and bounds the window to Apple's 180 days.
-    pub fn poll_window(
-        &self,
-        app: &App,
-        (start, end): (Timestamp, Timestamp),
-        now: Timestamp,
-    ) -> StoreResult<(Timestamp, Timestamp)> {
-        if !can_poll(app) {
-            return Err(StoreError::not_configured(
-                "This app has no App Store Server API key (`issuer_id`, `key_id`, `private_key_pem`).",
-            ));
-        }
-        let start = start.max(now.plus_millis(-HISTORY_MS));
-        if start >= end {
-            // Two times, each of the right shape, that do not make a window: more than a schema
-            // states.
-            return Err(StoreError::new(
-                Problem::Refused,
-                "invalid_window",
-                "`start` must be before `end`, and within Apple's 180 days of history.",
-            ));
-        }
-        self.verifiers.for_app(app)?;
-        Ok((start, end))
+    /// Checks that the app's App Store settings can verify what Apple signs.
+    pub fn check_app(&self, app: &App) -> StoreResult<()> {
+        self.verifiers.for_app(app).map(drop)
     }
 
     /// A page of Apple's Notification History, each notification verified as a delivered one is.

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use gateway_core::play::models::{ProductPurchaseV2, SubscriptionPurchaseV2, VoidedPurchasesList};
+use gateway_core::play::models::{
+    ProductPurchase, ProductPurchaseV2, SubscriptionPurchaseV2, VoidedPurchasesList,
+};
 use reqwest::Method;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -120,6 +122,17 @@ impl PlayApi {
         self.fetch(app, Method::GET, &path, &[], None).await
     }
 
+    /// `purchases.products.get` (v1), for a product id at hand.
+    pub async fn product_v1(
+        &self,
+        app: &App,
+        product_id: &str,
+        token: &str,
+    ) -> StoreResult<ProductPurchase> {
+        let path = format!("purchases/products/{product_id}/tokens/{token}");
+        self.fetch(app, Method::GET, &path, &[], None).await
+    }
+
     /// `purchases.subscriptionsv2.get`.
     pub async fn subscription(&self, app: &App, token: &str) -> StoreResult<Subscription> {
         let path = format!("purchases/subscriptionsv2/tokens/{token}");
@@ -194,6 +207,35 @@ impl PlayApi {
         }
         self.fetch(app, Method::GET, "purchases/voidedpurchases", &query, None)
             .await
+    }
+
+    /// `purchases.subscriptionsv2.revoke`: the subscription ends now, refunded in full or pro rata
+    /// (what is left of the paid period).
+    pub async fn revoke_subscription(
+        &self,
+        app: &App,
+        token: &str,
+        prorated: bool,
+    ) -> StoreResult<()> {
+        let path = format!("purchases/subscriptionsv2/tokens/{token}:revoke");
+        let refund = if prorated {
+            "proratedRefund"
+        } else {
+            "fullRefund"
+        };
+        let body = serde_json::json!({"revocationContext": {refund: {}}});
+        self.send(app, Method::POST, &path, &[], Some(body))
+            .await
+            .map(drop)
+    }
+
+    /// `orders.refund` with `revoke=true`: the order is refunded and its purchase voided.
+    pub async fn refund_order(&self, app: &App, order_id: &str) -> StoreResult<()> {
+        let path = format!("orders/{order_id}:refund");
+        let query = [("revoke", "true".to_owned())];
+        self.send(app, Method::POST, &path, &query, None)
+            .await
+            .map(drop)
     }
 
     /// `orders.get`.

@@ -47,6 +47,7 @@ pub const NAMES: Names = Names {
     notification: "play_store.notification",
     order_token: "obfuscatedExternalAccountId",
     cursor: "play_store.voided_purchases",
+    refund: "play_store.refund",
 };
 
 /// The outbox type of an owed acknowledgement (or consumption, for a consumable).
@@ -64,11 +65,20 @@ const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.goog
 /// Slack on an OIDC token's `exp`, in seconds, for clock skew.
 const LEEWAY_SECS: i64 = 60;
 
-/// Play lists voids of the last 30 days.
-const VOIDED_WINDOW_MS: i64 = 30 * 86_400_000;
+/// How far back Play lists voided purchases (30 days), said as a sentence says it, and what an app
+/// lacks to read them.
+pub const HISTORY: (i64, &str, &str) = (
+    30 * 86_400_000,
+    "the 30 days Play lists voided purchases for",
+    "This app has no Play Developer API key (`play_store.service_account_json`).",
+);
 
 /// Purchases a voided page reads from Play at once.
 const VOIDED_READS: usize = 8;
+
+/// How far back a partial refund's notification looks for its voided purchase, and how many pages.
+const RECENT_VOID_MS: i64 = 3_600_000;
+const RECENT_VOID_PAGES: usize = 3;
 
 /// The most tokens one restore may carry.
 pub const MAX_RESTORE: usize = 200;
@@ -269,12 +279,7 @@ fn config(app: &App) -> StoreResult<&PlayStoreConfig> {
 }
 
 fn check_token(field: &str, token: &str) -> StoreResult<()> {
-    let shaped = !token.is_empty()
-        && token.len() <= 1024
-        && token
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if shaped {
+    if text::PURCHASE_TOKEN.check(token).is_ok() {
         Ok(())
     } else {
         Err(StoreError::new(
@@ -394,7 +399,7 @@ impl PlayStore {
         &self,
         app: &App,
         token: &str,
-        subscription: Option<bool>,
+        (subscription, sku): (Option<bool>, Option<&str>),
         at: Timestamp,
     ) -> StoreResult<PlayPurchase> {
         let purchase = |state| PlayPurchase {
@@ -414,7 +419,18 @@ impl PlayStore {
                 Err(e) => return Err(e),
             }
         }
-        let p = self.api.product(app, token).await?;
+        let p = match self.api.product(app, token).await {
+            Ok(p) => p,
+            // v2 refuses the token; v1 may still answer for it, given the product id.
+            Err(e) if e.problem == Problem::NotFound => match sku {
+                Some(sku) => {
+                    check_token("productId", sku)?;
+                    self.api.product_v1(app, sku, token).await?.into_v2(sku)
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         Ok(purchase(PlayState::OneTime { purchase: p }))
     }
 
@@ -426,14 +442,51 @@ impl PlayStore {
     ) -> StoreResult<super::Proven> {
         config(app)?;
         let token = proof.purchase_token.unwrap_or_default();
-        let p = self.read(app, &token, proof.subscription, now).await?;
+        let hint = (proof.subscription, proof.store_sku.as_deref());
+        let p = self.read(app, &token, hint, now).await?;
+        // What Play answered is the proof kept (and deduplicated): the token alone would make a
+        // token sent again after Play confirmed its payment look like the pending one before.
+        let raw = serde_json::json!({"purchaseToken": token, "purchase": p.state}).to_string();
         Ok(super::Proven {
             owed: p.acknowledgement().into_iter().collect(),
             transactions: vec![Transaction::Play(p)],
-            raw: token,
-            what: "purchase_token",
+            raw,
+            what: "purchase",
             listing: false,
         })
+    }
+
+    /// Refunds and revokes a purchase at Play: a subscription through `subscriptionsv2.revoke`, a
+    /// one-time purchase through `orders.refund` of its order with `revoke`. Answers the purchase as
+    /// Play states it afterwards.
+    pub async fn refund(
+        &self,
+        app: &App,
+        order: super::RefundOrder<'_>,
+        now: Timestamp,
+    ) -> StoreResult<Transaction> {
+        config(app)?;
+        check_token("store_transaction_id", order.lineage)?;
+        let hint = (Some(order.subscription), order.sku);
+        if order.subscription {
+            self.api
+                .revoke_subscription(app, order.lineage, order.prorated)
+                .await?;
+        } else {
+            if order.prorated {
+                return Err(StoreError::new(
+                    Problem::Refused,
+                    "prorated_refund_not_possible",
+                    "Only a subscription is refunded pro rata; refund a one-time purchase whole.",
+                ));
+            }
+            let p = self.read(app, order.lineage, hint, now).await?;
+            let order_id = p.id().to_owned();
+            self.api.refund_order(app, &order_id).await?;
+        }
+        Ok(Transaction::Play(
+            self.read(app, order.lineage, hint, now).await?,
+        ))
     }
 
     pub async fn verify_restore(
@@ -442,16 +495,10 @@ impl PlayStore {
         proof: &RestoreProof,
         now: Timestamp,
     ) -> StoreResult<Vec<Transaction>> {
-        if proof.purchase_tokens.len() > MAX_RESTORE {
-            return Err(StoreError::new(
-                Problem::Malformed,
-                "too_many_purchases",
-                format!("A restore carries at most {MAX_RESTORE} purchase tokens."),
-            ));
-        }
-        for token in &proof.purchase_tokens {
-            check_token("purchase_tokens", token)?;
-        }
+        let limit = (MAX_RESTORE, "too_many_purchases", "purchase tokens");
+        super::restore_items(&proof.purchase_tokens, limit, |token| {
+            check_token("purchase_tokens", token)
+        })?;
         if proof.purchase_tokens.is_empty() {
             return Err(StoreError::new(
                 Problem::Malformed,
@@ -462,7 +509,7 @@ impl PlayStore {
         config(app)?;
         let mut out = Vec::new();
         for token in &proof.purchase_tokens {
-            let p = self.read(app, token, None, now).await?;
+            let p = self.read(app, token, (None, None), now).await?;
             out.push(Transaction::Play(p));
         }
         Ok(out)
@@ -628,10 +675,13 @@ impl PlayStore {
             transaction,
             events: Vec::new(),
             owed,
+            transfer: None,
         };
         if let Some(s) = &n.subscription_notification {
             check_token("purchaseToken", &s.purchase_token)?;
-            let p = self.read(app, &s.purchase_token, Some(true), at).await?;
+            let p = self
+                .read(app, &s.purchase_token, (Some(true), None), at)
+                .await?;
             let cause = format!(
                 "Google Play notification {} for order {}.",
                 subscription_notification_name(s.notification_type),
@@ -642,7 +692,8 @@ impl PlayStore {
         }
         if let Some(o) = &n.one_time_product_notification {
             check_token("purchaseToken", &o.purchase_token)?;
-            let p = self.read(app, &o.purchase_token, Some(false), at).await?;
+            let hint = (Some(false), o.sku.as_deref());
+            let p = self.read(app, &o.purchase_token, hint, at).await?;
             let what = match o.notification_type {
                 1 => "ONE_TIME_PRODUCT_PURCHASED",
                 2 => "ONE_TIME_PRODUCT_CANCELED",
@@ -657,7 +708,9 @@ impl PlayStore {
             // The purchase as it stands, and the void as a refund of its order (Play's read may
             // still say active right after a refund: the void is authoritative).
             let subscription = v.product_type.map(|t| t == 1);
-            let p = self.read(app, &v.purchase_token, subscription, at).await?;
+            let p = self
+                .read(app, &v.purchase_token, (subscription, None), at)
+                .await?;
             let voided = gateway_core::play::models::VoidedPurchase {
                 purchase_token: v.purchase_token.clone(),
                 order_id: v.order_id.clone(),
@@ -672,7 +725,17 @@ impl PlayStore {
                 Some(Transaction::Play(p)),
                 Vec::new(),
             );
-            if v.refund_type != Some(2) {
+            if v.refund_type == Some(2) {
+                // A partial refund: the notification does not say how many units, Play's voided
+                // purchases do. If Play has not listed it yet, the voided walk finds it later.
+                let order = v.order_id.as_deref().unwrap_or_default();
+                out.events = self
+                    .recent_voids(app, (&v.purchase_token, order), at.min(now), now)
+                    .await?
+                    .iter()
+                    .map(|found| play_facts::voided_event(found, at))
+                    .collect();
+            } else {
                 out.events.push(play_facts::voided_event(&voided, at));
             }
             return Ok(out);
@@ -683,7 +746,7 @@ impl PlayStore {
             let order = self.api.order(app, &r.order_id).await?;
             let token = order.purchase_token.unwrap_or_default();
             check_token("purchaseToken", &token)?;
-            let p = self.read(app, &token, None, at).await?;
+            let p = self.read(app, &token, (None, None), at).await?;
             let owed = c.answer_refund_reviews.then(|| {
                 let review = Review {
                     order_id: r.order_id.clone(),
@@ -722,31 +785,36 @@ impl PlayStore {
         ))
     }
 
-    /// The window of voided purchases Play lists: its last 30 days.
-    pub fn poll_window(
+    /// The voided purchases Play recorded for `token`'s order `order` from an hour before `at` (a
+    /// void is recorded when it is notified) to `now`, a few pages at most.
+    async fn recent_voids(
         &self,
         app: &App,
-        (start, end): (Timestamp, Timestamp),
+        (token, order): (&str, &str),
+        at: Timestamp,
         now: Timestamp,
-    ) -> StoreResult<(Timestamp, Timestamp)> {
-        if !can_poll(app) {
-            return Err(StoreError::not_configured(
-                "This app has no Play Developer API key (`play_store.service_account_json`).",
-            ));
+    ) -> StoreResult<Vec<gateway_core::play::models::VoidedPurchase>> {
+        let window = (at.plus_millis(-RECENT_VOID_MS).millis(), now.millis());
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        for _ in 0..RECENT_VOID_PAGES {
+            let page = self.api.voided(app, window, next.as_deref()).await?;
+            found.extend(page.voided_purchases.into_iter().filter(|v| {
+                v.purchase_token == token && v.order_id.as_deref().is_none_or(|o| o == order)
+            }));
+            next = page
+                .token_pagination
+                .and_then(|t| t.next_page_token)
+                .filter(|t| !t.is_empty());
+            if next.is_none() {
+                break;
+            }
         }
-        let start = start.max(now.plus_millis(-VOIDED_WINDOW_MS));
-        let end = end.min(now);
-        if start >= end {
-            return Err(StoreError::new(
-                Problem::Refused,
-                "invalid_window",
-                "`start` must be before `end`, and within the 30 days Play lists voided purchases for.",
-            ));
-        }
-        Ok((start, end))
+        Ok(found)
     }
 
-    /// A page of voided purchases: each a refund of its order, read with the purchase it voids.
+    /// A page of voided purchases: each a refund of its order (or of some of its units), read with
+    /// the purchase it voids.
     pub async fn poll(
         &self,
         app: &App,
@@ -764,13 +832,16 @@ impl PlayStore {
         for v in &page.voided_purchases {
             reads.push(async move {
                 check_token("purchaseToken", &v.purchase_token)?;
-                let p = self.read(app, &v.purchase_token, None, now).await?;
+                let p = self.read(app, &v.purchase_token, (None, None), now).await?;
+                let void = play_facts::voided_event(v, now);
                 let mut n = Notice {
                     store: Store::PlayStore,
-                    id: format!(
-                        "void:{}",
-                        v.order_id.as_deref().unwrap_or(&v.purchase_token)
-                    ),
+                    // One per void: an order's, or each partial refund of it.
+                    id: void
+                        .dedupe_key
+                        .strip_prefix("play:")
+                        .unwrap_or(&void.dedupe_key)
+                        .to_owned(),
                     raw: serde_json::to_string(v).unwrap_or_default(),
                     cause: format!(
                         "Google Play voided order {} (found in its voided purchases).",
@@ -779,10 +850,9 @@ impl PlayStore {
                     transaction: Some(Transaction::Play(p)),
                     events: Vec::new(),
                     owed: Vec::new(),
+                    transfer: None,
                 };
-                if v.voided_quantity.is_none() {
-                    n.events.push(play_facts::voided_event(v, now));
-                }
+                n.events.push(void);
                 Ok(n)
             });
         }
@@ -863,7 +933,7 @@ impl PlayStore {
                     .read(
                         app,
                         &ack.token,
-                        Some(ack.subscription),
+                        (Some(ack.subscription), Some(&ack.product_id)),
                         Timestamp::from_millis(0),
                     )
                     .await?;

@@ -202,6 +202,9 @@ async fn product_v2(
     Path((package, token)): Path<(String, String)>,
 ) -> Answer {
     sim.admit(&headers, &package)?;
+    if lock(&sim.api.v1_only).contains(&token) {
+        return Err(GoogleError::invalid_token());
+    }
     let books = lock(&sim.books);
     let p = books
         .one_time

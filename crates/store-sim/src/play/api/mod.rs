@@ -94,6 +94,8 @@ pub(in crate::play) struct ApiState {
     reviews: Mutex<Vec<RefundReview>>,
     /// Reviews answered after the first, for the same pending refund token (ignored by Google).
     ignored_reviews: Mutex<u64>,
+    /// Tokens `purchases.productsv2` refuses while v1 answers for them.
+    v1_only: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An error in Google's envelope (boxed: errors travel in `Result`s on every path).
@@ -349,6 +351,12 @@ impl PlaySim {
     }
 
     /// The acknowledgements the API accepted, oldest first.
+    /// Makes `purchases.productsv2` refuse a one-time purchase token (as Google's invalid-token
+    /// 400) while `purchases.products.get` (v1) still answers for it.
+    pub fn refuse_v2(&self, token: &str) {
+        lock(&self.api.v1_only).insert(token.to_owned());
+    }
+
     pub fn acknowledgements(&self) -> Vec<Acknowledgement> {
         lock(&self.api.acknowledgements).clone()
     }

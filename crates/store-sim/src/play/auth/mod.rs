@@ -83,6 +83,26 @@ impl RsaKey {
         DecodingKey::from_rsa_raw_components(&self.n, &self.e)
     }
 
+    /// A self-signed X.509 certificate of the public key, PEM, as Google's `oauth2/v1/certs` lists
+    /// its keys (`CN` names the signer, valid `days` from now).
+    pub(in crate::play) fn certificate_pem(
+        &self,
+        cn: &str,
+        days: i64,
+    ) -> Result<String, PlayError> {
+        let failed = |e: rcgen::Error| PlayError::Key(format!("certificate: {e}"));
+        let key = rcgen::KeyPair::from_pem_and_sign_algo(&self.pem, &rcgen::PKCS_RSA_SHA256)
+            .map_err(failed)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(days);
+        Ok(params.self_signed(&key).map_err(failed)?.pem())
+    }
+
     /// The public key as a JSON Web Key, as Google's JWKS lists its keys.
     pub(in crate::play) fn jwk(&self, kid: &str) -> Value {
         json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
@@ -304,8 +324,10 @@ impl Auth {
         validation.required_spec_claims.clear();
         jsonwebtoken::decode::<Value>(assertion, &account.key, &validation)
             .map_err(|_| invalid_grant("Invalid JWT Signature."))?;
+        // Google takes its own token endpoint as the audience wherever the grant is posted (its
+        // auth libraries always name it), or the key file's `token_uri`.
         let aud_ok = match &claims.aud {
-            Some(Value::String(aud)) => *aud == account.token_uri,
+            Some(Value::String(aud)) => *aud == account.token_uri || aud == GOOGLE_TOKEN_URI,
             _ => false,
         };
         if !aud_ok {

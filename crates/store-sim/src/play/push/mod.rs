@@ -260,6 +260,8 @@ impl Rtdn {
 pub(in crate::play) struct Pushes {
     /// The simulator's "Google" key, which signs the OIDC tokens and is served as the JWKS.
     google: RsaKey,
+    /// The same key's certificate, as `oauth2/v1/certs` serves it.
+    google_cert: String,
     google_kid: String,
     /// A key Google does not have, for [`Forge::OtherKey`]; made on first use.
     other: Mutex<Option<RsaKey>>,
@@ -283,8 +285,10 @@ fn numeric_id(email: &str) -> String {
 impl Pushes {
     pub(in crate::play) fn new() -> Result<Self, PlayError> {
         let google = RsaKey::generate()?;
+        let google_cert = google.certificate_pem("securetoken.system.gserviceaccount.com", 14)?;
         Ok(Self {
             google,
+            google_cert,
             google_kid: super::auth::hex_id(20),
             other: Mutex::new(None),
             default_mode: Mutex::new(PushMode::Send),
@@ -364,6 +368,11 @@ impl PlaySim {
     /// The "Google" JWKS (`GET /oauth2/v3/certs`): the key that signs push OIDC tokens.
     pub fn jwks(&self) -> Value {
         json!({"keys": [self.push.google.jwk(&self.push.google_kid)]})
+    }
+
+    /// The "Google" keys as X.509 certificates by `kid`, as `oauth2/v1/certs` lists them.
+    pub fn certificates(&self) -> Value {
+        json!({ self.push.google_kid.clone(): self.push.google_cert })
     }
 
     /// The `kid` of the "Google" key.

@@ -128,7 +128,7 @@ impl PlaySim {
         Router::new()
             .route("/sim/play/service-accounts", post(create_service_account))
             .route("/sim/play/keys/revoke", post(revoke_key))
-            .route("/sim/play/packages", post(set_package))
+            .route("/sim/play/packages", get(packages).post(set_package))
             .route("/sim/play/faults", post(faults))
             .route("/sim/play/push-mode", post(push_mode))
             .route("/sim/play/buy", post(buy))
@@ -249,6 +249,11 @@ async fn set_package(State(sim): State<Arc<PlaySim>>, bytes: Bytes) -> Answer {
     };
     sim.set_push(&b.package, settings)?;
     ok(json!({}))
+}
+
+/// The packages in the simulated Play Console, by name.
+async fn packages(State(sim): State<Arc<PlaySim>>) -> Answer {
+    ok(json!({"packages": sim.packages()}))
 }
 
 #[derive(Deserialize)]

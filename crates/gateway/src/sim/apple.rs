@@ -1,18 +1,10 @@
-//! `purchase-gateway sim`: the store simulator on the command line.
-//!
-//! - `sim serve` starts a simulated App Store for one app of a running gateway: a fresh signing
-//!   chain and App Store Connect API key, the fake App Store Server API and the control endpoints
-//!   (`/sim/apple/...`) on one listener. It points the app's App Store settings at it over the admin
-//!   API (pinned root, API base URL and key, Sandbox) and sends notifications to the app's
-//!   notification URL. The app keeps those settings after the simulator stops.
-//! - `sim apple <action>` acts as Apple on a running simulator through its control endpoints and
-//!   prints what happened: a sentence on stderr, the JSON answer on stdout.
+//! `purchase-gateway sim serve` and `sim apple`: the simulated App Store.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use store_sim::{
     SimClock,
     apple::{
@@ -22,36 +14,15 @@ use store_sim::{
     },
 };
 
-#[derive(Subcommand)]
-pub enum SimCommand {
-    /// Start a simulated App Store for an app of a running gateway, point the app at it, and serve
-    /// until Ctrl-C.
-    Serve(ServeArgs),
-    /// Act as Apple on a running simulator: each action changes its state and sends the gateway the
-    /// notification Apple sends for it.
-    Apple {
-        /// The simulator, as `sim serve` printed it.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:9100")]
-        sim: String,
-        #[command(subcommand)]
-        action: AppleAction,
-    },
-}
+use super::{Target, control, listen, value_name};
 
 #[derive(Args)]
 pub struct ServeArgs {
     /// Where the simulator listens (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
-    /// The gateway, as the simulator reaches it.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    gateway: String,
-    /// The app to point at the simulator.
-    #[arg(long)]
-    app: String,
-    /// An admin key of the gateway.
-    #[arg(long, env = "GATEWAY_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
-    admin_key: String,
+    #[command(flatten)]
+    target: Target,
     /// The app's bundle id; by default the one its App Store settings already have.
     #[arg(long)]
     bundle_id: Option<String>,
@@ -162,74 +133,10 @@ pub enum Subtype {
     ProductNotForSale,
 }
 
-/// The name clap gives a value, which is also what the control endpoints take.
-fn value_name(v: &impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_owned())
-        .unwrap_or_default()
-}
-
-pub async fn run(command: SimCommand) -> anyhow::Result<()> {
-    match command {
-        SimCommand::Serve(args) => serve(args).await,
-        SimCommand::Apple { sim, action } => apple(&sim, action).await,
-    }
-}
-
-/// Calls a gateway's admin API (`demo` uses it too).
-pub(crate) struct Gateway {
-    pub(crate) http: reqwest::Client,
-    pub(crate) base: String,
-    pub(crate) key: String,
-}
-
-impl Gateway {
-    pub(crate) async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("could not reach the gateway at {}", self.base))?;
-        let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = body["error"]["message"]
-                .as_str()
-                .map_or_else(|| body.to_string(), str::to_owned);
-            bail!("the gateway answered {path} with {status}: {message}");
-        }
-        Ok(body)
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let gateway = Gateway {
-        http: reqwest::Client::new(),
-        base: args.gateway.trim_end_matches('/').to_owned(),
-        key: args.admin_key,
-    };
-    let app = args.app;
+pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (gateway, app) = args.target.open();
     let app_path = format!("/v1/apps/{app}");
-    let view = gateway.call(reqwest::Method::GET, &app_path, None).await?;
-    // What the app has now, less the `<secret>_set` markers; secrets not restated are kept.
-    let mut settings: Map<String, Value> = view["app_store"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| !k.ends_with("_set"))
-        .collect();
+    let mut settings = gateway.store_settings(&app, "app_store").await?;
     let bundle = match args
         .bundle_id
         .or_else(|| settings.get("bundle_id")?.as_str().map(str::to_owned))
@@ -258,14 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.set_notification_url(&notification_url);
     let store = AppleStore::new(server.clone(), SimClock::system());
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "could not listen on {}; try --listen 127.0.0.1:0",
-                args.listen
-            )
-        })?;
+    let listener = listen(args.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     println!(
         "The simulated App Store listens on {url}: the App Store Server API, and the controls under {url}/sim/apple."
@@ -303,16 +203,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let router = server.router().merge(store.router());
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(super::until_interrupted())
         .await
         .context("the simulator stopped")?;
     println!("Stopped. App {app} still points at the simulator; PATCH {app_path} to change that.");
     Ok(())
 }
 
-async fn apple(sim: &str, action: AppleAction) -> anyhow::Result<()> {
+pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
     let (method, path, body) = match action {
         AppleAction::Buy {
             sku,
@@ -408,22 +306,7 @@ async fn apple(sim: &str, action: AppleAction) -> anyhow::Result<()> {
             Some(json!({"now_ms": set_ms, "advance_ms": advance_ms})),
         ),
     };
-    let base = sim.trim_end_matches('/');
-    let mut req = reqwest::Client::new().request(method, format!("{base}/sim/apple/{path}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.with_context(|| {
-        format!("could not reach the simulator at {base}; is `purchase-gateway sim serve` running?")
-    })?;
-    let status = res.status();
-    let answer: Value = res.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let message = answer["error"]["message"]
-            .as_str()
-            .map_or_else(|| answer.to_string(), str::to_owned);
-        bail!("the simulator refused ({status}): {message}");
-    }
+    let answer = control(sim, "apple", "sim serve", method, &path, body).await?;
     if let Some(kind) = answer["notification_type"].as_str() {
         eprintln!("{}", summary(kind, &answer));
     }

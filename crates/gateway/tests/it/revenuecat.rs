@@ -1,0 +1,194 @@
+//! RevenueCat as an upstream provider: its webhook events, authenticated by the Authorization header
+//! the operator set, grant and end access for the customer RevenueCat names; a wrong header and a
+//! malformed body are refused and change nothing.
+
+use gateway_core::Clock;
+use serde_json::{Value, json};
+
+use crate::{both, helpers::*};
+
+const AUTH: &str = "Bearer rc_hook_4f9a2c1e7b";
+const DAY: i64 = 86_400_000;
+
+async fn open(app: &TestApp) {
+    app.seed_catalog("acme").await;
+    app.patch(
+        "/v1/apps/acme",
+        json!({"revenuecat": {"webhook_authorization": AUTH}}),
+    )
+    .await
+    .expect(200);
+}
+
+fn event(id: &str, kind: &str, app: &TestApp, extra: Value) -> String {
+    let now = app.clock.now().millis();
+    let mut e = json!({"id": id, "type": kind, "app_id": "app1a2b3c", "event_timestamp_ms": now,
+        "app_user_id": "ada", "original_app_user_id": "ada", "aliases": ["ada"],
+        "product_id": "edu.acme.premium", "entitlement_ids": ["premium"], "period_type": "NORMAL",
+        "purchased_at_ms": now, "expiration_at_ms": now + 30 * DAY, "store": "APP_STORE",
+        "environment": "PRODUCTION", "transaction_id": "2000000900", "original_transaction_id": "2000000900",
+        "price": 9.99, "currency": "USD", "country_code": "US", "subscriber_attributes": {}});
+    if let (Some(o), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    json!({"api_version": "1.0", "event": e}).to_string()
+}
+
+async fn post(app: &TestApp, body: &str, auth: Option<&str>) -> Answer {
+    let mut req = app
+        .client
+        .post(format!(
+            "{}/v1/apps/acme/notifications/revenuecat",
+            app.addr
+        ))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    }
+}
+
+async fn status(app: &TestApp, id: &str) -> Value {
+    app.entitlement("ada", id).await["status"].clone()
+}
+
+both!(
+    revenuecat_events_grant_and_end_access_for_the_customer_it_names,
+    |app: TestApp| async move {
+        open(&app).await;
+        let bought = event("rc-1", "INITIAL_PURCHASE", &app, json!({}));
+        // A wrong or missing Authorization, and a body that is no webhook: refused, nothing kept.
+        post(&app, &bought, Some("Bearer wrong"))
+            .await
+            .error(401, "invalid_authorization");
+        post(&app, &bought, None)
+            .await
+            .error(401, "invalid_authorization");
+        post(&app, r#"{"event": {"type": "RENEWAL"}}"#, Some(AUTH))
+            .await
+            .error(400, "malformed_notification");
+        assert_eq!(app.count("inbound").await, 0);
+
+        let answer = post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(answer["status"], "decided", "{answer}");
+        assert_eq!(status(&app, "premium").await, "active");
+        let again = post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(again["status"], "duplicate");
+
+        // A test event is kept, not decided.
+        let test = event("rc-test", "TEST", &app, json!({}));
+        assert_eq!(
+            post(&app, &test, Some(AUTH)).await.expect(200)["status"],
+            "recorded"
+        );
+
+        // An ordinary cancellation keeps access until the expiration ends it.
+        app.clock.advance_millis(DAY);
+        let cancelled = event(
+            "rc-2",
+            "CANCELLATION",
+            &app,
+            json!({"cancel_reason": "UNSUBSCRIBE"}),
+        );
+        post(&app, &cancelled, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "active");
+        app.clock.advance_millis(29 * DAY + 1000);
+        let expired = event(
+            "rc-3",
+            "EXPIRATION",
+            &app,
+            json!({"expiration_reason": "UNSUBSCRIBE"}),
+        );
+        post(&app, &expired, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "expired");
+
+        // A course bought through RevenueCat on Google Play, then refunded by customer support.
+        let course = "course-v1:Acme+CS101+2026";
+        let bought = event(
+            "rc-4",
+            "NON_RENEWING_PURCHASE",
+            &app,
+            json!({"store": "PLAY_STORE", "product_id": "cs101", "expiration_at_ms": null,
+                "transaction_id": "GPA.3333-4444-5555-66666", "original_transaction_id": "GPA.3333-4444-5555-66666"}),
+        );
+        post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, course).await, "active");
+        let snap = app.get("/v1/apps/acme/customers/ada").await.expect(200);
+        let relayed = snap["purchases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["product_id"] == "cs101")
+            .unwrap()
+            .clone();
+        assert_eq!(relayed["store"], "play_store");
+        assert_eq!(
+            relayed["store_transaction_id"],
+            "rc:GPA.3333-4444-5555-66666"
+        );
+        app.clock.advance_millis(DAY);
+        let refunded = event(
+            "rc-5",
+            "CANCELLATION",
+            &app,
+            json!({"store": "PLAY_STORE", "product_id": "cs101", "cancel_reason": "CUSTOMER_SUPPORT",
+                "transaction_id": "GPA.3333-4444-5555-66666", "original_transaction_id": "GPA.3333-4444-5555-66666"}),
+        );
+        post(&app, &refunded, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, course).await, "refunded");
+    }
+);
+
+async fn entitlement_of(app: &TestApp, customer: &str, id: &str) -> Value {
+    app.entitlement(customer, id).await["status"].clone()
+}
+
+both!(
+    a_revenuecat_transfer_moves_what_it_relayed_to_the_new_customer,
+    |app: TestApp| async move {
+        open(&app).await;
+        let bought = event(
+            "rc-b1",
+            "INITIAL_PURCHASE",
+            &app,
+            json!({"app_user_id": "bob"}),
+        );
+        post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(entitlement_of(&app, "bob", "premium").await, "active");
+
+        // Bob logs in on another device as Cleo; RevenueCat moves his purchases to her.
+        app.clock.advance_millis(DAY);
+        let now = app.clock.now().millis();
+        let transfer = json!({"api_version": "1.0", "event": {"id": "rc-t1", "type": "TRANSFER",
+            "event_timestamp_ms": now, "store": "APP_STORE", "environment": "PRODUCTION",
+            "transferred_from": ["bob"], "transferred_to": ["cleo"], "entitlement_ids": ["premium"]}})
+        .to_string();
+        let answer = post(&app, &transfer, Some(AUTH)).await.expect(200);
+        assert_eq!(answer["status"], "decided", "{answer}");
+        assert_eq!(entitlement_of(&app, "cleo", "premium").await, "active");
+        assert_eq!(entitlement_of(&app, "bob", "premium").await, Value::Null);
+        let again = post(&app, &transfer, Some(AUTH)).await.expect(200);
+        assert_eq!(again["status"], "duplicate");
+
+        // Her later renewal event names her and keeps the one purchase.
+        let renewed = event(
+            "rc-b2",
+            "RENEWAL",
+            &app,
+            json!({"app_user_id": "cleo", "expiration_at_ms": now + 60 * DAY}),
+        );
+        post(&app, &renewed, Some(AUTH)).await.expect(200);
+        let snap = app.get("/v1/apps/acme/customers/cleo").await.expect(200);
+        assert_eq!(snap["purchases"].as_array().unwrap().len(), 1, "{snap}");
+        assert_eq!(entitlement_of(&app, "cleo", "premium").await, "active");
+    }
+);
