@@ -32,6 +32,11 @@ pub fn document(generated: &utoipa::openapi::OpenApi) -> Value {
             }
         }
     }
+    // A CSV file is text without NUL (a file holding one is refused as not a text file).
+    let csv = &mut doc["paths"]["/v1/apps/{app}/products/import"]["post"]["requestBody"]["content"]
+        ["text/csv"]["schema"];
+    assert!(csv.is_object(), "the import takes a CSV body");
+    csv["pattern"] = "^[^\\x00]*$".into();
     let schemas = &mut doc["components"]["schemas"];
     for (schema, field, rule) in field_rules() {
         let property = &mut schemas[schema]["properties"][field];
@@ -165,6 +170,11 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
         ("PlayStoreConfig", "push_token", t(&text::SECRET_TEXT)),
         ("StripeConfig", "secret_key", t(&text::SECRET_TEXT)),
         ("StripeConfig", "webhook_secret", t(&text::SECRET_TEXT)),
+        (
+            "StripeConfig",
+            "previous_webhook_secret",
+            t(&text::SECRET_TEXT),
+        ),
         ("StripeConfig", "api_base_url", t(&text::URL_TEXT)),
         (
             "RevenueCatConfig",

@@ -271,3 +271,83 @@ both!(a_body_is_an_object_not_a_list, |app: TestApp| async move {
     assert_eq!(app.count("signing_keys").await, keys, "nothing changed");
     assert_eq!(app.count("customers").await, 0);
 });
+
+/// Walks a schema for text fields that state no rule: a `$ref` is followed once; inside `oneOf`,
+/// `anyOf`, `allOf` and `not` (rules that tie fields together, over fields stated elsewhere) only
+/// references are followed.
+fn loose_text(
+    v: &serde_json::Value,
+    at: &str,
+    tying: bool,
+    schemas: &serde_json::Value,
+    seen: &mut std::collections::HashSet<String>,
+    loose: &mut Vec<String>,
+) {
+    if let Some(name) = v["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+        if seen.insert(name.to_owned()) {
+            loose_text(&schemas[name], name, false, schemas, seen, loose);
+        }
+        return;
+    }
+    let text = v["type"] == "string"
+        || v["type"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "string"));
+    let ruled = ["pattern", "enum", "const", "format"]
+        .iter()
+        .any(|k| v.get(*k).is_some());
+    if text && !ruled && !tying {
+        loose.push(at.to_owned());
+    }
+    for (k, sub) in v["properties"].as_object().into_iter().flatten() {
+        loose_text(sub, &format!("{at}.{k}"), tying, schemas, seen, loose);
+    }
+    for key in ["items", "additionalProperties"] {
+        if v[key].is_object() {
+            loose_text(&v[key], &format!("{at}[]"), tying, schemas, seen, loose);
+        }
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        for sub in v[key].as_array().into_iter().flatten() {
+            loose_text(sub, at, true, schemas, seen, loose);
+        }
+    }
+}
+
+both!(
+    every_text_field_of_a_request_states_its_rule,
+    |app: TestApp| async move {
+        // A text field with no rule lets a client send what the server refuses (a NUL, say).
+        let doc = app
+            .request(Method::GET, "/openapi.json", None, None, &[])
+            .await
+            .expect(200);
+        let schemas = &doc["components"]["schemas"];
+        let mut seen = std::collections::HashSet::new();
+        let mut loose = Vec::new();
+        let mut bodies = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (_, content) in op["requestBody"]["content"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                {
+                    bodies += 1;
+                    let at = format!("{method} {path}");
+                    loose_text(
+                        &content["schema"],
+                        &at,
+                        false,
+                        schemas,
+                        &mut seen,
+                        &mut loose,
+                    );
+                }
+            }
+        }
+        assert!(bodies > 20, "only {bodies} request bodies were walked");
+        assert!(seen.len() > 20, "only {} schemas were reached", seen.len());
+        assert!(loose.is_empty(), "text fields with no rule: {loose:?}");
+    }
+);
