@@ -16,9 +16,14 @@
 //! | `SUBSCRIPTION_PAUSED`, `TEST`, `INVOICE_ISSUANCE`, `VIRTUAL_CURRENCY_TRANSACTION`, `EXPERIMENT_ENROLLMENT`, `SUBSCRIBER_ALIAS`, others | nothing (kept) |
 //!
 //! A purchase's lineage is RevenueCat's `original_transaction_id` (the store's), prefixed `rc:` so
-//! that it never mixes with a purchase the gateway verified with the store itself. A temporary grant
-//! is its own lineage, named by its `transaction_id`, which an `EXPIRATION` with that id ends (its
-//! other follow-up, the store's purchase, is a lineage of its own: access runs on without a gap).
+//! that it never mixes with a purchase the gateway verified with the store itself.
+//!
+//! A temporary grant (RevenueCat's access while a store cannot be reached, for at most a day) is a
+//! lineage of its own, `rc:grant:<transaction_id>`. It has one of two follow-ups, and only one of them
+//! names it: an `EXPIRATION` with the grant's `transaction_id` ends it, and the store's purchase that
+//! succeeds it (an `INITIAL_PURCHASE`) may carry another transaction id and another product. Which
+//! grant a purchase succeeds is found by customer, entitlement and time ([`GrantRef`]); the
+//! purchase's adapter asks the customer's record, which this module cannot see.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +33,26 @@ use crate::{EventKind, StoreEvent, Timestamp, ids::Store};
 
 /// What the lineage of every purchase RevenueCat relays begins with.
 pub const LINEAGE_PREFIX: &str = "rc:";
+
+/// What the lineage of a temporary grant begins with.
+pub const GRANT_PREFIX: &str = "rc:grant:";
+
+/// How far before a grant the store's purchase that succeeds it may be dated: the learner paid on the
+/// device, then RevenueCat, unable to reach the store, granted access.
+pub const GRANT_LEAD_MS: i64 = 60 * 60 * 1000;
+
+/// How an event may concern a temporary grant that its lineage does not name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantRef {
+    /// An `EXPIRATION`: about the grant of this lineage when the customer holds one (RevenueCat ends
+    /// a grant that way), else about the lineage the event names.
+    Named(String),
+    /// A purchase dated `at`: it succeeds the customer's running grant of one of the same
+    /// entitlements that began no more than [`GRANT_LEAD_MS`] after `at` and still ran at `at`, which
+    /// ends as the purchase starts.
+    FollowUp { at: Timestamp },
+}
 
 /// The body RevenueCat posts.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -92,6 +117,8 @@ pub struct Stated {
     pub sku: String,
     pub customer: String,
     pub events: Vec<StoreEvent>,
+    /// The temporary grant the event may concern.
+    pub grant: Option<GrantRef>,
 }
 
 fn at(ms: Option<i64>) -> Option<Timestamp> {
@@ -118,7 +145,7 @@ pub fn facts(e: &Event) -> Option<Stated> {
     let now = at(e.event_timestamp_ms)?;
     let temporary = e.kind == "TEMPORARY_ENTITLEMENT_GRANT";
     let lineage = if temporary {
-        format!("rc:{}", e.transaction_id.as_deref()?)
+        format!("{GRANT_PREFIX}{}", e.transaction_id.as_deref()?)
     } else {
         format!(
             "rc:{}",
@@ -178,12 +205,23 @@ pub fn facts(e: &Event) -> Option<Stated> {
         "REFUND_REVERSED" => vec![fact("refund_reversed", EventKind::RefundReversed)],
         _ => return None,
     };
+    let grant = match e.kind.as_str() {
+        "EXPIRATION" => e
+            .transaction_id
+            .as_deref()
+            .map(|id| GrantRef::Named(format!("{GRANT_PREFIX}{id}"))),
+        "INITIAL_PURCHASE" | "NON_RENEWING_PURCHASE" => Some(GrantRef::FollowUp {
+            at: at(e.purchased_at_ms).unwrap_or(now),
+        }),
+        _ => None,
+    };
     Some(Stated {
         lineage,
         store,
         sku,
         customer,
         events,
+        grant,
     })
 }
 
@@ -263,20 +301,37 @@ mod tests {
     }
 
     #[test]
-    fn a_temporary_grant_is_its_own_lineage_which_its_expiration_ends() {
+    fn a_temporary_grant_is_its_own_lineage_which_its_expiration_may_name() {
         let temp = facts(&event(
             "TEMPORARY_ENTITLEMENT_GRANT",
             serde_json::json!({"transaction_id": "tmp-1", "expiration_at_ms": 86_401_000}),
         ))
         .unwrap();
-        assert_eq!(temp.lineage, "rc:tmp-1");
+        assert_eq!(temp.lineage, "rc:grant:tmp-1");
+        assert_eq!(temp.grant, None);
         let end = facts(&event("EXPIRATION", serde_json::json!({"transaction_id": "tmp-1", "original_transaction_id": null, "event_timestamp_ms": 5_000}))).unwrap();
-        assert_eq!(
-            end.lineage, temp.lineage,
-            "an EXPIRATION names the grant by its transaction id"
-        );
+        assert_eq!(end.grant, Some(GrantRef::Named(temp.lineage.clone())));
         let mut events = temp.events;
         events.extend(end.events);
         assert_eq!(status(&events, 6_000), PurchaseStatus::Expired);
+
+        // The store's purchase names no grant: it is matched by its date.
+        let bought = facts(&event(
+            "INITIAL_PURCHASE",
+            serde_json::json!({"transaction_id": "GPA.9", "original_transaction_id": "GPA.9", "purchased_at_ms": 4_000}),
+        ))
+        .unwrap();
+        assert_eq!(bought.lineage, "rc:GPA.9");
+        assert_eq!(
+            bought.grant,
+            Some(GrantRef::FollowUp {
+                at: Timestamp::from_millis(4_000)
+            })
+        );
+        let renewal = facts(&event("RENEWAL", serde_json::json!({}))).unwrap();
+        assert_eq!(
+            renewal.grant, None,
+            "only a first purchase succeeds a grant"
+        );
     }
 }

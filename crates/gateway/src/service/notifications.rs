@@ -6,7 +6,12 @@
 //! A notification about a SKU the catalog does not map is held too, and decided when the catalog maps
 //! it ([`rerun_unmapped`]).
 
-use gateway_core::{AppId, AppUserId, Timestamp, ids::Store};
+use gateway_core::{
+    AppId, AppUserId, PurchaseStatus, Timestamp,
+    decide::PurchaseView,
+    ids::Store,
+    revenuecat::{self, GrantRef},
+};
 use serde::Serialize;
 
 use super::{
@@ -16,7 +21,7 @@ use super::{
 use crate::{
     db::unmapped,
     model::App,
-    stores::{Adapter, Delivery, Notice, Transfer},
+    stores::{Adapter, Delivery, Notice, Transaction, Transfer, revenuecat::RelayedPurchase},
 };
 
 /// What became of a notification.
@@ -65,6 +70,10 @@ pub async fn decide(
         let store = adapter.store().as_str();
         return take_transfer(cx, app, t, (source, store), (id, raw, cause), now).await;
     }
+    let mut transaction = transaction;
+    if let Some(Transaction::RevenueCat(relayed)) = &mut transaction {
+        match_grant(cx, app, relayed).await?;
+    }
     let work = match transaction {
         Some(transaction) => Work::Notification(Box::new(Notification {
             app: app.id.clone(),
@@ -97,6 +106,65 @@ pub async fn decide(
         status,
         notification_uuid: id,
     })
+}
+
+/// Resolves which of the customer's RevenueCat temporary grants an event concerns (see
+/// [`gateway_core::revenuecat::GrantRef`]): an `EXPIRATION` naming one is about it; a purchase
+/// succeeds the latest running grant of one of the entitlements its product grants. A read before
+/// the decision, not inside it: a grant missed by a race simply runs out within its day.
+async fn match_grant(cx: &Context, app: &App, r: &mut RelayedPurchase) -> ServiceResult<()> {
+    let Some(grant) = r.grant.take() else {
+        return Ok(());
+    };
+    let Ok(customer) = r.customer.parse::<AppUserId>() else {
+        return Ok(());
+    };
+    let Some(held) = crate::db::customers::recorded(&cx.db, &app.id, &customer).await? else {
+        return Ok(());
+    };
+    let at = match grant {
+        GrantRef::Named(lineage) => {
+            if held
+                .purchases
+                .iter()
+                .any(|p| p.store_transaction_id == lineage)
+            {
+                r.lineage = lineage;
+            }
+            return Ok(());
+        }
+        GrantRef::FollowUp { at } => at,
+    };
+    let running = held.purchases.iter().filter(|p| {
+        p.store_transaction_id.starts_with(revenuecat::GRANT_PREFIX)
+            && p.status == PurchaseStatus::Active
+            && p.purchased_at
+                .is_some_and(|from| from.millis() <= at.millis() + revenuecat::GRANT_LEAD_MS)
+            && p.expires_at.is_none_or(|until| at < until)
+    });
+    let Some(product) =
+        crate::db::products::by_sku(&cx.db, &app.id, r.store.as_str(), &r.sku).await?
+    else {
+        return Ok(());
+    };
+    let mut best: Option<&PurchaseView> = None;
+    for p in running {
+        let Some(granted) = crate::db::products::get(&cx.db, &app.id, &p.product_id).await? else {
+            continue;
+        };
+        let shared = granted
+            .entitlements
+            .iter()
+            .any(|g| product.entitlements.iter().any(|e| e.id == g.id));
+        if shared && best.is_none_or(|b| b.purchased_at < p.purchased_at) {
+            best = Some(p);
+        }
+    }
+    if let Some(g) = best {
+        let from = g.purchased_at.unwrap_or(at);
+        r.succeeds = Some((g.store_transaction_id.clone(), at.max(from)));
+    }
+    Ok(())
 }
 
 /// A provider's move of the purchases it relays (RevenueCat's `TRANSFER`): every such purchase of

@@ -209,11 +209,13 @@ impl Transaction {
     }
 
     /// The lineage this one carries on from, for the same customer: the subscription an upgrade or
-    /// a downgrade replaced, or the expired one a resubscription bought outside the app renews.
+    /// a downgrade replaced, the expired one a resubscription bought outside the app renews, or the
+    /// temporary grant a purchase relayed by RevenueCat succeeds.
     pub fn linked_lineage(&self) -> Option<&str> {
         match self {
-            Transaction::AppStore(_) | Transaction::Stripe(_) | Transaction::RevenueCat(_) => None,
+            Transaction::AppStore(_) | Transaction::Stripe(_) => None,
             Transaction::Play(p) => p.linked_token(),
+            Transaction::RevenueCat(r) => r.succeeds.as_ref().map(|(l, _)| l.as_str()),
         }
     }
 
@@ -221,8 +223,9 @@ impl Transaction {
     /// `product`'s purchase: it ends when this one starts, so access has no gap and no overlap.
     pub fn replaced_facts(&self, product: &Product) -> Option<PurchaseFacts> {
         match self {
-            Transaction::AppStore(_) | Transaction::Stripe(_) | Transaction::RevenueCat(_) => None,
+            Transaction::AppStore(_) | Transaction::Stripe(_) => None,
             Transaction::Play(p) => p.replaced_facts(product),
+            Transaction::RevenueCat(r) => r.replaced_facts(product),
         }
     }
 

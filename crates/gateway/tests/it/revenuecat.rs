@@ -192,3 +192,112 @@ both!(
         assert_eq!(entitlement_of(&app, "cleo", "premium").await, "active");
     }
 );
+
+async fn purchase(app: &TestApp, lineage: &str) -> Value {
+    let snap = app.get("/v1/apps/acme/customers/ada").await.expect(200);
+    snap["purchases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["store_transaction_id"] == lineage)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+both!(
+    a_temporary_grant_ends_as_the_store_purchase_that_follows_it_starts,
+    |app: TestApp| async move {
+        open(&app).await;
+        // A yearly plan grants the same entitlement as the monthly one.
+        app.put(
+            "/v1/apps/acme/products/premium_year",
+            json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium.year"},
+                "entitlements": [{"id": "premium"}]}),
+        )
+        .await
+        .expect(201);
+        let course = "course-v1:Acme+CS101+2026";
+        let granted_at = app.clock.now().millis();
+
+        // The App Store cannot be reached: RevenueCat grants the plan and, for another purchase,
+        // the course, each for a day.
+        let grant = event(
+            "rc-g1",
+            "TEMPORARY_ENTITLEMENT_GRANT",
+            &app,
+            json!({"transaction_id": "rc_tmp_1", "original_transaction_id": null,
+                "expiration_at_ms": granted_at + DAY}),
+        );
+        post(&app, &grant, Some(AUTH)).await.expect(200);
+        let course_grant = event(
+            "rc-g2",
+            "TEMPORARY_ENTITLEMENT_GRANT",
+            &app,
+            json!({"store": "PLAY_STORE", "product_id": "cs101", "transaction_id": "rc_tmp_2",
+                "original_transaction_id": null, "expiration_at_ms": granted_at + DAY}),
+        );
+        post(&app, &course_grant, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "active");
+        assert_eq!(status(&app, course).await, "active");
+        assert_eq!(
+            purchase(&app, "rc:grant:rc_tmp_1").await["status"],
+            "active"
+        );
+
+        // An hour later the store's purchase arrives: another transaction id, another product
+        // (the learner picked the yearly plan), dated just before the grant.
+        app.clock.advance_millis(3_600_000);
+        let bought = event(
+            "rc-g3",
+            "INITIAL_PURCHASE",
+            &app,
+            json!({"product_id": "edu.acme.premium.year", "transaction_id": "2000000777",
+                "original_transaction_id": "2000000777", "purchased_at_ms": granted_at - 120_000,
+                "expiration_at_ms": granted_at + 365 * DAY}),
+        );
+        let answer = post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(answer["status"], "decided", "{answer}");
+        let held = app.entitlement("ada", "premium").await;
+        assert_eq!(held["status"], "active");
+        assert_eq!(held["product_id"], "premium_year", "{held}");
+        assert_eq!(
+            purchase(&app, "rc:grant:rc_tmp_1").await["status"],
+            "expired"
+        );
+        assert_eq!(
+            purchase(&app, "rc:grant:rc_tmp_2").await["status"],
+            "active",
+            "a grant of another entitlement runs on"
+        );
+        let again = post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(again["status"], "duplicate");
+
+        // The purchase is refunded: access ends now, not when the grant would have run out.
+        let refunded = event(
+            "rc-g4",
+            "CANCELLATION",
+            &app,
+            json!({"product_id": "edu.acme.premium.year", "cancel_reason": "CUSTOMER_SUPPORT",
+                "transaction_id": "2000000777", "original_transaction_id": "2000000777"}),
+        );
+        post(&app, &refunded, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "refunded");
+
+        // The course's store purchase never comes: RevenueCat ends that grant by its transaction
+        // id, whatever original transaction the event names.
+        let ended = event(
+            "rc-g5",
+            "EXPIRATION",
+            &app,
+            json!({"store": "PLAY_STORE", "product_id": "cs101", "transaction_id": "rc_tmp_2",
+                "original_transaction_id": "GPA.1111-2222-3333-44444",
+                "expiration_reason": "UNKNOWN"}),
+        );
+        post(&app, &ended, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, course).await, "expired");
+        assert_eq!(
+            purchase(&app, "rc:GPA.1111-2222-3333-44444").await,
+            Value::Null
+        );
+    }
+);

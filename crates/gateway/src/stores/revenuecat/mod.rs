@@ -5,9 +5,9 @@
 //! says is taken on its word, the customer included (its `app_user_id`).
 
 use gateway_core::{
-    Product, PurchaseFacts, Timestamp,
+    EventKind, Product, PurchaseFacts, StoreEvent, Timestamp,
     ids::Store,
-    revenuecat::{self, Webhook},
+    revenuecat::{self, GrantRef, Webhook},
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,13 @@ pub struct RelayedPurchase {
     pub customer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// The temporary grant the event may concern, not yet looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantRef>,
+    /// The customer's running grant this purchase succeeds (found by [`GrantRef::FollowUp`]): its
+    /// lineage and when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeds: Option<(String, Timestamp)>,
 }
 
 /// The `via` of a relayed purchase.
@@ -53,6 +60,26 @@ impl RelayedPurchase {
             settled: None,
             events: Vec::new(),
         }
+    }
+
+    /// The facts that end the grant this purchase succeeds, as `product`'s purchase (the grant's
+    /// record keeps its own product): it ends as the purchase starts, so access has no gap.
+    pub fn replaced_facts(&self, product: &Product) -> Option<PurchaseFacts> {
+        let (grant, at) = self.succeeds.as_ref()?;
+        Some(PurchaseFacts {
+            id: String::new(),
+            store: self.store,
+            product_id: product.id.clone(),
+            store_transaction_id: grant.clone(),
+            environment: None,
+            terms: Some(product.terms()),
+            settled: None,
+            events: vec![StoreEvent {
+                dedupe_key: format!("{grant}:succeeded_by:{}", self.lineage),
+                occurred_at: *at,
+                kind: EventKind::Expired,
+            }],
+        })
     }
 }
 
@@ -151,6 +178,8 @@ impl RevenueCatStore {
                     store: s.store,
                     sku: s.sku,
                     customer: s.customer,
+                    grant: s.grant,
+                    succeeds: None,
                     environment: e.environment.as_deref().map(|env| {
                         if env == "SANDBOX" {
                             "Sandbox"
