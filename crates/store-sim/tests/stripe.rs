@@ -1068,6 +1068,57 @@ async fn refunds_whole_partial_refused_and_failed() {
 }
 
 #[tokio::test]
+async fn a_refund_retried_with_its_key_is_replayed_not_made_again() {
+    let rig = rig().await;
+    let sid = id(&rig.payment_session().await);
+    let pi = rig
+        .sim
+        .pay(&sid, PayMode::Now)
+        .await
+        .unwrap()
+        .payment_intent
+        .unwrap();
+    rig.clear();
+    let form = [("payment_intent", pi.as_str()), ("amount", "400")];
+    let (status, h1, first) = rig.post_form("/v1/refunds", &form, Some("rf-1")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert_eq!(first["amount"], 400);
+    let (status, h2, again) = rig.post_form("/v1/refunds", &form, Some("rf-1")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        rig.received_types(),
+        ["refund.created", "charge.refunded"],
+        "one refund, one pair of events"
+    );
+    let (_, pi_now) = rig.get(&format!("/v1/payment_intents/{pi}")).await;
+    let ch = pi_now["latest_charge"].as_str().unwrap().to_owned();
+    let (_, charge) = rig.get(&format!("/v1/charges/{ch}")).await;
+    assert_eq!(charge["amount_refunded"], 400);
+
+    // Another amount under the same key is refused; a refused refund is kept as answered too.
+    let (status, _, other) = rig
+        .post_form(
+            "/v1/refunds",
+            &[("payment_intent", pi.as_str()), ("amount", "100")],
+            Some("rf-1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(other["error"]["type"], "idempotency_error");
+    let too_much = [("payment_intent", pi.as_str()), ("amount", "601")];
+    let (status, _, refused) = rig.post_form("/v1/refunds", &too_much, Some("rf-2")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["code"], "amount_too_large");
+    let (status, h, replayed) = rig.post_form("/v1/refunds", &too_much, Some("rf-2")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(replayed, refused);
+}
+
+#[tokio::test]
 async fn disputes_open_and_close() {
     let rig = rig().await;
     let mut charges = Vec::new();

@@ -150,66 +150,87 @@ impl StripeSim {
 }
 
 /// Answers a POST through its idempotency key: the stored answer for a key seen with the same
-/// route and parameters, a 400 `idempotency_error` for one seen with others, else `run`'s answer
-/// (kept under the key unless it is a server error).
-fn idempotent(
+/// route and parameters, a 400 `idempotency_error` for one seen with others, a 409
+/// `idempotency_error` while the first request with the key still runs, else `run`'s answer (kept
+/// under the key unless it is a server error).
+async fn idempotent(
     sim: &StripeSim,
     headers: &HeaderMap,
     route: &str,
     params: &Value,
-    run: impl FnOnce() -> Result<Value, StripeError>,
+    run: impl Future<Output = Result<Value, StripeError>>,
 ) -> Response {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let Some(key) = key else {
-        return match run() {
+        return match run.await {
             Ok(v) => Json(v).into_response(),
             Err(e) => refuse(&e),
         };
     };
-    // Held while `run` runs, so two requests with one key cannot both run.
     let now = sim.now();
-    let mut stored = lock(&sim.api.idempotency);
-    stored.retain(|_, s| now - s.at < super::IDEMPOTENCY_SECONDS);
-    if let Some(s) = stored.get(&key) {
-        if s.route == route && s.params == *params {
-            let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK);
-            let mut res = (status, Json(s.body.clone())).into_response();
+    {
+        let mut stored = lock(&sim.api.idempotency);
+        stored.retain(|_, s| now - s.at < super::IDEMPOTENCY_SECONDS);
+        if let Some(s) = stored.get(&key) {
+            let refusal = |status: StatusCode, message: String| {
+                let e = StripeError::Invalid {
+                    message,
+                    code: None,
+                    param: None,
+                };
+                let mut body = envelope(&e);
+                body["error"]["type"] = "idempotency_error".into();
+                (status, Json(body)).into_response()
+            };
+            if s.route != route || s.params != *params {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
+                    ),
+                );
+            }
+            let Some((status, body)) = &s.answer else {
+                return refusal(
+                    StatusCode::CONFLICT,
+                    "There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through). Please try again later.".into(),
+                );
+            };
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let mut res = (status, Json(body.clone())).into_response();
             res.headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            res.headers_mut().insert(
-                "idempotency-key",
-                HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("")),
-            );
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                res.headers_mut().insert("idempotency-key", v);
+            }
             return res;
         }
-        let e = StripeError::Invalid {
-            message: format!(
-                "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
-            ),
-            code: None,
-            param: None,
-        };
-        let mut body = envelope(&e);
-        body["error"]["type"] = "idempotency_error".into();
-        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        // Marked as running, so a second request with the key does not run it again meanwhile.
+        stored.insert(
+            key.clone(),
+            Stored {
+                route: route.to_owned(),
+                params: params.clone(),
+                answer: None,
+                at: now,
+            },
+        );
     }
-    let (status, body) = match run() {
+    let (status, body) = match run.await {
         Ok(v) => (StatusCode::OK, v),
         Err(e) => (status_of(&e), envelope(&e)),
     };
-    stored.insert(
-        key.clone(),
-        Stored {
-            route: route.to_owned(),
-            params: params.clone(),
-            status: status.as_u16(),
-            body: body.clone(),
-            at: now,
-        },
-    );
+    {
+        let mut stored = lock(&sim.api.idempotency);
+        if status.is_server_error() {
+            stored.remove(&key);
+        } else if let Some(s) = stored.get_mut(&key) {
+            s.answer = Some((status.as_u16(), body.clone()));
+        }
+    }
     let mut res = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&key) {
         res.headers_mut().insert("idempotency-key", v);
@@ -226,9 +247,8 @@ async fn create_customer(
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
-    idempotent(&sim, &headers, "POST /v1/customers", &params, || {
-        sim.create_customer(&params)
-    })
+    let run = async { sim.create_customer(&params) };
+    idempotent(&sim, &headers, "POST /v1/customers", &params, run).await
 }
 
 async fn create_session(
@@ -240,19 +260,18 @@ async fn create_session(
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
-    idempotent(
-        &sim,
-        &headers,
-        "POST /v1/checkout/sessions",
-        &params,
-        || sim.create_session(&params),
-    )
+    let run = async { sim.create_session(&params) };
+    idempotent(&sim, &headers, "POST /v1/checkout/sessions", &params, run).await
 }
 
 /// `POST /v1/refunds`: refunds a PaymentIntent or a Charge (`amount`, or all that is left), as
-/// the `refund` action does, events included. Its `Idempotency-Key` is not replayed: a second
-/// refund of what is refunded is refused, as Stripe refuses it.
-async fn create_refund(State(sim): State<Arc<StripeSim>>, bytes: Bytes) -> Response {
+/// the `refund` action does, events included; the same `Idempotency-Key` replays the refund
+/// instead of refunding again.
+async fn create_refund(
+    State(sim): State<Arc<StripeSim>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
     let params = match parse_form(&bytes) {
         Ok(p) => p,
         Err(e) => return refuse(&e),
@@ -265,13 +284,15 @@ async fn create_refund(State(sim): State<Arc<StripeSim>>, bytes: Bytes) -> Respo
     let amount = params["amount"]
         .as_str()
         .and_then(|a| a.parse::<i64>().ok());
-    match sim.refund(&payment, amount).await {
-        Ok(outcome) => match outcome.refund.as_deref().and_then(|r| sim.object(r)) {
-            Some(refund) => Json(refund).into_response(),
-            None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        },
-        Err(e) => refuse(&e),
-    }
+    let run = async {
+        let outcome = sim.refund(&payment, amount).await?;
+        outcome
+            .refund
+            .as_deref()
+            .and_then(|r| sim.object(r))
+            .ok_or_else(|| StripeError::InvalidState("the refund was not recorded".into()))
+    };
+    idempotent(&sim, &headers, "POST /v1/refunds", &params, run).await
 }
 
 /// `DELETE /v1/subscriptions/{id}`: cancels the subscription now, as the `cancel` action does.

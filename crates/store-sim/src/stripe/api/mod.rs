@@ -29,8 +29,8 @@ pub(in crate::stripe) struct Stored {
     /// `POST /v1/...`: a key is for one endpoint.
     pub route: String,
     pub params: Value,
-    pub status: u16,
-    pub body: Value,
+    /// The answer, or `None` while the first request with the key still runs.
+    pub answer: Option<(u16, Value)>,
     /// When it was stored (Unix seconds).
     pub at: i64,
 }
