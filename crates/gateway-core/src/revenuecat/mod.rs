@@ -4,8 +4,10 @@
 //!
 //! | event | facts |
 //! | --- | --- |
-//! | `INITIAL_PURCHASE`, `NON_RENEWING_PURCHASE`, `TEMPORARY_ENTITLEMENT_GRANT` | purchased, until `expiration_at_ms` |
-//! | `RENEWAL`, `SUBSCRIPTION_EXTENDED`, `PRODUCT_CHANGE` | purchased, renewed to `expiration_at_ms` |
+//! | `INITIAL_PURCHASE` | purchased, until `expiration_at_ms`; auto-renew on |
+//! | `NON_RENEWING_PURCHASE`, `TEMPORARY_ENTITLEMENT_GRANT` | purchased, until `expiration_at_ms` |
+//! | `RENEWAL` | purchased, renewed to `expiration_at_ms`; auto-renew on |
+//! | `SUBSCRIPTION_EXTENDED`, `PRODUCT_CHANGE` | purchased, renewed to `expiration_at_ms` |
 //! | `UNCANCELLATION` | auto-renew on |
 //! | `CANCELLATION` with `cancel_reason` `CUSTOMER_SUPPORT` | refunded |
 //! | `CANCELLATION`, another reason | auto-renew off (access runs to `EXPIRATION`) |
@@ -169,13 +171,22 @@ pub fn facts(e: &Event) -> Option<Stated> {
         kind,
     };
     let events = match e.kind.as_str() {
-        "INITIAL_PURCHASE" | "NON_RENEWING_PURCHASE" | "TEMPORARY_ENTITLEMENT_GRANT" => {
-            vec![purchased()]
-        }
+        // A subscription renews by itself until a CANCELLATION says otherwise.
+        "INITIAL_PURCHASE" => vec![
+            purchased(),
+            fact("auto_renew", EventKind::AutoRenewChanged { enabled: true }),
+        ],
+        "NON_RENEWING_PURCHASE" | "TEMPORARY_ENTITLEMENT_GRANT" => vec![purchased()],
         "RENEWAL" | "SUBSCRIPTION_EXTENDED" | "PRODUCT_CHANGE" => {
             let mut v = vec![purchased()];
             if let Some(expires_at) = at(e.expiration_at_ms) {
                 v.push(fact("renewed", EventKind::Renewed { expires_at }));
+            }
+            if e.kind == "RENEWAL" {
+                v.push(fact(
+                    "auto_renew",
+                    EventKind::AutoRenewChanged { enabled: true },
+                ));
             }
             v
         }

@@ -301,3 +301,77 @@ both!(
         );
     }
 );
+
+both!(
+    revenuecat_billing_issues_uncancellations_and_reversed_refunds,
+    |app: TestApp| async move {
+        open(&app).await;
+        let start = app.clock.now().millis();
+        let lineage = "rc:2000000900";
+        let bought = event(
+            "rc-u1",
+            "INITIAL_PURCHASE",
+            &app,
+            json!({"expiration_at_ms": start + 30 * DAY}),
+        );
+        post(&app, &bought, Some(AUTH)).await.expect(200);
+        assert_eq!(purchase(&app, lineage).await["auto_renew"], true);
+
+        // Turned off, then on again.
+        app.clock.advance_millis(DAY);
+        let off = event(
+            "rc-u2",
+            "CANCELLATION",
+            &app,
+            json!({"cancel_reason": "UNSUBSCRIBE"}),
+        );
+        post(&app, &off, Some(AUTH)).await.expect(200);
+        assert_eq!(purchase(&app, lineage).await["auto_renew"], false);
+        app.clock.advance_millis(DAY);
+        let on = event("rc-u3", "UNCANCELLATION", &app, json!({}));
+        post(&app, &on, Some(AUTH)).await.expect(200);
+        assert_eq!(purchase(&app, lineage).await["auto_renew"], true);
+
+        // The renewal's payment fails: RevenueCat names a grace period of three days, which keeps
+        // access past the period's end.
+        app.clock.set(gateway_core::Timestamp::from_millis(
+            start + 30 * DAY - 1000,
+        ));
+        let issue = event(
+            "rc-u4",
+            "BILLING_ISSUE",
+            &app,
+            json!({"grace_period_expiration_at_ms": start + 33 * DAY,
+                "expiration_at_ms": start + 30 * DAY}),
+        );
+        post(&app, &issue, Some(AUTH)).await.expect(200);
+        app.clock.advance_millis(DAY);
+        assert_eq!(status(&app, "premium").await, "grace_period");
+        // The card is mended: the renewal runs to the next period's end.
+        let renewed = event(
+            "rc-u5",
+            "RENEWAL",
+            &app,
+            json!({"transaction_id": "2000000901", "expiration_at_ms": start + 61 * DAY}),
+        );
+        post(&app, &renewed, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "active");
+
+        // Support refunds it, and the refund is reversed: access is back.
+        app.clock.advance_millis(DAY);
+        let refunded = event(
+            "rc-u6",
+            "CANCELLATION",
+            &app,
+            json!({"cancel_reason": "CUSTOMER_SUPPORT"}),
+        );
+        post(&app, &refunded, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "refunded");
+        app.clock.advance_millis(DAY);
+        let reversed = event("rc-u7", "REFUND_REVERSED", &app, json!({}));
+        post(&app, &reversed, Some(AUTH)).await.expect(200);
+        assert_eq!(status(&app, "premium").await, "active");
+        let again = post(&app, &reversed, Some(AUTH)).await.expect(200);
+        assert_eq!(again["status"], "duplicate");
+    }
+);
