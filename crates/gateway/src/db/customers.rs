@@ -209,6 +209,26 @@ pub async fn purchase_owner(
     .await?)
 }
 
+/// The lineages of `customer`'s purchases that begin with `prefix` (a provider's temporary grants,
+/// say): one narrow read, for a question most customers answer with none.
+pub async fn lineages_with_prefix(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    prefix: &str,
+) -> DbResult<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT store_transaction_id FROM purchases WHERE app_id = $1 AND customer_id = $2 \
+         AND substr(store_transaction_id, 1, CAST($3 AS INTEGER)) = $4",
+    )
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(prefix.chars().count() as i64)
+    .bind(prefix)
+    .fetch_all(db.reader())
+    .await?)
+}
+
 /// A recorded purchase: whose it is and what the store calls it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurchaseRow {

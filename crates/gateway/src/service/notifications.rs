@@ -119,21 +119,26 @@ async fn match_grant(cx: &Context, app: &App, r: &mut RelayedPurchase) -> Servic
     let Ok(customer) = r.customer.parse::<AppUserId>() else {
         return Ok(());
     };
-    let Some(held) = crate::db::customers::recorded(&cx.db, &app.id, &customer).await? else {
-        return Ok(());
-    };
+    let grants = crate::db::customers::lineages_with_prefix(
+        &cx.db,
+        &app.id,
+        &customer,
+        revenuecat::GRANT_PREFIX,
+    )
+    .await?;
     let at = match grant {
         GrantRef::Named(lineage) => {
-            if held
-                .purchases
-                .iter()
-                .any(|p| p.store_transaction_id == lineage)
-            {
+            if grants.contains(&lineage) {
                 r.lineage = lineage;
             }
             return Ok(());
         }
+        // Most customers never had a grant: one narrow read answers for them.
+        GrantRef::FollowUp { .. } if grants.is_empty() => return Ok(()),
         GrantRef::FollowUp { at } => at,
+    };
+    let Some(held) = crate::db::customers::recorded(&cx.db, &app.id, &customer).await? else {
+        return Ok(());
     };
     let running = held.purchases.iter().filter(|p| {
         p.store_transaction_id.starts_with(revenuecat::GRANT_PREFIX)
