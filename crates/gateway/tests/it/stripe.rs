@@ -714,6 +714,77 @@ both!(
     }
 );
 
+both!(
+    a_refund_that_fails_gives_access_back,
+    |app: TestApp| async move {
+        use store_sim::stripe::PayMode;
+        let web = Web::open(&app).await;
+        let session = web.checkout(&app, "ada", "cs101").await;
+        let paid = web.sim.pay(&session, PayMode::Now).await.unwrap();
+        app.clock.advance_millis(60_000);
+        let refunded = web
+            .sim
+            .refund(&paid.payment_intent.unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(entitlement(&app, "ada", COURSE).await["status"], "refunded");
+        // The bank returns the refund: Stripe sends refund.failed and refund.updated.
+        app.clock.advance_millis(60_000);
+        let failed = web
+            .sim
+            .fail_refund(&refunded.refund.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(failed.event_types(), ["refund.failed", "refund.updated"]);
+        for e in &failed.events {
+            assert!(e.deliveries.iter().all(|d| d.succeeded()), "{e:?}");
+        }
+        assert_eq!(entitlement(&app, "ada", COURSE).await["status"], "active");
+    }
+);
+
+both!(
+    the_return_pages_status_follows_the_purchase,
+    |app: TestApp| async move {
+        use store_sim::stripe::PayMode;
+        let web = Web::open(&app).await;
+        let status = |session: String| {
+            let app = &app;
+            async move {
+                app.get(&format!("/pay/acme/status?session_id={session}&wait=0"))
+                    .await
+                    .expect(200)
+            }
+        };
+        // Not paid yet; then paid by bank transfer, which has not settled; then failed.
+        let late = web.checkout(&app, "ada", "cs101").await;
+        assert_eq!(status(late.clone()).await["status"], "processing");
+        web.sim.pay(&late, PayMode::Async).await.unwrap();
+        assert_eq!(status(late.clone()).await["status"], "pending");
+        web.sim.settle_async(&late, false).await.unwrap();
+        let failed = status(late.clone()).await;
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert!(failed["redirect_url"].is_null());
+
+        // Paid by card: granted, with the course's address; its later looks say the same, and a
+        // refund turns it to failed.
+        let card = web.checkout(&app, "ada", "cs101").await;
+        let paid = web.sim.pay(&card, PayMode::Now).await.unwrap();
+        for _ in 0..2 {
+            let granted = status(card.clone()).await;
+            assert_eq!(granted["status"], "granted", "{granted}");
+            assert_eq!(granted["product_id"], "cs101");
+            assert_eq!(granted["redirect_url"], format!("{}/healthz", app.addr));
+        }
+        app.clock.advance_millis(60_000);
+        web.sim
+            .refund(&paid.payment_intent.unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(status(card).await["status"], "failed");
+    }
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sim_stripe_command_points_an_app_at_itself_and_acts_as_stripe() {
     use tokio::io::AsyncBufReadExt;
