@@ -22,6 +22,13 @@
 //! is a push verified, a purchase read from the simulated Play Developer API, a decision, and an
 //! acknowledgement owed (performed by the gateway's outbox after the answer). The simulator runs in
 //! this process, on the same machine: its CPU is counted beside the gateway's.
+//!
+//! With `--store stripe`, this process serves the Stripe simulator; each purchase is a Checkout
+//! Session the gateway starts (`POST .../checkout`), paid in the simulator, and its
+//! `checkout.session.completed` event is sent signed as Stripe signs it, so each one is a signature
+//! checked, the PaymentIntent read from the simulated Stripe API, and a decision. With
+//! `--store revenuecat`, each purchase is a RevenueCat `NON_RENEWING_PURCHASE` webhook with the
+//! app's Authorization header: the gateway's cost alone, as RevenueCat is taken on its word.
 
 use std::{
     sync::Arc,
@@ -53,10 +60,11 @@ struct Args {
     /// Customers the purchases are spread over.
     #[arg(long, default_value_t = 200)]
     customers: usize,
-    /// The store whose notifications are sent: `app_store` (signed App Store Server Notifications) or
+    /// The store whose notifications are sent: `app_store` (signed App Store Server Notifications),
     /// `play` (Real-time developer notifications as authenticated Pub/Sub pushes, each purchase read
-    /// from the Play simulator this process serves).
-    #[arg(long, default_value = "app_store", value_parser = ["app_store", "play"])]
+    /// from the Play simulator this process serves), `stripe` (signed webhook events of Checkout
+    /// Sessions paid in the Stripe simulator this process serves) or `revenuecat` (webhooks).
+    #[arg(long, default_value = "app_store", value_parser = ["app_store", "play", "stripe", "revenuecat"])]
     store: String,
     /// Serve a stand-in Open edX LMS and measure purchase -> LMS-enrolled latency (one customer per
     /// notification).
@@ -90,6 +98,8 @@ struct Tally {
     server_errors: usize,
     no_answer: usize,
     given_up: usize,
+    /// Notifications answered 2xx with a status other than `decided` (held, recorded, duplicate).
+    undecided: usize,
 }
 
 impl Tally {
@@ -99,6 +109,7 @@ impl Tally {
         self.server_errors += other.server_errors;
         self.no_answer += other.no_answer;
         self.given_up += other.given_up;
+        self.undecided += other.undecided;
     }
 
     fn failures(&self) -> usize {
@@ -127,9 +138,10 @@ async fn main() -> anyhow::Result<()> {
     if args.lms {
         args.customers = args.count;
     }
-    let play = args.store == "play";
-    if play && (args.submit || args.lms) {
-        bail!("--store play sends notifications: it cannot be used with --submit or --lms");
+    let store = args.store.clone();
+    let play = store == "play";
+    if store != "app_store" && (args.submit || args.lms) {
+        bail!("--store {store} sends notifications: it cannot be used with --submit or --lms");
     }
     let host = url_host(&args.gateway)?;
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
@@ -153,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             res.text().await.unwrap_or_default()
         );
     }
-    admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course", "play_store": "load_course"}, "entitlements": [{"id": "course", "attributes": {"course_id": COURSE, "mode": "verified"}}]})).await?.error_for_status()?;
+    admin(reqwest::Method::PUT, format!("/v1/apps/{app}/products/course"), json!({"kind": "non_consumable", "store_skus": {"app_store": "edu.load.course", "play_store": "load_course", "stripe_price": STRIPE_PRICE}, "entitlements": [{"id": "course", "attributes": {"course_id": COURSE, "mode": "verified"}}]})).await?.error_for_status()?;
     let lms = if args.lms {
         let lms = store_sim::openedx::Lms::new("load-client", "load-secret");
         lms.add_course(
@@ -220,21 +232,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let push_auth = if play {
-        Some(setup_play(&args, &app, &accounts).await?)
+    // Each request's body and the headers that authenticate it.
+    let mut requests: Vec<(String, Vec<(&'static str, String)>)> = Vec::with_capacity(args.count);
+    let _play = if play {
+        let (sim, oidc, pushes) = setup_play(&args, &app, &accounts).await?;
+        let auth = vec![("authorization", format!("Bearer {oidc}"))];
+        requests.extend(pushes.into_iter().map(|b| (b, auth.clone())));
+        Some(sim)
     } else {
         None
     };
+    let _stripe = if store == "stripe" {
+        let (sim, signed) = setup_stripe(&args, &app).await?;
+        requests.extend(signed);
+        Some(sim)
+    } else {
+        None
+    };
+    if store == "revenuecat" {
+        requests.extend(setup_revenuecat(&args, &app).await?);
+    }
     // Sign everything first: the measurement is the gateway's, not the signer's.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let mut bodies = Vec::with_capacity(args.count);
-    if let Some((_, _, pushes)) = &push_auth {
-        bodies.clone_from(pushes);
-    }
+    let admin_auth = vec![("authorization", format!("Bearer {}", args.admin_key))];
     for i in 0..args.count {
-        if play {
+        if store != "app_store" {
             break;
         }
         let id = format!("{}", 3_000_000_000_u64 + i as u64);
@@ -243,14 +267,15 @@ async fn main() -> anyhow::Result<()> {
             "inAppOwnershipType": "PURCHASED", "appAccountToken": tokens[i % tokens.len()]});
         if args.submit {
             let customer = format!("c{}", i % tokens.len());
-            bodies.push(
+            requests.push((
                 json!({"app_user_id": customer, "store": "app_store", "signed_transaction": chain.sign(&tx)?})
                     .to_string(),
-            );
+                admin_auth.clone(),
+            ));
             continue;
         }
         let uuid = uuid::Uuid::new_v4().to_string();
-        bodies.push(chain.notification(&Notification {
+        let body = chain.notification(&Notification {
             notification_type: "ONE_TIME_CHARGE",
             uuid: &uuid,
             signed_date: now,
@@ -258,48 +283,42 @@ async fn main() -> anyhow::Result<()> {
             environment: "Sandbox",
             signed_transaction: Some(chain.sign(&tx)?),
             ..Default::default()
-        })?);
+        })?;
+        requests.push((body, admin_auth.clone()));
     }
-    let bodies = Arc::new(bodies);
+    let bodies = Arc::new(requests);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let url = Arc::new(if args.submit {
         format!("{}/v1/apps/{app}/purchases", args.gateway)
-    } else if play {
-        format!("{}/v1/apps/{app}/notifications/play_store", args.gateway)
     } else {
-        format!("{}/v1/apps/{app}/notifications/app_store", args.gateway)
-    });
-    // Pushes carry Pub/Sub's OIDC token; the other requests the admin key.
-    let key = Arc::new(match &push_auth {
-        Some((_, oidc, _)) => oidc.clone(),
-        None => args.admin_key.clone(),
+        let route = if play { "play_store" } else { store.as_str() };
+        format!("{}/v1/apps/{app}/notifications/{route}", args.gateway)
     });
     let (give_up_percent, give_up_within_ms) = (args.give_up_percent, args.give_up_within_ms);
+    let submit = args.submit;
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.clients.max(1) {
-        let (http, bodies, next, url, key) = (
-            http.clone(),
-            bodies.clone(),
-            next.clone(),
-            url.clone(),
-            key.clone(),
-        );
+        let (http, bodies, next, url) = (http.clone(), bodies.clone(), next.clone(), url.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut sent_at = Vec::new();
             let mut tally = Tally::default();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
+                let Some((body, headers)) = bodies.get(i) else {
+                    break;
+                };
                 let t = Instant::now();
                 sent_at.push((i, t));
-                let send = http
+                let mut req = http
                     .post(url.as_str())
-                    .bearer_auth(key.as_str())
                     .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send();
+                    .body(body.clone());
+                for (name, value) in headers {
+                    req = req.header(*name, value);
+                }
+                let send = req.send();
                 let answer = match give_up_after(i, give_up_percent, give_up_within_ms) {
                     Some(after) => match tokio::time::timeout(after, send).await {
                         Ok(answer) => answer,
@@ -311,9 +330,17 @@ async fn main() -> anyhow::Result<()> {
                     None => send.await,
                 };
                 latencies.push(t.elapsed());
-                match answer.map(|r| r.status()) {
-                    Ok(s) if s.is_success() => tally.ok += 1,
-                    Ok(s) if s.is_server_error() => tally.server_errors += 1,
+                match answer {
+                    Ok(r) if r.status().is_success() => {
+                        tally.ok += 1;
+                        if !submit {
+                            let said: serde_json::Value = r.json().await.unwrap_or_default();
+                            if said["status"] != "decided" {
+                                tally.undecided += 1;
+                            }
+                        }
+                    }
+                    Ok(r) if r.status().is_server_error() => tally.server_errors += 1,
                     Ok(_) => tally.client_errors += 1,
                     Err(_) => tally.no_answer += 1,
                 }
@@ -363,6 +390,12 @@ async fn main() -> anyhow::Result<()> {
     );
     if failures > 0 {
         bail!("{failures} {what} were not answered 2xx");
+    }
+    if tally.undecided > 0 {
+        bail!(
+            "{} notifications were answered without a decision (held, recorded or duplicate)",
+            tally.undecided
+        );
     }
     if let Some(lms) = lms {
         report_enrollments(&lms, &sent_at).await?;
@@ -427,6 +460,121 @@ async fn setup_play(
     }
     let oidc = sim.push_token(&audience, PUSHER, None)?;
     Ok((sim, oidc, bodies))
+}
+
+const STRIPE_PRICE: &str = "price_load_course";
+
+/// Serves the Stripe simulator, points the load app's Stripe settings at it, starts one Checkout
+/// Session per notification through the gateway (for its customer) and pays it in the simulator
+/// without delivering, and returns the simulator (which serves the gateway's reads while it lives)
+/// and each `checkout.session.completed` event with its `Stripe-Signature`.
+async fn setup_stripe(
+    args: &Args,
+    app: &str,
+) -> anyhow::Result<(
+    Arc<store_sim::stripe::StripeSim>,
+    Vec<(String, Vec<(&'static str, String)>)>,
+)> {
+    use store_sim::stripe::{PayMode, Price, PushMode, StripeSim, signature_header};
+    let sim = StripeSim::new(store_sim::SimClock::system())?;
+    let url = sim.serve().await?;
+    sim.add_price(Price::one_time(STRIPE_PRICE, 4900, "usd", "Load course"));
+    let hook = format!("{}/v1/apps/{app}/notifications/stripe", args.gateway);
+    let secret = sim.add_webhook_endpoint(&hook);
+    sim.set_push_mode(PushMode::Skip);
+    let http = reqwest::Client::new();
+    let res = http
+        .patch(format!("{}/v1/apps/{app}", args.gateway))
+        .bearer_auth(&args.admin_key)
+        .json(
+            &json!({"stripe": {"secret_key": sim.secret_key(), "webhook_secret": secret,
+            "api_base_url": url}}),
+        )
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!(
+            "setting the load app's Stripe settings failed: {}",
+            res.text().await?
+        );
+    }
+    let mut sessions = Vec::with_capacity(args.count);
+    for chunk in (0..args.count).collect::<Vec<_>>().chunks(32) {
+        let mut pending = Vec::new();
+        for &i in chunk {
+            let req = http
+                .post(format!("{}/v1/apps/{app}/checkout", args.gateway))
+                .bearer_auth(&args.admin_key)
+                .json(
+                    &json!({"app_user_id": format!("c{}", i % args.customers.max(1)),
+                    "product_id": "course", "success_url": "https://load.example/paid",
+                    "cancel_url": "https://load.example/cancelled"}),
+                )
+                .send();
+            pending.push(tokio::spawn(req));
+        }
+        for req in pending {
+            let session: serde_json::Value = req.await??.error_for_status()?.json().await?;
+            sessions.push(
+                session["checkout_session_id"]
+                    .as_str()
+                    .context("a checkout answers its session")?
+                    .to_owned(),
+            );
+        }
+    }
+    let mut signed = Vec::with_capacity(args.count);
+    for session in sessions {
+        let paid = sim.pay(&session, PayMode::Now).await?;
+        let completed = paid
+            .events
+            .iter()
+            .find(|e| e.kind == "checkout.session.completed")
+            .context("a paid session completes")?;
+        let body = serde_json::to_string_pretty(&completed.event)?;
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        let header = signature_header(std::slice::from_ref(&secret), t, body.as_bytes());
+        signed.push((body, vec![("stripe-signature", header)]));
+    }
+    Ok((sim, signed))
+}
+
+/// Gives the load app a RevenueCat Authorization value and returns one `NON_RENEWING_PURCHASE`
+/// webhook per notification (each a purchase of its own, relayed from the App Store).
+async fn setup_revenuecat(
+    args: &Args,
+    app: &str,
+) -> anyhow::Result<Vec<(String, Vec<(&'static str, String)>)>> {
+    let auth = format!("Bearer rc-load-{}", uuid::Uuid::new_v4().simple());
+    let res = reqwest::Client::new()
+        .patch(format!("{}/v1/apps/{app}", args.gateway))
+        .bearer_auth(&args.admin_key)
+        .json(&json!({"revenuecat": {"webhook_authorization": auth}}))
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!(
+            "setting the load app's RevenueCat settings failed: {}",
+            res.text().await?
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    Ok((0..args.count)
+        .map(|i| {
+            let tx = format!("{}", 4_000_000_000_u64 + i as u64);
+            let body = json!({"api_version": "1.0", "event": {"id": uuid::Uuid::new_v4().to_string(),
+                "type": "NON_RENEWING_PURCHASE", "app_id": "load", "event_timestamp_ms": now,
+                "app_user_id": format!("c{}", i % args.customers.max(1)), "product_id": "edu.load.course",
+                "entitlement_ids": ["course"], "period_type": "NORMAL", "purchased_at_ms": now,
+                "expiration_at_ms": null, "store": "APP_STORE", "environment": "SANDBOX",
+                "transaction_id": tx, "original_transaction_id": tx, "price": 49.0, "currency": "USD"}});
+            (body.to_string(), vec![("authorization", auth.clone())])
+        })
+        .collect())
 }
 
 fn url_host(url: &str) -> anyhow::Result<String> {
