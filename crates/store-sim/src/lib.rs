@@ -23,6 +23,7 @@
 //!   invoices, the events list) with idempotency keys and Stripe's errors, events signed and
 //!   POSTed to webhook endpoints as Stripe does (secret rotation, forgeries, thin events), a hosted
 //!   checkout page, and the `/sim/stripe` control surface ([`stripe::StripeSim`]).
+//! - [`control`]: what the stores' control surfaces share (error answers, JSON bodies).
 //! - [`SimClock`] (this file): the simulator's time, which tests can set and move.
 //!
 //! A store's simulator goes in `src/<store>/`, its state apart from its HTTP surface: the state and
@@ -36,6 +37,7 @@
 //! the code it tests (`#[cfg(test)] mod tests;`).
 
 pub mod apple;
+pub mod control;
 pub mod openedx;
 pub mod play;
 pub mod stripe;

@@ -4,6 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::control::{self, ControlError};
 use axum::{
     Json, Router,
     body::Bytes,
@@ -19,8 +20,11 @@ use super::{
     AppleStore, AppleStoreError, ExpirySubtype, Outcome, ProductKind, Purchase, RevocationReason,
 };
 
-impl AppleStoreError {
-    /// The HTTP status and machine-readable code the control surface answers with.
+impl ControlError for AppleStoreError {
+    fn unfit(message: String) -> Self {
+        AppleStoreError::Invalid(message)
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::UnknownTransaction(_) => (StatusCode::NOT_FOUND, "unknown_transaction"),
@@ -38,12 +42,7 @@ impl AppleStoreError {
 
 impl IntoResponse for AppleStoreError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
+        control::answer(&self)
     }
 }
 
@@ -71,10 +70,8 @@ impl AppleStore {
 /// What the control handlers answer.
 type Answer = Result<Response, AppleStoreError>;
 
-/// Reads a JSON body, answering a clear 400 (not axum's plain-text rejection) when it does not fit.
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppleStoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| AppleStoreError::Invalid(format!("the body does not fit this action: {e}")))
+    control::body(bytes)
 }
 
 fn outcome(o: Outcome) -> Response {

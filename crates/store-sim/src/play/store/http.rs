@@ -7,8 +7,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::control::{self, ControlError};
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
     extract::{Path, State},
     http::StatusCode,
@@ -24,8 +25,11 @@ use crate::play::{
     VoidedSource, lock, push::DEFAULT_SUBSCRIPTION,
 };
 
-impl PlayError {
-    /// The HTTP status and machine-readable code the control surface answers with.
+impl ControlError for PlayError {
+    fn unfit(message: String) -> Self {
+        PlayError::Invalid(message)
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::UnknownPackage(_) => (StatusCode::NOT_FOUND, "unknown_package"),
@@ -45,31 +49,19 @@ impl PlayError {
 
 impl IntoResponse for PlayError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
+        control::answer(&self)
     }
 }
 
 /// What the control handlers answer.
 type Answer = Result<Response, PlayError>;
 
-/// Reads a JSON body, answering a clear 400 (not axum's plain-text rejection) when it does not fit.
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PlayError> {
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        bytes
-    };
-    serde_json::from_slice(bytes)
-        .map_err(|e| PlayError::Invalid(format!("the body does not fit this action: {e}")))
+    control::body(bytes)
 }
 
 fn ok<T: serde::Serialize>(value: T) -> Answer {
-    Ok(Json(value).into_response())
+    control::ok(value)
 }
 
 /// `"push"` in an action body.

@@ -18,8 +18,9 @@
 
 use std::sync::Arc;
 
+use crate::control::{self, ControlError};
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
     extract::{Path, Query, State},
     http::{StatusCode, header},
@@ -32,8 +33,11 @@ use serde_json::json;
 use super::{Outcome, PayMode};
 use crate::stripe::{API_VERSION, Forge, Interval, Price, PushMode, StripeError, StripeSim, lock};
 
-impl StripeError {
-    /// The HTTP status and machine-readable code the control surface answers with.
+impl ControlError for StripeError {
+    fn unfit(message: String) -> Self {
+        StripeError::invalid(message)
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NoSuch { .. } => (StatusCode::NOT_FOUND, "resource_missing"),
@@ -48,31 +52,19 @@ impl StripeError {
 
 impl IntoResponse for StripeError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
+        control::answer(&self)
     }
 }
 
 /// What the control handlers answer.
 type Answer = Result<Response, StripeError>;
 
-/// Reads a JSON body, answering a clear 400 when it does not fit.
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StripeError> {
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        bytes
-    };
-    serde_json::from_slice(bytes)
-        .map_err(|e| StripeError::invalid(format!("the body does not fit this action: {e}")))
+    control::body(bytes)
 }
 
 fn ok<T: serde::Serialize>(value: T) -> Answer {
-    Ok(Json(value).into_response())
+    control::ok(value)
 }
 
 fn outcome(o: Outcome) -> Answer {
