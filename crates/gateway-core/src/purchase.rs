@@ -92,9 +92,12 @@ pub struct Settled {
     pub expires_at: Option<Timestamp>,
     pub quantity: Option<(OrderKey, u32)>,
     pub auto_renew: Option<(OrderKey, bool)>,
-    /// The partial refunds, by dedupe key: the units each gave back.
+    /// The partial refunds, by dedupe key: where each is ordered, and the units it gave back.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub partial_refunds: BTreeMap<String, u32>,
+    pub partial_refunds: BTreeMap<String, (OrderKey, u32)>,
+    /// The latest refund reversal: it gives back every partial refund ordered before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reversed: Option<OrderKey>,
     /// The latest renewal: every fact ordered after it must be folded in full.
     pub renewed: Option<OrderKey>,
 }
@@ -132,14 +135,20 @@ impl Settled {
                 }
             }
             EventKind::PartlyRefunded { quantity } => {
-                self.partial_refunds
-                    .insert(e.dedupe_key.clone(), (*quantity).clamp(1, MAX_QUANTITY));
+                self.partial_refunds.insert(
+                    e.dedupe_key.clone(),
+                    (key(), (*quantity).clamp(1, MAX_QUANTITY)),
+                );
+            }
+            EventKind::RefundReversed => {
+                if later(self.reversed.as_ref()) {
+                    self.reversed = Some(key());
+                }
             }
             EventKind::BillingRetry
             | EventKind::GracePeriod { .. }
             | EventKind::Expired
             | EventKind::Refunded
-            | EventKind::RefundReversed
             | EventKind::Revoked => {}
         }
     }
@@ -149,6 +158,14 @@ impl Settled {
         self.purchased_at = Some(self.purchased_at.map_or(at, |p| p.min(at)));
         self.paid_since = Some(self.paid_since.map_or(at, |p| p.max(at)));
         self.expires_at = max_opt(self.expires_at, expires_at);
+    }
+
+    /// The units the partial refunds gave back and no reversal after them gave again.
+    pub fn refunded_units(&self) -> u32 {
+        self.partial_refunds
+            .values()
+            .filter(|(k, _)| self.reversed.as_ref().is_none_or(|r| k > r))
+            .fold(0_u32, |a, (_, q)| a.saturating_add(*q))
     }
 
     /// The store time from which facts must be read to fold from this summary: its latest renewal's.
@@ -280,7 +297,11 @@ pub fn fold_with_terms(
                     .refunded_units
                     .saturating_add((*quantity).clamp(1, MAX_QUANTITY));
             }
-            EventKind::RefundReversed => refunded = false,
+            // A reversal gives back what the refunds before it took, whole or in part.
+            EventKind::RefundReversed => {
+                refunded = false;
+                state.refunded_units = 0;
+            }
             EventKind::Revoked => revoked = true,
         }
     }
@@ -341,6 +362,7 @@ pub fn fold_from(
             | EventKind::AutoRenewChanged { .. } => {}
         }
     }
+    let refunded_units = sum.refunded_units();
     let mut state = PurchaseState {
         status: PurchaseStatus::Pending,
         purchased_at: sum.purchased_at,
@@ -350,10 +372,7 @@ pub fn fold_from(
         grace_until,
         billing_retry,
         quantity: sum.quantity.map_or(1, |(_, q)| q),
-        refunded_units: sum
-            .partial_refunds
-            .values()
-            .fold(0_u32, |a, q| a.saturating_add(*q)),
+        refunded_units,
     };
     let flags = Flags {
         bought: sum.bought,

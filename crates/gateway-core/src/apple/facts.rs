@@ -48,18 +48,27 @@ pub fn transaction_facts(
         }
     }];
     if let Some(revoked_ms) = t.revocation_date {
-        // Family Sharing ending is a revoke; anything else with a revocation date is a refund.
+        // Family Sharing ending is a revoke; a prorated refund of a consumable takes back its share
+        // of the units; anything else with a revocation date is a refund (a revoked transaction no
+        // longer entitles, as StoreKit has it).
         let family = t.revocation_type.as_deref() == Some("FAMILY_REVOKE")
             || t.in_app_ownership_type.as_deref() == Some("FAMILY_SHARED");
-        events.push(StoreEvent {
-            dedupe_key: format!("apple:{id}:revoked:{revoked_ms}"),
-            occurred_at: Timestamp::from_millis(revoked_ms),
-            kind: if family {
-                EventKind::Revoked
-            } else {
-                EventKind::Refunded
-            },
-        });
+        let kind = if family {
+            Some(EventKind::Revoked)
+        } else {
+            match taken(t, product) {
+                Taken::Whole => Some(EventKind::Refunded),
+                Taken::Units(units) => Some(EventKind::PartlyRefunded { quantity: units }),
+                Taken::Nothing => None,
+            }
+        };
+        if let Some(kind) = kind {
+            events.push(StoreEvent {
+                dedupe_key: format!("apple:{id}:revoked:{revoked_ms}"),
+                occurred_at: Timestamp::from_millis(revoked_ms),
+                kind,
+            });
+        }
     }
     if t.is_upgraded == Some(true) {
         let when = t.signed_date.map_or(at, Timestamp::from_millis);
@@ -79,6 +88,35 @@ pub fn transaction_facts(
         settled: None,
         events,
     })
+}
+
+/// What a refund takes back.
+enum Taken {
+    /// The whole purchase: a revoked transaction no longer entitles.
+    Whole,
+    /// Some units of a consumable.
+    Units(u32),
+    /// Nothing Apple's share amounts to: less than half a unit.
+    Nothing,
+}
+
+/// What a refund of `t` takes back: for a prorated refund of a consumable, its share of the whole
+/// quantity (`revocationPercentage` is in thousandths of a percent; 1 of 3 is 33333), rounded to
+/// units; a share that rounds to every unit is the whole purchase. Any other refund is whole.
+fn taken(t: &JwsTransaction, product: &Product) -> Taken {
+    let share = match (t.revocation_type.as_deref(), t.revocation_percentage) {
+        (Some("REFUND_PRORATED"), Some(share)) if product.kind == ProductKind::Consumable => {
+            share.clamp(0, 100_000)
+        }
+        _ => return Taken::Whole,
+    };
+    let quantity = i64::from(t.quantity.unwrap_or(1).max(1));
+    let units = (quantity * share + 50_000) / 100_000;
+    match u32::try_from(units) {
+        Ok(0) => Taken::Nothing,
+        Ok(units) if i64::from(units) < quantity => Taken::Units(units),
+        _ => Taken::Whole,
+    }
 }
 
 /// The facts a notification states beyond its transaction's own fields.
@@ -131,5 +169,70 @@ pub fn notification_events(
             )]
         }
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(kind: &str) -> Product {
+        let consumable =
+            (kind == "consumable").then(|| serde_json::json!({"currency": "COINS", "amount": 100}));
+        serde_json::from_value(serde_json::json!({"id": "p", "kind": kind,
+            "store_skus": {"app_store": "edu.p"}, "entitlements": [], "consumable": consumable,
+            "access_duration": null, "expires_at": null, "active": true}))
+        .unwrap()
+    }
+
+    fn refunded(quantity: u32, kind: Option<&str>, share: Option<i64>) -> JwsTransaction {
+        serde_json::from_value(
+            serde_json::json!({"transactionId": "1", "originalTransactionId": "1",
+            "purchaseDate": 1_000, "quantity": quantity, "revocationDate": 2_000,
+            "revocationReason": 0, "revocationType": kind, "revocationPercentage": share}),
+        )
+        .unwrap()
+    }
+
+    fn refund_kind(t: &JwsTransaction, p: &Product) -> Option<EventKind> {
+        let facts = transaction_facts(t, "pur".into(), p).unwrap();
+        facts
+            .events
+            .into_iter()
+            .find(|e| e.dedupe_key.contains(":revoked:"))
+            .map(|e| e.kind)
+    }
+
+    #[test]
+    fn a_prorated_refund_takes_back_its_share_of_a_consumables_units() {
+        let coins = product("consumable");
+        let prorated = |q, share| refunded(q, Some("REFUND_PRORATED"), Some(share));
+        let units = |quantity| Some(EventKind::PartlyRefunded { quantity });
+        // 1 of 3 is 33.333 %; 2 of 3 is 66.667 %.
+        assert_eq!(refund_kind(&prorated(3, 33_333), &coins), units(1));
+        assert_eq!(refund_kind(&prorated(3, 66_667), &coins), units(2));
+        // Every unit is the whole purchase; less than half a unit is nothing taken.
+        assert_eq!(
+            refund_kind(&prorated(3, 100_000), &coins),
+            Some(EventKind::Refunded)
+        );
+        assert_eq!(refund_kind(&prorated(3, 10_000), &coins), None);
+        // A full refund, and any refund of another kind of product, is whole.
+        assert_eq!(
+            refund_kind(&refunded(3, Some("REFUND_FULL"), None), &coins),
+            Some(EventKind::Refunded)
+        );
+        for kind in ["non_consumable", "subscription"] {
+            let p = product(kind);
+            assert_eq!(
+                refund_kind(&prorated(1, 40_000), &p),
+                Some(EventKind::Refunded),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            refund_kind(&refunded(1, Some("FAMILY_REVOKE"), None), &coins),
+            Some(EventKind::Revoked)
+        );
     }
 }

@@ -92,7 +92,10 @@ pub struct JwsTransaction {
     pub revocation_reason: Option<i64>,
     #[serde(default, deserialize_with = "millis")]
     pub revocation_date: Option<i64>,
+    /// `REFUND_FULL`, `REFUND_PRORATED` or `FAMILY_REVOKE`.
     pub revocation_type: Option<String>,
+    /// The share refunded, in thousandths of a percent (33333 is 33.333 %), of the whole quantity.
+    pub revocation_percentage: Option<i64>,
     pub is_upgraded: Option<bool>,
     pub offer_type: Option<i64>,
     pub environment: Option<String>,

@@ -66,12 +66,16 @@ pub enum AppleAction {
         #[arg(long)]
         grace_days: Option<u32>,
     },
-    /// Apple refunds a transaction: REFUND.
+    /// Apple refunds a transaction, whole or prorated: REFUND.
     Refund {
         #[arg(long)]
         transaction_id: String,
         #[arg(long, value_enum, default_value = "other")]
         reason: Reason,
+        /// A prorated refund's share of the whole quantity, in thousandths of a percent (33333 is
+        /// one of three units).
+        #[arg(long)]
+        percentage: Option<i64>,
     },
     /// Apple reverses a refund: REFUND_REVERSED.
     ReverseRefund {
@@ -255,6 +259,7 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
         AppleAction::Refund {
             transaction_id,
             reason,
+            percentage,
         } => {
             let code = match reason {
                 Reason::Other => 0,
@@ -263,7 +268,10 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
             (
                 reqwest::Method::POST,
                 "refund".into(),
-                Some(json!({"transaction_id": transaction_id, "revocation_reason": code})),
+                Some(
+                    json!({"transaction_id": transaction_id, "revocation_reason": code,
+                    "revocation_percentage": percentage}),
+                ),
             )
         }
         AppleAction::ReverseRefund { transaction_id } => (

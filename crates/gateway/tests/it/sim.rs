@@ -23,6 +23,7 @@ const DAY: i64 = 24 * HOUR;
 /// The simulated App Store of app `acme`, on the gateway's clock.
 pub(crate) struct Sim {
     pub(crate) store: Arc<AppleStore>,
+    server: Arc<AppStoreServer>,
     key: ApiKey,
     url: String,
 }
@@ -54,12 +55,26 @@ impl Sim {
         }}))
         .await
         .expect(200);
-        Sim { store, key, url }
+        Sim {
+            store,
+            server,
+            key,
+            url,
+        }
     }
 
     /// The types of the notifications in the fake API's Get Notification History, with the result
     /// of their last send attempt.
     async fn notification_history(&self, app: &TestApp) -> Vec<(String, String)> {
+        self.signed_history(app)
+            .await
+            .into_iter()
+            .map(|(kind, result, _)| (kind, result))
+            .collect()
+    }
+
+    /// Get Notification History's notifications: type, last send result and signed payload.
+    async fn signed_history(&self, app: &TestApp) -> Vec<(String, String, String)> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.key.key_id.clone());
         let exp = SimClock::system().now_ms() / 1000 + 300;
@@ -93,7 +108,7 @@ impl Sim {
                     .as_str()
                     .unwrap()
                     .to_owned();
-                (kind, result)
+                (kind, result, jws.to_owned())
             })
             .collect()
     }
@@ -255,6 +270,115 @@ both!(
             app.outbox_types("bob").await,
             vec!["balance.changed", "purchase.refunded", "balance.changed"]
         );
+    }
+);
+
+/// Buys three packs of 100 coins for `customer`, refunds one of three (33.333 %) a day later and
+/// reverses the refund a day after that; the transaction id.
+async fn three_packs_one_refunded(app: &TestApp, sim: &Sim, customer: &str) -> String {
+    let token = order(app, customer, "coins100").await;
+    let bought = sim
+        .store
+        .buy_with(&store_sim::apple::store::Purchase {
+            app_account_token: Some(&token),
+            quantity: 3,
+            ..store_sim::apple::store::Purchase::new("edu.acme.coins100", ProductKind::Consumable)
+        })
+        .await
+        .unwrap();
+    app.clock.advance_millis(DAY);
+    let refunded = sim
+        .store
+        .refund_share(
+            &bought.transaction_id,
+            RevocationReason::Other,
+            Some(33_333),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refunded.transaction["revocationType"], "REFUND_PRORATED");
+    assert_eq!(refunded.transaction["revocationPercentage"], 33_333);
+    app.clock.advance_millis(DAY);
+    sim.store
+        .reverse_refund(&bought.transaction_id)
+        .await
+        .unwrap();
+    bought.transaction_id
+}
+
+both!(
+    a_prorated_consumable_refund_claws_back_its_share_and_its_reversal_restores_it,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        // In order: one pack of three is clawed back, then given again.
+        let token = order(&app, "bob", "coins100").await;
+        let bought = sim
+            .store
+            .buy_with(&store_sim::apple::store::Purchase {
+                app_account_token: Some(&token),
+                quantity: 3,
+                ..store_sim::apple::store::Purchase::new(
+                    "edu.acme.coins100",
+                    ProductKind::Consumable,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(snapshot(&app, "bob").await["balances"]["COINS"], 300);
+        app.clock.advance_millis(DAY);
+        sim.store
+            .refund_share(
+                &bought.transaction_id,
+                RevocationReason::Other,
+                Some(33_333),
+            )
+            .await
+            .unwrap();
+        let snap = snapshot(&app, "bob").await;
+        assert_eq!(snap["balances"]["COINS"], 200, "{snap}");
+        assert_eq!(snap["purchases"][0]["status"], "active");
+        app.clock.advance_millis(DAY);
+        sim.store
+            .reverse_refund(&bought.transaction_id)
+            .await
+            .unwrap();
+        assert_eq!(snapshot(&app, "bob").await["balances"]["COINS"], 300);
+        // The purchase stands throughout: only the balance moves, 300, 200, 300.
+        assert_eq!(app.outbox_types("bob").await, vec!["balance.changed"; 3]);
+        // The timeline shows the units the refund took, from the transaction Apple signed.
+        let timeline = app
+            .get("/v1/apps/acme/customers/bob/timeline")
+            .await
+            .expect(200);
+        let text = timeline.to_string();
+        assert!(
+            text.contains("partly_refunded") && text.contains("REFUND_PRORATED"),
+            "{timeline}"
+        );
+
+        // Out of order: Apple's two notifications reach the gateway reversal first; the balance
+        // ends where it started all the same.
+        sim.server
+            .set_notification_url("http://127.0.0.1:9/unreachable");
+        three_packs_one_refunded(&app, &sim, "cleo").await;
+        let sent: Vec<(String, String, String)> = sim.signed_history(&app).await;
+        let payload = |kind: &str| {
+            sent.iter()
+                .rev()
+                .find(|(k, _, _)| k == kind)
+                .map(|(_, _, jws)| jws.clone())
+                .unwrap()
+        };
+        for kind in ["REFUND_REVERSED", "REFUND", "ONE_TIME_CHARGE"] {
+            app.post(
+                "/v1/apps/acme/notifications/app_store",
+                json!({"signedPayload": payload(kind)}),
+            )
+            .await
+            .expect(200);
+        }
+        let snap = snapshot(&app, "cleo").await;
+        assert_eq!(snap["balances"]["COINS"], 300, "{snap}");
     }
 );
 

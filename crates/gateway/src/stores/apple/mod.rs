@@ -377,9 +377,10 @@ impl AppStore {
             .unwrap_or_default();
         let cause = match &transaction {
             Some(t) => format!(
-                "App Store notification {}{subtype} for transaction {}.",
+                "App Store notification {}{subtype} for transaction {}{}.",
                 n.notification_type,
-                t.transaction_id.as_deref().unwrap_or("?")
+                t.transaction_id.as_deref().unwrap_or("?"),
+                revocation_text(t)
             ),
             None => format!("App Store notification {}{subtype}.", n.notification_type),
         };
@@ -531,5 +532,20 @@ fn next_token(page: &NotificationHistoryResponse) -> StoreResult<Option<String>>
             "store_paging_runaway",
             "The App Store Server API said there is more history but sent none; paging stopped.",
         )),
+    }
+}
+
+/// How a revoked transaction was revoked, for the timeline: `" (REFUND_PRORATED, 33.333 %)"`.
+fn revocation_text(t: &JwsTransaction) -> String {
+    let Some(kind) = t
+        .revocation_type
+        .as_deref()
+        .filter(|_| t.revocation_date.is_some())
+    else {
+        return String::new();
+    };
+    match t.revocation_percentage {
+        Some(p) => format!(" ({kind}, {}.{:03} %)", p / 1000, p % 1000),
+        None => format!(" ({kind})"),
     }
 }

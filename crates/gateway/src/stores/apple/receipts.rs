@@ -89,6 +89,7 @@ impl InApp {
                 .and_then(|r| r.parse().ok()),
             revocation_date: ms(&self.cancellation_date_ms),
             revocation_type: None,
+            revocation_percentage: None,
             is_upgraded: self.is_upgraded.map(|u| u == "true"),
             offer_type: None,
             environment: Some(environment.as_str().to_owned()),

@@ -140,6 +140,8 @@ struct RefundBody {
     transaction_id: String,
     /// Apple's `revocationReason`: 0 (another reason, the default) or 1 (an issue in the app).
     revocation_reason: Option<i64>,
+    /// A prorated refund's `revocationPercentage` (thousandths of a percent); whole when absent.
+    revocation_percentage: Option<i64>,
 }
 
 async fn refund(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
@@ -153,7 +155,10 @@ async fn refund(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
             )));
         }
     };
-    Ok(outcome(s.refund(&b.transaction_id, reason).await?))
+    Ok(outcome(
+        s.refund_share(&b.transaction_id, reason, b.revocation_percentage)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]

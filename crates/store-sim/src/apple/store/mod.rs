@@ -765,6 +765,25 @@ impl AppleStore {
         transaction_id: &str,
         reason: RevocationReason,
     ) -> Result<Outcome, AppleStoreError> {
+        self.refund_share(transaction_id, reason, None).await
+    }
+
+    /// Apple refunds a transaction in part when `share` is given (`revocationType:
+    /// REFUND_PRORATED`, `revocationPercentage` in thousandths of a percent of the whole quantity,
+    /// 1 to 99999), else whole (`REFUND_FULL`); REFUND.
+    pub async fn refund_share(
+        &self,
+        transaction_id: &str,
+        reason: RevocationReason,
+        share: Option<i64>,
+    ) -> Result<Outcome, AppleStoreError> {
+        if let Some(share) = share
+            && !(1..100_000).contains(&share)
+        {
+            return Err(AppleStoreError::Invalid(format!(
+                "a prorated refund's share is 1 to 99999 thousandths of a percent, not {share}"
+            )));
+        }
         self.check_url()?;
         let now = self.clock.now_ms();
         let change = {
@@ -775,7 +794,13 @@ impl AppleStore {
             }
             t["revocationDate"] = now.into();
             t["revocationReason"] = reason.code().into();
-            t["revocationType"] = "REFUND_FULL".into();
+            match share {
+                Some(share) => {
+                    t["revocationType"] = "REFUND_PRORATED".into();
+                    t["revocationPercentage"] = share.into();
+                }
+                None => t["revocationType"] = "REFUND_FULL".into(),
+            }
             t["signedDate"] = now.into();
             self.replace(&mut books, t, "REFUND", now)?
         };
