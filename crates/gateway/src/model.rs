@@ -73,6 +73,11 @@ pub struct AppStoreConfig {
     /// consent to share that data: Apple requires `customerConsented: true`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub answer_consumption_requests: bool,
+    /// Finish each App Store transaction through the App Store Server API (Finish Transaction) once
+    /// its grant has committed, so none waits in the device's queue when the app stopped before
+    /// calling `Transaction.finish()`. The app may still finish it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finish_transactions: bool,
 }
 
 fn production() -> AppleEnvironment {

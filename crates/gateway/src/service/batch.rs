@@ -97,6 +97,18 @@ pub struct Held {
     pub cause: String,
     pub transaction: serde_json::Value,
     pub events: Vec<StoreEvent>,
+    /// The store actions owed once it grants (an acknowledgement, a finish).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed: Vec<HeldAction>,
+}
+
+/// A store action owed on a grant, as a held notification keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldAction {
+    pub id: String,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub on_grant: String,
 }
 
 impl Notification {
@@ -107,6 +119,18 @@ impl Notification {
             cause: self.cause.clone(),
             transaction: self.transaction.to_json().map_err(db::DbError::from)?,
             events: self.events.clone(),
+            owed: self
+                .owed
+                .iter()
+                .filter_map(|o| {
+                    Some(HeldAction {
+                        id: o.id.clone(),
+                        event_type: o.event_type.to_owned(),
+                        payload: o.payload.clone(),
+                        on_grant: o.on_grant.clone()?,
+                    })
+                })
+                .collect(),
         })
     }
 
@@ -127,7 +151,22 @@ impl Notification {
             transaction: Transaction::from_json(store, held.transaction)
                 .map_err(db::DbError::from)?,
             events: held.events,
-            owed: Vec::new(),
+            // Each as the stores name it; one of a type no store performs any more is dropped.
+            owed: held
+                .owed
+                .into_iter()
+                .filter_map(|o| {
+                    let event_type = crate::stores::ACTION_TYPES
+                        .into_iter()
+                        .find(|t| *t == o.event_type)?;
+                    Some(Owed {
+                        id: o.id,
+                        event_type,
+                        payload: o.payload,
+                        on_grant: Some(o.on_grant),
+                    })
+                })
+                .collect(),
             held_as: Some(inbound_id),
             now,
         })

@@ -9,6 +9,7 @@
 //!
 //! - `store.app_store.consumption`: the answer to a CONSUMPTION_REQUEST (Send Consumption
 //!   Information).
+//! - `store.app_store.finish`: Finish Transaction, once a transaction's grant committed.
 
 use gateway_core::{AppUserId, ids::Store};
 
@@ -80,6 +81,9 @@ async fn standing(
     standing.delivered = purchase.status != gateway_core::PurchaseStatus::Pending;
     let product = crate::db::products::get(db, &app.id, &purchase.product_id).await?;
     standing.consumable = product.as_ref().is_some_and(|p| p.consumable.is_some());
+    standing.subscription = product
+        .as_ref()
+        .is_some_and(|p| p.kind == gateway_core::ProductKind::Subscription);
     if let Some(spec) = product.and_then(|p| p.consumable) {
         let credited = spec.amount.saturating_mul(i64::from(quantity));
         let balance = rec.balances.get(&spec.currency).copied().unwrap_or(0);

@@ -80,7 +80,12 @@ impl Stores {
 }
 
 /// The outbox types of the actions stores are owed.
-pub const ACTION_TYPES: [&str; 3] = [apple::CONSUMPTION, play::ACKNOWLEDGE, play::REFUND_REVIEW];
+pub const ACTION_TYPES: [&str; 4] = [
+    apple::CONSUMPTION,
+    apple::FINISH,
+    play::ACKNOWLEDGE,
+    play::REFUND_REVIEW,
+];
 
 /// One store's adapter: the verbs every store has, dispatched to it.
 #[derive(Debug, Clone, Copy)]
@@ -335,6 +340,8 @@ pub struct Standing {
     pub consumed: Option<u32>,
     /// The product is a consumable.
     pub consumable: bool,
+    /// The product is an auto-renewable subscription.
+    pub subscription: bool,
 }
 
 /// The names a store's inputs go by.

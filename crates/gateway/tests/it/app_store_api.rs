@@ -119,6 +119,7 @@ fn app_for(chain: &AppleChain, key: &ApiKey, url: &str, bundle: &str) -> App {
                 verify_receipt_url: None,
                 verify_receipt_sandbox_url: None,
                 answer_consumption_requests: false,
+                finish_transactions: false,
             }),
             play_store: None,
             stripe: None,

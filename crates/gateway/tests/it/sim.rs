@@ -26,6 +26,8 @@ pub(crate) struct Sim {
     server: Arc<AppStoreServer>,
     key: ApiKey,
     url: String,
+    /// The app's `app_store` settings as opened.
+    settings: Value,
 }
 
 impl Sim {
@@ -49,18 +51,31 @@ impl Sim {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let router = server.router().merge(store.router());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        app.patch("/v1/apps/acme", json!({"app_store": {
+        let settings = json!({
             "bundle_id": "edu.acme.app", "environment": "Sandbox", "root_certificates_pem": [chain.root_pem()],
             "api_base_url": url, "issuer_id": key.issuer_id, "key_id": key.key_id, "private_key_pem": key.private_key_pem
-        }}))
-        .await
-        .expect(200);
+        });
+        app.patch("/v1/apps/acme", json!({ "app_store": settings }))
+            .await
+            .expect(200);
         Sim {
             store,
             server,
             key,
             url,
+            settings,
         }
+    }
+
+    /// Sets more of the app's `app_store` settings.
+    async fn set(&self, app: &TestApp, more: Value) {
+        let mut settings = self.settings.clone();
+        if let (Some(s), Some(m)) = (settings.as_object_mut(), more.as_object()) {
+            s.extend(m.clone());
+        }
+        app.patch("/v1/apps/acme", json!({ "app_store": settings }))
+            .await
+            .expect(200);
     }
 
     /// The types of the notifications in the fake API's Get Notification History, with the result
@@ -379,6 +394,85 @@ both!(
         }
         let snap = snapshot(&app, "cleo").await;
         assert_eq!(snap["balances"]["COINS"], 300, "{snap}");
+    }
+);
+
+/// The transactions Apple was told are finished, once `want` of them are (the delivery worker
+/// performs the finish after the grant), or as they are after five seconds.
+async fn finished_soon(sim: &Sim, want: usize) -> Vec<String> {
+    for _ in 0..50 {
+        if sim.server.finished().len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.server.finished()
+}
+
+both!(
+    the_gateway_finishes_a_transaction_once_after_its_grant,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        sim.set(&app, json!({"finish_transactions": true})).await;
+        // Bought in the app, which stopped before finishing: Apple's notification grants it, and
+        // the gateway finishes it.
+        let token = order(&app, "alice", "coins100").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.coins100", ProductKind::Consumable, Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(snapshot(&app, "alice").await["balances"]["COINS"], 100);
+        assert_eq!(
+            finished_soon(&sim, 1).await,
+            vec![bought.transaction_id.clone()]
+        );
+        // The app comes back and submits it: granted already, and not finished again.
+        let again = app
+            .post(
+                "/v1/apps/acme/purchases",
+                json!({"app_user_id": "alice", "store": "app_store",
+                    "transaction_id": bought.transaction_id}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(again["status"], "granted", "{again}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sim.server.finished().len(), 1, "finished once");
+
+        // A product the catalog does not sell yet: held, not granted, not finished; once the
+        // catalog maps it, it is granted, then finished.
+        let token = order(&app, "alice", "coins100").await;
+        let held = sim
+            .store
+            .buy("edu.acme.coins500", ProductKind::Consumable, Some(&token))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            sim.server.finished().len(),
+            1,
+            "nothing granted, nothing finished"
+        );
+        app.put(
+            "/v1/apps/acme/products/coins500",
+            json!({"kind": "consumable", "store_skus": {"app_store": "edu.acme.coins500"},
+                "consumable": {"currency": "COINS", "amount": 500}}),
+        )
+        .await
+        .expect(201);
+        assert_eq!(snapshot(&app, "alice").await["balances"]["COINS"], 600);
+        assert_eq!(
+            finished_soon(&sim, 2).await,
+            vec![bought.transaction_id, held.transaction_id]
+        );
+        let finishes: Vec<_> = app
+            .outbox("alice")
+            .await
+            .into_iter()
+            .filter(|e| e.event_type == "store.app_store.finish")
+            .collect();
+        assert_eq!(finishes.len(), 2, "{finishes:?}");
     }
 );
 

@@ -762,6 +762,19 @@ impl AppStoreApi {
         self.send(app, env, &call).await.map(drop)
     }
 
+    /// `POST /inApps/v1/transactions/{transactionId}/finish`: tells Apple the app delivered the
+    /// transaction, as `Transaction.finish()` on the device does. No body either way.
+    pub async fn finish_transaction(
+        &self,
+        app: &App,
+        env: AppleEnvironment,
+        transaction_id: &str,
+    ) -> StoreResult<()> {
+        let id = self::transaction_id(transaction_id)?;
+        let call = Call::new(Method::POST, format!("/inApps/v1/transactions/{id}/finish"));
+        self.send(app, env, &call).await.map(drop)
+    }
+
     /// `PUT /inApps/v1/transactions/consumption/{transactionId}`: the deprecated v1 form of
     /// [`AppStoreApi::send_consumption_information`], with Apple's numbered ranges.
     pub async fn send_consumption_data(

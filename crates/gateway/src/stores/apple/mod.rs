@@ -23,7 +23,7 @@ pub use verifier::{Verifiers, transaction_facts};
 
 use self::api::{
     AppStoreApi, ConsumptionRequest, DeliveryStatus, NotificationHistoryRequest,
-    NotificationHistoryResponse,
+    NotificationHistoryResponse, RefundPreference,
 };
 use super::{
     Names, Notice, Owed, Page, Problem, Proof, Proven, RestoreProof, Standing, StoreError,
@@ -43,6 +43,9 @@ pub const NAMES: Names = Names {
 
 /// The outbox type of an owed consumption answer.
 pub const CONSUMPTION: &str = "store.app_store.consumption";
+
+/// The outbox type of an owed Finish Transaction.
+pub const FINISH: &str = "store.app_store.finish";
 
 /// The most transactions one restore may carry.
 pub const MAX_RESTORE: usize = 200;
@@ -69,9 +72,9 @@ pub struct Envelope {
     signed_payload: String,
 }
 
-/// What the answer to one consumption request needs.
+/// The transaction an owed action (a consumption answer, a finish) is about.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ConsumptionAnswer {
+struct ActionSubject {
     transaction_id: String,
     /// The purchase lineage.
     original_transaction_id: String,
@@ -234,12 +237,23 @@ impl AppStore {
                 .map(Transaction::AppStore)
                 .map_err(refused)
         };
-        let proven = |transactions, raw, what| Proven {
+        let finishes = finishes(app);
+        let proven = |transactions: Vec<Transaction>, raw, what| Proven {
+            owed: if finishes && what == "transaction" {
+                transactions
+                    .iter()
+                    .filter_map(|t| match t {
+                        Transaction::AppStore(t) => finish_owed(t, verifier.environment()),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             transactions,
             raw,
             what,
             listing: what == "receipt",
-            owed: Vec::new(),
         };
         match (
             proof.signed_transaction,
@@ -362,7 +376,7 @@ impl AppStore {
             .app_store
             .as_ref()
             .is_some_and(|c| c.answer_consumption_requests);
-        let owed: Vec<_> = match &transaction {
+        let mut owed: Vec<_> = match &transaction {
             Some(t) if answers && n.notification_type == "CONSUMPTION_REQUEST" => {
                 consumption_answer(&n.notification_uuid, t, verifier.environment())
                     .into_iter()
@@ -370,6 +384,14 @@ impl AppStore {
             }
             _ => Vec::new(),
         };
+        // A transaction the app may never have finished (it stopped before submitting) is finished
+        // once a decision grants it.
+        if finishes(app)
+            && let Some(t) = &transaction
+            && t.revocation_date.is_none()
+        {
+            owed.extend(finish_owed(t, verifier.environment()));
+        }
         let subtype = n
             .subtype
             .as_deref()
@@ -444,8 +466,8 @@ impl AppStore {
         event_type: &str,
         payload: &serde_json::Value,
     ) -> StoreResult<(String, u32)> {
-        let answer = consumption(event_type, payload)?;
-        Ok((answer.original_transaction_id, answer.quantity))
+        let subject = subject(event_type, payload)?;
+        Ok((subject.original_transaction_id, subject.quantity))
     }
 
     /// Sends the consumption information owed to a CONSUMPTION_REQUEST, from what the gateway knows
@@ -457,11 +479,18 @@ impl AppStore {
         payload: &serde_json::Value,
         standing: Standing,
     ) -> StoreResult<u16> {
-        let answer = consumption(event_type, payload)?;
+        let answer = subject(event_type, payload)?;
         let env = match answer.environment.as_str() {
             "Production" => AppleEnvironment::Production,
             _ => AppleEnvironment::Sandbox,
         };
+        if event_type == FINISH {
+            self.api
+                .finish_transaction(app, env, &answer.transaction_id)
+                .await?;
+            tracing::info!(app = %app.id, transaction = %answer.transaction_id, "finished an App Store transaction");
+            return Ok(200);
+        }
         let request = ConsumptionRequest {
             customer_consented: true,
             sample_content_provided: false,
@@ -470,9 +499,17 @@ impl AppStore {
             } else {
                 DeliveryStatus::UndeliveredOther
             },
-            consumption_percentage: standing.consumed,
+            // Apple works out an auto-renewable subscription's consumption itself.
+            consumption_percentage: standing.consumed.filter(|_| !standing.subscription),
             refund_preference: None,
         };
+        if let Err(rule) = v2_rules(&request, standing.subscription) {
+            return Err(StoreError::new(
+                Problem::Malformed,
+                "consumption_answer_refused",
+                format!("The consumption answer breaks Apple's rules and was not sent: {rule}."),
+            ));
+        }
         let outcome = self
             .api
             .send_consumption_information(app, env, &answer.transaction_id, &request)
@@ -501,7 +538,7 @@ fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment) -> 
         .original_transaction_id
         .clone()
         .unwrap_or_else(|| transaction_id.clone());
-    let answer = ConsumptionAnswer {
+    let answer = ActionSubject {
         transaction_id,
         original_transaction_id: lineage,
         quantity: t.quantity.unwrap_or(1).max(1),
@@ -515,8 +552,63 @@ fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment) -> 
     })
 }
 
-fn consumption(event_type: &str, payload: &serde_json::Value) -> StoreResult<ConsumptionAnswer> {
-    super::action((event_type, CONSUMPTION), payload, "a consumption answer")
+/// Apple's rules for a v2 consumption answer (Send Consumption Information): a consumption answer
+/// that breaks one is never sent. `deliveryStatus` is always there by its type.
+fn v2_rules(r: &ConsumptionRequest, subscription: bool) -> Result<(), &'static str> {
+    if !r.customer_consented {
+        return Err("customerConsented must be true");
+    }
+    if subscription && r.consumption_percentage.is_some() {
+        return Err("an auto-renewable subscription takes no consumptionPercentage");
+    }
+    if r.consumption_percentage.is_some_and(|p| p > 100_000) {
+        return Err("consumptionPercentage is at most 100000");
+    }
+    if r.refund_preference == Some(RefundPreference::GrantProrated)
+        && r.consumption_percentage.is_none_or(|p| p == 0)
+    {
+        return Err("GRANT_PRORATED needs a consumptionPercentage above 0");
+    }
+    Ok(())
+}
+
+/// Whether the app has the gateway finish its App Store transactions.
+fn finishes(app: &App) -> bool {
+    app.settings
+        .app_store
+        .as_ref()
+        .is_some_and(|c| c.finish_transactions)
+}
+
+/// Finish Transaction for `t`, owed once a decision grants its lineage; one per transaction.
+fn finish_owed(t: &JwsTransaction, env: AppleEnvironment) -> Option<Owed> {
+    let transaction_id = t.transaction_id.clone()?;
+    let lineage = t
+        .original_transaction_id
+        .clone()
+        .unwrap_or_else(|| transaction_id.clone());
+    let subject = ActionSubject {
+        transaction_id: transaction_id.clone(),
+        original_transaction_id: lineage.clone(),
+        quantity: t.quantity.unwrap_or(1).max(1),
+        environment: env.as_str().into(),
+    };
+    Some(Owed {
+        id: format!("act_apple_finish_{transaction_id}"),
+        event_type: FINISH,
+        payload: serde_json::to_value(&subject).unwrap_or_default(),
+        on_grant: Some(lineage),
+    })
+}
+
+/// The transaction an owed App Store action is about.
+fn subject(event_type: &str, payload: &serde_json::Value) -> StoreResult<ActionSubject> {
+    let expected = if event_type == FINISH {
+        FINISH
+    } else {
+        CONSUMPTION
+    };
+    super::action((event_type, expected), payload, "an App Store action")
 }
 
 /// The token of the page after `page`, if there is one. A page that says there is more but brings
@@ -547,5 +639,33 @@ fn revocation_text(t: &JwsTransaction) -> String {
     match t.revocation_percentage {
         Some(p) => format!(" ({kind}, {}.{:03} %)", p / 1000, p % 1000),
         None => format!(" ({kind})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumption_answer_that_breaks_apples_rules_is_refused() {
+        let answer =
+            |share: Option<u32>, preference: Option<RefundPreference>| ConsumptionRequest {
+                customer_consented: true,
+                sample_content_provided: false,
+                delivery_status: DeliveryStatus::Delivered,
+                consumption_percentage: share,
+                refund_preference: preference,
+            };
+        assert!(v2_rules(&answer(Some(75_000), None), false).is_ok());
+        assert!(v2_rules(&answer(None, None), true).is_ok());
+        assert!(v2_rules(&answer(Some(75_000), None), true).is_err());
+        assert!(v2_rules(&answer(Some(100_001), None), false).is_err());
+        let prorated = Some(RefundPreference::GrantProrated);
+        assert!(v2_rules(&answer(Some(1), prorated), false).is_ok());
+        assert!(v2_rules(&answer(Some(0), prorated), false).is_err());
+        assert!(v2_rules(&answer(None, prorated), false).is_err());
+        let mut unconsented = answer(None, None);
+        unconsented.customer_consented = false;
+        assert!(v2_rules(&unconsented, false).is_err());
     }
 }

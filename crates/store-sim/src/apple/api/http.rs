@@ -203,6 +203,7 @@ impl AppStoreServer {
                 "/inApps/v2/transactions/consumption/{id}",
                 put(consumption_v2),
             )
+            .route("/inApps/v1/transactions/{id}/finish", post(finish))
             .route("/verifyReceipt", post(verify_receipt_production))
             .route("/sandbox/verifyReceipt", post(verify_receipt_sandbox))
             .with_state(self.clone())
@@ -266,6 +267,21 @@ impl AppStoreServer {
     /// The account a transaction id (or original transaction id) belongs to, as Apple finds a
     /// customer from any of their transactions. A malformed id is Apple's 4000006, an unknown one
     /// its 4040010.
+    /// The `type` of the transaction `id` (or of the newest of lineage `id`), empty when unknown.
+    fn product_type_of(&self, id: &str) -> String {
+        let transactions = lock(&self.transactions);
+        transactions
+            .get(id)
+            .or_else(|| {
+                transactions
+                    .values()
+                    .find(|s| s.payload["originalTransactionId"] == id)
+            })
+            .and_then(|s| s.payload["type"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn account_of(&self, id: &str) -> Result<String, AppleError> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(bad_request(4000006, "Invalid transaction id."));
@@ -674,8 +690,10 @@ fn in_range(body: &Value, field: &str, range: std::ops::RangeInclusive<i64>) -> 
     body[field].as_i64().is_some_and(|n| range.contains(&n))
 }
 
-/// Checks a v2 ConsumptionRequest as Apple does; `Ok` when it passes.
-pub(super) fn check_consumption_v2(body: &Value) -> Result<(), AppleError> {
+/// Checks a v2 ConsumptionRequest as Apple does, for a transaction of `product_type` (Apple's
+/// `type`); `Ok` when it passes. An auto-renewable subscription's consumption is Apple's to work
+/// out, so it takes no `consumptionPercentage`; a `GRANT_PRORATED` preference needs a share above 0.
+pub(super) fn check_consumption_v2(body: &Value, product_type: &str) -> Result<(), AppleError> {
     if body["customerConsented"] != true {
         return Err(bad_request(4000035, "Invalid customer consented."));
     }
@@ -706,6 +724,18 @@ pub(super) fn check_consumption_v2(body: &Value) -> Result<(), AppleError> {
             .is_some_and(|p| ["DECLINE", "GRANT_FULL", "GRANT_PRORATED"].contains(&p))
     {
         return Err(bad_request(4000000, "Invalid refund preference."));
+    }
+    if product_type == "Auto-Renewable Subscription" && !percentage.is_null() {
+        return Err(bad_request(
+            4000000,
+            "Invalid request. consumptionPercentage is not allowed for an auto-renewable subscription.",
+        ));
+    }
+    if preference == "GRANT_PRORATED" && percentage.as_i64().is_none_or(|p| p <= 0) {
+        return Err(bad_request(
+            4000000,
+            "Invalid request. GRANT_PRORATED needs a consumptionPercentage above 0.",
+        ));
     }
     Ok(())
 }
@@ -777,6 +807,20 @@ async fn consumption_v2(
     consumption(&s, &headers, 2, &id, &body)
 }
 
+/// Finish Transaction: a transaction of the account, recorded as finished; 200 with no body.
+async fn finish(
+    State(s): State<Arc<AppStoreServer>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    if let Some(refused) = s.admit(&headers) {
+        return Ok(refused);
+    }
+    s.account_of(&id)?;
+    lock(&s.finished).push(id);
+    Ok(StatusCode::OK.into_response())
+}
+
 /// Send Consumption Information: checks the body, keeps it, and answers 202 with no body, as Apple does.
 fn consumption(
     s: &AppStoreServer,
@@ -795,7 +839,7 @@ fn consumption(
     if version == 1 {
         check_consumption_v1(&body)?;
     } else {
-        check_consumption_v2(&body)?;
+        check_consumption_v2(&body, &s.product_type_of(id))?;
     }
     lock(&s.consumption).push(ConsumptionRecord {
         version,

@@ -144,6 +144,8 @@ pub struct AppStoreServer {
     renewals: Mutex<HashMap<String, Value>>,
     notifications: Mutex<Vec<Sent>>,
     consumption: Mutex<Vec<ConsumptionRecord>>,
+    /// The transaction ids Finish Transaction was called for, in order (repeats kept).
+    finished: Mutex<Vec<String>>,
     settings: Mutex<Settings>,
     /// Answers to give before the real one, to exercise retries: (status, Retry-After header).
     faults: Mutex<Vec<(u16, Option<String>)>>,
@@ -222,6 +224,7 @@ impl AppStoreServer {
             renewals: Mutex::new(HashMap::new()),
             notifications: Mutex::new(Vec::new()),
             consumption: Mutex::new(Vec::new()),
+            finished: Mutex::new(Vec::new()),
             settings: Mutex::new(Settings {
                 page_size: APPLE_PAGE_SIZE,
                 environment: "Sandbox".into(),
@@ -361,6 +364,11 @@ impl AppStoreServer {
     /// The Send Consumption Information requests the server accepted, oldest first.
     pub fn consumption_requests(&self) -> Vec<ConsumptionRecord> {
         lock(&self.consumption).clone()
+    }
+
+    /// The transaction ids Finish Transaction was called for, oldest first (a repeat appears again).
+    pub fn finished(&self) -> Vec<String> {
+        lock(&self.finished).clone()
     }
 
     /// How many items a page of transaction, refund or notification history holds (Apple: 20).

@@ -52,13 +52,40 @@ fn history_filters_read_apples_query() {
 #[test]
 fn consumption_bodies_are_checked_as_apple_checks_them() {
     let v2 = json!({"customerConsented": true, "sampleContentProvided": false, "deliveryStatus": "DELIVERED", "consumptionPercentage": 50000, "refundPreference": "GRANT_FULL"});
-    assert!(check_consumption_v2(&v2).is_ok());
+    let coins = "Consumable";
+    assert!(check_consumption_v2(&v2, coins).is_ok());
     let mut no_consent = v2.clone();
     no_consent["customerConsented"] = false.into();
-    assert!(check_consumption_v2(&no_consent).is_err());
+    assert!(check_consumption_v2(&no_consent, coins).is_err());
     let mut too_much = v2.clone();
     too_much["consumptionPercentage"] = 100_001.into();
-    assert!(check_consumption_v2(&too_much).is_err());
+    assert!(check_consumption_v2(&too_much, coins).is_err());
+    let mut no_delivery = v2.clone();
+    no_delivery
+        .as_object_mut()
+        .unwrap()
+        .remove("deliveryStatus");
+    assert!(check_consumption_v2(&no_delivery, coins).is_err());
+    // An auto-renewable subscription takes no share: Apple works it out.
+    let sub = "Auto-Renewable Subscription";
+    assert!(check_consumption_v2(&v2, sub).is_err());
+    let mut no_share = v2.clone();
+    no_share
+        .as_object_mut()
+        .unwrap()
+        .remove("consumptionPercentage");
+    assert!(check_consumption_v2(&no_share, sub).is_ok());
+    // A prorated refund preference needs a share above nothing.
+    let mut prorated = v2.clone();
+    prorated["refundPreference"] = "GRANT_PRORATED".into();
+    assert!(check_consumption_v2(&prorated, coins).is_ok());
+    prorated["consumptionPercentage"] = 0.into();
+    assert!(check_consumption_v2(&prorated, coins).is_err());
+    prorated
+        .as_object_mut()
+        .unwrap()
+        .remove("consumptionPercentage");
+    assert!(check_consumption_v2(&prorated, "Non-Consumable").is_err());
     let v1 = json!({"customerConsented": true, "consumptionStatus": 1, "platform": 2, "sampleContentProvided": false, "deliveryStatus": 3,
         "appAccountToken": "7389a31a-fb6d-4569-a2a6-db7d85d84813", "accountTenure": 4, "playTime": 5, "lifetimeDollarsRefunded": 6,
         "lifetimeDollarsPurchased": 7, "userStatus": 4, "refundPreference": 3});
