@@ -382,6 +382,60 @@ both!(
 );
 
 both!(
+    a_notification_the_database_cannot_keep_is_a_5xx_and_apples_retry_is_taken_once,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let token = crate::sim::order(&app, "u1", "cs101").await;
+        let body = store.notify_body(
+            "ONE_TIME_CHARGE",
+            None,
+            "n-fault",
+            t,
+            Some(store.transaction(
+                "8100",
+                "edu.acme.cs101",
+                t,
+                json!({ "appAccountToken": token }),
+            )),
+        );
+        // The database refuses every write of an input, as a full disk or a failed primary would.
+        let (arm, disarm) = match app.backend {
+            Backend::Sqlite => (
+                "CREATE TRIGGER forced_fault BEFORE INSERT ON inbound BEGIN SELECT RAISE(ABORT, 'forced fault'); END",
+                "DROP TRIGGER forced_fault",
+            ),
+            Backend::Postgres => (
+                "CREATE RULE forced_fault AS ON INSERT TO inbound DO INSTEAD SELECT 1 / 0",
+                "DROP RULE forced_fault ON inbound",
+            ),
+        };
+        sqlx::query(arm).execute(app.db.writer()).await.unwrap();
+        let refused = notify(&app, body.clone()).await;
+        assert!(
+            refused.status.is_server_error(),
+            "Apple retries a 5xx, not a 4xx: {} {}",
+            refused.status,
+            refused.body
+        );
+        assert_eq!(app.count("inbound").await, 0, "nothing kept");
+        assert_eq!(app.count("entitlements").await, 0);
+        sqlx::query(disarm).execute(app.db.writer()).await.unwrap();
+        // Apple's retry is taken, once.
+        assert_eq!(
+            notify(&app, body.clone()).await.expect(200)["status"],
+            "decided"
+        );
+        assert_eq!(notify(&app, body).await.expect(200)["status"], "duplicate");
+        assert_eq!(app.count("inbound").await, 1);
+        assert_eq!(
+            app.entitlement("u1", "course-v1:Acme+CS101+2026").await["status"],
+            "active"
+        );
+    }
+);
+
+both!(
     a_refund_notification_before_its_purchase_still_wins,
     |app: TestApp| async move {
         let store = Store::open(&app).await;
@@ -866,6 +920,61 @@ both!(
         restore("third", vec!["garbage".into()])
             .await
             .error(400, "invalid_signed_transaction");
+    }
+);
+
+both!(
+    a_subscriptions_consumption_request_is_answered_without_a_share,
+    |app: TestApp| async move {
+        use store_sim::apple::chain::Notification;
+        let api = WithApi::open(&app).await;
+        let (chain, server) = (api.chain.clone(), api.server.clone());
+        app.patch(
+            "/v1/apps/acme",
+            api.settings(json!({ "answer_consumption_requests": true })),
+        )
+        .await
+        .expect(200);
+        let t = t0().millis();
+        let tx = json!({"transactionId": "32000", "originalTransactionId": "32000", "bundleId": "edu.acme.app",
+            "productId": "edu.acme.premium", "purchaseDate": t, "expiresDate": t + 30 * 86_400_000_i64,
+            "signedDate": t, "environment": "Sandbox", "type": "Auto-Renewable Subscription",
+            "inAppOwnershipType": "PURCHASED", "quantity": 1});
+        server.put_transaction(tx.clone());
+        let jws = chain.sign(&tx).unwrap();
+        assert_eq!(
+            submit(&app, "u1", &jws).await.expect(200)["status"],
+            "granted"
+        );
+        let request = chain
+            .notification(&Notification {
+                notification_type: "CONSUMPTION_REQUEST",
+                uuid: "c0000000-0000-4000-8000-000000000009",
+                signed_date: t + 1000,
+                bundle_id: "edu.acme.app",
+                environment: "Sandbox",
+                signed_transaction: Some(jws.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+        notify(&app, request).await.expect(200);
+        // The simulator refuses a share for a subscription, as Apple does: only a rule-abiding
+        // answer is taken.
+        let mut sent = Vec::new();
+        for _ in 0..50 {
+            sent = server.consumption_requests();
+            if !sent.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(sent.len(), 1, "the answer was taken");
+        assert_eq!(sent[0].body["deliveryStatus"], "DELIVERED");
+        assert!(
+            sent[0].body.get("consumptionPercentage").is_none(),
+            "{}",
+            sent[0].body
+        );
     }
 );
 
