@@ -87,6 +87,12 @@ pub enum AppleAction {
         #[arg(long)]
         transaction_id: String,
     },
+    /// The purchaser shares a purchase with a family member: prints the member's own copy and the
+    /// signed transaction the member's app submits (no notification).
+    ShareWithFamily {
+        #[arg(long)]
+        transaction_id: String,
+    },
     /// A subscription expires: EXPIRED.
     Expire {
         #[arg(long)]
@@ -277,6 +283,11 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
         AppleAction::ReverseRefund { transaction_id } => (
             reqwest::Method::POST,
             "reverse-refund".into(),
+            Some(json!({"transaction_id": transaction_id})),
+        ),
+        AppleAction::ShareWithFamily { transaction_id } => (
+            reqwest::Method::POST,
+            "share-with-family".into(),
             Some(json!({"transaction_id": transaction_id})),
         ),
         AppleAction::Revoke { transaction_id } => (

@@ -477,6 +477,61 @@ both!(
 );
 
 both!(
+    family_members_are_granted_their_own_copies_and_lose_them_with_the_purchasers_refund,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let token = order(&app, "alice", "cs101").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(status(&snapshot(&app, "alice").await, COURSE), "active");
+        // Alice shares the course with Bob and Cleo; each one's app submits its own copy.
+        let mut copies = Vec::new();
+        for member in ["bob", "cleo"] {
+            let copy = sim.store.share_with_family(&bought.transaction_id).unwrap();
+            assert_eq!(copy["inAppOwnershipType"], "FAMILY_SHARED");
+            let id = copy["transactionId"].as_str().unwrap().to_owned();
+            let signed = sim.store.signed_transaction(&id).unwrap();
+            let answer = app
+                .post(
+                    "/v1/apps/acme/purchases",
+                    json!({"app_user_id": member, "store": "app_store", "signed_transaction": signed}),
+                )
+                .await
+                .expect(200);
+            assert_eq!(answer["status"], "granted", "{answer}");
+            assert_eq!(status(&answer["customer"], COURSE), "active");
+            copies.push(id);
+        }
+        // Cleo's copy is Cleo's: Bob cannot claim it.
+        let cleos = sim.store.signed_transaction(&copies[1]).unwrap();
+        app.post(
+            "/v1/apps/acme/purchases",
+            json!({"app_user_id": "bob", "store": "app_store", "signed_transaction": cleos}),
+        )
+        .await
+        .error(409, "purchase_of_another_customer");
+
+        // Alice stops sharing with Cleo alone: Cleo's copy is revoked, the others stand.
+        app.clock.advance_millis(DAY);
+        sim.store.revoke(&copies[1]).await.unwrap();
+        assert_eq!(status(&snapshot(&app, "cleo").await, COURSE), "revoked");
+        assert_eq!(status(&snapshot(&app, "bob").await, COURSE), "active");
+
+        // Apple refunds Alice: her purchase and Bob's copy end together.
+        app.clock.advance_millis(DAY);
+        sim.store
+            .refund(&bought.transaction_id, RevocationReason::Other)
+            .await
+            .unwrap();
+        assert_eq!(status(&snapshot(&app, "alice").await, COURSE), "refunded");
+        assert_eq!(status(&snapshot(&app, "bob").await, COURSE), "revoked");
+    }
+);
+
+both!(
     a_subscription_renews_falls_into_grace_and_expires,
     |app: TestApp| async move {
         let sim = Sim::open(&app).await;

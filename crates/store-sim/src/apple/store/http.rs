@@ -48,7 +48,7 @@ impl IntoResponse for AppleStoreError {
 
 impl AppleStore {
     /// The control surface: `POST /sim/apple/{buy, renew, fail-to-renew, refund, reverse-refund,
-    /// revoke, expire}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
+    /// revoke, share-with-family, expire}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
     /// `GET /sim/apple/transactions/{id}/signed` and `GET|POST /sim/apple/clock`. Errors are
     /// `{"error": {"code", "message"}}` with a 4xx for a bad request or an unknown id.
     pub fn router(self: &Arc<Self>) -> Router {
@@ -59,6 +59,7 @@ impl AppleStore {
             .route("/sim/apple/refund", post(refund))
             .route("/sim/apple/reverse-refund", post(reverse_refund))
             .route("/sim/apple/revoke", post(revoke))
+            .route("/sim/apple/share-with-family", post(share_with_family))
             .route("/sim/apple/expire", post(expire))
             .route("/sim/apple/transactions/{id}", get(transaction))
             .route("/sim/apple/transactions/{id}/signed", get(signed))
@@ -175,6 +176,19 @@ async fn reverse_refund(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answe
 async fn revoke(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
     let b: TransactionBody = body(&bytes)?;
     Ok(outcome(s.revoke(&b.transaction_id).await?))
+}
+
+/// A copy of the purchase for a family member: its decoded payload and the signed transaction the
+/// member's app would submit.
+async fn share_with_family(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: TransactionBody = body(&bytes)?;
+    let copy = s.share_with_family(&b.transaction_id)?;
+    let id = copy["transactionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let signed = s.signed_transaction(&id)?;
+    Ok(Json(json!({"transaction": copy, "signed_transaction": signed})).into_response())
 }
 
 #[derive(Deserialize)]

@@ -374,6 +374,8 @@ struct Lineage {
     renewal: Option<Value>,
     /// Why the subscription expired, while it is expired.
     expired: Option<ExpirySubtype>,
+    /// The family members' copies of this purchase (their lineages), for a purchaser's lineage.
+    family: Vec<String>,
 }
 
 #[derive(Default)]
@@ -624,6 +626,7 @@ impl AppleStore {
                     transactions: vec![id.clone()],
                     renewal: renewal.clone(),
                     expired: None,
+                    family: Vec::new(),
                 },
             );
             self.keep(&t, renewal.as_ref());
@@ -804,7 +807,75 @@ impl AppleStore {
             t["signedDate"] = now.into();
             self.replace(&mut books, t, "REFUND", now)?
         };
-        self.send(change).await
+        let outcome = self.send(change).await?;
+        // The family's copies go with the purchaser's refund: each is revoked (REVOKE).
+        let members = {
+            let books = lock(&self.books);
+            let lineage = books.lineage_of(transaction_id)?;
+            books
+                .lineages
+                .get(&lineage)
+                .map(|l| l.family.clone())
+                .unwrap_or_default()
+        };
+        for member in members {
+            if !is_revoked(&self.transaction(&member)?) {
+                self.revoke(&member).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The purchaser shares a purchase with a family member (Family Sharing): a copy of it of the
+    /// member's own, a lineage with its own ids, `inAppOwnershipType: FAMILY_SHARED` and no
+    /// `appAccountToken` (the purchaser's app set that). StoreKit hands it to the member's device;
+    /// no notification is sent. Returns the copy's JWSTransactionDecodedPayload. The purchaser's
+    /// refund revokes it.
+    pub fn share_with_family(&self, transaction_id: &str) -> Result<Value, AppleStoreError> {
+        let now = self.clock.now_ms();
+        let mut books = lock(&self.books);
+        let original = books.transaction(transaction_id)?;
+        if is_revoked(&original) {
+            return Err(AppleStoreError::AlreadyRevoked(transaction_id.to_owned()));
+        }
+        let lineage_id = books.lineage_of(transaction_id)?;
+        let kind = books
+            .lineages
+            .get(&lineage_id)
+            .map(|l| l.kind)
+            .ok_or_else(|| AppleStoreError::UnknownTransaction(transaction_id.to_owned()))?;
+        if kind == ProductKind::Consumable {
+            return Err(AppleStoreError::Invalid(
+                "consumables are not shared with a family".into(),
+            ));
+        }
+        let id = self.new_transaction_id();
+        let mut copy = original.clone();
+        if let Some(o) = copy.as_object_mut() {
+            o.remove("appAccountToken");
+        }
+        copy["transactionId"] = id.clone().into();
+        copy["originalTransactionId"] = id.clone().into();
+        copy["inAppOwnershipType"] = "FAMILY_SHARED".into();
+        copy["purchaseDate"] = now.into();
+        copy["originalPurchaseDate"] = now.into();
+        copy["signedDate"] = now.into();
+        books.transactions.insert(id.clone(), copy.clone());
+        books.lineages.insert(
+            id.clone(),
+            Lineage {
+                kind,
+                transactions: vec![id.clone()],
+                renewal: None,
+                expired: None,
+                family: Vec::new(),
+            },
+        );
+        if let Some(l) = books.lineages.get_mut(&lineage_id) {
+            l.family.push(id);
+        }
+        self.keep(&copy, None);
+        Ok(copy)
     }
 
     /// Apple reverses a refund (after a dispute, say): the revocation fields are gone;
