@@ -106,8 +106,9 @@ pub async fn rotate_secret(
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "endpoint_id")?;
     let app = app_for(&s, &caller, &app, Access::Scopes(WRITE)).await?.id;
-    // The body is optional: no body (or `null`) rotates with the defaults.
-    let rotation: Rotation = if body.iter().all(u8::is_ascii_whitespace) {
+    // The body is optional: no body (or `null`) rotates with the defaults; anything else must be
+    // JSON (whitespace alone is not).
+    let rotation: Rotation = if body.is_empty() {
         Rotation::default()
     } else {
         json_body::<Option<Rotation>>(&body)?.unwrap_or_default()

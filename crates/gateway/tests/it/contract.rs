@@ -121,6 +121,13 @@ both!(
         app.send_raw(Method::POST, &path, "application/json", b"null".to_vec())
             .await
             .expect(200);
+        app.send_raw(Method::POST, &path, "application/json", Vec::new())
+            .await
+            .expect(200);
+        // Whitespace alone is no JSON, and no body either.
+        app.send_raw(Method::POST, &path, "application/json", b"\r".to_vec())
+            .await
+            .error(400, "malformed_json");
         // A method no route takes is 405, whatever Idempotency-Key it carries.
         for _ in 0..2 {
             app.request(
