@@ -104,6 +104,13 @@ pub struct JwsTransaction {
     /// Milli-units of `currency`.
     pub price: Option<i64>,
     pub currency: Option<String>,
+    /// `BILLED_UPFRONT` or `MONTHLY` (a monthly plan with a 12-month commitment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_plan_type: Option<String>,
+    /// A commitment plan's state (`billingPeriodNumber`, `totalBillingPeriods`,
+    /// `commitmentExpiresDate`, `commitmentPrice`), kept as Apple wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commitment_info: Option<serde_json::Value>,
 }
 
 /// A decoded `signedRenewalInfo` (JWSRenewalInfoDecodedPayload).

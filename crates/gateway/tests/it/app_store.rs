@@ -436,6 +436,53 @@ both!(
 );
 
 both!(
+    a_commitment_plans_billing_is_kept_and_shown_in_the_timeline,
+    |app: TestApp| async move {
+        let store = Store::open(&app).await;
+        let t = t0().millis();
+        let month = 30 * 86_400_000_i64;
+        let token = crate::sim::order(&app, "u1", "premium").await;
+        let tx = store.transaction(
+            "8200",
+            "edu.acme.premium",
+            t,
+            json!({"appAccountToken": token, "type": "Auto-Renewable Subscription",
+                "expiresDate": t + month, "billingPlanType": "MONTHLY",
+                "commitmentInfo": {"billingPeriodNumber": 1, "totalBillingPeriods": 12,
+                    "commitmentExpiresDate": t + 12 * month, "commitmentPrice": 119_880}}),
+        );
+        let body = store.notify_body("SUBSCRIBED", Some("INITIAL_BUY"), "n-plan", t, Some(tx));
+        assert_eq!(notify(&app, body).await.expect(200)["status"], "decided");
+        assert_eq!(app.entitlement("u1", "premium").await["status"], "active");
+        let timeline = app
+            .get("/v1/apps/acme/customers/u1/timeline")
+            .await
+            .expect(200);
+        let cause = timeline["events"][0]["cause"].as_str().unwrap();
+        assert!(cause.contains("(MONTHLY plan, period 1 of 12)"), "{cause}");
+        // The raw notification, commitment included, is kept as it came.
+        let raw: String = sqlx::query_scalar("SELECT raw FROM inbound")
+            .fetch_one(app.db.reader())
+            .await
+            .unwrap();
+        let payload = |jws: &str| -> Value {
+            use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+            let part = jws.split('.').nth(1).unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+        };
+        let envelope: Value = serde_json::from_str(&raw).unwrap();
+        let notification = payload(envelope["signedPayload"].as_str().unwrap());
+        let kept = payload(
+            notification["data"]["signedTransactionInfo"]
+                .as_str()
+                .unwrap(),
+        );
+        assert_eq!(kept["billingPlanType"], "MONTHLY");
+        assert_eq!(kept["commitmentInfo"]["totalBillingPeriods"], 12);
+    }
+);
+
+both!(
     a_refund_notification_before_its_purchase_still_wins,
     |app: TestApp| async move {
         let store = Store::open(&app).await;

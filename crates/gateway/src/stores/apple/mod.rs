@@ -399,10 +399,11 @@ impl AppStore {
             .unwrap_or_default();
         let cause = match &transaction {
             Some(t) => format!(
-                "App Store notification {}{subtype} for transaction {}{}.",
+                "App Store notification {}{subtype} for transaction {}{}{}.",
                 n.notification_type,
                 t.transaction_id.as_deref().unwrap_or("?"),
-                revocation_text(t)
+                revocation_text(t),
+                plan_text(t)
             ),
             None => format!("App Store notification {}{subtype}.", n.notification_type),
         };
@@ -624,6 +625,19 @@ fn next_token(page: &NotificationHistoryResponse) -> StoreResult<Option<String>>
             "store_paging_runaway",
             "The App Store Server API said there is more history but sent none; paging stopped.",
         )),
+    }
+}
+
+/// A commitment plan's billing, for the timeline: `" (MONTHLY plan, period 3 of 12)"`.
+fn plan_text(t: &JwsTransaction) -> String {
+    let Some(plan) = t.billing_plan_type.as_deref() else {
+        return String::new();
+    };
+    let info = t.commitment_info.as_ref();
+    let n = |k: &str| info.and_then(|i| i[k].as_i64());
+    match (n("billingPeriodNumber"), n("totalBillingPeriods")) {
+        (Some(p), Some(total)) => format!(" ({plan} plan, period {p} of {total})"),
+        _ => format!(" ({plan} plan)"),
     }
 }
 

@@ -97,6 +97,8 @@ impl InApp {
             transaction_reason: None,
             price: None,
             currency: None,
+            billing_plan_type: None,
+            commitment_info: None,
         }
     }
 }
