@@ -534,23 +534,29 @@ impl AppStore {
 /// The answer owed to a CONSUMPTION_REQUEST (notification `uuid`), once per request; `None` for a
 /// notification without a transaction id.
 fn consumption_answer(uuid: &str, t: &JwsTransaction, env: AppleEnvironment) -> Option<Owed> {
-    let transaction_id = t.transaction_id.clone()?;
-    let lineage = t
-        .original_transaction_id
-        .clone()
-        .unwrap_or_else(|| transaction_id.clone());
-    let answer = ActionSubject {
-        transaction_id,
-        original_transaction_id: lineage,
-        quantity: t.quantity.unwrap_or(1).max(1),
-        environment: env.as_str().into(),
-    };
+    let answer = ActionSubject::of(t, env)?;
     Some(Owed {
         id: format!("act_apple_consumption_{uuid}"),
         event_type: CONSUMPTION,
         payload: serde_json::to_value(&answer).unwrap_or_default(),
         on_grant: None,
     })
+}
+
+impl ActionSubject {
+    /// The subject for transaction `t`; `None` when it has no transaction id.
+    fn of(t: &JwsTransaction, env: AppleEnvironment) -> Option<Self> {
+        let transaction_id = t.transaction_id.clone()?;
+        Some(ActionSubject {
+            original_transaction_id: t
+                .original_transaction_id
+                .clone()
+                .unwrap_or_else(|| transaction_id.clone()),
+            transaction_id,
+            quantity: t.quantity.unwrap_or(1).max(1),
+            environment: env.as_str().into(),
+        })
+    }
 }
 
 /// Apple's rules for a v2 consumption answer (Send Consumption Information): a consumption answer
@@ -583,22 +589,12 @@ fn finishes(app: &App) -> bool {
 
 /// Finish Transaction for `t`, owed once a decision grants its lineage; one per transaction.
 fn finish_owed(t: &JwsTransaction, env: AppleEnvironment) -> Option<Owed> {
-    let transaction_id = t.transaction_id.clone()?;
-    let lineage = t
-        .original_transaction_id
-        .clone()
-        .unwrap_or_else(|| transaction_id.clone());
-    let subject = ActionSubject {
-        transaction_id: transaction_id.clone(),
-        original_transaction_id: lineage.clone(),
-        quantity: t.quantity.unwrap_or(1).max(1),
-        environment: env.as_str().into(),
-    };
+    let subject = ActionSubject::of(t, env)?;
     Some(Owed {
-        id: format!("act_apple_finish_{transaction_id}"),
+        id: format!("act_apple_finish_{}", subject.transaction_id),
         event_type: FINISH,
         payload: serde_json::to_value(&subject).unwrap_or_default(),
-        on_grant: Some(lineage),
+        on_grant: Some(subject.original_transaction_id.clone()),
     })
 }
 

@@ -267,16 +267,10 @@ impl AppStoreServer {
     /// The account a transaction id (or original transaction id) belongs to, as Apple finds a
     /// customer from any of their transactions. A malformed id is Apple's 4000006, an unknown one
     /// its 4040010.
-    /// The `type` of the transaction `id` (or of the newest of lineage `id`), empty when unknown.
+    /// The `type` of the transaction `id` (or of one of lineage `id`), empty when unknown.
     fn product_type_of(&self, id: &str) -> String {
         let transactions = lock(&self.transactions);
-        transactions
-            .get(id)
-            .or_else(|| {
-                transactions
-                    .values()
-                    .find(|s| s.payload["originalTransactionId"] == id)
-            })
+        stored(&transactions, id)
             .and_then(|s| s.payload["type"].as_str())
             .unwrap_or_default()
             .to_owned()
@@ -287,13 +281,7 @@ impl AppStoreServer {
             return Err(bad_request(4000006, "Invalid transaction id."));
         }
         let transactions = lock(&self.transactions);
-        transactions
-            .get(id)
-            .or_else(|| {
-                transactions
-                    .values()
-                    .find(|s| s.payload["originalTransactionId"] == id)
-            })
+        stored(&transactions, id)
             .map(|s| s.account.clone())
             .ok_or_else(transaction_not_found)
     }
@@ -683,6 +671,18 @@ async fn test_status(
         .map(|(at, r)| json!({"attemptDate": at, "sendAttemptResult": r}))
         .collect();
     Ok(Json(json!({"signedPayload": n.signed_payload, "sendAttempts": attempts})).into_response())
+}
+
+/// The transaction `id`, or one whose lineage (`originalTransactionId`) is `id`.
+fn stored<'a>(
+    transactions: &'a std::collections::HashMap<String, super::Stored>,
+    id: &str,
+) -> Option<&'a super::Stored> {
+    transactions.get(id).or_else(|| {
+        transactions
+            .values()
+            .find(|s| s.payload["originalTransactionId"] == id)
+    })
 }
 
 /// Checks that `body[field]` is an integer in `range`.
