@@ -71,6 +71,25 @@ pub struct PurchaseFacts {
     pub events: Vec<StoreEvent>,
 }
 
+impl PurchaseFacts {
+    /// When these facts say the lineage was on `product_id`: the time of their latest purchase or
+    /// renewal, the facts a store states a product with. A subscription moved to another product of
+    /// its group (an upgrade at once, a downgrade at its renewal) follows the product stated latest;
+    /// facts with no purchase or renewal state no product.
+    pub fn stated_at(&self) -> Option<Timestamp> {
+        self.events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Purchased { .. } | EventKind::Renewed { .. }
+                )
+            })
+            .map(|e| e.occurred_at)
+            .max()
+    }
+}
+
 /// A fact's place in the fold: the store's time, then a fixed rank of its kind, then its dedupe key.
 pub type OrderKey = (Timestamp, u8, String);
 

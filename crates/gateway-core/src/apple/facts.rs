@@ -70,14 +70,8 @@ pub fn transaction_facts(
             });
         }
     }
-    if t.is_upgraded == Some(true) {
-        let when = t.signed_date.map_or(at, Timestamp::from_millis);
-        events.push(StoreEvent {
-            dedupe_key: format!("apple:{id}:upgraded"),
-            occurred_at: when,
-            kind: EventKind::Expired,
-        });
-    }
+    // An upgraded transaction (`isUpgraded`) states no end of its own: its lineage goes on under
+    // the new product, whose transaction starts the new period and names the product to follow.
     Ok(PurchaseFacts {
         id: purchase_id,
         store: Store::AppStore,

@@ -583,19 +583,118 @@ pub async fn insert_purchases(
                 .map(serde_json::to_string)
                 .transpose()?
                 .into(),
+            p.stated_at().map(Timestamp::millis).into(),
         ]);
     }
     let done = many(
         conn,
         "INSERT INTO purchases (id, app_id, customer_id, store, store_transaction_id, product_id, environment, \
-         created_at, terms, status, updated_at) \
-         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, 'pending', column8 \
+         created_at, terms, product_at, status, updated_at) \
+         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
+         'pending', column8 \
          FROM (VALUES {values}) AS v WHERE true",
         "ON CONFLICT (app_id, store, store_transaction_id) DO NOTHING RETURNING id",
         &vals,
     )
     .await?;
     done.iter().map(|r| Ok(r.try_get("id")?)).collect()
+}
+
+/// A product a recorded purchase was stated to be on: the purchase's id and app, the product and
+/// its terms, and when the store stated it.
+pub struct StatedProduct<'a> {
+    pub purchase_id: &'a str,
+    pub app: &'a str,
+    pub facts: &'a PurchaseFacts,
+}
+
+/// A purchase whose product changed: its id, and the products before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductChange {
+    pub purchase_id: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// Moves each purchase to the product its facts state, when they state it later than the product
+/// it is on (an upgrade, or a downgrade at renewal); facts older than the product's change nothing,
+/// so the purchase ends on the product stated latest whatever order the facts arrive in.
+pub async fn follow_products(
+    conn: &mut AnyConnection,
+    stated: &[StatedProduct<'_>],
+) -> DbResult<Vec<ProductChange>> {
+    let mut sorted: Vec<&StatedProduct> = stated
+        .iter()
+        .filter(|s| s.facts.stated_at().is_some())
+        .collect();
+    if sorted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per purchase: the product stated latest.
+    sorted.sort_by(|a, b| {
+        (a.app, a.purchase_id, b.facts.stated_at()).cmp(&(
+            b.app,
+            b.purchase_id,
+            a.facts.stated_at(),
+        ))
+    });
+    sorted.dedup_by(|a, b| (a.app, a.purchase_id) == (b.app, b.purchase_id));
+    let mut vals = Vec::with_capacity(sorted.len());
+    for s in &sorted {
+        let at = s.facts.stated_at().map(Timestamp::millis);
+        vals.push(vec![
+            s.purchase_id.into(),
+            s.app.into(),
+            s.facts.product_id.as_str().into(),
+            s.facts
+                .terms
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?
+                .into(),
+            at.into(),
+        ]);
+    }
+    let before = many(
+        conn,
+        "SELECT p.id, p.product_id FROM purchases p JOIN (VALUES {values}) AS v \
+         ON p.id = v.column1 AND p.app_id = v.column2",
+        "WHERE p.product_id <> v.column3 AND (p.product_at IS NULL OR p.product_at < v.column5)",
+        &vals,
+    )
+    .await?;
+    if before.is_empty() {
+        return Ok(Vec::new());
+    }
+    let from: HashMap<String, String> = before
+        .iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("product_id")?)))
+        .collect::<DbResult<_>>()?;
+    let moving: Vec<Vec<Val>> = sorted
+        .iter()
+        .zip(vals)
+        .filter(|(s, _)| from.contains_key(s.purchase_id))
+        .map(|(_, v)| v)
+        .collect();
+    many(
+        conn,
+        "UPDATE purchases SET product_id = v.column3, terms = v.column4, product_at = v.column5 \
+         FROM (VALUES {values}) AS v",
+        "WHERE purchases.id = v.column1 AND purchases.app_id = v.column2",
+        &moving,
+    )
+    .await?;
+    let changes: Vec<ProductChange> = sorted
+        .iter()
+        .filter_map(|s| {
+            from.get(s.purchase_id).map(|f| ProductChange {
+                purchase_id: s.purchase_id.to_owned(),
+                from: f.clone(),
+                to: s.facts.product_id.to_string(),
+            })
+        })
+        .collect();
+    Ok(changes)
 }
 
 /// A fact held for a lineage no customer held when it arrived.

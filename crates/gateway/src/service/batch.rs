@@ -718,6 +718,36 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             ));
         }
     }
+    // A recorded lineage follows the product its facts state latest: a subscription upgraded at
+    // once, or downgraded at its renewal, moves to the new product's entitlements in this decision.
+    let stated: Vec<batch::StatedProduct> = plans
+        .iter()
+        .flat_map(|p| {
+            p.input
+                .purchases
+                .iter()
+                .zip(&p.purchase_ids)
+                .filter(|(f, _)| {
+                    owners.contains_key(&lineage_key(&p.app, f.store, &f.store_transaction_id))
+                })
+                .map(|(f, id)| batch::StatedProduct {
+                    purchase_id: id,
+                    app: p.app.as_str(),
+                    facts: f,
+                })
+        })
+        .collect();
+    let changed = batch::follow_products(conn, &stated).await?;
+    for c in changed {
+        if let Some(p) = plans
+            .iter_mut()
+            .find(|p| p.purchase_ids.contains(&c.purchase_id))
+        {
+            p.new_facts.push(
+                json!({"purchase_id": c.purchase_id, "product": {"from": c.from, "to": c.to}}),
+            );
+        }
+    }
     let plan_lineages: Vec<LineageKey> = plans
         .iter()
         .flat_map(|p| {

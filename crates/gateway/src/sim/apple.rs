@@ -93,6 +93,17 @@ pub enum AppleAction {
         #[arg(long)]
         transaction_id: String,
     },
+    /// The customer moves a subscription to another product of its group:
+    /// DID_CHANGE_RENEWAL_PREF, UPGRADE at once or DOWNGRADE at the next renewal (--at-renewal).
+    ChangePlan {
+        #[arg(long)]
+        original_transaction_id: String,
+        /// The product id (SKU) to move to.
+        #[arg(long)]
+        product_id: String,
+        #[arg(long)]
+        at_renewal: bool,
+    },
     /// A subscription expires: EXPIRED.
     Expire {
         #[arg(long)]
@@ -207,7 +218,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "  purchase-gateway sim apple buy --sim {url} --sku <the product's App Store SKU> --kind non-consumable --token <app_account_token>"
     );
     println!(
-        "Then try renew, fail-to-renew, refund, reverse-refund, revoke and expire (purchase-gateway sim apple --help)."
+        "Then try renew, fail-to-renew, change-plan, refund, reverse-refund, revoke and expire (purchase-gateway sim apple --help)."
     );
     println!("Serving until Ctrl-C.");
 
@@ -289,6 +300,18 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
             reqwest::Method::POST,
             "share-with-family".into(),
             Some(json!({"transaction_id": transaction_id})),
+        ),
+        AppleAction::ChangePlan {
+            original_transaction_id,
+            product_id,
+            at_renewal,
+        } => (
+            reqwest::Method::POST,
+            "change-plan".into(),
+            Some(
+                json!({"original_transaction_id": original_transaction_id, "product_id": product_id,
+                "at_renewal": at_renewal}),
+            ),
         ),
         AppleAction::Revoke { transaction_id } => (
             reqwest::Method::POST,

@@ -911,3 +911,102 @@ both!(
         assert_eq!(status(&snapshot(&app, "dave").await, "premium"), "expired");
     }
 );
+
+both!(
+    an_upgrade_moves_the_entitlements_at_once_and_a_downgrade_at_renewal,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        app.put(
+            "/v1/apps/acme/products/premium_plus",
+            json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium_plus"},
+                "entitlements": [{"id": "premium"}, {"id": "plus"}]}),
+        )
+        .await
+        .expect(201);
+        let t0 = t0().millis();
+        let token = order(&app, "dora", "premium").await;
+        let monthly = ProductKind::AutoRenewable(Period::ONE_MONTH);
+        let bought = sim
+            .store
+            .buy("edu.acme.premium", monthly, Some(&token))
+            .await
+            .unwrap();
+        let lineage = bought.original_transaction_id;
+        let snap = snapshot(&app, "dora").await;
+        assert_eq!(
+            entitlement(&snap, "premium"),
+            ("active".to_owned(), rfc3339(t0 + 30 * DAY))
+        );
+        assert!(app.entitlement("dora", "plus").await.is_null());
+
+        // Ten days in, Dora upgrades: Premium Plus starts now, a new month, under the same lineage.
+        let upgraded_at = t0 + 10 * DAY;
+        app.clock.set(Timestamp::from_millis(upgraded_at));
+        let up = sim
+            .store
+            .change_plan(&lineage, "edu.acme.premium_plus", true)
+            .await
+            .unwrap();
+        assert_eq!(up.http_status, Some(200), "{:?}", up.gateway_answer);
+        let snap = snapshot(&app, "dora").await;
+        let new_end = rfc3339(upgraded_at + 31 * DAY);
+        assert_eq!(
+            entitlement(&snap, "plus"),
+            ("active".to_owned(), new_end.clone())
+        );
+        assert_eq!(
+            entitlement(&snap, "premium"),
+            ("active".to_owned(), new_end.clone()),
+            "no gap: premium goes on under the new product"
+        );
+        let purchases = snap["purchases"].as_array().unwrap();
+        assert_eq!(purchases.len(), 1, "one lineage, not both products: {snap}");
+        assert_eq!(purchases[0]["product_id"], "premium_plus");
+
+        // The upgraded transaction, seen again late (a restore), changes nothing.
+        let old = sim
+            .store
+            .signed_transaction(&bought.transaction_id)
+            .unwrap();
+        app.post(
+            "/v1/apps/acme/purchases",
+            json!({"app_user_id": "dora", "store": "app_store", "signed_transaction": old}),
+        )
+        .await
+        .expect(200);
+        let snap = snapshot(&app, "dora").await;
+        assert_eq!(snap["purchases"][0]["product_id"], "premium_plus");
+        assert_eq!(
+            entitlement(&snap, "plus"),
+            ("active".to_owned(), new_end.clone())
+        );
+
+        // She then downgrades: nothing changes until the renewal, which bills Premium alone.
+        app.clock.advance_millis(DAY);
+        sim.store
+            .change_plan(&lineage, "edu.acme.premium", false)
+            .await
+            .unwrap();
+        let snap = snapshot(&app, "dora").await;
+        assert_eq!(
+            entitlement(&snap, "plus"),
+            ("active".to_owned(), new_end.clone())
+        );
+        assert_eq!(snap["purchases"][0]["product_id"], "premium_plus");
+
+        app.clock
+            .set(Timestamp::from_millis(upgraded_at + 31 * DAY - HOUR));
+        sim.store.renew(&lineage).await.unwrap();
+        let snap = snapshot(&app, "dora").await;
+        assert_eq!(snap["purchases"][0]["product_id"], "premium");
+        let renewed_end = rfc3339(upgraded_at + 31 * DAY + 31 * DAY);
+        assert_eq!(
+            entitlement(&snap, "premium"),
+            ("active".to_owned(), renewed_end)
+        );
+        assert!(
+            app.entitlement("dora", "plus").await["status"] != "active",
+            "plus ends with the downgrade: {snap}"
+        );
+    }
+);

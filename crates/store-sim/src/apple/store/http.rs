@@ -48,7 +48,7 @@ impl IntoResponse for AppleStoreError {
 
 impl AppleStore {
     /// The control surface: `POST /sim/apple/{buy, renew, fail-to-renew, refund, reverse-refund,
-    /// revoke, share-with-family, expire}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
+    /// revoke, share-with-family, change-plan, expire}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
     /// `GET /sim/apple/transactions/{id}/signed` and `GET|POST /sim/apple/clock`. Errors are
     /// `{"error": {"code", "message"}}` with a 4xx for a bad request or an unknown id.
     pub fn router(self: &Arc<Self>) -> Router {
@@ -60,6 +60,7 @@ impl AppleStore {
             .route("/sim/apple/reverse-refund", post(reverse_refund))
             .route("/sim/apple/revoke", post(revoke))
             .route("/sim/apple/share-with-family", post(share_with_family))
+            .route("/sim/apple/change-plan", post(change_plan))
             .route("/sim/apple/expire", post(expire))
             .route("/sim/apple/transactions/{id}", get(transaction))
             .route("/sim/apple/transactions/{id}/signed", get(signed))
@@ -115,6 +116,25 @@ struct LineageBody {
 async fn renew(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
     let b: LineageBody = body(&bytes)?;
     Ok(outcome(s.renew(&b.original_transaction_id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanBody {
+    original_transaction_id: String,
+    /// The product id (SKU) of the group to move to.
+    product_id: String,
+    /// At once (an upgrade, the default) or at the next renewal (a downgrade).
+    #[serde(default)]
+    at_renewal: bool,
+}
+
+async fn change_plan(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: PlanBody = body(&bytes)?;
+    Ok(outcome(
+        s.change_plan(&b.original_transaction_id, &b.product_id, !b.at_renewal)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -680,6 +680,11 @@ impl AppleStore {
                     "isUpgraded",
                 ],
             );
+            // A downgrade (or crossgrade) chosen for the next period takes effect now.
+            if let Some(next) = renewal["autoRenewProductId"].as_str() {
+                t["productId"] = next.into();
+                renewal["productId"] = next.into();
+            }
             t["transactionId"] = id.clone().into();
             t["webOrderLineItemId"] = self.new_web_order_id().into();
             t["purchaseDate"] = start.into();
@@ -705,6 +710,100 @@ impl AppleStore {
             }
             self.keep(&t, Some(&renewal));
             self.change(kind, subtype, t, Some(renewal), now)
+        };
+        self.send(change).await
+    }
+
+    /// The customer moves a subscription to another product of its group. An upgrade takes effect
+    /// at once: the latest transaction is marked `isUpgraded`, a new transaction of `sku` starts a
+    /// new period now under the same `originalTransactionId`, and Apple sends
+    /// DID_CHANGE_RENEWAL_PREF/UPGRADE with it. A downgrade takes effect at the next renewal: only
+    /// the renewal info's `autoRenewProductId` changes now (DID_CHANGE_RENEWAL_PREF/DOWNGRADE with
+    /// the current transaction), and [`AppleStore::renew`] then bills `sku`.
+    pub async fn change_plan(
+        &self,
+        original_transaction_id: &str,
+        sku: &str,
+        upgrade: bool,
+    ) -> Result<Outcome, AppleStoreError> {
+        self.check_url()?;
+        if sku.trim().is_empty() {
+            return Err(AppleStoreError::Invalid(
+                "a plan change needs the product id (sku) to move to".into(),
+            ));
+        }
+        let now = self.clock.now_ms();
+        let change = {
+            let mut books = lock(&self.books);
+            let (lineage_id, period, latest) = books.subscription(original_transaction_id)?;
+            if is_revoked(&latest) {
+                return Err(AppleStoreError::Revoked(original_transaction_id.to_owned()));
+            }
+            let lineage = books
+                .lineages
+                .get(&lineage_id)
+                .ok_or_else(|| AppleStoreError::UnknownTransaction(lineage_id.clone()))?;
+            if lineage.expired.is_some() {
+                return Err(AppleStoreError::AlreadyExpired(
+                    original_transaction_id.to_owned(),
+                ));
+            }
+            if latest["productId"].as_str() == Some(sku) {
+                return Err(AppleStoreError::Invalid(format!(
+                    "the subscription is already on {sku}"
+                )));
+            }
+            let mut renewal = lineage.renewal.clone().unwrap_or_else(|| json!({}));
+            renewal["autoRenewProductId"] = sku.into();
+            renewal["signedDate"] = now.into();
+            if upgrade {
+                let mut old = latest.clone();
+                old["isUpgraded"] = true.into();
+                old["signedDate"] = now.into();
+                let old_id = old["transactionId"].as_str().unwrap_or_default().to_owned();
+                books.transactions.insert(old_id, old.clone());
+                self.keep(&old, None);
+                let id = self.new_transaction_id();
+                let expires = period.after(now);
+                let mut t = latest;
+                remove(&mut t, &["isUpgraded", "offerType", "offerIdentifier"]);
+                t["transactionId"] = id.clone().into();
+                t["productId"] = sku.into();
+                t["webOrderLineItemId"] = self.new_web_order_id().into();
+                t["purchaseDate"] = now.into();
+                t["expiresDate"] = expires.into();
+                t["signedDate"] = now.into();
+                t["transactionReason"] = "PURCHASE".into();
+                renewal["productId"] = sku.into();
+                renewal["renewalDate"] = expires.into();
+                books.transactions.insert(id.clone(), t.clone());
+                if let Some(lineage) = books.lineages.get_mut(&lineage_id) {
+                    lineage.transactions.push(id);
+                    lineage.renewal = Some(renewal.clone());
+                }
+                self.keep(&t, Some(&renewal));
+                self.change(
+                    "DID_CHANGE_RENEWAL_PREF",
+                    Some("UPGRADE"),
+                    t,
+                    Some(renewal),
+                    now,
+                )
+            } else {
+                if let Some(lineage) = books.lineages.get_mut(&lineage_id) {
+                    lineage.renewal = Some(renewal.clone());
+                }
+                self.keep(&latest, Some(&renewal));
+                let mut sent = latest;
+                sent["signedDate"] = now.into();
+                self.change(
+                    "DID_CHANGE_RENEWAL_PREF",
+                    Some("DOWNGRADE"),
+                    sent,
+                    Some(renewal),
+                    now,
+                )
+            }
         };
         self.send(change).await
     }

@@ -535,3 +535,101 @@ async fn a_gateway_that_does_not_answer_is_recorded_as_apple_records_it() {
         json!([{"attemptDate": T0, "sendAttemptResult": "NO_RESPONSE"}])
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_starts_a_new_period_at_once_and_a_downgrade_waits_for_the_renewal() {
+    let rig = rig().await;
+    let monthly = ProductKind::AutoRenewable(Period::ONE_MONTH);
+    let bought = rig
+        .store
+        .buy("edu.acme.premium", monthly, None)
+        .await
+        .unwrap();
+    let lineage = bought.original_transaction_id.clone();
+
+    rig.store.clock().set(T0 + 10 * DAY);
+    let up = rig
+        .store
+        .change_plan(&lineage, "edu.acme.premium_plus", true)
+        .await
+        .unwrap();
+    let (n, t, r) = rig.last();
+    assert_eq!(
+        (&n["notificationType"], &n["subtype"]),
+        (&json!("DID_CHANGE_RENEWAL_PREF"), &json!("UPGRADE"))
+    );
+    assert_ne!(up.transaction_id, bought.transaction_id);
+    assert_eq!(t["originalTransactionId"], lineage.as_str());
+    assert_eq!(t["productId"], "edu.acme.premium_plus");
+    assert_eq!(
+        t["purchaseDate"],
+        T0 + 10 * DAY,
+        "the new period starts now"
+    );
+    assert_eq!(
+        t["subscriptionGroupIdentifier"],
+        bought.transaction["subscriptionGroupIdentifier"]
+    );
+    let r = r.unwrap();
+    assert_eq!(r["autoRenewProductId"], "edu.acme.premium_plus");
+    assert_eq!(r["productId"], "edu.acme.premium_plus");
+    // The old transaction is marked upgraded, as the API serves it.
+    let old = rig.store.transaction(&bought.transaction_id).unwrap();
+    assert_eq!(old["isUpgraded"], true);
+    let served = rig
+        .api(
+            reqwest::Method::GET,
+            &format!("/inApps/v1/transactions/{}", bought.transaction_id),
+            None,
+        )
+        .await;
+    let served = payload(served["signedTransactionInfo"].as_str().unwrap());
+    assert_eq!(served["isUpgraded"], true);
+
+    let down = rig
+        .store
+        .change_plan(&lineage, "edu.acme.premium", false)
+        .await
+        .unwrap();
+    let (n, t, r) = rig.last();
+    assert_eq!(
+        (&n["notificationType"], &n["subtype"]),
+        (&json!("DID_CHANGE_RENEWAL_PREF"), &json!("DOWNGRADE"))
+    );
+    assert_eq!(
+        down.transaction_id, up.transaction_id,
+        "nothing is billed now"
+    );
+    assert_eq!(t["productId"], "edu.acme.premium_plus");
+    assert_eq!(r.unwrap()["autoRenewProductId"], "edu.acme.premium");
+
+    rig.store.renew(&lineage).await.unwrap();
+    let (n, t, r) = rig.last();
+    assert_eq!(n["notificationType"], "DID_RENEW");
+    assert_eq!(
+        t["productId"], "edu.acme.premium",
+        "the downgrade is billed at renewal"
+    );
+    assert!(t.get("isUpgraded").is_none());
+    assert_eq!(r.unwrap()["productId"], "edu.acme.premium");
+
+    // Moving to the product it is on is refused, through the control surface too.
+    let (status, body) = rig
+        .control(
+            "change-plan",
+            json!({"original_transaction_id": lineage, "product_id": "edu.acme.premium"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = rig
+        .control(
+            "change-plan",
+            json!({"original_transaction_id": lineage, "product_id": "edu.acme.premium_plus"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["subtype"]),
+        (200, &json!("UPGRADE")),
+        "{body}"
+    );
+}
