@@ -44,6 +44,7 @@ fn renewal(lineage: &str, n: i64) -> decision::Input {
         request_key: None,
         purchases: vec![facts],
         transfer: false,
+        remark: None,
         owed: Vec::new(),
     }
 }

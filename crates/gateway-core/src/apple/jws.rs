@@ -26,7 +26,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use webpki::{ALL_VERIFICATION_ALGS, EndEntityCert, KeyUsage};
 
-use super::models::{JwsRenewalInfo, JwsTransaction, NotificationPayload, NotificationSubject};
+use super::models::{
+    AppTransaction, JwsRenewalInfo, JwsTransaction, NotificationPayload, NotificationSubject,
+};
 use crate::time::Timestamp;
 
 /// Apple Root CA - G3, the root every App Store signature chains to (SHA-256 fingerprint
@@ -239,6 +241,22 @@ impl SignedDataVerifier {
         Ok(r)
     }
 
+    /// A signed `AppTransaction` (StoreKit 2's `AppTransaction.shared`, or a notification's
+    /// `signedAppTransactionInfo`): its bundle, its environment (`receiptType`) and, in
+    /// production, the app's Apple id are checked as for a notification.
+    pub fn verify_app_transaction(
+        &self,
+        jws: &str,
+        now: Timestamp,
+    ) -> Result<AppTransaction, VerifyError> {
+        let v = self.verify(jws, now)?;
+        let t: AppTransaction = parse(v.payload)?;
+        self.check_bundle(t.bundle_id.as_deref())?;
+        self.check_app_apple_id(t.app_apple_id)?;
+        self.check_environment(t.receipt_type.as_deref())?;
+        Ok(t)
+    }
+
     /// An App Store Server Notification V2 `signedPayload`. The nested transaction and renewal info
     /// are separate JWS, verified by the caller with [`Self::verify_transaction`] and
     /// [`Self::verify_renewal_info`].
@@ -255,17 +273,21 @@ impl SignedDataVerifier {
             environment,
         } = n.subject();
         self.check_bundle(bundle_id.as_deref())?;
-        if self.environment == AppleEnvironment::Production
-            && let Some(expected) = self.app_apple_id
-            && app_apple_id != Some(expected)
-        {
-            return Err(VerifyError::WrongAppAppleId {
-                found: app_apple_id,
-                expected,
-            });
-        }
+        self.check_app_apple_id(app_apple_id)?;
         self.check_environment(environment.as_deref())?;
         Ok(n)
+    }
+
+    /// In production, the app's Apple id when the verifier was given one.
+    fn check_app_apple_id(&self, found: Option<i64>) -> Result<(), VerifyError> {
+        match self.app_apple_id {
+            Some(expected)
+                if self.environment == AppleEnvironment::Production && found != Some(expected) =>
+            {
+                Err(VerifyError::WrongAppAppleId { found, expected })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check_bundle(&self, found: Option<&str>) -> Result<(), VerifyError> {

@@ -9,7 +9,7 @@ use crate::text;
 /// The fields of Apple's payloads that the gateway keeps as database keys or looks rows up by: each
 /// must pass [`text::STORE_ID`] wherever it appears. Apple's own are short ASCII (digits, UUIDs,
 /// reverse-DNS ids).
-const ID_FIELDS: [&str; 11] = [
+const ID_FIELDS: [&str; 12] = [
     "notificationUUID",
     "transactionId",
     "originalTransactionId",
@@ -21,6 +21,7 @@ const ID_FIELDS: [&str; 11] = [
     "subscriptionGroupIdentifier",
     "requestIdentifier",
     "externalPurchaseId",
+    "appTransactionId",
 ];
 
 /// The longest string a payload may carry anywhere: a nested JWS fits many times over.
@@ -171,6 +172,32 @@ pub struct ExternalPurchaseToken {
     pub token_creation_date: Option<i64>,
     pub app_apple_id: Option<i64>,
     pub bundle_id: Option<String>,
+}
+
+/// A decoded signed `AppTransaction` (JWSAppTransactionDecodedPayload): the app's purchase by one
+/// Apple Account, which StoreKit hands the app even when the customer bought nothing in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppTransaction {
+    /// The environment: `Production`, `Sandbox`, `Xcode` or `LocalTesting`.
+    pub receipt_type: Option<String>,
+    pub app_apple_id: Option<i64>,
+    pub bundle_id: Option<String>,
+    pub application_version: Option<String>,
+    pub version_external_identifier: Option<i64>,
+    #[serde(default, deserialize_with = "millis")]
+    pub receipt_creation_date: Option<i64>,
+    #[serde(default, deserialize_with = "millis")]
+    pub original_purchase_date: Option<i64>,
+    pub original_application_version: Option<String>,
+    pub device_verification: Option<String>,
+    pub device_verification_nonce: Option<String>,
+    #[serde(default, deserialize_with = "millis")]
+    pub preorder_date: Option<i64>,
+    /// One per Apple Account (and family member) per app, stable across redownloads and refunds.
+    pub app_transaction_id: Option<String>,
+    /// `iOS`, `macOS`, `tvOS` or `visionOS`.
+    pub original_platform: Option<String>,
 }
 
 /// The `appData` of a RESCIND_CONSENT notification.

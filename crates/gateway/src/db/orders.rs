@@ -139,3 +139,44 @@ pub async fn keep_store_account(
     .fetch_one(db.writer())
     .await?)
 }
+
+/// Keeps that `customer` was seen with the store account `account` (an Apple `appTransactionId`);
+/// a later sighting by another customer takes the account over.
+pub async fn keep_account_sighting(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    (store, account): (&str, &str),
+    now: Timestamp,
+) -> DbResult<()> {
+    sqlx::query(
+        "INSERT INTO account_sightings (app_id, store, account_id, customer_id, seen_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, store, account_id) DO UPDATE \
+         SET customer_id = excluded.customer_id, seen_at = excluded.seen_at \
+         WHERE excluded.seen_at >= account_sightings.seen_at",
+    )
+    .bind(app.as_str())
+    .bind(store)
+    .bind(account)
+    .bind(customer.as_str())
+    .bind(now.millis())
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// The customer the store account `account` was last seen with, if any.
+pub async fn account_holder(
+    db: &Db,
+    app: &AppId,
+    (store, account): (&str, &str),
+) -> DbResult<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT customer_id FROM account_sightings WHERE app_id = $1 AND store = $2 AND account_id = $3",
+    )
+    .bind(app.as_str())
+    .bind(store)
+    .bind(account)
+    .fetch_optional(db.reader())
+    .await?)
+}

@@ -228,6 +228,11 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
         ("PurchaseBody", "purchase_token", t(&text::PURCHASE_TOKEN)),
         ("PurchaseBody", "checkout_session_id", t(&text::STORE_ID)),
         (
+            "PurchaseBody",
+            "signed_app_transaction",
+            t(&text::SIGNED_DATA),
+        ),
+        (
             "CheckoutBody",
             "app_user_id",
             Id(AppUserId::PATTERN, AppUserId::MAX_LEN),
@@ -355,8 +360,8 @@ fn tie_fields(schemas: &mut Value) {
             present("product_id", "string")
         ]),
     );
-    // An App Store purchase carries one of its three proofs; a Play purchase its token alone; a
-    // Stripe one its Checkout Session.
+    // An App Store purchase carries one of its three proofs, an AppTransaction beside it or alone;
+    // a Play purchase its token alone; a Stripe one its Checkout Session.
     let apple = |proof: &str| {
         json!({"allOf": [present(proof, "string"), {"properties": {
             "store": {"const": "app_store"}, "purchase_token": {"type": "null"},
@@ -369,14 +374,18 @@ fn tie_fields(schemas: &mut Value) {
             apple("signed_transaction"),
             apple("transaction_id"),
             apple("receipt_data"),
+            {"allOf": [present("signed_app_transaction", "string"), {"properties": {
+                "store": {"const": "app_store"}, "signed_transaction": {"type": "null"},
+                "transaction_id": {"type": "null"}, "receipt_data": {"type": "null"},
+                "purchase_token": {"type": "null"}, "checkout_session_id": {"type": "null"}}}]},
             {"allOf": [present("purchase_token", "string"), {"properties": {
                 "store": {"const": "play_store"}, "signed_transaction": {"type": "null"},
                 "transaction_id": {"type": "null"}, "receipt_data": {"type": "null"},
-                "checkout_session_id": {"type": "null"}}}]},
+                "checkout_session_id": {"type": "null"}, "signed_app_transaction": {"type": "null"}}}]},
             {"allOf": [present("checkout_session_id", "string"), {"properties": {
                 "store": {"const": "stripe"}, "signed_transaction": {"type": "null"},
                 "transaction_id": {"type": "null"}, "receipt_data": {"type": "null"},
-                "purchase_token": {"type": "null"}}}]},
+                "purchase_token": {"type": "null"}, "signed_app_transaction": {"type": "null"}}}]},
         ]),
     );
     add(

@@ -46,6 +46,10 @@ pub struct PurchaseBody {
     purchase_token: Option<String>,
     #[serde(default)]
     checkout_session_id: Option<String>,
+    /// StoreKit 2: `AppTransaction.shared`'s `jwsRepresentation`. Identifies the customer's Apple
+    /// Account (`appTransactionId`), alone or beside a purchase.
+    #[serde(default)]
+    signed_app_transaction: Option<String>,
 }
 
 /// Submits a store purchase: verified with the store, mapped to the catalog, decided.
@@ -95,6 +99,7 @@ pub async fn submit(
             subscription: None,
             store_sku: None,
         },
+        signed_app_transaction: body.signed_app_transaction,
     };
     let answer =
         purchases::submit(&s.cx, &app, &user, submission, caller.id(), s.clock.now()).await?;

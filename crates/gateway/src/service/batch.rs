@@ -37,7 +37,7 @@ use crate::{
         batch::{self, CustomerKey, EventRow, InboundRow, LineageKey, Orphan, Val},
         customers::CustomerRow,
     },
-    stores::{Owed, Transaction},
+    stores::{Owed, Remark, Transaction},
 };
 
 /// One input for the committer.
@@ -82,6 +82,8 @@ pub struct Notification {
     /// Store actions the notification asks of the gateway (the answer to a consumption request):
     /// outbox rows written in the transaction that keeps the notification, so no crash parts them.
     pub owed: Vec<Owed>,
+    /// What it says beyond its facts, for the timeline and the operator.
+    pub remark: Option<Remark>,
     /// Set when this is a notification held for an unmapped SKU, decided again: the inbound row that
     /// keeps it (no new one is written).
     pub held_as: Option<String>,
@@ -100,6 +102,8 @@ pub struct Held {
     /// The store actions owed once it grants (an acknowledgement, a finish).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owed: Vec<HeldAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remark: Option<Remark>,
 }
 
 /// A store action owed on a grant, as a held notification keeps it.
@@ -131,6 +135,7 @@ impl Notification {
                     })
                 })
                 .collect(),
+            remark: self.remark.clone(),
         })
     }
 
@@ -167,6 +172,7 @@ impl Notification {
                     })
                 })
                 .collect(),
+            remark: held.remark,
             held_as: Some(inbound_id),
             now,
         })
@@ -259,6 +265,8 @@ struct Plan {
     moves: Vec<Move>,
     /// The inbound row of a held input decided again (none is written for it).
     held_as: Option<String>,
+    /// The outbound event its remark sends on, once its input is new.
+    announce: Option<(String, serde_json::Value)>,
 }
 
 /// A lineage a decision takes from the customer who holds it (a restore under the `transfer`
@@ -442,6 +450,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                     request_key: None,
                     purchases,
                     transfer: false,
+                    remark: n.remark.clone(),
                     owed: n
                         .owed
                         .iter()
@@ -508,6 +517,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             purchase_ids: Vec::new(),
             new_facts: Vec::new(),
             moves,
+            announce: None,
             held_as: match w {
                 Work::Notification(n) => n.held_as.clone(),
                 _ => None,
@@ -830,6 +840,15 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     for (pi, note) in fact_notes {
         plans[pi].new_facts.push(note);
     }
+    // What a new input says beyond its facts is written once, with the outbound event it names.
+    for p in &mut plans {
+        if let Some(r) = &p.input.remark
+            && fresh.contains(&p.inbound_id)
+        {
+            p.new_facts.push(json!({ "remark": r.what }));
+            p.announce = r.event.clone().map(|t| (t, r.detail.clone()));
+        }
+    }
 
     let (live, replays): (Vec<Plan>, Vec<Plan>) = plans
         .into_iter()
@@ -897,6 +916,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 source: "transfer",
                 cause: &cause,
                 detail,
+                announce: None,
             };
             let changed = writes.settle(
                 (&p.app, &loser),
@@ -956,6 +976,7 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 source: p.input.source,
                 cause: &p.input.cause,
                 detail,
+                announce: p.announce.as_ref().map(|(t, d)| (t.as_str(), d.clone())),
             },
             p.now,
         )?;
@@ -1163,6 +1184,9 @@ pub(crate) struct Settlement<'a> {
     pub cause: &'a str,
     /// Detail of the input; the effects and the new version are added to it.
     pub detail: serde_json::Value,
+    /// An outbound event of its own to send, beside the effects' (a store's remark): its type, and
+    /// the fields its payload's `data` adds to the app and customer.
+    pub announce: Option<(&'a str, serde_json::Value)>,
 }
 
 /// The writes of decided changes, gathered across customers and written set-wise.
@@ -1256,22 +1280,37 @@ impl Writes {
                 }
             }
         }
-        for e in effects {
-            if let Some(event_type) = e.outbound_event() {
-                let payload = outbound_payload(app, customer, event_type, e, now);
-                row.event_seq += 1;
-                self.outbox.push(vec![
-                    db::new_id("evt").into(),
-                    a.clone().into(),
-                    c.clone().into(),
-                    row.event_seq.into(),
-                    event_type.into(),
-                    serde_json::to_string(&payload)
-                        .map_err(db::DbError::from)?
-                        .into(),
-                    now.millis().into(),
-                ]);
+        let announced = settlement.announce.map(|(event_type, mut data)| {
+            if let Some(obj) = data.as_object_mut() {
+                obj.insert("app_id".into(), json!(app));
+                obj.insert("app_user_id".into(), json!(customer));
             }
+            let payload = json!({"type": event_type, "timestamp": now, "data": data});
+            (event_type, payload)
+        });
+        let own = effects
+            .iter()
+            .filter_map(|e| {
+                let event_type = e.outbound_event()?;
+                Some((
+                    event_type,
+                    outbound_payload(app, customer, event_type, e, now),
+                ))
+            })
+            .chain(announced);
+        for (event_type, payload) in own {
+            row.event_seq += 1;
+            self.outbox.push(vec![
+                db::new_id("evt").into(),
+                a.clone().into(),
+                c.clone().into(),
+                row.event_seq.into(),
+                event_type.into(),
+                serde_json::to_string(&payload)
+                    .map_err(db::DbError::from)?
+                    .into(),
+                now.millis().into(),
+            ]);
         }
         let mut detail = settlement.detail;
         if let Some(obj) = detail.as_object_mut() {

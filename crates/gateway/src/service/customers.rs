@@ -378,6 +378,7 @@ pub async fn grant(
         manual: vec![fact],
         purchases: Vec::new(),
         transfer: false,
+        remark: None,
         owed: Vec::new(),
     };
     decision::apply(cx, app, id, input, now).await?;
@@ -438,6 +439,7 @@ pub async fn revoke(
         manual: vec![fact],
         purchases: Vec::new(),
         transfer: false,
+        remark: None,
         owed: Vec::new(),
     };
     decision::apply(cx, app, id, input, now).await?;

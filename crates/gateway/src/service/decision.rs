@@ -37,6 +37,9 @@ pub struct Input {
     /// acknowledgement): written in the decision's transaction only when the purchase of the lineage
     /// each names ends active, so a purchase refused by a rule is never acknowledged.
     pub owed: Vec<crate::stores::Owed>,
+    /// What the input says beyond its facts: written to the timeline once, and sent on as an
+    /// outbound event when it names one.
+    pub remark: Option<crate::stores::Remark>,
 }
 
 /// What a decision did.
@@ -111,6 +114,7 @@ pub async fn reevaluate(
         request_key: None,
         purchases: Vec::new(),
         transfer: false,
+        remark: None,
         owed: Vec::new(),
     };
     apply(cx, app, customer, input, now).await

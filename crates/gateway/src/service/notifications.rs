@@ -64,6 +64,8 @@ pub async fn decide(
         events,
         owed,
         transfer,
+        remark,
+        account,
         ..
     } = notice;
     if let Some(t) = transfer {
@@ -84,16 +86,39 @@ pub async fn decide(
             transaction,
             events,
             owed,
+            remark,
             held_as: None,
             now,
         })),
-        None => Work::Record(Box::new(Recorded {
-            app: app.id.clone(),
-            source,
-            dedupe_key: id.clone(),
-            raw,
-            now,
-        })),
+        // About an account, not a purchase: its customer's timeline and outbound events, when the
+        // account was seen with one; else only kept.
+        None => match account_holder(cx, app, adapter.store(), account.as_deref()).await? {
+            Some(customer) => Work::Decide {
+                app: app.id.clone(),
+                customer,
+                input: Box::new(super::decision::Input {
+                    source,
+                    dedupe_key: id.clone(),
+                    raw,
+                    cause,
+                    actor: adapter.store().as_str().into(),
+                    manual: Vec::new(),
+                    request_key: None,
+                    purchases: Vec::new(),
+                    transfer: false,
+                    remark,
+                    owed: Vec::new(),
+                }),
+                now,
+            },
+            None => Work::Record(Box::new(Recorded {
+                app: app.id.clone(),
+                source,
+                dedupe_key: id.clone(),
+                raw,
+                now,
+            })),
+        },
     };
     let status = match cx.committer().submit(work).await? {
         Done::Decided { outcome, .. } if outcome.duplicate => "duplicate",
@@ -235,6 +260,7 @@ async fn take_transfer(
         request_key: None,
         purchases,
         transfer: true,
+        remark: None,
         owed: Vec::new(),
     };
     let outcome = super::decision::apply(cx, &app.id, &to, input, now).await?;
@@ -298,4 +324,19 @@ pub async fn rerun_unmapped(
             return Ok(total);
         }
     }
+}
+
+/// The customer a store account was last seen with, for a notification about the account.
+async fn account_holder(
+    cx: &Context,
+    app: &App,
+    store: Store,
+    account: Option<&str>,
+) -> ServiceResult<Option<AppUserId>> {
+    let Some(account) = account else {
+        return Ok(None);
+    };
+    let holder =
+        crate::db::orders::account_holder(&cx.db, &app.id, (store.as_str(), account)).await?;
+    Ok(holder.and_then(|c| c.parse().ok()))
 }

@@ -24,19 +24,27 @@ pub struct Submission {
     pub product_id: Option<gateway_core::ProductId>,
     /// What the store gave the app.
     pub proof: Proof,
+    /// The store's signed statement of the customer's account (StoreKit's AppTransaction), with or
+    /// without a purchase: the account is kept as this customer's.
+    pub signed_app_transaction: Option<String>,
 }
 
 /// The answer to a submission.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Submitted {
-    /// `granted`, `pending` or `rejected`.
+    /// `granted`, `pending` or `rejected`; `identified` for an AppTransaction with no purchase.
     pub status: &'static str,
     /// Why a purchase was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Whether the app should finish the StoreKit transaction now: the decision is recorded durably.
     pub finish_transaction: bool,
-    pub purchase: PurchaseView,
+    /// The purchase submitted; none when only an AppTransaction was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purchase: Option<PurchaseView>,
+    /// The Apple Account a submitted AppTransaction is of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_transaction_id: Option<String>,
     pub customer: customers::Snapshot,
 }
 
@@ -52,6 +60,30 @@ pub async fn submit(
     let db = &cx.db;
     let store = submission.store;
     let adapter = cx.adapter(store)?;
+    let account = match &submission.signed_app_transaction {
+        Some(signed) => Some(adapter.identify(app, signed, now)?),
+        None => None,
+    };
+    let p = &submission.proof;
+    let purchase = p.signed_transaction.is_some()
+        || p.transaction_id.is_some()
+        || p.receipt_data.is_some()
+        || p.purchase_token.is_some()
+        || p.checkout_session_id.is_some();
+    if let Some(account) = &account
+        && !purchase
+    {
+        orders::keep_account_sighting(db, &app.id, customer, (store.as_str(), account), now)
+            .await?;
+        return Ok(Submitted {
+            status: "identified",
+            reason: None,
+            finish_transaction: false,
+            purchase: None,
+            app_transaction_id: Some(account.clone()),
+            customer: customers::snapshot(cx, &app.id, customer, now).await?,
+        });
+    }
     adapter.check(&submission.proof)?;
     if let Some(order_id) = &submission.order_id {
         let order = orders::by_id(db, &app.id, order_id).await?.ok_or_else(|| {
@@ -173,9 +205,15 @@ pub async fn submit(
         request_key: None,
         purchases: all_facts,
         transfer: false,
+        remark: None,
         owed,
     };
     decision::apply(cx, &app.id, customer, input, now).await?;
+    // Beside a purchase, the account is kept once the purchase was taken.
+    if let Some(account) = &account {
+        orders::keep_account_sighting(db, &app.id, customer, (store.as_str(), account), now)
+            .await?;
+    }
 
     let snapshot = customers::snapshot(cx, &app.id, customer, now).await?;
     let purchase = snapshot
@@ -210,7 +248,8 @@ pub async fn submit(
         status,
         reason,
         finish_transaction: status != "pending",
-        purchase,
+        purchase: Some(purchase),
+        app_transaction_id: account,
         customer: snapshot,
     })
 }
@@ -282,6 +321,7 @@ pub async fn restore(
             request_key: None,
             purchases: all_facts,
             transfer: app.settings.transfer_policy == TransferPolicy::Transfer,
+            remark: None,
             owed: Vec::new(),
         };
         decision::apply(cx, &app.id, customer, input, now).await?;
@@ -388,6 +428,7 @@ pub async fn refund(
         request_key: None,
         purchases: vec![facts],
         transfer: false,
+        remark: None,
         owed: Vec::new(),
     };
     decision::apply(cx, &app.id, &customer, input, now).await?;

@@ -26,6 +26,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "purchase.pending",
     "purchase.refunded",
     "balance.changed",
+    crate::stores::CONSENT_RESCINDED,
 ];
 
 /// Secret prefix of Standard Webhooks.

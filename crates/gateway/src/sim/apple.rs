@@ -104,6 +104,28 @@ pub enum AppleAction {
         #[arg(long)]
         at_renewal: bool,
     },
+    /// Apple says something that changes no books: CONSUMPTION_REQUEST, REFUND_DECLINED,
+    /// OFFER_REDEEMED (with --subtype) or PRICE_INCREASE (--subtype PENDING or ACCEPTED).
+    Tell {
+        #[arg(long)]
+        transaction_id: String,
+        #[arg(long = "type")]
+        notification_type: String,
+        #[arg(long)]
+        subtype: Option<String>,
+    },
+    /// Prints an Apple Account's AppTransaction and its signed form, which the app submits to
+    /// identify the account (`signed_app_transaction`).
+    AppTransaction {
+        /// The simulator's name for the Apple Account.
+        #[arg(long)]
+        account: String,
+    },
+    /// A parent or guardian withdraws consent for an account: RESCIND_CONSENT.
+    RescindConsent {
+        #[arg(long)]
+        account: String,
+    },
     /// A subscription expires: EXPIRED.
     Expire {
         #[arg(long)]
@@ -312,6 +334,28 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
                 json!({"original_transaction_id": original_transaction_id, "product_id": product_id,
                 "at_renewal": at_renewal}),
             ),
+        ),
+        AppleAction::Tell {
+            transaction_id,
+            notification_type,
+            subtype,
+        } => (
+            reqwest::Method::POST,
+            "tell".into(),
+            Some(
+                json!({"transaction_id": transaction_id, "notification_type": notification_type,
+                "subtype": subtype}),
+            ),
+        ),
+        AppleAction::AppTransaction { account } => (
+            reqwest::Method::POST,
+            "app-transaction".into(),
+            Some(json!({ "account": account })),
+        ),
+        AppleAction::RescindConsent { account } => (
+            reqwest::Method::POST,
+            "rescind-consent".into(),
+            Some(json!({ "account": account })),
         ),
         AppleAction::Revoke { transaction_id } => (
             reqwest::Method::POST,

@@ -300,6 +300,30 @@ pub struct Notice {
     pub owed: Vec<Owed>,
     /// Purchases the provider moved from some customers to another (RevenueCat's `TRANSFER`).
     pub transfer: Option<Transfer>,
+    /// What it says beyond its facts, for the customer's timeline and the operator.
+    pub remark: Option<Remark>,
+    /// The store account it is about when it names no transaction (Apple's `appTransactionId` in
+    /// a `RESCIND_CONSENT`): its customer is the one that account was last seen with.
+    pub account: Option<String>,
+}
+
+/// The outbound event sent when a store says a customer's consent was withdrawn (Apple's
+/// `RESCIND_CONSENT`): the operator ends the customer's sessions and deletes what consent covered.
+pub const CONSENT_RESCINDED: &str = "customer.consent_rescinded";
+
+/// A notification that matters though it may state no new fact (a declined refund, a price
+/// increase, a downgrade chosen for the next period, consent withdrawn): written once to the
+/// customer's timeline and, with `event`, sent on to the operator as an outbound event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Remark {
+    /// The store's name for it: `REFUND_DECLINED`, `PRICE_INCREASE/PENDING`.
+    pub what: String,
+    /// The outbound event type to send on (`customer.consent_rescinded`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The fields the outbound event's `data` carries beside the app and the customer.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
 }
 
 /// A provider's move of the purchases it relays from some customers to another.
@@ -421,6 +445,19 @@ impl<'a> Adapter<'a> {
             Adapter::Play(p) => p.check(proof),
             Adapter::Stripe(s) => s.check(proof),
             Adapter::RevenueCat(_) => Err(relayed_only()),
+        }
+    }
+
+    /// The store account a signed account statement is of (Apple's AppTransaction:
+    /// `appTransactionId`); stores with no such statement refuse it.
+    pub fn identify(self, app: &App, signed: &str, now: Timestamp) -> StoreResult<String> {
+        match self {
+            Adapter::AppStore(a) => a.identify(app, signed, now),
+            _ => Err(StoreError::new(
+                Problem::Malformed,
+                "field_not_for_store",
+                "`signed_app_transaction` belongs to the App Store.",
+            )),
         }
     }
 

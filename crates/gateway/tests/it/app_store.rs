@@ -1070,18 +1070,26 @@ both!(
                 })
                 .unwrap()
         };
-        // Nothing new for the purchase, but the request itself is kept; with the setting off it is
-        // not answered.
+        // Nothing new for the purchase, but the request itself is kept and is a line of the
+        // customer's timeline; with the setting off it is not answered.
         let inbound = app.count("inbound").await;
         let first = notify(&app, request("c0000000-0000-4000-8000-000000000001")).await;
-        assert_eq!(first.expect(200)["status"], "recorded");
+        assert_eq!(first.expect(200)["status"], "decided");
+        let timeline = app
+            .get("/v1/apps/acme/customers/u1/timeline")
+            .await
+            .expect(200);
+        assert_eq!(
+            timeline["events"][0]["detail"]["facts"][0]["remark"],
+            "CONSUMPTION_REQUEST"
+        );
         assert_eq!(app.count("inbound").await, inbound + 1);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(server.consumption_requests().is_empty());
 
         app.patch("/v1/apps/acme", settings(true)).await.expect(200);
         let second = notify(&app, request("c0000000-0000-4000-8000-000000000002")).await;
-        assert_eq!(second.expect(200)["status"], "recorded");
+        assert_eq!(second.expect(200)["status"], "decided");
         let mut sent = Vec::new();
         for _ in 0..50 {
             sent = server.consumption_requests();
@@ -1132,7 +1140,7 @@ both!(
             ),
         )]);
         let third = notify(&app, request("c0000000-0000-4000-8000-000000000003")).await;
-        assert_eq!(third.expect(200)["status"], "recorded");
+        assert_eq!(third.expect(200)["status"], "decided");
         let (owed, _) = app.failed_delivery().await;
         assert!(
             owed["last_error"]
@@ -1181,7 +1189,7 @@ both!(
         };
         sqlx::query(allow).execute(app.db.writer()).await.unwrap();
         let retried = notify(&app, request("c0000000-0000-4000-8000-000000000004")).await;
-        assert_eq!(retried.expect(200)["status"], "recorded");
+        assert_eq!(retried.expect(200)["status"], "decided");
         assert_eq!(app.count("inbound").await, inbound + 1);
         for _ in 0..100 {
             if server.consumption_requests().len() == 3 {

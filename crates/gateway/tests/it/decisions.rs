@@ -43,6 +43,7 @@ fn input(key: &str, p: PurchaseFacts) -> Input {
         request_key: None,
         purchases: vec![p],
         transfer: false,
+        remark: None,
         owed: Vec::new(),
     }
 }

@@ -1010,3 +1010,174 @@ both!(
         );
     }
 );
+
+/// The causes of a customer's timeline and the remark each decision recorded, oldest first.
+async fn remarks(app: &TestApp, customer: &str) -> Vec<(String, Value)> {
+    let timeline = app
+        .get(&format!("/v1/apps/acme/customers/{customer}/timeline"))
+        .await
+        .expect(200);
+    let mut out: Vec<(String, Value)> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let remark = e["detail"]["facts"]
+                .as_array()
+                .and_then(|f| f.iter().find_map(|f| f.get("remark").cloned()))
+                .unwrap_or(Value::Null);
+            (e["cause"].as_str().unwrap().to_owned(), remark)
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+both!(
+    what_apple_says_beyond_the_facts_is_in_the_timeline_once,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let token = order(&app, "erin", "premium").await;
+        let monthly = ProductKind::AutoRenewable(Period::ONE_MONTH);
+        let bought = sim
+            .store
+            .buy("edu.acme.premium", monthly, Some(&token))
+            .await
+            .unwrap();
+        let tx = &bought.transaction_id;
+        app.clock.advance_millis(DAY);
+        sim.store
+            .tell(tx, "PRICE_INCREASE", Some("PENDING"))
+            .await
+            .unwrap();
+        sim.store.tell(tx, "REFUND_DECLINED", None).await.unwrap();
+        let told = remarks(&app, "erin").await;
+        assert_eq!(told.len(), 3, "{told:?}");
+        assert!(told[1].0.contains("PRICE_INCREASE/PENDING"), "{told:?}");
+        assert_eq!(told[1].1, "PRICE_INCREASE/PENDING");
+        assert!(
+            told[2]
+                .0
+                .contains(&format!("REFUND_DECLINED for transaction {tx}"))
+        );
+        assert_eq!(told[2].1, "REFUND_DECLINED");
+
+        // Apple sends the refusal again: a duplicate, not a second line.
+        let (_, _, payload) = sim
+            .signed_history(&app)
+            .await
+            .into_iter()
+            .find(|(kind, _, _)| kind == "REFUND_DECLINED")
+            .unwrap();
+        let again = app
+            .post(
+                "/v1/apps/acme/notifications/app_store",
+                json!({ "signedPayload": payload }),
+            )
+            .await
+            .expect(200);
+        assert_eq!(again["status"], "duplicate", "{again}");
+        assert_eq!(remarks(&app, "erin").await.len(), 3);
+        // Nothing changed for the customer and nothing went out.
+        assert_eq!(status(&snapshot(&app, "erin").await, "premium"), "active");
+        assert_eq!(app.outbox_types("erin").await, vec!["entitlement.granted"]);
+
+        // The simulator refuses what Apple never sends.
+        let refused = sim.store.tell(tx, "OFFER_REDEEMED", None).await;
+        assert!(refused.is_err(), "OFFER_REDEEMED needs a subtype");
+    }
+);
+
+both!(
+    an_app_transaction_names_the_apple_account_and_consent_withdrawn_reaches_the_operator,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        // Ada's app hands the gateway its AppTransaction before she buys anything.
+        let signed = sim.store.signed_app_transaction("ada@icloud").unwrap();
+        let account = sim.store.app_transaction("ada@icloud").unwrap()["appTransactionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let answer = app
+            .post(
+                "/v1/apps/acme/purchases",
+                json!({"app_user_id": "ada", "store": "app_store", "signed_app_transaction": signed}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(answer["status"], "identified", "{answer}");
+        assert_eq!(answer["app_transaction_id"], account.as_str());
+        assert!(answer.get("purchase").is_none());
+
+        // One not signed by Apple, or sent for another store, changes nothing.
+        let mut claims = sim.store.app_transaction("mallory").unwrap();
+        claims["appTransactionId"] = account.as_str().into();
+        let forged = AppleChain::generate().unwrap().sign(&claims).unwrap();
+        app.post(
+            "/v1/apps/acme/purchases",
+            json!({"app_user_id": "mallory", "store": "app_store", "signed_app_transaction": forged}),
+        )
+        .await
+        .error(422, "untrusted_certificate_chain");
+        app.post(
+            "/v1/apps/acme/purchases",
+            json!({"app_user_id": "ada", "store": "play_store", "signed_app_transaction": signed}),
+        )
+        .await
+        .error(400, "field_not_for_store");
+
+        // With a purchase, the purchase is decided and the account kept too.
+        let token = order(&app, "ada", "cs101").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        let tx = sim
+            .store
+            .signed_transaction(&bought.transaction_id)
+            .unwrap();
+        let answer = app
+            .post(
+                "/v1/apps/acme/purchases",
+                json!({"app_user_id": "ada", "store": "app_store", "signed_transaction": tx,
+                    "signed_app_transaction": signed}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(answer["status"], "granted");
+        assert_eq!(answer["app_transaction_id"], account.as_str());
+
+        // Her parent withdraws consent: Apple tells the gateway, which tells the operator.
+        app.clock.advance_millis(DAY);
+        let sent = sim.store.rescind_consent("ada@icloud").await.unwrap();
+        assert_eq!(sent.http_status, Some(200), "{:?}", sent.gateway_answer);
+        let events: Vec<_> = app
+            .outbox("ada")
+            .await
+            .into_iter()
+            .filter(|e| e.event_type == "customer.consent_rescinded")
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let data = &events[0].payload["data"];
+        assert_eq!(data["app_user_id"], "ada");
+        assert_eq!(data["app_transaction_id"], account.as_str());
+        assert_eq!(data["store"], "app_store");
+        let told = remarks(&app, "ada").await;
+        let last = told.last().unwrap();
+        assert!(last.0.contains("RESCIND_CONSENT"), "{told:?}");
+        assert_eq!(last.1, "RESCIND_CONSENT");
+        // The purchase itself stands: what consent covered is the operator's to act on.
+        assert_eq!(status(&snapshot(&app, "ada").await, COURSE), "active");
+
+        // An account no customer was seen with: kept, and no one is told.
+        sim.store.app_transaction("bo@icloud").unwrap();
+        let sent = sim.store.rescind_consent("bo@icloud").await.unwrap();
+        assert_eq!(sent.http_status, Some(200));
+        assert_eq!(
+            sent.gateway_answer.unwrap()["status"],
+            "recorded",
+            "kept without a customer"
+        );
+    }
+);

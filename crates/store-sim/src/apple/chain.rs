@@ -177,6 +177,9 @@ pub struct Notification<'a> {
     pub signed_renewal: Option<String>,
     /// 1 active, 2 expired, 3 billing retry, 4 grace period, 5 revoked.
     pub status: Option<i64>,
+    /// A signed AppTransaction: the notification is about the app's Apple Account (RESCIND_CONSENT)
+    /// and carries `appData` in place of `data`.
+    pub signed_app_transaction: Option<String>,
 }
 
 impl AppleChain {
@@ -200,8 +203,18 @@ impl AppleChain {
             "notificationUUID": n.uuid,
             "version": "2.0",
             "signedDate": n.signed_date,
-            "data": data,
         });
+        match &n.signed_app_transaction {
+            Some(app) => {
+                let mut app_data = serde_json::json!({"bundleId": n.bundle_id,
+                    "environment": n.environment, "signedAppTransactionInfo": app});
+                if let Some(id) = n.app_apple_id {
+                    app_data["appAppleId"] = id.into();
+                }
+                payload["appData"] = app_data;
+            }
+            None => payload["data"] = data,
+        }
         if let Some(sub) = n.subtype {
             payload["subtype"] = sub.into();
         }

@@ -13,7 +13,11 @@ pub mod verifier;
 
 use gateway_core::{
     Timestamp,
-    apple::{AppleEnvironment, VerifyError, facts::notification_events, models::JwsTransaction},
+    apple::{
+        AppleEnvironment, VerifyError,
+        facts::notification_events,
+        models::{JwsTransaction, NotificationPayload},
+    },
     text,
 };
 use serde::{Deserialize, Serialize};
@@ -26,7 +30,7 @@ use self::api::{
     NotificationHistoryResponse, RefundPreference,
 };
 use super::{
-    Names, Notice, Owed, Page, Problem, Proof, Proven, RestoreProof, Standing, StoreError,
+    Names, Notice, Owed, Page, Problem, Proof, Proven, Remark, RestoreProof, Standing, StoreError,
     StoreResult, Transaction,
 };
 use crate::model::{App, AppStoreConfig, Secret};
@@ -194,6 +198,28 @@ impl AppStore {
             "receipt_data",
             proof.receipt_data.as_deref(),
         )
+    }
+
+    /// The Apple Account a signed AppTransaction is of: its `appTransactionId`.
+    pub fn identify(&self, app: &App, signed: &str, now: Timestamp) -> StoreResult<String> {
+        super::text(
+            &text::SIGNED_DATA,
+            "invalid_signed_app_transaction",
+            "signed_app_transaction",
+            Some(signed),
+        )?;
+        let t = self
+            .verifiers
+            .for_app(app)?
+            .verify_app_transaction(signed, now)
+            .map_err(refused)?;
+        t.app_transaction_id.ok_or_else(|| {
+            StoreError::new(
+                Problem::Refused,
+                "no_app_transaction_id",
+                "The AppTransaction has no `appTransactionId` (StoreKit adds it from iOS 18.4).",
+            )
+        })
     }
 
     /// The transactions of a legacy receipt Apple verified, of the app's environment.
@@ -411,6 +437,20 @@ impl AppStore {
             Some(t) => notification_events(&n, t, renewal.as_ref()),
             None => Vec::new(),
         };
+        // Consent withdrawn names the Apple Account (its app transaction), not a purchase.
+        let account = match n
+            .app_data
+            .as_ref()
+            .and_then(|a| a.signed_app_transaction_info.as_deref())
+        {
+            Some(jws) => {
+                verifier
+                    .verify_app_transaction(jws, now)
+                    .map_err(refused)?
+                    .app_transaction_id
+            }
+            None => None,
+        };
         Ok(Notice {
             store: gateway_core::ids::Store::AppStore,
             id: n.notification_uuid.clone(),
@@ -420,6 +460,8 @@ impl AppStore {
             events,
             owed,
             transfer: None,
+            remark: remark(&n, account.as_deref()),
+            account,
         })
     }
 
@@ -635,6 +677,37 @@ fn plan_text(t: &JwsTransaction) -> String {
         (Some(p), Some(total)) => format!(" ({plan} plan, period {p} of {total})"),
         _ => format!(" ({plan} plan)"),
     }
+}
+
+/// What an App Store notification says beyond its facts, for the timeline: the customer's own
+/// choices and Apple's answers that change no access now (a downgrade for the next period, an offer
+/// redeemed, a price increase, a refund request and Apple's refusal of one), and consent withdrawn,
+/// which the operator must act on (`customer.consent_rescinded`).
+fn remark(n: &NotificationPayload, account: Option<&str>) -> Option<Remark> {
+    let what = match &n.subtype {
+        Some(s) => format!("{}/{s}", n.notification_type),
+        None => n.notification_type.clone(),
+    };
+    let event = match n.notification_type.as_str() {
+        "RESCIND_CONSENT" => Some(super::CONSENT_RESCINDED.to_owned()),
+        "DID_CHANGE_RENEWAL_PREF"
+        | "OFFER_REDEEMED"
+        | "PRICE_INCREASE"
+        | "REFUND_DECLINED"
+        | "CONSUMPTION_REQUEST"
+        | "EXTERNAL_PURCHASE_TOKEN" => None,
+        _ => return None,
+    };
+    let detail = match &event {
+        Some(_) => json!({"store": "app_store", "notification_uuid": n.notification_uuid,
+            "app_transaction_id": account}),
+        None => serde_json::Value::Null,
+    };
+    Some(Remark {
+        what,
+        event,
+        detail,
+    })
 }
 
 /// How a revoked transaction was revoked, for the timeline: `" (REFUND_PRORATED, 33.333 %)"`.

@@ -676,6 +676,8 @@ impl PlayStore {
             events: Vec::new(),
             owed,
             transfer: None,
+            remark: None,
+            account: None,
         };
         if let Some(s) = &n.subscription_notification {
             check_token("purchaseToken", &s.purchase_token)?;
@@ -851,6 +853,8 @@ impl PlayStore {
                     events: Vec::new(),
                     owed: Vec::new(),
                     transfer: None,
+                    remark: None,
+                    account: None,
                 };
                 n.events.push(void);
                 Ok(n)

@@ -158,6 +158,8 @@ impl RevenueCatStore {
                     to,
                     lineage_prefix: revenuecat::LINEAGE_PREFIX,
                 }),
+                remark: None,
+                account: None,
             });
         }
         let stated = revenuecat::facts(&e);
@@ -202,6 +204,8 @@ impl RevenueCatStore {
             events,
             owed: Vec::new(),
             transfer: None,
+            remark: None,
+            account: None,
         })
     }
 }

@@ -329,6 +329,8 @@ impl StripeStore {
             events,
             owed: Vec::new(),
             transfer: None,
+            remark: None,
+            account: None,
         })
     }
 

@@ -48,7 +48,7 @@ impl IntoResponse for AppleStoreError {
 
 impl AppleStore {
     /// The control surface: `POST /sim/apple/{buy, renew, fail-to-renew, refund, reverse-refund,
-    /// revoke, share-with-family, change-plan, expire}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
+    /// revoke, share-with-family, change-plan, expire, tell, app-transaction, rescind-consent}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
     /// `GET /sim/apple/transactions/{id}/signed` and `GET|POST /sim/apple/clock`. Errors are
     /// `{"error": {"code", "message"}}` with a 4xx for a bad request or an unknown id.
     pub fn router(self: &Arc<Self>) -> Router {
@@ -61,6 +61,9 @@ impl AppleStore {
             .route("/sim/apple/revoke", post(revoke))
             .route("/sim/apple/share-with-family", post(share_with_family))
             .route("/sim/apple/change-plan", post(change_plan))
+            .route("/sim/apple/tell", post(tell))
+            .route("/sim/apple/app-transaction", post(app_transaction))
+            .route("/sim/apple/rescind-consent", post(rescind_consent))
             .route("/sim/apple/expire", post(expire))
             .route("/sim/apple/transactions/{id}", get(transaction))
             .route("/sim/apple/transactions/{id}/signed", get(signed))
@@ -116,6 +119,46 @@ struct LineageBody {
 async fn renew(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
     let b: LineageBody = body(&bytes)?;
     Ok(outcome(s.renew(&b.original_transaction_id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TellBody {
+    transaction_id: String,
+    notification_type: String,
+    subtype: Option<String>,
+}
+
+async fn tell(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: TellBody = body(&bytes)?;
+    Ok(outcome(
+        s.tell(
+            &b.transaction_id,
+            &b.notification_type,
+            b.subtype.as_deref(),
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountBody {
+    /// The simulator's name for an Apple Account.
+    account: String,
+}
+
+/// The account's AppTransaction: its decoded payload and the signed form StoreKit hands the app.
+async fn app_transaction(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: AccountBody = body(&bytes)?;
+    let t = s.app_transaction(&b.account)?;
+    let signed = s.signed_app_transaction(&b.account)?;
+    Ok(Json(json!({"app_transaction": t, "signed_app_transaction": signed})).into_response())
+}
+
+async fn rescind_consent(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: AccountBody = body(&bytes)?;
+    Ok(outcome(s.rescind_consent(&b.account).await?))
 }
 
 #[derive(Deserialize)]

@@ -384,6 +384,8 @@ struct Books {
     transactions: HashMap<String, Value>,
     /// Lineages by `originalTransactionId`.
     lineages: HashMap<String, Lineage>,
+    /// The app's AppTransaction for each Apple Account, by the simulator's name for the account.
+    accounts: HashMap<String, Value>,
 }
 
 impl Books {
@@ -431,6 +433,9 @@ struct Change {
     transaction: Value,
     renewal: Option<Value>,
     status: Option<i64>,
+    /// For a notification about the app's Apple Account (`appData`): its AppTransaction, sent in
+    /// place of `transaction`.
+    app_transaction: Option<Value>,
 }
 
 /// A simulated App Store for one app (the fake API's bundle and environment).
@@ -808,6 +813,141 @@ impl AppleStore {
         self.send(change).await
     }
 
+    /// The app's AppTransaction for an Apple Account (`account` is the simulator's name for it),
+    /// made the first time the account opens the app: its `appTransactionId` is the account's,
+    /// stable however often it is asked for.
+    pub fn app_transaction(&self, account: &str) -> Result<Value, AppleStoreError> {
+        if account.trim().is_empty() {
+            return Err(AppleStoreError::Invalid(
+                "an app transaction needs the name of an Apple Account".into(),
+            ));
+        }
+        let mut books = lock(&self.books);
+        if let Some(t) = books.accounts.get(account) {
+            return Ok(t.clone());
+        }
+        let now = self.clock.now_ms();
+        let mut t = json!({
+            "receiptType": self.server.environment(), "bundleId": self.server.bundle_id(),
+            "applicationVersion": "1", "versionExternalIdentifier": 0,
+            "receiptCreationDate": now, "originalPurchaseDate": now, "originalApplicationVersion": "1",
+            "deviceVerification": base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                uuid::Uuid::new_v4().as_bytes(),
+            ),
+            "deviceVerificationNonce": uuid::Uuid::new_v4().to_string(),
+            "appTransactionId": self.new_transaction_id(), "originalPlatform": "iOS",
+        });
+        if let Some(id) = self.server.app_apple_id() {
+            t["appAppleId"] = id.into();
+        }
+        books.accounts.insert(account.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    /// The AppTransaction of an Apple Account as StoreKit hands it to the app
+    /// (`AppTransaction.shared`'s `jwsRepresentation`).
+    pub fn signed_app_transaction(&self, account: &str) -> Result<String, AppleStoreError> {
+        let t = self.app_transaction(account)?;
+        Ok(self.chain().sign(&t)?)
+    }
+
+    /// A parent or guardian withdraws consent for the account's use of the app (Declared Age
+    /// Range): RESCIND_CONSENT, with `appData` carrying the account's AppTransaction.
+    pub async fn rescind_consent(&self, account: &str) -> Result<Outcome, AppleStoreError> {
+        self.check_url()?;
+        let app_transaction = lock(&self.books).accounts.get(account).cloned();
+        let Some(app_transaction) = app_transaction else {
+            return Err(AppleStoreError::Invalid(format!(
+                "the Apple Account {account:?} never opened the app (ask for its app transaction first)"
+            )));
+        };
+        self.send(Change {
+            notification_type: "RESCIND_CONSENT",
+            subtype: None,
+            transaction: json!({}),
+            renewal: None,
+            status: None,
+            app_transaction: Some(app_transaction),
+        })
+        .await
+    }
+
+    /// Apple says something about a transaction that changes nothing in its books:
+    /// CONSUMPTION_REQUEST (the customer asked for a refund), REFUND_DECLINED, OFFER_REDEEMED
+    /// (subtypes INITIAL_BUY, RESUBSCRIBE, UPGRADE, DOWNGRADE) and PRICE_INCREASE (PENDING or
+    /// ACCEPTED, auto-renewables only, which sets the renewal info's `priceIncreaseStatus`).
+    pub async fn tell(
+        &self,
+        transaction_id: &str,
+        notification_type: &str,
+        subtype: Option<&str>,
+    ) -> Result<Outcome, AppleStoreError> {
+        const TOLD: [(&str, &[&str]); 4] = [
+            ("CONSUMPTION_REQUEST", &[]),
+            ("REFUND_DECLINED", &[]),
+            (
+                "OFFER_REDEEMED",
+                &["INITIAL_BUY", "RESUBSCRIBE", "UPGRADE", "DOWNGRADE"],
+            ),
+            ("PRICE_INCREASE", &["PENDING", "ACCEPTED"]),
+        ];
+        self.check_url()?;
+        let Some(&(kind, subtypes)) = TOLD.iter().find(|(k, _)| *k == notification_type) else {
+            return Err(AppleStoreError::Invalid(format!(
+                "{notification_type:?} is not a notification the simulator tells on its own: use CONSUMPTION_REQUEST, REFUND_DECLINED, OFFER_REDEEMED or PRICE_INCREASE"
+            )));
+        };
+        let subtype = match (subtype, subtypes.is_empty()) {
+            (None, true) => None,
+            (Some(s), false) => Some(*subtypes.iter().find(|x| **x == s).ok_or_else(|| {
+                AppleStoreError::Invalid(format!(
+                    "{s:?} is not a subtype of {kind}: use {}",
+                    subtypes.join(", ")
+                ))
+            })?),
+            (Some(s), true) => {
+                return Err(AppleStoreError::Invalid(format!(
+                    "{kind} has no subtype, and {s:?} was given"
+                )));
+            }
+            (None, false) => {
+                return Err(AppleStoreError::Invalid(format!(
+                    "{kind} needs a subtype: {}",
+                    subtypes.join(", ")
+                )));
+            }
+        };
+        let now = self.clock.now_ms();
+        let change = {
+            let mut books = lock(&self.books);
+            let lineage_id = books.lineage_of(transaction_id)?;
+            let mut t = books.transaction(transaction_id)?;
+            let lineage = books
+                .lineages
+                .get_mut(&lineage_id)
+                .ok_or_else(|| AppleStoreError::UnknownTransaction(transaction_id.to_owned()))?;
+            let subscription = matches!(lineage.kind, ProductKind::AutoRenewable(_));
+            if matches!(kind, "PRICE_INCREASE" | "OFFER_REDEEMED") && !subscription {
+                return Err(AppleStoreError::NotASubscription(transaction_id.to_owned()));
+            }
+            let mut renewal = lineage.renewal.clone();
+            if kind == "PRICE_INCREASE"
+                && let Some(r) = renewal.as_mut()
+            {
+                r["priceIncreaseStatus"] = i64::from(subtype == Some("ACCEPTED")).into();
+                r["signedDate"] = now.into();
+                lineage.renewal = Some(r.clone());
+            }
+            if let Some(r) = &renewal {
+                self.server.put_renewal_info(r.clone());
+            }
+            t["signedDate"] = now.into();
+            self.change(kind, subtype, t, renewal, now)
+        };
+        self.send(change).await
+    }
+
     /// Apple fails to charge for a renewal: DID_FAIL_TO_RENEW. With a grace period, subtype
     /// GRACE_PERIOD and `gracePeriodExpiresDate` = the end of the paid period plus `grace_period`;
     /// without, no subtype (billing retry only). Either way `isInBillingRetryPeriod: true`.
@@ -1130,6 +1270,7 @@ impl AppleStore {
             transaction: t,
             renewal,
             status,
+            app_transaction: None,
         })
     }
 
@@ -1152,6 +1293,7 @@ impl AppleStore {
             transaction,
             renewal,
             status,
+            app_transaction: None,
         }
     }
 
@@ -1160,7 +1302,15 @@ impl AppleStore {
         let now = self.clock.now_ms();
         let uuid = uuid::Uuid::new_v4().to_string();
         let environment = self.server.environment();
-        let signed_transaction = self.chain().sign(&change.transaction)?;
+        let signed_app_transaction = change
+            .app_transaction
+            .as_ref()
+            .map(|a| self.chain().sign(a))
+            .transpose()?;
+        let signed_transaction = match signed_app_transaction {
+            Some(_) => None,
+            None => Some(self.chain().sign(&change.transaction)?),
+        };
         let signed_renewal = change
             .renewal
             .as_ref()
@@ -1174,9 +1324,10 @@ impl AppleStore {
             bundle_id: self.server.bundle_id(),
             app_apple_id: self.server.app_apple_id(),
             environment: &environment,
-            signed_transaction: Some(signed_transaction),
+            signed_transaction,
             signed_renewal,
             status: change.status,
+            signed_app_transaction,
         })?;
         let signed_payload = serde_json::from_str::<Value>(&body)
             .ok()
