@@ -9,3 +9,4 @@ CREATE TABLE account_sightings (
     seen_at     BIGINT NOT NULL,
     PRIMARY KEY (app_id, store, account_id)
 );
+CREATE INDEX account_sightings_customer ON account_sightings (app_id, customer_id, store);

@@ -180,3 +180,21 @@ pub async fn account_holder(
     .fetch_optional(db.reader())
     .await?)
 }
+
+/// The store account `customer` was last seen with, if any.
+pub async fn account_of(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    store: &str,
+) -> DbResult<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT account_id FROM account_sightings WHERE app_id = $1 AND customer_id = $2 AND store = $3 \
+         ORDER BY seen_at DESC LIMIT 1",
+    )
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(store)
+    .fetch_optional(db.reader())
+    .await?)
+}

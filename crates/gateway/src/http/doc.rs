@@ -233,6 +233,28 @@ fn field_rules() -> Vec<(&'static str, &'static str, Rule)> {
             t(&text::SIGNED_DATA),
         ),
         (
+            "OfferSignatureBody",
+            "app_user_id",
+            Id(AppUserId::PATTERN, AppUserId::MAX_LEN),
+        ),
+        (
+            "OfferSignatureBody",
+            "kind",
+            Rule::OneOf(&["promotional", "introductory_eligibility"]),
+        ),
+        ("OfferSignatureBody", "product_id", t(&text::STORE_ID)),
+        ("OfferSignatureBody", "offer_identifier", t(&text::STORE_ID)),
+        (
+            "OfferSignatureBody",
+            "application_username",
+            t(&text::STORE_ID),
+        ),
+        (
+            "OfferSignatureBody",
+            "transaction_id",
+            t(&text::TRANSACTION_ID),
+        ),
+        (
             "CheckoutBody",
             "app_user_id",
             Id(AppUserId::PATTERN, AppUserId::MAX_LEN),
@@ -386,6 +408,18 @@ fn tie_fields(schemas: &mut Value) {
                 "store": {"const": "stripe"}, "signed_transaction": {"type": "null"},
                 "transaction_id": {"type": "null"}, "receipt_data": {"type": "null"},
                 "purchase_token": {"type": "null"}, "signed_app_transaction": {"type": "null"}}}]},
+        ]),
+    );
+    // A promotional offer names its offer; an eligibility states it.
+    add(
+        "OfferSignatureBody",
+        "oneOf",
+        json!([
+            {"allOf": [present("offer_identifier", "string"), {"properties": {
+                "kind": {"const": "promotional"}, "allow_introductory_offer": {"type": "null"}}}]},
+            {"allOf": [present("allow_introductory_offer", "boolean"), {"properties": {
+                "kind": {"const": "introductory_eligibility"}, "offer_identifier": {"type": "null"},
+                "application_username": {"type": "null"}}}]},
         ]),
     );
     add(

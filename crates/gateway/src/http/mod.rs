@@ -124,6 +124,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(purchases::restore))
         .routes(routes!(purchases::refund))
         .routes(routes!(purchases::checkout))
+        .routes(routes!(purchases::offer_signature))
         .routes(routes!(notifications::app_store))
         .routes(routes!(notifications::recover_app_store))
         .routes(routes!(notifications::play_store))

@@ -19,6 +19,7 @@ use crate::{
     model::Scope,
     service::{
         checkout::{self, CheckoutAsk, CheckoutStarted},
+        offers::{self, OfferAsk, OfferKind},
         purchases::{self, RefundAsk, RefundDone, Submission, Submitted},
     },
     stores::{Proof, RestoreProof},
@@ -270,4 +271,70 @@ pub async fn checkout(
     let started = checkout::start(&s.cx, &app, &user, ask, s.clock.now()).await?;
     tracing::info!(app = %app.id, customer = %user, session = %started.checkout_session_id, "checkout started");
     Ok((axum::http::StatusCode::CREATED, ApiJson(started)))
+}
+
+/// The body of an offer signature request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferSignatureBody {
+    app_user_id: String,
+    /// `promotional` (a promotional or win-back offer) or `introductory_eligibility`.
+    kind: String,
+    /// The catalog's product id, or its App Store product id.
+    product_id: String,
+    /// The offer's identifier in App Store Connect (promotional).
+    #[serde(default)]
+    offer_identifier: Option<String>,
+    /// Whether the customer may have the introductory offer (introductory_eligibility).
+    #[serde(default)]
+    allow_introductory_offer: Option<bool>,
+    /// What the app passes StoreKit as `applicationUsername` (StoreKit 2: the `appAccountToken`),
+    /// for the legacy signature; none is an empty one.
+    #[serde(default)]
+    application_username: Option<String>,
+    /// Any transaction id of the customer; by default their Apple Account's `appTransactionId`,
+    /// else the lineage of their latest App Store purchase.
+    #[serde(default)]
+    transaction_id: Option<String>,
+}
+
+/// Signs an App Store offer for a customer with the app's In-App Purchase key: a promotional
+/// offer in both forms StoreKit takes (the legacy signature and StoreKit 2's JWS), or an
+/// introductory-offer eligibility JWS.
+#[utoipa::path(post, path = "/v1/apps/{app}/app_store/offer_signatures", tag = "customers",
+    params(("app" = gateway_core::AppId, Path)), request_body = OfferSignatureBody,
+    responses((status = 200, description = "The signature and what StoreKit takes beside it", body = crate::service::offers::OfferSignature),
+              (status = 400, description = "`invalid_offer`, `invalid_kind`, `transaction_id_required` or a malformed field", body = ErrorBody),
+              (status = 404, description = "`product_not_found`", body = ErrorBody),
+              (status = 409, description = "`product_not_on_app_store` or `store_not_configured` (no In-App Purchase key)", body = ErrorBody)))]
+pub async fn offer_signature(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<OfferSignatureBody>,
+) -> ApiResult<impl IntoResponse> {
+    let user = parse_user(&body.app_user_id)?;
+    let app = app_for_customer(&s, &caller, &app, &user, &headers, &[Scope::Purchases]).await?;
+    let kind = match body.kind.as_str() {
+        "promotional" => OfferKind::Promotional,
+        "introductory_eligibility" => OfferKind::IntroductoryEligibility,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_kind",
+                "`kind` is promotional or introductory_eligibility.",
+            ));
+        }
+    };
+    let ask = OfferAsk {
+        kind,
+        product: body.product_id,
+        offer_identifier: body.offer_identifier,
+        allow_introductory_offer: body.allow_introductory_offer,
+        application_username: body.application_username,
+        transaction_id: body.transaction_id,
+    };
+    let signed = offers::sign(&s.cx, &app, &user, ask, s.clock.now()).await?;
+    tracing::info!(app = %app.id, customer = %user, kind = signed.kind, product = %signed.product_id, "offer signed");
+    Ok(ApiJson(signed))
 }

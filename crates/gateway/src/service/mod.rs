@@ -21,6 +21,7 @@ pub mod customers;
 pub mod decision;
 pub mod keys;
 pub mod notifications;
+pub mod offers;
 pub mod openedx;
 pub mod purchases;
 pub mod recovery;

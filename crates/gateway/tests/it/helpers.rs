@@ -506,3 +506,44 @@ pub fn node_package(name: &str, version: &str) -> std::path::PathBuf {
     }
     dir
 }
+
+/// A Python interpreter with a PyPI package (`name==version`) installed, in a virtual environment
+/// under the test target's scratch directory, made on first use.
+pub fn python_with(name: &str, version: &str) -> std::path::PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let venv =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("py-{name}-{version}"));
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".installed");
+    if !ready.exists() {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("{name}=={version}"))
+            .output()
+            .expect("pip runs");
+        assert!(
+            out.status.success(),
+            "installing {name} from PyPI failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&ready, b"").unwrap();
+    }
+    python
+}

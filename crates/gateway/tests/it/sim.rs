@@ -1181,3 +1181,171 @@ both!(
         );
     }
 );
+
+/// Apple's own library for the App Store Server API, from PyPI.
+const APPLE_LIBRARY: (&str, &str) = ("app-store-server-library", "3.1.2");
+
+both!(
+    offer_signatures_match_what_apples_library_makes_and_verify,
+    |app: TestApp| async move {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+        use base64::{Engine, engine::general_purpose::STANDARD};
+
+        let sim = Sim::open(&app).await;
+        let signed = sim.store.signed_app_transaction("ada@icloud").unwrap();
+        let account = sim.store.app_transaction("ada@icloud").unwrap()["appTransactionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        app.post(
+            "/v1/apps/acme/purchases",
+            json!({"app_user_id": "ada", "store": "app_store", "signed_app_transaction": signed}),
+        )
+        .await
+        .expect(200);
+        let username = "7389A31A-FB6D-4569-A2A6-DB7D85D84813";
+        let promo = app
+            .post(
+                "/v1/apps/acme/app_store/offer_signatures",
+                json!({"app_user_id": "ada", "kind": "promotional", "product_id": "premium",
+                    "offer_identifier": "WINBACK10", "application_username": username}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(promo["product_id"], "edu.acme.premium");
+        assert_eq!(promo["key_id"], sim.key.key_id.as_str());
+        assert_eq!(
+            promo["transaction_id"],
+            account.as_str(),
+            "the account names the customer"
+        );
+        assert_eq!(promo["timestamp"], app.clock.now().millis());
+        let intro = app
+            .post(
+                "/v1/apps/acme/app_store/offer_signatures",
+                json!({"app_user_id": "ada", "kind": "introductory_eligibility",
+                    "product_id": "edu.acme.premium", "allow_introductory_offer": false}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(intro["transaction_id"], account.as_str());
+
+        // Apple's library signs the same inputs and verifies the gateway's JWS.
+        let python = python_with(APPLE_LIBRARY.0, APPLE_LIBRARY.1);
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/py/offer_signatures.py"
+        );
+        let mut promotional = promo.clone();
+        promotional["product_id"] = "edu.acme.premium".into();
+        let ask = json!({"pem": sim.key.private_key_pem, "key_id": sim.key.key_id,
+            "issuer_id": sim.key.issuer_id, "bundle_id": "edu.acme.app",
+            "promotional": promotional, "introductory": intro});
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ask.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+        // The legacy form: both signatures verify over the gateway's message with the key's
+        // public half, so the library signed exactly the message the gateway did.
+        let config: gateway::model::AppStoreConfig = serde_json::from_value(json!({
+            "bundle_id": "edu.acme.app", "environment": "Sandbox", "key_id": sim.key.key_id,
+            "issuer_id": sim.key.issuer_id, "private_key_pem": sim.key.private_key_pem}))
+        .unwrap();
+        let key = gateway::stores::apple::offers::OfferKey::from_config(&config).unwrap();
+        let message = key.promotional_message(&gateway::stores::apple::offers::Promotion {
+            product_id: "edu.acme.premium",
+            offer_identifier: "WINBACK10",
+            application_username: username,
+            nonce: promo["nonce"].as_str().unwrap().parse().unwrap(),
+            timestamp_ms: promo["timestamp"].as_i64().unwrap(),
+        });
+        let public = public_key_of(&sim.key.private_key_pem);
+        let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public);
+        for (who, signature) in [
+            ("gateway", promo["signature"].as_str().unwrap()),
+            (
+                "library",
+                seen["library"]["legacy_signature"].as_str().unwrap(),
+            ),
+        ] {
+            let der = STANDARD.decode(signature).unwrap();
+            verifier
+                .verify(message.as_bytes(), &der)
+                .unwrap_or_else(|_| panic!("the {who}'s signature verifies"));
+        }
+
+        // The JWS: the same header, the same claims but the fresh nonce and the time.
+        for which in ["promotional", "introductory"] {
+            let (ours, theirs) = (&seen["gateway"][which], &seen["library"][which]);
+            assert_eq!(ours["header"], theirs["header"], "{which}");
+            let strip = |v: &Value| {
+                let mut c = v["claims"].clone();
+                let obj = c.as_object_mut().unwrap();
+                let nonce = obj.remove("nonce").unwrap();
+                assert!(uuid::Uuid::parse_str(nonce.as_str().unwrap()).is_ok());
+                let iat = obj.remove("iat").unwrap().as_i64().unwrap();
+                (c, iat)
+            };
+            let ((ours, our_iat), (theirs, _)) = (strip(ours), strip(theirs));
+            assert_eq!(ours, theirs, "{which}");
+            assert_eq!(our_iat, app.clock.now().millis() / 1000, "{which}");
+        }
+        assert_eq!(
+            seen["gateway"]["promotional"]["claims"]["transactionId"],
+            account.as_str()
+        );
+
+        // What cannot be signed is refused, and says why.
+        app.post(
+            "/v1/apps/acme/app_store/offer_signatures",
+            json!({"app_user_id": "ada", "kind": "promotional", "product_id": "premium"}),
+        )
+        .await
+        .error(400, "invalid_offer");
+        app.post(
+            "/v1/apps/acme/app_store/offer_signatures",
+            json!({"app_user_id": "ada", "kind": "promotional", "product_id": "nothing",
+                "offer_identifier": "X"}),
+        )
+        .await
+        .error(404, "product_not_found");
+        app.post(
+            "/v1/apps/acme/app_store/offer_signatures",
+            json!({"app_user_id": "newcomer", "kind": "introductory_eligibility",
+                "product_id": "premium", "allow_introductory_offer": true}),
+        )
+        .await
+        .error(400, "transaction_id_required");
+    }
+);
+
+/// The public half of a `.p8` private key: its uncompressed P-256 point.
+fn public_key_of(private_pem: &str) -> Vec<u8> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let body: String = private_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let pkcs8 = STANDARD.decode(body).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8).unwrap();
+    pair.public_key().as_ref().to_vec()
+}

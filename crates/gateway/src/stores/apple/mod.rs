@@ -8,6 +8,7 @@
 //! - [`receipts`]: legacy `verifyReceipt` receipts.
 
 pub mod api;
+pub mod offers;
 pub mod receipts;
 pub mod verifier;
 
