@@ -143,3 +143,37 @@ pub async fn verify(db: &Db, app: &AppId, customer: &AppUserId) -> DbResult<Resu
     });
     Ok(verify_chain(chain).map_err(|i| owned[i].0))
 }
+
+/// The customer's latest `limit` audit rows of the given kinds, newest first.
+pub async fn latest_of_kinds(
+    db: &Db,
+    app: &AppId,
+    customer: &AppUserId,
+    kinds: [&str; 2],
+    limit: i64,
+) -> DbResult<Vec<AuditRow>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, kind, cause, detail, hash FROM audit_log WHERE app_id = $1 AND customer_id = $2 \
+         AND kind IN ($3, $4) ORDER BY seq DESC LIMIT $5",
+    )
+    .bind(app.as_str())
+    .bind(customer.as_str())
+    .bind(kinds[0])
+    .bind(kinds[1])
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let detail: String = r.try_get("detail")?;
+            Ok(AuditRow {
+                seq: r.try_get("seq")?,
+                at: Timestamp::from_millis(r.try_get("at")?),
+                kind: r.try_get("kind")?,
+                cause: r.try_get("cause")?,
+                detail: serde_json::from_str(&detail)?,
+                hash: r.try_get("hash")?,
+            })
+        })
+        .collect()
+}

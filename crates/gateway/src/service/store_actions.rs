@@ -80,6 +80,11 @@ async fn standing(
     };
     standing.delivered = purchase.status != gateway_core::PurchaseStatus::Pending;
     let product = crate::db::products::get(db, &app.id, &purchase.product_id).await?;
+    if standing.delivered
+        && let Some(p) = &product
+    {
+        (standing.delivered, standing.outage) = enrolled(db, app, &customer, p).await?;
+    }
     standing.consumable = product.as_ref().is_some_and(|p| p.consumable.is_some());
     standing.subscription = product
         .as_ref()
@@ -96,4 +101,62 @@ async fn standing(
         }
     }
     Ok(standing)
+}
+
+/// How many of a customer's latest LMS answers are read to find each course's.
+const LMS_ANSWERS_READ: i64 = 200;
+
+/// Whether the LMS enrolled the learner in every course `product` sells, when the app sells
+/// courses through an active Open edX connector: each course's latest answer in the timeline is a
+/// successful enrollment. Else (not yet enrolled, or refused) not delivered, and an outage when the
+/// LMS's last answer was a 5xx or none. A product that sells no course, or an app with no
+/// connector, counts as delivered.
+async fn enrolled(
+    db: &Db,
+    app: &App,
+    customer: &AppUserId,
+    product: &gateway_core::Product,
+) -> ServiceResult<(bool, bool)> {
+    let courses: Vec<&str> = product
+        .entitlements
+        .iter()
+        .filter_map(|e| e.attributes.get("course_id").and_then(|c| c.as_str()))
+        .collect();
+    if courses.is_empty() {
+        return Ok((true, false));
+    }
+    let connected = crate::db::endpoints::list(db, &app.id)
+        .await?
+        .iter()
+        .any(|e| e.active && e.kind == "openedx");
+    if !connected {
+        return Ok((true, false));
+    }
+    let answers = crate::db::audit::latest_of_kinds(
+        db,
+        &app.id,
+        customer,
+        ["lms.enrollment", "lms.enrollment_failed"],
+        LMS_ANSWERS_READ,
+    )
+    .await?;
+    let mut outage = false;
+    for course in courses {
+        let latest = answers
+            .iter()
+            .find(|a| a.detail["course_id"].as_str() == Some(course));
+        match latest {
+            // A move to audit is what a revocation does under Upgrade-Lite: not this purchase's.
+            Some(a)
+                if a.detail["ok"] == true
+                    && a.detail["is_active"] == true
+                    && a.detail["mode"] != "audit" => {}
+            Some(a) => {
+                outage |= a.detail["http_status"].as_i64().is_none_or(|s| s >= 500);
+                return Ok((false, outage));
+            }
+            None => return Ok((false, false)),
+        }
+    }
+    Ok((true, false))
 }

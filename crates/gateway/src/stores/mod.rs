@@ -358,8 +358,11 @@ pub struct Page {
 /// What the gateway knows of a purchase when a store asks (a consumption request, a refund review).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Standing {
-    /// A customer holds it and it was granted.
+    /// A customer holds it and it was granted; for a course sold through an Open edX connector,
+    /// the LMS enrolled the learner too.
     pub delivered: bool,
+    /// It was not delivered because the LMS was down (its last answer a 5xx, or none).
+    pub outage: bool,
     /// For a consumable, how much of its credit is spent, in thousandths of a percent.
     pub consumed: Option<u32>,
     /// The product is a consumable.

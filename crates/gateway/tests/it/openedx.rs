@@ -714,3 +714,74 @@ both!(
             .error(409, "not_a_webhook");
     }
 );
+
+/// The consumption answers Apple received, once `n` have arrived (10 s at most).
+async fn consumption_answers(sim: &Sim, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let sent = sim.server.consumption_requests();
+        if sent.len() >= n {
+            return sent.into_iter().map(|r| r.body).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} consumption answers reached Apple");
+}
+
+both!(
+    a_refund_request_about_a_course_says_whether_the_lms_enrolled_the_learner,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        sim.set(&app, json!({ "answer_consumption_requests": true }))
+            .await;
+        let lms = Lms::start(&app).await;
+        lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
+
+        // Alice is enrolled: delivered.
+        let token = order(&app, "alice", "cs101").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        lms.wait_for("alice", enrolled("verified", true)).await;
+        timeline_event(&app, "alice", "lms.enrollment").await;
+        sim.store
+            .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
+            .await
+            .unwrap();
+        let answers = consumption_answers(&sim, 1).await;
+        assert_eq!(answers[0]["deliveryStatus"], "DELIVERED", "{answers:?}");
+        assert!(answers[0].get("consumptionPercentage").is_none());
+
+        // Dave has no LMS account: granted, but the course was never delivered.
+        let token = order(&app, "dave", "cs101").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        timeline_event(&app, "dave", "lms.enrollment_failed").await;
+        sim.store
+            .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
+            .await
+            .unwrap();
+        let answers = consumption_answers(&sim, 2).await;
+        assert_eq!(answers[1]["deliveryStatus"], "UNDELIVERED_OTHER");
+
+        // The LMS is down when Carol buys: an outage.
+        lms.sim.fail_with(503);
+        let token = order(&app, "carol", "cs101").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        timeline_event(&app, "carol", "lms.enrollment_failed").await;
+        sim.store
+            .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
+            .await
+            .unwrap();
+        let answers = consumption_answers(&sim, 3).await;
+        assert_eq!(answers[2]["deliveryStatus"], "UNDELIVERED_SERVER_OUTAGE");
+    }
+);

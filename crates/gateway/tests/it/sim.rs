@@ -23,7 +23,7 @@ const DAY: i64 = 24 * HOUR;
 /// The simulated App Store of app `acme`, on the gateway's clock.
 pub(crate) struct Sim {
     pub(crate) store: Arc<AppleStore>,
-    server: Arc<AppStoreServer>,
+    pub(crate) server: Arc<AppStoreServer>,
     key: ApiKey,
     url: String,
     /// The app's `app_store` settings as opened.
@@ -68,7 +68,7 @@ impl Sim {
     }
 
     /// Sets more of the app's `app_store` settings.
-    async fn set(&self, app: &TestApp, more: Value) {
+    pub(crate) async fn set(&self, app: &TestApp, more: Value) {
         let mut settings = self.settings.clone();
         if let (Some(s), Some(m)) = (settings.as_object_mut(), more.as_object()) {
             s.extend(m.clone());

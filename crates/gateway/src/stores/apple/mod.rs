@@ -538,10 +538,10 @@ impl AppStore {
         let request = ConsumptionRequest {
             customer_consented: true,
             sample_content_provided: false,
-            delivery_status: if standing.delivered {
-                DeliveryStatus::Delivered
-            } else {
-                DeliveryStatus::UndeliveredOther
+            delivery_status: match (standing.delivered, standing.outage) {
+                (true, _) => DeliveryStatus::Delivered,
+                (false, true) => DeliveryStatus::UndeliveredServerOutage,
+                (false, false) => DeliveryStatus::UndeliveredOther,
             },
             // Apple works out an auto-renewable subscription's consumption itself.
             consumption_percentage: standing.consumed.filter(|_| !standing.subscription),
