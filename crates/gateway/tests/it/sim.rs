@@ -1241,27 +1241,7 @@ both!(
         let ask = json!({"pem": sim.key.private_key_pem, "key_id": sim.key.key_id,
             "issuer_id": sim.key.issuer_id, "bundle_id": "edu.acme.app",
             "promotional": promotional, "introductory": intro});
-        let mut child = std::process::Command::new(python)
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ask.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let seen = run_python(&python, script, &ask);
 
         // The legacy form: both signatures verify over the gateway's message with the key's
         // public half, so the library signed exactly the message the gateway did.
@@ -1348,4 +1328,113 @@ fn public_key_of(private_pem: &str) -> Vec<u8> {
     let pkcs8 = STANDARD.decode(body).unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8).unwrap();
     pair.public_key().as_ref().to_vec()
+}
+
+both!(
+    apples_own_library_calls_the_simulator_and_verifies_what_it_signs,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        let token = order(&app, "ada", "premium").await;
+        let monthly = ProductKind::AutoRenewable(Period::ONE_MONTH);
+        let sub = sim
+            .store
+            .buy("edu.acme.premium", monthly, Some(&token))
+            .await
+            .unwrap();
+        sim.store.renew(&sub.original_transaction_id).await.unwrap();
+        let token = order(&app, "ada", "coins100").await;
+        let coins = sim
+            .store
+            .buy("edu.acme.coins100", ProductKind::Consumable, Some(&token))
+            .await
+            .unwrap();
+        let token = order(&app, "ada", "cs101").await;
+        let course = sim
+            .store
+            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+            .await
+            .unwrap();
+        sim.store
+            .refund(&course.transaction_id, RevocationReason::Other)
+            .await
+            .unwrap();
+        let account = sim.store.app_transaction("ada@icloud").unwrap()["appTransactionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        sim.store.rescind_consent("ada@icloud").await.unwrap();
+        sim.store
+            .tell(&sub.transaction_id, "PRICE_INCREASE", Some("PENDING"))
+            .await
+            .unwrap();
+
+        let python = python_with(APPLE_LIBRARY.0, APPLE_LIBRARY.1);
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/py/sim_with_apple_library.py"
+        );
+        let ask = json!({"url": sim.url, "root_pem": sim.settings["root_certificates_pem"][0],
+            "pem": sim.key.private_key_pem, "key_id": sim.key.key_id, "issuer_id": sim.key.issuer_id,
+            "bundle_id": "edu.acme.app", "subscription": sub.original_transaction_id,
+            "consumable": coins.transaction_id, "refunded": course.transaction_id,
+            "app_transaction_id": account, "now": app.clock.now().millis()});
+        let seen = run_python(&python, script, &ask);
+
+        assert_eq!(seen["transaction"], "edu.acme.coins100", "{seen}");
+        assert_eq!(seen["status"], 1);
+        assert_eq!(seen["renewal_product"], "edu.acme.premium");
+        assert_eq!(seen["history"].as_array().unwrap().len(), 2, "{seen}");
+        assert_eq!(seen["refunds"], json!([course.transaction_id]));
+        let kinds: Vec<&str> = seen["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        for kind in [
+            "SUBSCRIBED",
+            "DID_RENEW",
+            "ONE_TIME_CHARGE",
+            "REFUND",
+            "RESCIND_CONSENT",
+            "PRICE_INCREASE",
+        ] {
+            assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        }
+        assert_eq!(seen["app_transaction"], account.as_str());
+        assert_eq!(seen["app_account_token"], true);
+        assert_eq!(seen["test_notification"], "TEST");
+        assert_eq!(seen["unknown"], json!([404, 4040010]));
+        // What the library sent was kept as Apple keeps it.
+        let consumption = sim.server.consumption_requests();
+        assert_eq!(consumption.len(), 1);
+        assert_eq!(consumption[0].version, 2);
+        assert_eq!(consumption[0].body["consumptionPercentage"], 25_000);
+        assert!(sim.server.finished().contains(&coins.transaction_id));
+    }
+);
+
+/// Runs a Python script with `input` as JSON on stdin; its stdout, as JSON.
+fn run_python(python: &std::path::Path, script: &str, input: &Value) -> Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

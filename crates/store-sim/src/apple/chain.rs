@@ -74,6 +74,9 @@ fn params(cn: &str, options: &ChainOptions) -> Result<CertificateParams, rcgen::
         .push(DnType::OrganizationName, "Purchase Gateway Store Simulator");
     p.not_before = options.not_before;
     p.not_after = options.not_after;
+    // As Apple's certificates carry it, and as OpenSSL's strict chain checks (which Apple's
+    // libraries use) require of every certificate an issuer signed.
+    p.use_authority_key_identifier_extension = true;
     Ok(p)
 }
 

@@ -204,6 +204,14 @@ impl AppStoreServer {
                 put(consumption_v2),
             )
             .route("/inApps/v1/transactions/{id}/finish", post(finish))
+            .route(
+                "/inApps/v1/transactions/appTransactions/{id}",
+                get(app_transaction_info),
+            )
+            .route(
+                "/inApps/v1/transactions/{id}/appAccountToken",
+                put(set_app_account_token),
+            )
             .route("/verifyReceipt", post(verify_receipt_production))
             .route("/sandbox/verifyReceipt", post(verify_receipt_sandbox))
             .with_state(self.clone())
@@ -819,6 +827,56 @@ async fn finish(
     s.account_of(&id)?;
     lock(&s.finished).push(id);
     Ok(StatusCode::OK.into_response())
+}
+
+/// Get App Transaction Info: the account's AppTransaction, signed.
+async fn app_transaction_info(
+    State(s): State<Arc<AppStoreServer>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    if let Some(refused) = s.admit(&headers) {
+        return Ok(refused);
+    }
+    let payload = s
+        .app_transaction_of(&id)
+        .ok_or_else(|| not_found(4040019, "No AppTransaction exists for the customer."))?;
+    let jws = s.sign(&payload)?;
+    Ok(Json(json!({"signedAppTransactionInfo": jws})).into_response())
+}
+
+/// Set App Account Token: `{"appAccountToken": UUID}` on a lineage; 200 with no body.
+async fn set_app_account_token(
+    State(s): State<Arc<AppStoreServer>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    if let Some(refused) = s.admit(&headers) {
+        return Ok(refused);
+    }
+    let token = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b["appAccountToken"].as_str().map(str::to_owned))
+        .filter(|t| uuid::Uuid::parse_str(t).is_ok())
+        .ok_or_else(|| {
+            bad_request(
+                4000183,
+                "Invalid request. The app account token field must be a valid UUID.",
+            )
+        })?;
+    match s.set_app_account_token(&id, &token.to_lowercase()) {
+        Ok(()) => Ok(StatusCode::OK.into_response()),
+        Err(4_000_187) => Err(bad_request(
+            4000187,
+            "Invalid request. The transaction ID provided is not an original transaction ID.",
+        )),
+        Err(4_000_185) => Err(bad_request(
+            4000185,
+            "Invalid request. Family Sharing transactions aren't supported by this endpoint.",
+        )),
+        Err(_) => Err(transaction_not_found()),
+    }
 }
 
 /// Send Consumption Information: checks the body, keeps it, and answers 202 with no body, as Apple does.

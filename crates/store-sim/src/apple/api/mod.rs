@@ -146,6 +146,8 @@ pub struct AppStoreServer {
     consumption: Mutex<Vec<ConsumptionRecord>>,
     /// The transaction ids Finish Transaction was called for, in order (repeats kept).
     finished: Mutex<Vec<String>>,
+    /// AppTransactions by `appTransactionId`, each with the account it belongs to.
+    app_transactions: Mutex<HashMap<String, (String, Value)>>,
     settings: Mutex<Settings>,
     /// Answers to give before the real one, to exercise retries: (status, Retry-After header).
     faults: Mutex<Vec<(u16, Option<String>)>>,
@@ -225,6 +227,7 @@ impl AppStoreServer {
             notifications: Mutex::new(Vec::new()),
             consumption: Mutex::new(Vec::new()),
             finished: Mutex::new(Vec::new()),
+            app_transactions: Mutex::new(HashMap::new()),
             settings: Mutex::new(Settings {
                 page_size: APPLE_PAGE_SIZE,
                 environment: "Sandbox".into(),
@@ -252,6 +255,53 @@ impl AppStoreServer {
             .unwrap_or_default()
             .to_owned();
         self.put_account_transaction(&account, payload);
+    }
+
+    /// Records an Apple Account's AppTransaction, served by Get App Transaction Info for its
+    /// `appTransactionId` or any transaction of `account`.
+    pub fn put_app_transaction(&self, account: &str, payload: Value) {
+        let id = payload["appTransactionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        lock(&self.app_transactions).insert(id, (account.to_owned(), payload));
+    }
+
+    /// The AppTransaction of an `appTransactionId`, or of the account of any transaction id.
+    fn app_transaction_of(&self, id: &str) -> Option<Value> {
+        let all = lock(&self.app_transactions);
+        if let Some((_, t)) = all.get(id) {
+            return Some(t.clone());
+        }
+        let account = lock(&self.transactions)
+            .get(id)
+            .map(|s| s.account.clone())?;
+        all.values()
+            .find(|(a, _)| *a == account)
+            .map(|(_, t)| t.clone())
+    }
+
+    /// Sets `appAccountToken` on every transaction of a lineage (Set App Account Token): `Err`
+    /// with Apple's error code when the id is unknown (4040010), not an original transaction id
+    /// (4000187) or a family member's (4000185).
+    fn set_app_account_token(&self, original: &str, token: &str) -> Result<(), i64> {
+        let mut all = lock(&self.transactions);
+        let Some(first) = all.get(original) else {
+            return Err(4_040_010);
+        };
+        if first.payload["originalTransactionId"].as_str() != Some(original) {
+            return Err(4_000_187);
+        }
+        if first.payload["inAppOwnershipType"] == "FAMILY_SHARED" {
+            return Err(4_000_185);
+        }
+        for s in all
+            .values_mut()
+            .filter(|s| s.payload["originalTransactionId"].as_str() == Some(original))
+        {
+            s.payload["appAccountToken"] = token.into();
+        }
+        Ok(())
     }
 
     /// Records a transaction in a named Apple account, so that one customer's history spans several

@@ -842,6 +842,7 @@ impl AppleStore {
             t["appAppleId"] = id.into();
         }
         books.accounts.insert(account.to_owned(), t.clone());
+        self.server.put_app_transaction(account, t.clone());
         Ok(t)
     }
 
