@@ -172,6 +172,10 @@ pub struct ExternalPurchaseToken {
     pub token_creation_date: Option<i64>,
     pub app_apple_id: Option<i64>,
     pub bundle_id: Option<String>,
+    /// `ACQUISITION`, `SERVICES`, `IN_APP` or `LINK_OUT` (2025); kept as Apple writes it.
+    pub token_type: Option<String>,
+    #[serde(default, deserialize_with = "millis")]
+    pub token_expiration_date: Option<i64>,
 }
 
 /// A decoded signed `AppTransaction` (JWSAppTransactionDecodedPayload): the app's purchase by one

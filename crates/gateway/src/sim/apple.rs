@@ -126,6 +126,15 @@ pub enum AppleAction {
         #[arg(long)]
         account: String,
     },
+    /// Apple reports an External Purchase token: EXTERNAL_PURCHASE_TOKEN.
+    ExternalPurchaseToken {
+        /// CREATED, UNREPORTED or ACTIVE_TOKEN_REMINDER.
+        #[arg(long)]
+        subtype: String,
+        /// ACQUISITION, SERVICES, IN_APP or LINK_OUT.
+        #[arg(long)]
+        token_type: String,
+    },
     /// A subscription expires: EXPIRED.
     Expire {
         #[arg(long)]
@@ -351,6 +360,14 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
             reqwest::Method::POST,
             "app-transaction".into(),
             Some(json!({ "account": account })),
+        ),
+        AppleAction::ExternalPurchaseToken {
+            subtype,
+            token_type,
+        } => (
+            reqwest::Method::POST,
+            "external-purchase-token".into(),
+            Some(json!({"subtype": subtype, "token_type": token_type})),
         ),
         AppleAction::RescindConsent { account } => (
             reqwest::Method::POST,

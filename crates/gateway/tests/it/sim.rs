@@ -1082,6 +1082,30 @@ both!(
         assert_eq!(status(&snapshot(&app, "erin").await, "premium"), "active");
         assert_eq!(app.outbox_types("erin").await, vec!["entitlement.granted"]);
 
+        // An external purchase token names no customer: it is kept as Apple sent it.
+        let token = sim
+            .store
+            .external_purchase_token("UNREPORTED", "ACQUISITION")
+            .await
+            .unwrap();
+        assert_eq!(token.gateway_answer.unwrap()["status"], "recorded");
+        let kept: Vec<String> = sqlx::query_scalar("SELECT raw FROM inbound")
+            .fetch_all(app.db.reader())
+            .await
+            .unwrap();
+        let tokens: Vec<Value> = kept
+            .iter()
+            .filter_map(|raw| {
+                let body: Value = serde_json::from_str(raw).ok()?;
+                let n = jws_payload(body["signedPayload"].as_str()?);
+                (n["notificationType"] == "EXTERNAL_PURCHASE_TOKEN")
+                    .then(|| n["externalPurchaseToken"].clone())
+            })
+            .collect();
+        assert_eq!(tokens.len(), 1, "{kept:?}");
+        assert_eq!(tokens[0]["tokenType"], "ACQUISITION");
+        assert!(tokens[0]["tokenExpirationDate"].is_i64());
+
         // The simulator refuses what Apple never sends.
         let refused = sim.store.tell(tx, "OFFER_REDEEMED", None).await;
         assert!(refused.is_err(), "OFFER_REDEEMED needs a subtype");
@@ -1367,6 +1391,10 @@ both!(
             .tell(&sub.transaction_id, "PRICE_INCREASE", Some("PENDING"))
             .await
             .unwrap();
+        sim.store
+            .external_purchase_token("CREATED", "LINK_OUT")
+            .await
+            .unwrap();
 
         let python = python_with(APPLE_LIBRARY.0, APPLE_LIBRARY.1);
         let script = concat!(
@@ -1398,6 +1426,7 @@ both!(
             "REFUND",
             "RESCIND_CONSENT",
             "PRICE_INCREASE",
+            "EXTERNAL_PURCHASE_TOKEN",
         ] {
             assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
         }

@@ -183,6 +183,9 @@ pub struct Notification<'a> {
     /// A signed AppTransaction: the notification is about the app's Apple Account (RESCIND_CONSENT)
     /// and carries `appData` in place of `data`.
     pub signed_app_transaction: Option<String>,
+    /// An external purchase token: the notification (EXTERNAL_PURCHASE_TOKEN) carries
+    /// `externalPurchaseToken` in place of `data`.
+    pub external_purchase_token: Option<serde_json::Value>,
 }
 
 impl AppleChain {
@@ -207,8 +210,9 @@ impl AppleChain {
             "version": "2.0",
             "signedDate": n.signed_date,
         });
-        match &n.signed_app_transaction {
-            Some(app) => {
+        match (&n.signed_app_transaction, &n.external_purchase_token) {
+            (_, Some(token)) => payload["externalPurchaseToken"] = token.clone(),
+            (Some(app), None) => {
                 let mut app_data = serde_json::json!({"bundleId": n.bundle_id,
                     "environment": n.environment, "signedAppTransactionInfo": app});
                 if let Some(id) = n.app_apple_id {
@@ -216,7 +220,7 @@ impl AppleChain {
                 }
                 payload["appData"] = app_data;
             }
-            None => payload["data"] = data,
+            (None, None) => payload["data"] = data,
         }
         if let Some(sub) = n.subtype {
             payload["subtype"] = sub.into();

@@ -432,7 +432,17 @@ impl AppStore {
                 revocation_text(t),
                 plan_text(t)
             ),
-            None => format!("App Store notification {}{subtype}.", n.notification_type),
+            None => match &n.external_purchase_token {
+                Some(token) => {
+                    let text = external_token_text(token);
+                    tracing::info!(app = %app.id, notification = %n.notification_uuid, "App Store {}{subtype}{text}", n.notification_type);
+                    format!(
+                        "App Store notification {}{subtype}{text}.",
+                        n.notification_type
+                    )
+                }
+                None => format!("App Store notification {}{subtype}.", n.notification_type),
+            },
         };
         let events = match &transaction {
             Some(t) => notification_events(&n, t, renewal.as_ref()),
@@ -677,6 +687,25 @@ fn plan_text(t: &JwsTransaction) -> String {
     match (n("billingPeriodNumber"), n("totalBillingPeriods")) {
         (Some(p), Some(total)) => format!(" ({plan} plan, period {p} of {total})"),
         _ => format!(" ({plan} plan)"),
+    }
+}
+
+/// An external purchase token as a cause names it: its id, type and expiry.
+fn external_token_text(t: &gateway_core::apple::models::ExternalPurchaseToken) -> String {
+    let id = t.external_purchase_id.as_deref().unwrap_or("?");
+    let mut about = Vec::new();
+    if let Some(kind) = &t.token_type {
+        about.push(format!("{kind} token"));
+    }
+    if let Some(until) = t.token_expiration_date {
+        about.push(format!(
+            "expires {}",
+            Timestamp::from_millis(until).to_rfc3339()
+        ));
+    }
+    match about.is_empty() {
+        true => format!(" for external purchase {id}"),
+        false => format!(" for external purchase {id} ({})", about.join(", ")),
     }
 }
 

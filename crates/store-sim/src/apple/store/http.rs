@@ -48,7 +48,8 @@ impl IntoResponse for AppleStoreError {
 
 impl AppleStore {
     /// The control surface: `POST /sim/apple/{buy, renew, fail-to-renew, refund, reverse-refund,
-    /// revoke, share-with-family, change-plan, expire, tell, app-transaction, rescind-consent}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
+    /// revoke, share-with-family, change-plan, expire, tell, app-transaction, rescind-consent,
+    /// external-purchase-token}`, `GET /sim/apple/transactions/{id}` (the decoded payload),
     /// `GET /sim/apple/transactions/{id}/signed` and `GET|POST /sim/apple/clock`. Errors are
     /// `{"error": {"code", "message"}}` with a 4xx for a bad request or an unknown id.
     pub fn router(self: &Arc<Self>) -> Router {
@@ -64,6 +65,10 @@ impl AppleStore {
             .route("/sim/apple/tell", post(tell))
             .route("/sim/apple/app-transaction", post(app_transaction))
             .route("/sim/apple/rescind-consent", post(rescind_consent))
+            .route(
+                "/sim/apple/external-purchase-token",
+                post(external_purchase_token),
+            )
             .route("/sim/apple/expire", post(expire))
             .route("/sim/apple/transactions/{id}", get(transaction))
             .route("/sim/apple/transactions/{id}/signed", get(signed))
@@ -154,6 +159,22 @@ async fn app_transaction(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answ
     let t = s.app_transaction(&b.account)?;
     let signed = s.signed_app_transaction(&b.account)?;
     Ok(Json(json!({"app_transaction": t, "signed_app_transaction": signed})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    /// CREATED, UNREPORTED or ACTIVE_TOKEN_REMINDER.
+    subtype: String,
+    /// ACQUISITION, SERVICES, IN_APP or LINK_OUT.
+    token_type: String,
+}
+
+async fn external_purchase_token(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
+    let b: TokenBody = body(&bytes)?;
+    Ok(outcome(
+        s.external_purchase_token(&b.subtype, &b.token_type).await?,
+    ))
 }
 
 async fn rescind_consent(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {

@@ -436,6 +436,8 @@ struct Change {
     /// For a notification about the app's Apple Account (`appData`): its AppTransaction, sent in
     /// place of `transaction`.
     app_transaction: Option<Value>,
+    /// For EXTERNAL_PURCHASE_TOKEN: the token, sent in place of `transaction`.
+    external_token: Option<Value>,
 }
 
 /// A simulated App Store for one app (the fake API's bundle and environment).
@@ -870,8 +872,58 @@ impl AppleStore {
             renewal: None,
             status: None,
             app_transaction: Some(app_transaction),
+            external_token: None,
         })
         .await
+    }
+
+    /// Apple tells the app about an External Purchase token (apps that link out to buy, under the
+    /// External Purchase entitlements): EXTERNAL_PURCHASE_TOKEN with subtype CREATED, UNREPORTED or
+    /// ACTIVE_TOKEN_REMINDER, and `tokenType` (ACQUISITION, SERVICES, IN_APP or LINK_OUT). The
+    /// token's id starts `SANDBOX` outside production, as Apple's do.
+    pub async fn external_purchase_token(
+        &self,
+        subtype: &str,
+        token_type: &str,
+    ) -> Result<Outcome, AppleStoreError> {
+        const SUBTYPES: [&str; 3] = ["CREATED", "UNREPORTED", "ACTIVE_TOKEN_REMINDER"];
+        const TYPES: [&str; 4] = ["ACQUISITION", "SERVICES", "IN_APP", "LINK_OUT"];
+        self.check_url()?;
+        let Some(subtype) = SUBTYPES.into_iter().find(|s| *s == subtype) else {
+            return Err(AppleStoreError::Invalid(format!(
+                "{subtype:?} is not an EXTERNAL_PURCHASE_TOKEN subtype: use {}",
+                SUBTYPES.join(", ")
+            )));
+        };
+        if !TYPES.contains(&token_type) {
+            return Err(AppleStoreError::Invalid(format!(
+                "{token_type:?} is not an external purchase token type: use {}",
+                TYPES.join(", ")
+            )));
+        }
+        let now = self.clock.now_ms();
+        let prefix = if self.server.environment() == "Production" {
+            ""
+        } else {
+            "SANDBOX_"
+        };
+        let mut token = json!({
+            "externalPurchaseId": format!("{prefix}{}", uuid::Uuid::new_v4()),
+            "tokenCreationDate": now, "bundleId": self.server.bundle_id(),
+            "tokenType": token_type, "tokenExpirationDate": now + 30 * 86_400_000_i64,
+        });
+        if let Some(id) = self.server.app_apple_id() {
+            token["appAppleId"] = id.into();
+        }
+        let mut change = self.change(
+            "EXTERNAL_PURCHASE_TOKEN",
+            Some(subtype),
+            json!({}),
+            None,
+            now,
+        );
+        change.external_token = Some(token);
+        self.send(change).await
     }
 
     /// Apple says something about a transaction that changes nothing in its books:
@@ -1272,6 +1324,7 @@ impl AppleStore {
             renewal,
             status,
             app_transaction: None,
+            external_token: None,
         })
     }
 
@@ -1295,6 +1348,7 @@ impl AppleStore {
             renewal,
             status,
             app_transaction: None,
+            external_token: None,
         }
     }
 
@@ -1308,9 +1362,9 @@ impl AppleStore {
             .as_ref()
             .map(|a| self.chain().sign(a))
             .transpose()?;
-        let signed_transaction = match signed_app_transaction {
-            Some(_) => None,
-            None => Some(self.chain().sign(&change.transaction)?),
+        let signed_transaction = match (&signed_app_transaction, &change.external_token) {
+            (None, None) => Some(self.chain().sign(&change.transaction)?),
+            _ => None,
         };
         let signed_renewal = change
             .renewal
@@ -1329,6 +1383,7 @@ impl AppleStore {
             signed_renewal,
             status: change.status,
             signed_app_transaction,
+            external_purchase_token: change.external_token.clone(),
         })?;
         let signed_payload = serde_json::from_str::<Value>(&body)
             .ok()
