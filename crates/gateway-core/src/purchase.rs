@@ -88,13 +88,23 @@ impl PurchaseFacts {
             .map(|e| e.occurred_at)
             .max()
     }
+
+    /// Adds the facts of `other`, about the same lineage: the product and its terms are those
+    /// stated latest, whichever of the two states them.
+    pub fn merge(&mut self, other: PurchaseFacts) {
+        if other.stated_at() > self.stated_at() {
+            self.product_id = other.product_id;
+            self.terms = other.terms;
+        }
+        self.events.extend(other.events);
+    }
 }
 
 /// A fact's place in the fold: the store's time, then a fixed rank of its kind, then its dedupe key.
 pub type OrderKey = (Timestamp, u8, String);
 
 /// What the facts of a purchase leave to its fold whatever else is known: the aggregates no later
-/// fact resets (the first purchase, the latest paid period, the furthest expiry, the quantity and the
+/// fact resets (the first purchase, the latest paid period; the expiry, the quantity and the
 /// auto-renew setting of the last facts that state them) and the order key of the latest renewal.
 /// A renewal resets all the rest (grace period, billing retry, expiry, refund, revocation), so the
 /// fold from this summary over the facts since that renewal equals the fold over every fact: a
@@ -109,6 +119,11 @@ pub struct Settled {
     pub purchased_at: Option<Timestamp>,
     pub paid_since: Option<Timestamp>,
     pub expires_at: Option<Timestamp>,
+    /// The order key of the paid fact `expires_at` is from: the latest that states an expiry (an
+    /// upgrade to a shorter period ends sooner than the period it replaced). Absent in summaries
+    /// kept before it was, whose `expires_at` was the furthest expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_key: Option<OrderKey>,
     pub quantity: Option<(OrderKey, u32)>,
     pub auto_renew: Option<(OrderKey, bool)>,
     /// The partial refunds, by dedupe key: where each is ordered, and the units it gave back.
@@ -137,13 +152,21 @@ impl Settled {
                 expires_at,
                 quantity,
             } => {
-                self.paid(at, *expires_at);
+                self.paid(at);
+                if let Some(until) = expires_at
+                    && later(self.expires_key.as_ref())
+                {
+                    self.expires(key(), *until);
+                }
                 if later(self.quantity.as_ref().map(|(k, _)| k)) {
                     self.quantity = Some((key(), (*quantity).clamp(1, MAX_QUANTITY)));
                 }
             }
             EventKind::Renewed { expires_at } => {
-                self.paid(at, Some(*expires_at));
+                self.paid(at);
+                if later(self.expires_key.as_ref()) {
+                    self.expires(key(), *expires_at);
+                }
                 if later(self.renewed.as_ref()) {
                     self.renewed = Some(key());
                 }
@@ -172,11 +195,20 @@ impl Settled {
         }
     }
 
-    fn paid(&mut self, at: Timestamp, expires_at: Option<Timestamp>) {
+    fn paid(&mut self, at: Timestamp) {
         self.bought = true;
         self.purchased_at = Some(self.purchased_at.map_or(at, |p| p.min(at)));
         self.paid_since = Some(self.paid_since.map_or(at, |p| p.max(at)));
-        self.expires_at = max_opt(self.expires_at, expires_at);
+    }
+
+    /// The expiry of the latest paid fact that states one. A summary kept before the key was
+    /// keeps its furthest expiry against the first fact it meets.
+    fn expires(&mut self, key: OrderKey, until: Timestamp) {
+        self.expires_at = match self.expires_key {
+            None => max_opt(self.expires_at, Some(until)),
+            Some(_) => Some(until),
+        };
+        self.expires_key = Some(key);
     }
 
     /// The units the partial refunds gave back and no reversal after them gave again.
@@ -284,14 +316,17 @@ pub fn fold_with_terms(
                 bought = true;
                 state.purchased_at = Some(state.purchased_at.map_or(at, |p| p.min(at)));
                 state.paid_since = Some(state.paid_since.map_or(at, |p| p.max(at)));
-                state.expires_at = max_opt(state.expires_at, *expires_at);
+                // The latest paid fact that states an expiry has the last word.
+                if expires_at.is_some() {
+                    state.expires_at = *expires_at;
+                }
                 state.quantity = (*quantity).clamp(1, MAX_QUANTITY);
             }
             EventKind::Renewed { expires_at } => {
                 bought = true;
                 state.purchased_at.get_or_insert(at);
                 state.paid_since = Some(state.paid_since.map_or(at, |p| p.max(at)));
-                state.expires_at = max_opt(state.expires_at, Some(*expires_at));
+                state.expires_at = Some(*expires_at);
                 // A new paid period ends every trouble of the one before it.
                 state.grace_until = None;
                 state.billing_retry = false;
@@ -478,6 +513,44 @@ mod tests {
                 quantity: 1,
             },
         )
+    }
+
+    #[test]
+    fn merged_facts_keep_the_product_stated_latest_and_the_latest_expiry() {
+        let facts = |product: &str, key: &str, at: i64, until: i64| PurchaseFacts {
+            id: "pur".into(),
+            store: Store::AppStore,
+            product_id: ProductId::parse(product).unwrap(),
+            store_transaction_id: "1".into(),
+            environment: None,
+            terms: None,
+            settled: None,
+            events: vec![ev(
+                key,
+                at,
+                EventKind::Renewed {
+                    expires_at: Timestamp::from_millis(until),
+                },
+            )],
+        };
+        // A yearly plan upgraded to a monthly one a month in, seen in either order.
+        let (yearly, monthly) = (facts("year", "a", 0, 365), facts("month", "b", 30, 60));
+        for (first, second) in [
+            (yearly.clone(), monthly.clone()),
+            (monthly.clone(), yearly.clone()),
+        ] {
+            let mut merged = first;
+            merged.merge(second);
+            assert_eq!(merged.product_id.as_str(), "month");
+            assert_eq!(merged.stated_at(), Some(Timestamp::from_millis(30)));
+            let state = fold(&merged.events, None, Timestamp::from_millis(40));
+            assert_eq!(state.expires_at, Some(Timestamp::from_millis(60)));
+            let mut settled = Settled::default();
+            for e in merged.events.iter().rev() {
+                settled.absorb(e);
+            }
+            assert_eq!(settled.expires_at, Some(Timestamp::from_millis(60)));
+        }
     }
 
     #[test]

@@ -616,9 +616,10 @@ pub struct ProductChange {
     pub to: String,
 }
 
-/// Moves each purchase to the product its facts state, when they state it later than the product
-/// it is on (an upgrade, or a downgrade at renewal); facts older than the product's change nothing,
-/// so the purchase ends on the product stated latest whatever order the facts arrive in.
+/// Moves each purchase to the product its facts state, when they state it later than any fact
+/// before them (an upgrade, or a downgrade at renewal); a renewal on the same product moves the
+/// time on too. Facts older than that change nothing, so the purchase ends on the product stated
+/// latest whatever order the facts arrive in. Answers the purchases whose product changed.
 pub async fn follow_products(
     conn: &mut AnyConnection,
     stated: &[StatedProduct<'_>],
@@ -659,7 +660,7 @@ pub async fn follow_products(
         conn,
         "SELECT p.id, p.product_id FROM purchases p JOIN (VALUES {values}) AS v \
          ON p.id = v.column1 AND p.app_id = v.column2",
-        "WHERE p.product_id <> v.column3 AND (p.product_at IS NULL OR p.product_at < v.column5)",
+        "WHERE p.product_at IS NULL OR p.product_at < v.column5",
         &vals,
     )
     .await?;
@@ -687,9 +688,10 @@ pub async fn follow_products(
     let changes: Vec<ProductChange> = sorted
         .iter()
         .filter_map(|s| {
-            from.get(s.purchase_id).map(|f| ProductChange {
+            let from = from.get(s.purchase_id)?;
+            (*from != s.facts.product_id.as_str()).then(|| ProductChange {
                 purchase_id: s.purchase_id.to_owned(),
-                from: f.clone(),
+                from: from.clone(),
                 to: s.facts.product_id.to_string(),
             })
         })

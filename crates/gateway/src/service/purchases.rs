@@ -175,15 +175,13 @@ pub async fn submit(
             lineage = Some(facts.store_transaction_id.clone());
             label = format!("{} ({sku})", t.id());
         }
-        if !all_facts.iter().any(|f: &gateway_core::PurchaseFacts| {
-            f.store_transaction_id == facts.store_transaction_id
-        }) {
-            all_facts.push(facts);
-        } else if let Some(f) = all_facts
+        match all_facts
             .iter_mut()
-            .find(|f| f.store_transaction_id == facts.store_transaction_id)
-        {
-            f.events.extend(facts.events);
+            .find(|f: &&mut gateway_core::PurchaseFacts| {
+                f.store_transaction_id == facts.store_transaction_id
+            }) {
+            Some(f) => f.merge(facts),
+            None => all_facts.push(facts),
         }
     }
     let Some(lineage) = lineage else {
@@ -301,7 +299,7 @@ pub async fn restore(
             .iter_mut()
             .find(|f| f.store_transaction_id == facts.store_transaction_id)
         {
-            Some(f) => f.events.extend(facts.events),
+            Some(f) => f.merge(facts),
             None => all_facts.push(facts),
         }
     }

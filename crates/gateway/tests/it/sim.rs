@@ -1008,6 +1008,90 @@ both!(
             app.entitlement("dora", "plus").await["status"] != "active",
             "plus ends with the downgrade: {snap}"
         );
+
+        // Out of order: Eve's upgrade and the renewal that downgrades her back reach the gateway
+        // renewal first. She ends on the product Apple stated last, not on the late upgrade.
+        let token = order(&app, "eve", "premium").await;
+        let bought = sim
+            .store
+            .buy("edu.acme.premium", monthly, Some(&token))
+            .await
+            .unwrap();
+        let lineage = bought.original_transaction_id;
+        sim.server
+            .set_notification_url("http://127.0.0.1:9/unreachable");
+        app.clock.advance_millis(DAY);
+        sim.store
+            .change_plan(&lineage, "edu.acme.premium_plus", true)
+            .await
+            .unwrap();
+        sim.store
+            .change_plan(&lineage, "edu.acme.premium", false)
+            .await
+            .unwrap();
+        sim.store.renew(&lineage).await.unwrap();
+        let sent = sim.signed_history(&app).await;
+        let payload = |kind: &str| {
+            sent.iter()
+                .rev()
+                .find(|(k, _, _)| k == kind)
+                .map(|(_, _, jws)| jws.clone())
+                .unwrap()
+        };
+        for kind in ["DID_RENEW", "DID_CHANGE_RENEWAL_PREF"] {
+            app.post(
+                "/v1/apps/acme/notifications/app_store",
+                json!({"signedPayload": payload(kind)}),
+            )
+            .await
+            .expect(200);
+        }
+        let snap = snapshot(&app, "eve").await;
+        assert_eq!(snap["purchases"][0]["product_id"], "premium", "{snap}");
+        assert!(
+            app.entitlement("eve", "plus").await["status"] != "active",
+            "the late upgrade does not bring plus back: {snap}"
+        );
+    }
+);
+
+both!(
+    an_upgrade_to_a_shorter_period_ends_with_the_new_period,
+    |app: TestApp| async move {
+        let sim = Sim::open(&app).await;
+        app.put(
+            "/v1/apps/acme/products/premium_plus",
+            json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium_plus"},
+                "entitlements": [{"id": "premium"}, {"id": "plus"}]}),
+        )
+        .await
+        .expect(201);
+        // A year of Premium; a month in, an upgrade to monthly Premium Plus.
+        let token = order(&app, "finn", "premium").await;
+        let yearly = ProductKind::AutoRenewable(Period::ONE_YEAR);
+        let bought = sim
+            .store
+            .buy("edu.acme.premium", yearly, Some(&token))
+            .await
+            .unwrap();
+        app.clock.advance_millis(30 * DAY);
+        let up = sim
+            .store
+            .change_plan_to(
+                &bought.original_transaction_id,
+                "edu.acme.premium_plus",
+                Some(Period::ONE_MONTH),
+            )
+            .await
+            .unwrap();
+        let new_end = up.transaction["expiresDate"].as_i64().unwrap();
+        assert!(new_end < bought.transaction["expiresDate"].as_i64().unwrap());
+        let snap = snapshot(&app, "finn").await;
+        assert_eq!(
+            entitlement(&snap, "premium"),
+            ("active".to_owned(), rfc3339(new_end)),
+            "access runs to the new month's end, not the replaced year's: {snap}"
+        );
     }
 );
 
@@ -1337,7 +1421,7 @@ both!(
                 "product_id": "premium", "allow_introductory_offer": true}),
         )
         .await
-        .error(400, "transaction_id_required");
+        .error(409, "transaction_id_required");
     }
 );
 

@@ -109,6 +109,12 @@ impl Period {
         unit: Unit::Month,
     };
 
+    /// `P1Y`.
+    pub const ONE_YEAR: Period = Period {
+        count: 1,
+        unit: Unit::Year,
+    };
+
     /// The instant one period after `ms` (Unix ms). Months and years are calendar ones: a month
     /// from 31 January is the last day of February, as Apple renews.
     pub fn after(self, ms: i64) -> i64 {
@@ -733,6 +739,29 @@ impl AppleStore {
         sku: &str,
         upgrade: bool,
     ) -> Result<Outcome, AppleStoreError> {
+        self.plan_change(original_transaction_id, sku, upgrade, None)
+            .await
+    }
+
+    /// An upgrade to a product of the group with another period (a yearly plan upgraded to a
+    /// higher monthly one takes effect at once, as Apple has it): the new period starts now.
+    pub async fn change_plan_to(
+        &self,
+        original_transaction_id: &str,
+        sku: &str,
+        period: Option<Period>,
+    ) -> Result<Outcome, AppleStoreError> {
+        self.plan_change(original_transaction_id, sku, true, period)
+            .await
+    }
+
+    async fn plan_change(
+        &self,
+        original_transaction_id: &str,
+        sku: &str,
+        upgrade: bool,
+        new_period: Option<Period>,
+    ) -> Result<Outcome, AppleStoreError> {
         self.check_url()?;
         if sku.trim().is_empty() {
             return Err(AppleStoreError::Invalid(
@@ -771,6 +800,7 @@ impl AppleStore {
                 books.transactions.insert(old_id, old.clone());
                 self.keep(&old, None);
                 let id = self.new_transaction_id();
+                let period = new_period.unwrap_or(period);
                 let expires = period.after(now);
                 let mut t = latest;
                 remove(&mut t, &["isUpgraded", "offerType", "offerIdentifier"]);
@@ -787,6 +817,7 @@ impl AppleStore {
                 if let Some(lineage) = books.lineages.get_mut(&lineage_id) {
                     lineage.transactions.push(id);
                     lineage.renewal = Some(renewal.clone());
+                    lineage.kind = ProductKind::AutoRenewable(period);
                 }
                 self.keep(&t, Some(&renewal));
                 self.change(
