@@ -304,9 +304,10 @@ pub struct OfferSignatureBody {
 #[utoipa::path(post, path = "/v1/apps/{app}/app_store/offer_signatures", tag = "customers",
     params(("app" = gateway_core::AppId, Path)), request_body = OfferSignatureBody,
     responses((status = 200, description = "The signature and what StoreKit takes beside it", body = crate::service::offers::OfferSignature),
-              (status = 400, description = "`invalid_offer`, `invalid_kind`, `transaction_id_required` or a malformed field", body = ErrorBody),
+              (status = 400, description = "`invalid_offer`, `invalid_kind` or a malformed field", body = ErrorBody),
               (status = 404, description = "`product_not_found`", body = ErrorBody),
-              (status = 409, description = "`product_not_on_app_store` or `store_not_configured` (no In-App Purchase key)", body = ErrorBody)))]
+              (status = 409, description = "`product_not_on_app_store`, `store_not_configured` (no In-App Purchase key) or `transaction_id_required` (no transaction of the customer is known)", body = ErrorBody),
+              (status = 503, description = "`store_unavailable`: the signature could not be made; try again", body = ErrorBody)))]
 pub async fn offer_signature(
     State(s): State<AppState>,
     caller: Caller,

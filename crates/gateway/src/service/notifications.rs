@@ -15,7 +15,7 @@ use gateway_core::{
 use serde::Serialize;
 
 use super::{
-    Context, ServiceResult,
+    Context, ServiceError, ServiceResult,
     batch::{Done, Held, Notification, Recorded, Work},
 };
 use crate::{
@@ -92,8 +92,12 @@ pub async fn decide(
         })),
         // About an account, not a purchase: its customer's timeline and outbound events, when the
         // account was seen with one; else only kept.
-        None => match account_holder(cx, app, adapter.store(), account.as_deref()).await? {
-            Some(customer) => Work::Decide {
+        None => match (
+            &remark,
+            account_holder(cx, app, adapter.store(), account.as_deref()).await?,
+        ) {
+            // Decided only for what it says: one that says nothing is kept as it came.
+            (Some(_), Some(customer)) => Work::Decide {
                 app: app.id.clone(),
                 customer,
                 input: Box::new(super::decision::Input {
@@ -111,7 +115,7 @@ pub async fn decide(
                 }),
                 now,
             },
-            None => Work::Record(Box::new(Recorded {
+            _ => Work::Record(Box::new(Recorded {
                 app: app.id.clone(),
                 source,
                 dedupe_key: id.clone(),
@@ -338,5 +342,11 @@ async fn account_holder(
     };
     let holder =
         crate::db::orders::account_holder(&cx.db, &app.id, (store.as_str(), account)).await?;
-    Ok(holder.and_then(|c| c.parse().ok()))
+    holder
+        .map(|c| {
+            c.parse().map_err(|_| {
+                ServiceError::Internal(crate::db::DbError::Corrupt(format!("customer id {c:?}")))
+            })
+        })
+        .transpose()
 }

@@ -202,7 +202,7 @@ pub async fn sign(
         }
         OfferKind::IntroductoryEligibility => {
             let Some(transaction) = transaction_id else {
-                return Err(ServiceError::bad_request(
+                return Err(ServiceError::conflict(
                     "transaction_id_required",
                     "Introductory-offer eligibility names a transaction of the customer: send `transaction_id`, or submit the customer's AppTransaction or a purchase first.",
                 ));

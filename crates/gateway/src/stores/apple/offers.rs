@@ -112,7 +112,9 @@ impl OfferKey {
         let signature = self
             .pair
             .sign(&SystemRandom::new(), message.as_bytes())
-            .map_err(|_| StoreError::not_configured("The offer signature could not be made."))?;
+            .map_err(|_| {
+                StoreError::unavailable("The offer signature could not be made; try again.")
+            })?;
         Ok(STANDARD.encode(signature.as_ref()))
     }
 
@@ -135,7 +137,7 @@ impl OfferKey {
         header.kid = Some(self.key_id.clone());
         header.typ = Some("JWT".into());
         jsonwebtoken::encode(&header, &claims, &self.jwt)
-            .map_err(|_| StoreError::not_configured("The offer JWS could not be signed."))
+            .map_err(|_| StoreError::unavailable("The offer JWS could not be signed; try again."))
     }
 }
 
