@@ -4,7 +4,6 @@
 //! with two gateways on one PostgreSQL.
 
 use std::{
-    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU16, Ordering},
@@ -179,34 +178,6 @@ async fn wait_deliveries(app: &TestApp, query: &str, n: usize) -> Vec<Value> {
     );
 }
 
-/// A directory holding the `standardwebhooks` package from PyPI, installed on first use.
-fn standardwebhooks() -> PathBuf {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one = INSTALL.lock().unwrap();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-standardwebhooks-1.1.0");
-    if !dir.join("standardwebhooks").exists() {
-        let out = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&dir)
-            .arg("standardwebhooks==1.1.0")
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "installing standardwebhooks from PyPI failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
-}
-
 /// Checks every request with the `standardwebhooks` package against `secrets` (any one may sign);
 /// returns, per request, whether it verified.
 fn verify_independently(got: &[Got], secret: &str) -> Vec<bool> {
@@ -227,9 +198,8 @@ for case in json.load(sys.stdin):
     except Exception as e:
         print("refused", e)
 "#;
-    let mut child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(python_with("standardwebhooks", "1.1.0"))
         .args(["-c", script])
-        .env("PYTHONPATH", standardwebhooks())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
