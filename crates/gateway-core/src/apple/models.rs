@@ -112,6 +112,9 @@ pub struct JwsTransaction {
     /// `commitmentExpiresDate`, `commitmentPrice`), kept as Apple wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commitment_info: Option<serde_json::Value>,
+    /// The buyer's Apple Account in this app (StoreKit from iOS 18.4), as in their AppTransaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_transaction_id: Option<String>,
 }
 
 /// A decoded `signedRenewalInfo` (JWSRenewalInfoDecodedPayload).

@@ -699,6 +699,41 @@ pub async fn follow_products(
     Ok(changes)
 }
 
+/// Keeps that customers were seen with store accounts: `(app, store, account, customer)`; a later
+/// sighting takes an account over (see [`super::orders::keep_account_sighting`]).
+pub async fn keep_sightings(
+    conn: &mut AnyConnection,
+    rows: &[(String, String, String, String)],
+    now: Timestamp,
+) -> DbResult<()> {
+    let mut sorted: Vec<&(String, String, String, String)> = rows.iter().collect();
+    sorted.sort();
+    // One row per account: PostgreSQL updates a row once per statement.
+    sorted.dedup_by(|a, b| (&a.0, &a.1, &a.2) == (&b.0, &b.1, &b.2));
+    let vals: Vec<Vec<Val>> = sorted
+        .iter()
+        .map(|(app, store, account, customer)| {
+            vec![
+                app.clone().into(),
+                store.clone().into(),
+                account.clone().into(),
+                customer.clone().into(),
+                now.millis().into(),
+            ]
+        })
+        .collect();
+    many(
+        conn,
+        "INSERT INTO account_sightings (app_id, store, account_id, customer_id, seen_at) VALUES",
+        "ON CONFLICT (app_id, store, account_id) DO UPDATE \
+         SET customer_id = excluded.customer_id, seen_at = excluded.seen_at \
+         WHERE excluded.seen_at >= account_sightings.seen_at",
+        &vals,
+    )
+    .await?;
+    Ok(())
+}
+
 /// A fact held for a lineage no customer held when it arrived.
 #[derive(Debug, Clone)]
 pub struct Orphan {

@@ -267,6 +267,9 @@ struct Plan {
     held_as: Option<String>,
     /// The outbound event its remark sends on, once its input is new.
     announce: Option<(String, serde_json::Value)>,
+    /// The buyer's store account its transaction names (Apple's `appTransactionId`), kept as the
+    /// customer's once decided.
+    account: Option<String>,
 }
 
 /// A lineage a decision takes from the customer who holds it (a restore under the `transfer`
@@ -518,6 +521,10 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             new_facts: Vec::new(),
             moves,
             announce: None,
+            account: match w {
+                Work::Notification(n) => n.transaction.account().map(str::to_owned),
+                _ => None,
+            },
             held_as: match w {
                 Work::Notification(n) => n.held_as.clone(),
                 _ => None,
@@ -884,6 +891,19 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     // 6. Decide each customer and write every change.
     let mut writes = Writes::default();
     let mut granted: Vec<Vec<Val>> = Vec::new();
+    let sightings: Vec<(String, String, String, String)> = plans
+        .iter()
+        .filter_map(|p| {
+            let store = p.input.purchases.first()?.store;
+            let account = p.account.clone()?;
+            Some((
+                p.app.to_string(),
+                store.as_str().to_owned(),
+                account,
+                p.customer.to_string(),
+            ))
+        })
+        .collect();
     for p in plans {
         let key = p.key();
         let empty = gateway_core::decide::Catalog::new();
@@ -996,6 +1016,9 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
         })));
     }
     writes.flush(conn, now).await?;
+    if !sightings.is_empty() {
+        batch::keep_sightings(conn, &sightings, now).await?;
+    }
     if !granted.is_empty() {
         batch::insert_actions(conn, &granted).await?;
     }

@@ -191,6 +191,13 @@ pub async fn submit(
             "No transaction of the receipt is for a product of this app.",
         ));
     };
+    // The account an AppTransaction names, else the one the transactions carry.
+    let account = account.or_else(|| {
+        proven
+            .transactions
+            .iter()
+            .find_map(|t| t.account().map(str::to_owned))
+    });
     let (raw, what, owed) = (proven.raw, proven.what, proven.owed);
     let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
     let input = decision::Input {
@@ -323,6 +330,11 @@ pub async fn restore(
             owed: Vec::new(),
         };
         decision::apply(cx, &app.id, customer, input, now).await?;
+        // The device's Apple Account, as its restored transactions name it.
+        if let Some(account) = transactions.iter().find_map(|t| t.account()) {
+            orders::keep_account_sighting(db, &app.id, customer, (store.as_str(), account), now)
+                .await?;
+        }
     }
     customers::snapshot(cx, &app.id, customer, now).await
 }

@@ -52,6 +52,9 @@ pub enum AppleAction {
         /// The price in milli-units of USD (9990 is 9.99).
         #[arg(long)]
         price: Option<i64>,
+        /// The Apple Account buying (any name): the transaction carries its `appTransactionId`.
+        #[arg(long)]
+        account: Option<String>,
     },
     /// Apple renews a subscription: DID_RENEW (BILLING_RECOVERY after a failure).
     Renew {
@@ -272,6 +275,7 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
             quantity,
             family_shared,
             price,
+            account,
         } => {
             let mut b =
                 json!({"sku": sku, "kind": value_name(&kind), "family_shared": family_shared});
@@ -280,6 +284,7 @@ pub(super) async fn act(sim: &str, action: AppleAction) -> anyhow::Result<()> {
                 ("app_account_token", token.map(Value::from)),
                 ("quantity", quantity.map(Value::from)),
                 ("price", price.map(Value::from)),
+                ("account", account.map(Value::from)),
             ] {
                 if let Some(v) = value {
                     b[field] = v;

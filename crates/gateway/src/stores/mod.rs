@@ -204,6 +204,15 @@ impl Transaction {
         }
     }
 
+    /// The buyer's account at the store, when the store names one per buyer and app (Apple's
+    /// `appTransactionId`): a notification about the account reaches the customer last seen with it.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Transaction::AppStore(t) => t.app_transaction_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The customer the store names outright (RevenueCat's `app_user_id`), taken on its word when
     /// nothing the gateway issued names one.
     pub fn named_customer(&self) -> Option<&str> {

@@ -11,7 +11,7 @@ use store_sim::{
     apple::{
         api::{ApiKey, AppStoreServer},
         chain::AppleChain,
-        store::{AppleStore, ExpirySubtype, Period, ProductKind, RevocationReason},
+        store::{AppleStore, ExpirySubtype, Period, ProductKind, Purchase, RevocationReason},
     },
 };
 
@@ -1287,6 +1287,51 @@ both!(
             "recorded",
             "kept without a customer"
         );
+
+        // Transactions name their buyer's account too (StoreKit from iOS 18.4): Cleo's purchase,
+        // known only from Apple's notification, and Dan's, submitted by his app, are enough.
+        let signed = |id: &str| sim.store.signed_transaction(id).unwrap();
+        for (customer, account, submit) in
+            [("cleo", "cleo@icloud", false), ("dan", "dan@icloud", true)]
+        {
+            let token = order(&app, customer, "cs101").await;
+            if submit {
+                // Apple's notification does not get through: the app's submission alone tells.
+                sim.server
+                    .set_notification_url("http://127.0.0.1:9/unreachable");
+            }
+            let bought = sim
+                .store
+                .buy_with(&Purchase {
+                    app_account_token: Some(&token),
+                    account: Some(account),
+                    ..Purchase::new("edu.acme.cs101", ProductKind::NonConsumable)
+                })
+                .await
+                .unwrap();
+            assert!(bought.transaction["appTransactionId"].is_string());
+            if submit {
+                let answer = app
+                    .post(
+                        "/v1/apps/acme/purchases",
+                        json!({"app_user_id": customer, "store": "app_store",
+                            "signed_transaction": signed(&bought.transaction_id)}),
+                    )
+                    .await
+                    .expect(200);
+                assert_eq!(answer["status"], "granted");
+                sim.server.set_notification_url(&format!(
+                    "{}/v1/apps/acme/notifications/app_store",
+                    app.addr
+                ));
+            }
+            sim.store.rescind_consent(account).await.unwrap();
+            let told = app.outbox_types(customer).await;
+            assert!(
+                told.contains(&"customer.consent_rescinded".to_owned()),
+                "{customer}: {told:?}"
+            );
+        }
     }
 );
 

@@ -98,6 +98,7 @@ impl InApp {
             price: None,
             currency: None,
             billing_plan_type: None,
+            app_transaction_id: None,
             commitment_info: None,
         }
     }

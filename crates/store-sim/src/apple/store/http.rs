@@ -99,6 +99,8 @@ struct BuyBody {
     #[serde(default)]
     family_shared: bool,
     price: Option<i64>,
+    /// The simulator's name for the Apple Account buying.
+    account: Option<String>,
 }
 
 async fn buy(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
@@ -111,6 +113,7 @@ async fn buy(State(s): State<Arc<AppleStore>>, bytes: Bytes) -> Answer {
         quantity: b.quantity.unwrap_or(1),
         family_shared: b.family_shared,
         price: b.price,
+        account: b.account.as_deref(),
     };
     Ok(outcome(s.buy_with(&purchase).await?))
 }

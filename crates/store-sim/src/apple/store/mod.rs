@@ -332,6 +332,9 @@ pub struct Purchase<'a> {
     pub family_shared: bool,
     /// Milli-units of USD; 9990 when `None`.
     pub price: Option<i64>,
+    /// The Apple Account buying (the simulator's name for it): the transaction carries the
+    /// account's `appTransactionId`, as StoreKit's do from iOS 18.4.
+    pub account: Option<&'a str>,
 }
 
 impl<'a> Purchase<'a> {
@@ -343,6 +346,7 @@ impl<'a> Purchase<'a> {
             quantity: 1,
             family_shared: false,
             price: None,
+            account: None,
         }
     }
 }
@@ -611,6 +615,9 @@ impl AppleStore {
         });
         if let Some(token) = p.app_account_token {
             t["appAccountToken"] = token.into();
+        }
+        if let Some(account) = p.account {
+            t["appTransactionId"] = self.app_transaction(account)?["appTransactionId"].clone();
         }
         let mut renewal = None;
         if let ProductKind::AutoRenewable(period) = p.kind {
@@ -1176,6 +1183,8 @@ impl AppleStore {
         let mut copy = original.clone();
         if let Some(o) = copy.as_object_mut() {
             o.remove("appAccountToken");
+            // The member has an Apple Account of their own.
+            o.remove("appTransactionId");
         }
         copy["transactionId"] = id.clone().into();
         copy["originalTransactionId"] = id.clone().into();
