@@ -130,11 +130,16 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Pending>) {
                 works.iter().map(|_| Step::Reply(Err(stopped()))).collect()
             }
         };
-        let owes = works
-            .iter()
-            .any(|w| matches!(w, Work::Notification(n) if !n.owed.is_empty()));
+        let announces =
+            |r: &Option<crate::stores::Remark>| r.as_ref().is_some_and(|r| r.event.is_some());
+        let owes = works.iter().any(|w| match w {
+            Work::Notification(n) => !n.owed.is_empty() || announces(&n.remark),
+            Work::Decide { input, .. } => announces(&input.remark),
+            Work::Record(_) => false,
+        });
         if owes {
-            // A store action may have been written without any customer changing.
+            // A store action, or an event a store's remark sends on, may have been written without
+            // any customer changing.
             db.changes().outbox_signal().notify_one();
         }
         let mut deferred = Vec::new();
