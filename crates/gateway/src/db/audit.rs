@@ -94,19 +94,7 @@ pub async fn timeline(
     .bind(limit)
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|r| {
-            let detail: String = r.try_get("detail")?;
-            Ok(AuditRow {
-                seq: r.try_get("seq")?,
-                at: Timestamp::from_millis(r.try_get("at")?),
-                kind: r.try_get("kind")?,
-                cause: r.try_get("cause")?,
-                detail: serde_json::from_str(&detail)?,
-                hash: r.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(audit_row).collect()
 }
 
 /// Checks the customer's whole chain; `Err(seq)` names the first row that does not match.
@@ -163,17 +151,18 @@ pub async fn latest_of_kinds(
     .bind(limit)
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|r| {
-            let detail: String = r.try_get("detail")?;
-            Ok(AuditRow {
-                seq: r.try_get("seq")?,
-                at: Timestamp::from_millis(r.try_get("at")?),
-                kind: r.try_get("kind")?,
-                cause: r.try_get("cause")?,
-                detail: serde_json::from_str(&detail)?,
-                hash: r.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(audit_row).collect()
+}
+
+/// An audit row as read back (`seq, at, kind, cause, detail, hash`).
+fn audit_row(r: &sqlx::any::AnyRow) -> DbResult<AuditRow> {
+    let detail: String = r.try_get("detail")?;
+    Ok(AuditRow {
+        seq: r.try_get("seq")?,
+        at: Timestamp::from_millis(r.try_get("at")?),
+        kind: r.try_get("kind")?,
+        cause: r.try_get("cause")?,
+        detail: serde_json::from_str(&detail)?,
+        hash: r.try_get("hash")?,
+    })
 }
