@@ -149,20 +149,14 @@ pub async fn keep_account_sighting(
     (store, account): (&str, &str),
     now: Timestamp,
 ) -> DbResult<()> {
-    sqlx::query(
-        "INSERT INTO account_sightings (app_id, store, account_id, customer_id, seen_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, store, account_id) DO UPDATE \
-         SET customer_id = excluded.customer_id, seen_at = excluded.seen_at \
-         WHERE excluded.seen_at >= account_sightings.seen_at",
-    )
-    .bind(app.as_str())
-    .bind(store)
-    .bind(account)
-    .bind(customer.as_str())
-    .bind(now.millis())
-    .execute(db.writer())
-    .await?;
-    Ok(())
+    let mut conn = db.writer().acquire().await?;
+    let row = (
+        app.to_string(),
+        store.to_owned(),
+        account.to_owned(),
+        customer.to_string(),
+    );
+    super::batch::keep_sightings(&mut conn, &[row], now).await
 }
 
 /// The customer the store account `account` was last seen with, if any.

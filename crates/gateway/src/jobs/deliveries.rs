@@ -299,9 +299,9 @@ fn lms_answer(
         app: c.app_id.parse().ok()?,
         customer: c.customer_id.parse().ok()?,
         kind: if ok {
-            "lms.enrollment"
+            openedx::LMS_TOOK
         } else {
-            "lms.enrollment_failed"
+            openedx::LMS_REFUSED
         },
         cause,
         detail,

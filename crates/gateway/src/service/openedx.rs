@@ -55,6 +55,11 @@ pub use super::webhooks::Retry;
 use super::{ServiceError, ServiceResult, webhooks::Sent};
 use crate::db::{Db, DbResult, endpoints::Endpoint, pacing};
 
+/// The kind of the timeline line an LMS answer writes: an enrollment call taken ...
+pub const LMS_TOOK: &str = "lms.enrollment";
+/// ... or refused, on its first attempt or its last.
+pub const LMS_REFUSED: &str = "lms.enrollment_failed";
+
 /// The event types the connector acts on.
 pub const EVENT_TYPES: &[&str] = &[
     "entitlement.granted",

@@ -136,7 +136,7 @@ async fn enrolled(
         db,
         &app.id,
         customer,
-        ["lms.enrollment", "lms.enrollment_failed"],
+        [super::openedx::LMS_TOOK, super::openedx::LMS_REFUSED],
         LMS_ANSWERS_READ,
     )
     .await?;

@@ -736,52 +736,41 @@ both!(
         let lms = Lms::start(&app).await;
         lms_endpoint(&app, &lms, "audit", CLIENT_SECRET).await;
 
-        // Alice is enrolled: delivered.
-        let token = order(&app, "alice", "cs101").await;
-        let bought = sim
-            .store
-            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
-            .await
-            .unwrap();
-        lms.wait_for("alice", enrolled("verified", true)).await;
-        timeline_event(&app, "alice", "lms.enrollment").await;
-        sim.store
-            .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
-            .await
-            .unwrap();
-        let answers = consumption_answers(&sim, 1).await;
-        assert_eq!(answers[0]["deliveryStatus"], "DELIVERED", "{answers:?}");
-        assert!(answers[0].get("consumptionPercentage").is_none());
-
-        // Dave has no LMS account: granted, but the course was never delivered.
-        let token = order(&app, "dave", "cs101").await;
-        let bought = sim
-            .store
-            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
-            .await
-            .unwrap();
-        timeline_event(&app, "dave", "lms.enrollment_failed").await;
-        sim.store
-            .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
-            .await
-            .unwrap();
-        let answers = consumption_answers(&sim, 2).await;
-        assert_eq!(answers[1]["deliveryStatus"], "UNDELIVERED_OTHER");
-
-        // The LMS is down when Carol buys: an outage.
-        lms.sim.fail_with(503);
-        let token = order(&app, "carol", "cs101").await;
-        let bought = sim
-            .store
-            .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
-            .await
-            .unwrap();
-        timeline_event(&app, "carol", "lms.enrollment_failed").await;
-        sim.store
-            .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
-            .await
-            .unwrap();
-        let answers = consumption_answers(&sim, 3).await;
-        assert_eq!(answers[2]["deliveryStatus"], "UNDELIVERED_SERVER_OUTAGE");
+        // Alice is enrolled: delivered. Dave has no LMS account: granted, but the course was never
+        // delivered. The LMS is down when Carol buys: an outage.
+        let learners = [
+            ("alice", "lms.enrollment", "DELIVERED"),
+            ("dave", "lms.enrollment_failed", "UNDELIVERED_OTHER"),
+            (
+                "carol",
+                "lms.enrollment_failed",
+                "UNDELIVERED_SERVER_OUTAGE",
+            ),
+        ];
+        for (n, (learner, told, delivery)) in learners.into_iter().enumerate() {
+            if learner == "carol" {
+                lms.sim.fail_with(503);
+            }
+            let token = order(&app, learner, "cs101").await;
+            let bought = sim
+                .store
+                .buy("edu.acme.cs101", ProductKind::NonConsumable, Some(&token))
+                .await
+                .unwrap();
+            if learner == "alice" {
+                lms.wait_for("alice", enrolled("verified", true)).await;
+            }
+            timeline_event(&app, learner, told).await;
+            sim.store
+                .tell(&bought.transaction_id, "CONSUMPTION_REQUEST", None)
+                .await
+                .unwrap();
+            let answers = consumption_answers(&sim, n + 1).await;
+            assert_eq!(
+                answers[n]["deliveryStatus"], delivery,
+                "{learner}: {answers:?}"
+            );
+            assert!(answers[n].get("consumptionPercentage").is_none());
+        }
     }
 );

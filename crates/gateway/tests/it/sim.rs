@@ -88,6 +88,29 @@ impl Sim {
             .collect()
     }
 
+    /// Delivers again, in the order given, the latest notification Apple sent of each type (as
+    /// Apple's retries, or notifications that reached the gateway late, do); the gateway's answers.
+    async fn deliver_again(&self, app: &TestApp, kinds: &[&str]) -> Vec<Value> {
+        let sent = self.signed_history(app).await;
+        let mut answers = Vec::new();
+        for kind in kinds {
+            let (_, _, payload) = sent
+                .iter()
+                .rev()
+                .find(|(k, _, _)| k == kind)
+                .unwrap_or_else(|| panic!("Apple sent no {kind}"));
+            let answer = app
+                .post(
+                    "/v1/apps/acme/notifications/app_store",
+                    json!({ "signedPayload": payload }),
+                )
+                .await
+                .expect(200);
+            answers.push(answer);
+        }
+        answers
+    }
+
     /// Get Notification History's notifications: type, last send result and signed payload.
     async fn signed_history(&self, app: &TestApp) -> Vec<(String, String, String)> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -376,22 +399,8 @@ both!(
         sim.server
             .set_notification_url("http://127.0.0.1:9/unreachable");
         three_packs_one_refunded(&app, &sim, "cleo").await;
-        let sent: Vec<(String, String, String)> = sim.signed_history(&app).await;
-        let payload = |kind: &str| {
-            sent.iter()
-                .rev()
-                .find(|(k, _, _)| k == kind)
-                .map(|(_, _, jws)| jws.clone())
-                .unwrap()
-        };
-        for kind in ["REFUND_REVERSED", "REFUND", "ONE_TIME_CHARGE"] {
-            app.post(
-                "/v1/apps/acme/notifications/app_store",
-                json!({"signedPayload": payload(kind)}),
-            )
-            .await
-            .expect(200);
-        }
+        sim.deliver_again(&app, &["REFUND_REVERSED", "REFUND", "ONE_TIME_CHARGE"])
+            .await;
         let snap = snapshot(&app, "cleo").await;
         assert_eq!(snap["balances"]["COINS"], 300, "{snap}");
     }
@@ -912,17 +921,23 @@ both!(
     }
 );
 
+/// Premium Plus, a step up from Premium in its subscription group: Premium's entitlement and one
+/// more.
+async fn premium_plus(app: &TestApp) {
+    app.put(
+        "/v1/apps/acme/products/premium_plus",
+        json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium_plus"},
+            "entitlements": [{"id": "premium"}, {"id": "plus"}]}),
+    )
+    .await
+    .expect(201);
+}
+
 both!(
     an_upgrade_moves_the_entitlements_at_once_and_a_downgrade_at_renewal,
     |app: TestApp| async move {
         let sim = Sim::open(&app).await;
-        app.put(
-            "/v1/apps/acme/products/premium_plus",
-            json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium_plus"},
-                "entitlements": [{"id": "premium"}, {"id": "plus"}]}),
-        )
-        .await
-        .expect(201);
+        premium_plus(&app).await;
         let t0 = t0().millis();
         let token = order(&app, "dora", "premium").await;
         let monthly = ProductKind::AutoRenewable(Period::ONE_MONTH);
@@ -1030,22 +1045,8 @@ both!(
             .await
             .unwrap();
         sim.store.renew(&lineage).await.unwrap();
-        let sent = sim.signed_history(&app).await;
-        let payload = |kind: &str| {
-            sent.iter()
-                .rev()
-                .find(|(k, _, _)| k == kind)
-                .map(|(_, _, jws)| jws.clone())
-                .unwrap()
-        };
-        for kind in ["DID_RENEW", "DID_CHANGE_RENEWAL_PREF"] {
-            app.post(
-                "/v1/apps/acme/notifications/app_store",
-                json!({"signedPayload": payload(kind)}),
-            )
-            .await
-            .expect(200);
-        }
+        sim.deliver_again(&app, &["DID_RENEW", "DID_CHANGE_RENEWAL_PREF"])
+            .await;
         let snap = snapshot(&app, "eve").await;
         assert_eq!(snap["purchases"][0]["product_id"], "premium", "{snap}");
         assert!(
@@ -1059,13 +1060,7 @@ both!(
     an_upgrade_to_a_shorter_period_ends_with_the_new_period,
     |app: TestApp| async move {
         let sim = Sim::open(&app).await;
-        app.put(
-            "/v1/apps/acme/products/premium_plus",
-            json!({"kind": "subscription", "store_skus": {"app_store": "edu.acme.premium_plus"},
-                "entitlements": [{"id": "premium"}, {"id": "plus"}]}),
-        )
-        .await
-        .expect(201);
+        premium_plus(&app).await;
         // A year of Premium; a month in, an upgrade to monthly Premium Plus.
         let token = order(&app, "finn", "premium").await;
         let yearly = ProductKind::AutoRenewable(Period::ONE_YEAR);
@@ -1147,20 +1142,8 @@ both!(
         assert_eq!(told[2].1, "REFUND_DECLINED");
 
         // Apple sends the refusal again: a duplicate, not a second line.
-        let (_, _, payload) = sim
-            .signed_history(&app)
-            .await
-            .into_iter()
-            .find(|(kind, _, _)| kind == "REFUND_DECLINED")
-            .unwrap();
-        let again = app
-            .post(
-                "/v1/apps/acme/notifications/app_store",
-                json!({ "signedPayload": payload }),
-            )
-            .await
-            .expect(200);
-        assert_eq!(again["status"], "duplicate", "{again}");
+        let again = sim.deliver_again(&app, &["REFUND_DECLINED"]).await;
+        assert_eq!(again[0]["status"], "duplicate", "{again:?}");
         assert_eq!(remarks(&app, "erin").await.len(), 3);
         // Nothing changed for the customer and nothing went out.
         assert_eq!(status(&snapshot(&app, "erin").await, "premium"), "active");

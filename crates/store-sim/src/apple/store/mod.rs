@@ -436,6 +436,25 @@ impl Books {
     }
 }
 
+impl Books {
+    /// A subscription that is still running (neither revoked nor expired), its period and latest
+    /// transaction, for the actions only such a subscription takes.
+    fn running(&mut self, id: &str) -> Result<(&mut Lineage, Period, Value), AppleStoreError> {
+        let (lineage_id, period, latest) = self.subscription(id)?;
+        if is_revoked(&latest) {
+            return Err(AppleStoreError::Revoked(id.to_owned()));
+        }
+        let lineage = self
+            .lineages
+            .get_mut(&lineage_id)
+            .ok_or_else(|| AppleStoreError::UnknownTransaction(lineage_id.clone()))?;
+        if lineage.expired.is_some() {
+            return Err(AppleStoreError::AlreadyExpired(id.to_owned()));
+        }
+        Ok((lineage, period, latest))
+    }
+}
+
 /// What an action decided, to be sent once the books are closed.
 struct Change {
     notification_type: &'static str,
@@ -778,25 +797,14 @@ impl AppleStore {
         let now = self.clock.now_ms();
         let change = {
             let mut books = lock(&self.books);
-            let (lineage_id, period, latest) = books.subscription(original_transaction_id)?;
-            if is_revoked(&latest) {
-                return Err(AppleStoreError::Revoked(original_transaction_id.to_owned()));
-            }
-            let lineage = books
-                .lineages
-                .get(&lineage_id)
-                .ok_or_else(|| AppleStoreError::UnknownTransaction(lineage_id.clone()))?;
-            if lineage.expired.is_some() {
-                return Err(AppleStoreError::AlreadyExpired(
-                    original_transaction_id.to_owned(),
-                ));
-            }
+            let (lineage, period, latest) = books.running(original_transaction_id)?;
+            let mut renewal = lineage.renewal.clone().unwrap_or_else(|| json!({}));
+            let lineage_id = books.lineage_of(original_transaction_id)?;
             if latest["productId"].as_str() == Some(sku) {
                 return Err(AppleStoreError::Invalid(format!(
                     "the subscription is already on {sku}"
                 )));
             }
-            let mut renewal = lineage.renewal.clone().unwrap_or_else(|| json!({}));
             renewal["autoRenewProductId"] = sku.into();
             renewal["signedDate"] = now.into();
             if upgrade {
@@ -1057,19 +1065,7 @@ impl AppleStore {
         let now = self.clock.now_ms();
         let change = {
             let mut books = lock(&self.books);
-            let (lineage_id, _, latest) = books.subscription(original_transaction_id)?;
-            if is_revoked(&latest) {
-                return Err(AppleStoreError::Revoked(original_transaction_id.to_owned()));
-            }
-            let lineage = books
-                .lineages
-                .get_mut(&lineage_id)
-                .ok_or_else(|| AppleStoreError::UnknownTransaction(lineage_id.clone()))?;
-            if lineage.expired.is_some() {
-                return Err(AppleStoreError::AlreadyExpired(
-                    original_transaction_id.to_owned(),
-                ));
-            }
+            let (lineage, _, latest) = books.running(original_transaction_id)?;
             let expires = latest["expiresDate"].as_i64().unwrap_or(now);
             let mut renewal = lineage.renewal.clone().unwrap_or_else(|| json!({}));
             renewal["isInBillingRetryPeriod"] = true.into();
