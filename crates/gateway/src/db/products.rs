@@ -192,6 +192,21 @@ pub async fn deactivate(db: &Db, app: &AppId, id: &ProductId, now: Timestamp) ->
 }
 
 /// The product a store SKU names, if any.
+/// The product an app names by the catalog's id or by `store`'s id for it.
+pub async fn by_id_or_sku(
+    db: &Db,
+    app: &AppId,
+    store: &str,
+    name: &str,
+) -> DbResult<Option<Product>> {
+    if let Ok(id) = name.parse::<ProductId>()
+        && let Some(p) = get(db, app, &id).await?
+    {
+        return Ok(Some(p));
+    }
+    by_sku(db, app, store, name).await
+}
+
 pub async fn by_sku(db: &Db, app: &AppId, store: &str, sku: &str) -> DbResult<Option<Product>> {
     let row = sqlx::query(
         "SELECT p.definition FROM product_skus s JOIN products p ON p.app_id = s.app_id AND p.id = s.product_id \

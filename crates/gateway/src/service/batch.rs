@@ -29,7 +29,7 @@ use sqlx::AnyConnection;
 
 use super::{
     ServiceError, ServiceResult,
-    decision::{Input, Outcome, outbound_payload},
+    decision::{Input, Outcome, event_payload, outbound_payload},
 };
 use crate::{
     db::{
@@ -265,11 +265,6 @@ struct Plan {
     moves: Vec<Move>,
     /// The inbound row of a held input decided again (none is written for it).
     held_as: Option<String>,
-    /// The outbound event its remark sends on, once its input is new.
-    announce: Option<(String, serde_json::Value)>,
-    /// The buyer's store account its transaction names (Apple's `appTransactionId`), kept as the
-    /// customer's once decided.
-    account: Option<String>,
 }
 
 /// A lineage a decision takes from the customer who holds it (a restore under the `transfer`
@@ -520,11 +515,6 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             purchase_ids: Vec::new(),
             new_facts: Vec::new(),
             moves,
-            announce: None,
-            account: match w {
-                Work::Notification(n) => n.transaction.account().map(str::to_owned),
-                _ => None,
-            },
             held_as: match w {
                 Work::Notification(n) => n.held_as.clone(),
                 _ => None,
@@ -853,7 +843,6 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
             && fresh.contains(&p.inbound_id)
         {
             p.new_facts.push(json!({ "remark": r.what }));
-            p.announce = r.event.clone().map(|t| (t, r.detail.clone()));
         }
     }
 
@@ -891,11 +880,16 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
     // 6. Decide each customer and write every change.
     let mut writes = Writes::default();
     let mut granted: Vec<Vec<Val>> = Vec::new();
+    // The buyer's store account a decided notification's transaction names (Apple's
+    // `appTransactionId`) is kept as the customer's.
     let sightings: Vec<(String, String, String, String)> = plans
         .iter()
         .filter_map(|p| {
+            let Work::Notification(n) = &works[p.job] else {
+                return None;
+            };
             let store = p.input.purchases.first()?.store;
-            let account = p.account.clone()?;
+            let account = n.transaction.account()?.to_owned();
             Some((
                 p.app.to_string(),
                 store.as_str().to_owned(),
@@ -996,7 +990,13 @@ pub async fn run(conn: &mut AnyConnection, works: &[Work]) -> ServiceResult<Vec<
                 source: p.input.source,
                 cause: &p.input.cause,
                 detail,
-                announce: p.announce.as_ref().map(|(t, d)| (t.as_str(), d.clone())),
+                // What a new input's remark sends on.
+                announce: p
+                    .input
+                    .remark
+                    .as_ref()
+                    .filter(|_| fresh.contains(&p.inbound_id))
+                    .and_then(|r| Some((r.event.as_deref()?, r.detail.clone()))),
             },
             p.now,
         )?;
@@ -1303,13 +1303,11 @@ impl Writes {
                 }
             }
         }
-        let announced = settlement.announce.map(|(event_type, mut data)| {
-            if let Some(obj) = data.as_object_mut() {
-                obj.insert("app_id".into(), json!(app));
-                obj.insert("app_user_id".into(), json!(customer));
-            }
-            let payload = json!({"type": event_type, "timestamp": now, "data": data});
-            (event_type, payload)
+        let announced = settlement.announce.map(|(event_type, data)| {
+            (
+                event_type,
+                event_payload(app, customer, event_type, data, now),
+            )
         });
         let own = effects
             .iter()

@@ -90,6 +90,19 @@ pub fn outbound_payload(
     let mut data = serde_json::to_value(effect).unwrap_or_default();
     if let Some(obj) = data.as_object_mut() {
         obj.remove("type");
+    }
+    event_payload(app, customer, event_type, data, now)
+}
+
+/// An outbound event body of `data` (an object), with the app and the customer added to it.
+pub fn event_payload(
+    app: &AppId,
+    customer: &AppUserId,
+    event_type: &str,
+    mut data: serde_json::Value,
+    now: Timestamp,
+) -> serde_json::Value {
+    if let Some(obj) = data.as_object_mut() {
         obj.insert("app_id".into(), json!(app));
         obj.insert("app_user_id".into(), json!(customer));
     }

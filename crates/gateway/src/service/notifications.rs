@@ -90,14 +90,18 @@ pub async fn decide(
             held_as: None,
             now,
         })),
-        // About an account, not a purchase: its customer's timeline and outbound events, when the
-        // account was seen with one; else only kept.
-        None => match (
-            &remark,
-            account_holder(cx, app, adapter.store(), account.as_deref()).await?,
-        ) {
-            // Decided only for what it says: one that says nothing is kept as it came.
-            (Some(_), Some(customer)) => Work::Decide {
+        // About an account, not a purchase: decided for what it says, for the customer the account
+        // was seen with; one that says nothing, or about an account no customer was seen with, is
+        // kept as it came.
+        None => match holder(
+            cx,
+            app,
+            adapter.store(),
+            (remark.is_some(), account.as_deref()),
+        )
+        .await?
+        {
+            Some(customer) => Work::Decide {
                 app: app.id.clone(),
                 customer,
                 input: Box::new(super::decision::Input {
@@ -115,7 +119,7 @@ pub async fn decide(
                 }),
                 now,
             },
-            _ => Work::Record(Box::new(Recorded {
+            None => Work::Record(Box::new(Recorded {
                 app: app.id.clone(),
                 source,
                 dedupe_key: id.clone(),
@@ -330,14 +334,15 @@ pub async fn rerun_unmapped(
     }
 }
 
-/// The customer a store account was last seen with, for a notification about the account.
-async fn account_holder(
+/// The customer a store account was last seen with, for a notification about the account that
+/// says something (`remarked`); none is looked up for one that says nothing.
+async fn holder(
     cx: &Context,
     app: &App,
     store: Store,
-    account: Option<&str>,
+    (remarked, account): (bool, Option<&str>),
 ) -> ServiceResult<Option<AppUserId>> {
-    let Some(account) = account else {
+    let (true, Some(account)) = (remarked, account) else {
         return Ok(None);
     };
     let holder =

@@ -131,24 +131,17 @@ pub async fn sign(
     })?;
     let key = OfferKey::from_config(config)?;
     let db = &cx.db;
-    let by_id = match ask.product.parse::<gateway_core::ProductId>() {
-        Ok(id) => products::get(db, &app.id, &id).await?,
-        Err(_) => None,
-    };
-    let product = match by_id {
-        Some(p) => p,
-        None => products::by_sku(db, &app.id, Store::AppStore.as_str(), &ask.product)
-            .await?
-            .ok_or_else(|| {
-                ServiceError::not_found(
-                    "product_not_found",
-                    format!(
-                        "No product of this app is {:?}, by id or App Store product id.",
-                        ask.product
-                    ),
-                )
-            })?,
-    };
+    let product = products::by_id_or_sku(db, &app.id, Store::AppStore.as_str(), &ask.product)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::not_found(
+                "product_not_found",
+                format!(
+                    "No product of this app is {:?}, by id or App Store product id.",
+                    ask.product
+                ),
+            )
+        })?;
     let sku = product
         .store_skus
         .for_store(Store::AppStore)

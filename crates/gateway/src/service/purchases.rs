@@ -64,14 +64,8 @@ pub async fn submit(
         Some(signed) => Some(adapter.identify(app, signed, now)?),
         None => None,
     };
-    let p = &submission.proof;
-    let purchase = p.signed_transaction.is_some()
-        || p.transaction_id.is_some()
-        || p.receipt_data.is_some()
-        || p.purchase_token.is_some()
-        || p.checkout_session_id.is_some();
     if let Some(account) = &account
-        && !purchase
+        && submission.proof.is_empty()
     {
         orders::keep_account_sighting(db, &app.id, customer, (store.as_str(), account), now)
             .await?;
@@ -102,10 +96,7 @@ pub async fn submit(
     // The product the app names (its id in the catalog, or the store's id for it) tells a store
     // that reads subscriptions apart which to ask for.
     let named = match &submission.product_id {
-        Some(id) => match products::get(db, &app.id, id).await? {
-            Some(p) => Some(p),
-            None => products::by_sku(db, &app.id, store.as_str(), id.as_str()).await?,
-        },
+        Some(id) => products::by_id_or_sku(db, &app.id, store.as_str(), id.as_str()).await?,
         None => None,
     };
     let mut proof = submission.proof;

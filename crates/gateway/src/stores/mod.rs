@@ -113,6 +113,17 @@ pub struct Proof {
     pub store_sku: Option<String>,
 }
 
+impl Proof {
+    /// Whether it names no purchase at all (an app that only says who its customer is).
+    pub fn is_empty(&self) -> bool {
+        self.signed_transaction.is_none()
+            && self.transaction_id.is_none()
+            && self.receipt_data.is_none()
+            && self.purchase_token.is_none()
+            && self.checkout_session_id.is_none()
+    }
+}
+
 /// What an app submits to restore its purchases (a new device, a new install).
 #[derive(Debug, Clone, Default)]
 pub struct RestoreProof {

@@ -1456,13 +1456,10 @@ both!(
 /// The public half of a `.p8` private key: its uncompressed P-256 point.
 fn public_key_of(private_pem: &str) -> Vec<u8> {
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-    use base64::{Engine, engine::general_purpose::STANDARD};
-    let body: String = private_pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    let pkcs8 = STANDARD.decode(body).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8).unwrap();
+    use rustls_pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
+    let pkcs8 = PrivatePkcs8KeyDer::from_pem_slice(private_pem.as_bytes()).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.secret_pkcs8_der())
+        .unwrap();
     pair.public_key().as_ref().to_vec()
 }
 

@@ -9,6 +9,7 @@ use aws_lc_rs::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rustls_pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
 use serde_json::{Map, Value, json};
 
 use super::super::{StoreError, StoreResult};
@@ -71,10 +72,12 @@ impl OfferKey {
                 "The app's `app_store.private_key_pem` is not an ES256 (.p8) key.",
             )
         };
-        let der = pkcs8_der(pem.expose()).ok_or_else(not_a_key)?;
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+        let der =
+            PrivatePkcs8KeyDer::from_pem_slice(pem.expose().as_bytes()).map_err(|_| not_a_key())?;
+        let der = der.secret_pkcs8_der();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der)
             .map_err(|_| not_a_key())?;
-        let jwt = EncodingKey::from_ec_der(&der);
+        let jwt = EncodingKey::from_ec_der(der);
         Ok(Self {
             bundle_id: config.bundle_id.clone(),
             key_id: key_id.clone(),
@@ -139,18 +142,6 @@ impl OfferKey {
         jsonwebtoken::encode(&header, &claims, &self.jwt)
             .map_err(|_| StoreError::unavailable("The offer JWS could not be signed; try again."))
     }
-}
-
-/// The DER of a PEM private key (`-----BEGIN PRIVATE KEY-----`), PKCS#8 as App Store Connect gives.
-fn pkcs8_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| *l != "-----BEGIN PRIVATE KEY-----")
-        .skip(1)
-        .take_while(|l| *l != "-----END PRIVATE KEY-----")
-        .collect();
-    STANDARD.decode(body).ok().filter(|d| !d.is_empty())
 }
 
 #[cfg(test)]
